@@ -1,0 +1,62 @@
+# Two commands on a fresh machine: `make run` (the pipeline on the default preset) and `make test`.
+# Each creates .venv from requirements.lock and checks the system libraries rendering needs first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+RENDER_PKGS := libegl1 libegl-mesa0 libgl1-mesa-dri
+
+# The runtime environment (MUJOCO_GL, PREFECT_HOME, analytics off, ...) has one source: viper/runtime.env.
+include viper/runtime.env
+export $(shell sed -n 's/^\([A-Z_][A-Z0-9_]*\)=.*/\1/p' viper/runtime.env)
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: run test lint format venv sysdeps lock clean
+
+run: venv sysdeps
+	dvc repro
+
+test: venv sysdeps
+	ruff check .
+	ruff format --check .
+	pytest -x -q
+
+lint: venv
+	ruff check . && ruff format --check .
+
+format: venv
+	ruff format . && ruff check --fix .
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	rm -f $(VENV)/.installed-* && touch $@
+
+# Headless MuJoCo rendering needs EGL + Mesa. Installed via apt when root, otherwise we say what to install.
+sysdeps:
+	@if ! ldconfig -p | grep -q 'libEGL.so.1' || ! ldconfig -p | grep -q 'libEGL_mesa.so.0' \
+	    || ! ls /usr/lib/*/dri/swrast_dri.so >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing rendering libraries: $(RENDER_PKGS)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(RENDER_PKGS) >/dev/null; \
+	  else \
+	    echo "MuJoCo rendering needs EGL and Mesa. Install them, then re-run:"; \
+	    echo "    sudo apt-get install $(RENDER_PKGS)"; exit 1; \
+	  fi; \
+	fi
+
+# Re-resolve the lock file from requirements.in (maintainers only).
+lock:
+	rm -rf .lockenv && python3 -m venv .lockenv && .lockenv/bin/pip install -q torch==2.13.0 \
+	  && .lockenv/bin/pip install -q -r requirements.in \
+	  && .lockenv/bin/pip freeze | sed 's/^torch==.*/torch==2.13.0/' > requirements.lock && rm -rf .lockenv
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,23 @@
+"""Shared fixtures. Importing viper sets the runtime environment (viper/runtime.env) for every test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import viper  # noqa: F401  (runtime environment before anything imports MuJoCo or Prefect)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """Tests share 2 cores with other processes: one torch thread keeps timings stable and fast."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("VIPER_TEST_THREADS", "1")))
+    yield
+    torch.set_num_threads(previous)

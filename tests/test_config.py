@@ -1,0 +1,142 @@
+"""The config loader: preset order, params.yaml, -S overrides, strict key and type errors, frozen configs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from viper import config as C
+from viper.presets import PRESETS
+
+
+def test_defaults_are_the_published_dmc_settings():
+    cfg = C.load(preset="paper_dmc", params_path=None)
+    assert cfg.tokenizer.codebook_size == 256 and cfg.tokenizer.channel_mult == (1, 2, 2, 2)
+    assert (cfg.prior.d_model, cfg.prior.layers, cfg.prior.seq_len, cfg.prior.frame_skip) == (256, 8, 16, 1)
+    assert cfg.reward.mode == "joint"
+    assert cfg.agent.train_ratio == 64.0 and cfg.agent.actor_lr == 3e-5
+    assert len(cfg.collect.tasks) == 17
+
+
+def test_preset_is_a_partial_override():
+    cfg = C.load(preset="paper_atari", params_path=None)
+    assert cfg.tokenizer.codebook_size == 1024 and cfg.tokenizer.channel_mult == (1, 2, 2)
+    # Keys the preset does not name keep their defaults.
+    assert cfg.tokenizer.base_channels == C.TokenizerConfig().base_channels
+    assert cfg.prior.layers == 8
+
+
+def test_presets_apply_in_order():
+    assert C.load(preset="demo,size_s", params_path=None).agent.size == "S"
+    assert C.load(preset="size_s,demo", params_path=None).agent.size == "XS"
+
+
+def test_resolution_order_params_then_overrides(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"preset": "tiny", "prior": {"layers": 3, "heads": 4}}))
+    cfg = C.load(overrides=["prior.layers=5"], params_path=params)
+    assert cfg.preset == "tiny"
+    assert cfg.prior.layers == 5  # -S beats params.yaml
+    assert cfg.prior.heads == 4  # params.yaml beats the preset
+    assert cfg.prior.d_model == PRESETS["tiny"]["prior"]["d_model"]  # preset beats defaults
+    # An explicit --preset replaces params.yaml's; `-S preset=...` (dvc exp run) does too.
+    assert C.load(preset="demo", params_path=params).preset == "demo"
+    assert C.load(overrides=["preset=paper_dmc"], params_path=params).preset == "paper_dmc"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "value"),
+    [
+        ("prior.layers=4", "prior.layers", 4),
+        ("reward.mode=conditional", "reward.mode", "conditional"),
+        ("agent.seeds=[0, 1]", "agent.seeds", [0, 1]),
+        ("tokenizer.lr=3e-4", "tokenizer.lr", 3e-4),
+        ("tokenizer.compile=true", "tokenizer.compile", True),
+        ("collect.policy=noisy:0.5", "collect.policy", "noisy:0.5"),
+        ("tokenizer.lpips_weights_path=", "tokenizer.lpips_weights_path", ""),
+    ],
+)
+def test_override_parsing(text, key, value):
+    assert C.parse_override(text) == (key, value)
+
+
+def test_overrides_are_typed():
+    cfg = C.load("tiny", ["agent.seeds=[0, 1]", "tokenizer.lr=1", "prior.dropout=0"], params_path=None)
+    assert cfg.agent.seeds == (0, 1)
+    assert isinstance(cfg.tokenizer.lr, float) and cfg.tokenizer.lr == 1.0
+
+
+def test_unknown_key_error_names_key_and_allowed():
+    with pytest.raises(C.ConfigError) as err:
+        C.load("tiny", ["prior.no_such_key=1"], params_path=None)
+    assert "prior.no_such_key" in str(err.value) and "d_model" in str(err.value)
+    with pytest.raises(C.ConfigError, match="no_such") as err:
+        C.load("tiny", ["no_such.key=1"], params_path=None)
+    assert "allowed keys" in str(err.value) and "tokenizer" in str(err.value)
+
+
+def test_unknown_key_in_params_file_names_the_file(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("preset: tiny\ncollect:\n  episode: 3\n")
+    with pytest.raises(C.ConfigError, match=r"params\.yaml.*collect\.episode"):
+        C.load(params_path=params)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("prior.layers=four", "prior.layers='four': expected int, got str"),
+        ("prior.layers=2.5", "prior.layers=2.5: expected int, got float"),
+        ("prior.class_conditional=1", "prior.class_conditional=1: expected bool, got int"),
+        ("agent.seeds=3", "agent.seeds=3: expected list of int, got int"),
+        ("agent.seeds=[0, x]", "agent.seeds[1]='x': expected int, got str"),
+        ("prior.layers=true", "prior.layers=True: expected int, got bool"),
+        ("reward.mode=3", "reward.mode=3: expected str, got int"),
+    ],
+)
+def test_type_error_text(override, expected):
+    with pytest.raises(C.ConfigError) as err:
+        C.load("tiny", [override], params_path=None)
+    assert str(err.value) == expected
+
+
+def test_unknown_preset_and_bad_override_syntax():
+    with pytest.raises(C.ConfigError, match="unknown preset 'huge'.*demo"):
+        C.load("huge", params_path=None)
+    with pytest.raises(C.ConfigError, match="expected section.key=value"):
+        C.load("tiny", ["prior.layers"], params_path=None)
+    with pytest.raises(C.ConfigError, match="'prior' is a section"):
+        C.load("tiny", ["prior=3"], params_path=None)
+
+
+def test_configs_are_frozen():
+    cfg = C.load("tiny", params_path=None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.prior.layers = 3  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.prior = C.PriorConfig()  # type: ignore[misc]
+
+
+def test_every_preset_resolves_and_round_trips():
+    for name in PRESETS:
+        cfg = C.load(name, params_path=None)
+        assert C.build(yaml.safe_load(yaml.safe_dump(cfg.to_dict()))) == cfg
+
+
+def test_every_field_has_a_docstring():
+    for name, cls in C.SECTION_TYPES.items():
+        docs = C.field_docs(cls)
+        missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]
+        assert not missing, f"{name}: fields without a docstring: {missing}"
+
+
+@given(st.text(min_size=1, max_size=30), st.one_of(st.integers(), st.text(max_size=10), st.booleans()))
+def test_fuzzed_overrides_raise_only_config_errors(key, value):
+    try:
+        C.load("tiny", [f"{key}={value}"], params_path=None)
+    except C.ConfigError as exc:
+        assert str(exc)

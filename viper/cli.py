@@ -1,0 +1,176 @@
+"""The ``viper`` command: one subcommand per pipeline stage, each a thin caller of a stage module.
+
+Every stage command takes ``--preset P`` and any number of ``-S section.key=value`` overrides (DVC's syntax)
+and resolves the configuration the same way (``viper.config.load``). A stage module provides
+``add_arguments(parser)`` (optional) and ``cli(cfg, args)``; the table below is the only registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import textwrap
+from dataclasses import dataclass
+
+import yaml
+
+from viper import config as config_lib
+from viper.errors import ViperError
+
+
+@dataclass(frozen=True)
+class Stage:
+    module: str
+    """Import path of the module with ``cli(cfg, args)``."""
+    summary: str
+    """One line for ``viper --help``."""
+    sections: tuple[str, ...]
+    """Config sections whose options this stage reads (listed in its --help)."""
+
+
+STAGES: dict[str, Stage] = {
+    "collect": Stage(
+        "viper.data.collect",
+        "roll out a policy in the suite's envs and append episodes to the video store",
+        ("collect",),
+    ),
+    "import": Stage(
+        "viper.data.importers",
+        "import published npz episode folders or HDF5 into the video store",
+        ("collect",),
+    ),
+    "export": Stage("viper.data.importers", "export one task of the video store to HDF5", ("collect",)),
+    "inspect": Stage("viper.data.inspect", "print a store's tasks, episodes, returns; write a preview", ()),
+    "expert": Stage(
+        "viper.agent.train",
+        "train a DreamerV3 expert on the task reward for tasks without a scripted expert",
+        ("agent",),
+    ),
+    "train-tokenizer": Stage(
+        "viper.train.tokenizer", "train the VQ-GAN frame tokenizer on the store", ("tokenizer",)
+    ),
+    "tokenize": Stage(
+        "viper.train.tokenize", "encode every stored frame into tokens with the tokenizer", ("tokenizer",)
+    ),
+    "train-videogpt": Stage(
+        "viper.train.prior", "train the task-conditioned VideoGPT prior over tokens", ("prior",)
+    ),
+    "score": Stage(
+        "viper.reward.score", "print and plot per-step VIPER rewards of one episode", ("reward", "prior")
+    ),
+    "reward-eval": Stage(
+        "viper.eval.reward_eval",
+        "score expert / noisy / random episodes: AUROC, Spearman, scatter plot",
+        ("evaluate", "reward"),
+    ),
+    "train-agent": Stage(
+        "viper.agent.train",
+        "train a DreamerV3 agent on the VIPER (or task) reward",
+        ("agent", "reward"),
+    ),
+    "evaluate": Stage(
+        "viper.eval.agent_eval", "roll out trained agents: task and VIPER returns, GIFs", ("evaluate",)
+    ),
+    "report": Stage(
+        "viper.eval.report", "write the Markdown/HTML report beside the published results", ("evaluate",)
+    ),
+}
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help="preset(s) applied over the defaults, comma-separated (tiny, demo, paper_dmc, paper_atari, "
+        "size_xs, size_s); default: params.yaml's `preset:`, else demo",
+    )
+    parser.add_argument(
+        "-S",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value (YAML syntax, repeatable), e.g. -S prior.layers=4",
+    )
+    parser.add_argument("--params", default="params.yaml", help="params file to read (default: %(default)s)")
+
+
+def _options_epilog(sections: tuple[str, ...]) -> str:
+    lines = []
+    for section in sections:
+        lines.append(f"config options (-S {section}.KEY=VALUE; defaults before presets):")
+        for key, default, doc in config_lib.describe_section(section):
+            lines.append(f"  {key} = {default}")
+            lines.extend(textwrap.wrap(doc, 100, initial_indent="      ", subsequent_indent="      "))
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="viper",
+        description="VIPER: video prediction models as rewards for reinforcement learning. "
+        "Each command is one pipeline stage; `dvc repro` and the Prefect flows run the same stages.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    cfg_parser = sub.add_parser(
+        "config",
+        help="print the fully resolved configuration of every stage as YAML",
+        description="Print the fully resolved configuration (defaults, presets, params.yaml, -S) as YAML.",
+    )
+    _add_config_options(cfg_parser)
+    dvc_parser = sub.add_parser("dvc-yaml", help="write dvc.yaml from the stage table (paths live in Python)")
+    dvc_parser.add_argument("--output", default="dvc.yaml", help="file to write (default: %(default)s)")
+    for name, stage in STAGES.items():
+        stage_parser = sub.add_parser(
+            name,
+            help=stage.summary,
+            description=stage.summary[0].upper() + stage.summary[1:] + ".",
+            epilog=_options_epilog(stage.sections),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _add_config_options(stage_parser)
+        module = _import_stage(stage)
+        if module is not None and hasattr(module, "add_arguments"):
+            module.add_arguments(stage_parser, name)
+    return parser
+
+
+def _import_stage(stage: Stage):
+    try:
+        return importlib.import_module(stage.module)
+    except ModuleNotFoundError as exc:
+        # Only a missing stage module means "not implemented"; a missing dependency inside it is a real error.
+        if exc.name is not None and stage.module.startswith(exc.name):
+            return None
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "dvc-yaml":
+            from viper import dvc_yaml
+
+            dvc_yaml.write(args.output)
+            return 0
+        cfg = config_lib.load(args.preset, args.overrides, args.params)
+        if args.command == "config":
+            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+            return 0
+        module = _import_stage(STAGES[args.command])
+        if module is None or not hasattr(module, "cli"):
+            print(f"viper {args.command}: not implemented yet (see the open issues)", file=sys.stderr)
+            return 3
+        module.cli(cfg, args, args.command)
+        return 0
+    except ViperError as exc:
+        print(f"viper {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,499 @@
+"""Typed, frozen configuration: one dataclass per stage, presets as partial overrides, strict loading.
+
+Resolution order (later wins):
+  1. the dataclass defaults below (the published code's settings: reference/viper-original.md),
+  2. the named preset(s) from ``viper.presets`` in the order given (``--preset demo`` or ``tiny,size_xs``),
+  3. the per-section overrides written in ``params.yaml`` (besides its ``preset:`` key),
+  4. ``-S section.key=value`` overrides from the command line (DVC's syntax; values parsed as YAML).
+
+Unknown sections or keys and values of the wrong type raise ``ConfigError`` naming the key, the value and
+what is allowed. Units are part of field names: ``env_steps`` are agent steps after action repeat, ``frames``
+are rendered images, ``grad_steps`` are optimiser updates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from viper.errors import ViperError
+
+DMC_TASKS = (
+    "dmc/acrobot_swingup",
+    "dmc/cartpole_balance",
+    "dmc/cartpole_swingup",
+    "dmc/cheetah_run",
+    "dmc/cup_catch",
+    "dmc/finger_spin",
+    "dmc/finger_turn_hard",
+    "dmc/hopper_stand",
+    "dmc/manipulator_bring_ball",
+    "dmc/pendulum_swingup",
+    "dmc/pointmass_easy",
+    "dmc/pointmass_hard",
+    "dmc/quadruped_run",
+    "dmc/quadruped_walk",
+    "dmc/reacher_easy",
+    "dmc/reacher_hard",
+    "dmc/walker_walk",
+)
+ATARI_TASKS = (
+    "atari/assault",
+    "atari/atlantis",
+    "atari/boxing",
+    "atari/defender",
+    "atari/freeway",
+    "atari/kangaroo",
+    "atari/pong",
+    "atari/zaxxon",
+)
+
+
+class ConfigError(ViperError, ValueError):
+    """A configuration key, value or preset that cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """Expert video collection into the Zarr store (stage ``collect``)."""
+
+    suite: str = "dmc"
+    """Environment suite: ``dmc`` or ``atari``; also names the store ``<data_dir>/videos/<suite>.zarr``."""
+    tasks: tuple[str, ...] = DMC_TASKS
+    """Tasks to collect, full names ``<suite>/<task>`` (e.g. ``dmc/cartpole_balance``)."""
+    policy: str = "expert"
+    """Behaviour policy: ``expert`` (scripted), ``random``, ``noisy:<epsilon>`` or ``checkpoint:<path>``."""
+    episodes_per_task: int = 1000
+    """Episodes rolled out per task before filtering (paper: keep the top 50 of 1000)."""
+    episode_env_steps: int = 500
+    """Agent steps per episode, after action repeat (DMC: 1000 physics steps / repeat 2)."""
+    action_repeat: int = 2
+    """Environment steps per agent action (DMC 2, Atari frame skip 4); recorded in the store."""
+    workers: int = 2
+    """Parallel environment worker processes."""
+    seed: int = 0
+    """Base seed; episode i of task t is seeded deterministically from (seed, t, i)."""
+    keep_return_percentile: float = 90.0
+    """Keep episodes whose return is at or above this percentile of the collected returns (0 keeps all)."""
+    drop_first_frames: int = 50
+    """Frames dropped from the start of each kept episode (published DMC filter)."""
+    max_episodes_per_task: int = 500
+    """Cap on kept episodes per task."""
+    test_fraction: float = 0.05
+    """Fraction of kept episodes assigned to the test split (published: 95/5)."""
+    chunk_frames: int = 32
+    """Frames per compressed Zarr chunk (see benchmarks/README.md for the choice)."""
+    shard_frames: int = 4096
+    """Frames per Zarr shard file; few large files keep DVC hashing fast."""
+    fast_render: bool = True
+    """Turn off shadows/reflections and shrink the offscreen buffer (several times faster, same content)."""
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """VQ-GAN frame tokenizer (stages ``train-tokenizer`` and ``tokenize``)."""
+
+    base_channels: int = 128
+    """Channels of the first encoder level."""
+    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
+    """Channel multiplier per level; len-1 downsamplings (DMC 4 levels -> 8x8, Atari 3 -> 16x16)."""
+    res_blocks: int = 1
+    """Residual blocks per encoder level (the decoder uses one more)."""
+    embed_dim: int = 64
+    """Latent / codebook vector dimension."""
+    codebook_size: int = 256
+    """Number of codebook entries K (paper text: 1024 for DMC; released config: 256)."""
+    commitment_weight: float = 0.25
+    """Weight of the commitment term ||z - sg(e)||^2."""
+    kmeans_init: bool = False
+    """Initialise the codebook by k-means on the first batch (off in the published code)."""
+    dead_code_restart: bool = False
+    """Re-seed unused codes from encoder outputs (off in the published code)."""
+    perceptual_weight: float = 0.1
+    """LPIPS(VGG16) weight; needs ``lpips_weights_path`` (no downloads here), otherwise switched off."""
+    lpips_weights_path: str = ""
+    """Local LPIPS-VGG weights file; empty disables the perceptual term with one log line."""
+    gan_weight: float = 0.1
+    """Non-saturating GAN generator loss weight."""
+    gan_start_grad_steps: int = 0
+    """Updates before the GAN terms switch on."""
+    r1_weight: float = 10.0
+    """R1 penalty weight, batch-mean (batch-size independent; viper/models/vqgan.py maps it to 1e8)."""
+    disc_base_channels: int = 32
+    """Discriminator channels at full resolution."""
+    disc_max_channels: int = 512
+    """Discriminator channel cap."""
+    lr: float = 1e-4
+    """AdamW learning rate (both networks)."""
+    warmup_grad_steps: int = 1000
+    """Linear learning-rate warm-up updates."""
+    batch_size: int = 128
+    """Frames per update (over all processes)."""
+    train_grad_steps: int = 1_000_000
+    """Total optimiser updates."""
+    eval_every_grad_steps: int = 5000
+    """Updates between evaluations on the test split."""
+    checkpoint_every_grad_steps: int = 5000
+    """Updates between checkpoints."""
+    keep_checkpoints: int = 3
+    """Checkpoint folders kept."""
+    bf16: bool = True
+    """bf16 autocast on CUDA (ignored on CPU)."""
+    compile: bool = False
+    """Wrap the model in torch.compile."""
+    seed: int = 0
+    """Seed for initialisation and batch sampling."""
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """VideoGPT prior over token videos (stage ``train-videogpt``)."""
+
+    d_model: int = 256
+    """Transformer width."""
+    layers: int = 8
+    """Transformer blocks."""
+    heads: int = 8
+    """Attention heads."""
+    mlp_dim: int = 1024
+    """Hidden units of each MLP."""
+    dropout: float = 0.1
+    """Dropout on attention and residual branches."""
+    seq_len: int = 16
+    """Frames per training window (after subsampling)."""
+    frame_skip: int = 1
+    """Stride between window frames in raw env steps; a window spans 1 + (seq_len-1)*frame_skip frames."""
+    class_conditional: bool = True
+    """Condition every LayerNorm on the one-hot task id (DMC yes, Atari no)."""
+    batch_size: int = 64
+    """Windows per update, split evenly over tasks."""
+    lr: float = 1e-4
+    """AdamW learning rate (constant)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    ema_decay: float = 0.9999
+    """EMA decay of the weights used for scoring."""
+    train_grad_steps: int = 800_000
+    """Total optimiser updates."""
+    eval_every_grad_steps: int = 5000
+    """Updates between evaluations (bits per token on the test split)."""
+    checkpoint_every_grad_steps: int = 5000
+    """Updates between checkpoints."""
+    keep_checkpoints: int = 3
+    """Checkpoint folders kept (the best by eval NLL is kept besides)."""
+    bf16: bool = True
+    """bf16 autocast on CUDA (ignored on CPU)."""
+    compile: bool = False
+    """Wrap the model in torch.compile."""
+    seed: int = 0
+    """Seed for initialisation and window sampling."""
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """The VIPER reward model: tokenizer + prior log-likelihoods as per-step rewards."""
+
+    mode: str = "joint"
+    """``joint`` (released code: sum of log p of every frame in the window) or ``conditional`` (paper)."""
+    windows_per_batch: int = 64
+    """Windows scored per forward pass (bounds memory)."""
+    device: str = "auto"
+    """``auto`` (CUDA if present), ``cpu`` or ``cuda[:i]``."""
+    bf16: bool = True
+    """bf16 autocast on CUDA (ignored on CPU)."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """DreamerV3 agent (stages ``expert`` and ``train-agent``)."""
+
+    tasks: tuple[str, ...] = DMC_TASKS
+    """Tasks to train agents on."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Seeds per task."""
+    reward: str = "viper"
+    """Reward source: ``task`` (environment reward, the oracle) or ``viper`` (video likelihood)."""
+    size: str = "S"
+    """Model size XS/S/M/L/XL (GRU 256/512/1024/2048/4096, CNN 24/32/48/64/96, MLP 256/512/640/768/1024)."""
+    env_steps: int = 500_000
+    """Agent steps to train for, after action repeat (env frames = env_steps * action_repeat)."""
+    action_repeat: int = 2
+    """Environment steps per agent action."""
+    envs: int = 4
+    """Parallel environments."""
+    train_ratio: float = 64.0
+    """Replayed steps per env step: updates = env_steps * train_ratio / (batch_size * batch_length)."""
+    batch_size: int = 16
+    """Sequences per update."""
+    batch_length: int = 64
+    """Steps per replayed sequence."""
+    replay_capacity_steps: int = 1_000_000
+    """Replay buffer capacity in steps."""
+    model_lr: float = 1e-4
+    """World-model Adam learning rate."""
+    actor_lr: float = 3e-5
+    """Actor Adam learning rate."""
+    critic_lr: float = 3e-5
+    """Critic Adam learning rate."""
+    imag_horizon: int = 15
+    """Imagination horizon in steps."""
+    discount_horizon: float = 333.0
+    """Discount = 1 - 1/discount_horizon."""
+    return_lambda: float = 0.95
+    """Lambda of the lambda-returns."""
+    actor_entropy: float = 3e-4
+    """Actor entropy regulariser."""
+    expl_weight: float = 1.0
+    """Weight beta of the Plan2Explore disagreement advantage (0 disables exploration)."""
+    density_weight: float = 1.0
+    """Weight of the VIPER (density) advantage."""
+    context_steps: int = 15
+    """Reward-model context steps at the start of every replay chunk (not inserted into replay)."""
+    eval_every_env_steps: int = 10_000
+    """Agent steps between evaluation episodes."""
+    eval_episodes: int = 1
+    """Episodes per evaluation."""
+    checkpoint_every_env_steps: int = 10_000
+    """Agent steps between checkpoints."""
+    keep_checkpoints: int = 2
+    """Checkpoint folders kept."""
+    bf16: bool = True
+    """bf16 autocast on CUDA (ignored on CPU)."""
+    compile: bool = False
+    """Wrap the update in torch.compile."""
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Reward diagnostics (``reward-eval``) and agent evaluation (``evaluate``)."""
+
+    reward_eval_episodes: int = 10
+    """Episodes per category (held-out expert, each noisy epsilon, random) scored per task."""
+    noisy_epsilons: tuple[float, ...] = (0.25, 0.5, 0.75)
+    """Random-action probabilities of the noisy-expert episodes."""
+    agent_episodes: int = 10
+    """Evaluation episodes per trained agent."""
+    video_episodes: int = 1
+    """Episodes saved as GIF per trained agent."""
+    seed: int = 1000
+    """Seed of evaluation episodes (kept apart from training seeds)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The fully resolved configuration: one section per stage."""
+
+    preset: str = "demo"
+    """Preset(s) applied over the defaults, comma-separated, in order."""
+    data_dir: str = "data"
+    """Root of every output (stores, checkpoints, metrics, plots, reports)."""
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples as lists), as written to YAML."""
+        return _plain(dataclasses.asdict(self))
+
+
+SECTION_TYPES: dict[str, type] = {
+    "collect": CollectConfig,
+    "tokenizer": TokenizerConfig,
+    "prior": PriorConfig,
+    "reward": RewardConfig,
+    "agent": AgentConfig,
+    "evaluate": EvaluateConfig,
+}
+TOP_LEVEL_KEYS = ("preset", "data_dir")
+
+
+def load(
+    preset: str | None = None,
+    overrides: typing.Sequence[str] = (),
+    params_path: str | Path | None = "params.yaml",
+) -> Config:
+    """Resolve the configuration: defaults, then presets, then params.yaml sections, then ``-S`` overrides.
+
+    ``preset`` (comma-separated names) replaces params.yaml's ``preset:`` when given. A missing params.yaml
+    is fine (defaults and presets only); ``params_path=None`` skips it.
+    """
+    from viper.presets import PRESETS
+
+    params: dict[str, Any] = {}
+    if params_path is not None and Path(params_path).exists():
+        params = yaml.safe_load(Path(params_path).read_text()) or {}
+        if not isinstance(params, dict):
+            raise ConfigError(f"{params_path}: expected a mapping of sections, got {type(params).__name__}")
+    tree = Config().to_dict()
+    parsed = [parse_override(o) for o in overrides]
+    # A `-S preset=...` override selects presets too (that is how `dvc exp run -S preset=tiny` reaches us).
+    cli_preset = [v for k, v in parsed if k == "preset"]
+    names = cli_preset[-1] if cli_preset else preset if preset is not None else params.get("preset", "demo")
+    if not isinstance(names, str):
+        raise ConfigError(f"preset: expected a preset name (str), got {names!r}")
+    for name in [n.strip() for n in names.split(",") if n.strip()]:
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+        _merge(tree, PRESETS[name], source=f"preset {name!r}")
+    tree["preset"] = names
+    _merge(tree, {k: v for k, v in params.items() if k != "preset"}, source=str(params_path))
+    for key, value in parsed:
+        if key != "preset":
+            _merge(tree, _nest(key, value), source=f"override -S {key}")
+    return build(tree)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"prior.layers=4"`` -> ``("prior.layers", 4)``; the value is parsed as YAML, as DVC does."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {text!r}: expected section.key=value, e.g. prior.layers=4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc.__class__.__name__})") from exc
+    return key, _scientific(value)
+
+
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _scientific(value: Any) -> Any:
+    """YAML 1.1 reads ``3e-4`` (no dot) as a string; read it as the float everyone means."""
+    if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
+def build(tree: dict[str, Any]) -> Config:
+    """Typed ``Config`` from a nested dict; every value is checked against its field's type."""
+    sections = {}
+    for name, cls in SECTION_TYPES.items():
+        sections[name] = _build_section(cls, name, tree.get(name, {}))
+    top = {k: _check(f"{k}", tree[k], str) for k in TOP_LEVEL_KEYS if k in tree}
+    return Config(**top, **sections)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> the one-line docstring written under it in the class body."""
+    import ast
+    import inspect
+    import textwrap
+
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:], strict=False):
+        named = isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+        if named and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(after.value.value).split())
+    return docs
+
+
+def describe_section(name: str) -> list[tuple[str, str, str]]:
+    """``(section.key, default as YAML, docstring)`` rows for a section's --help."""
+    cls = SECTION_TYPES[name]
+    docs = field_docs(cls)
+    default = dataclasses.asdict(cls())
+    return [
+        (
+            f"{name}.{f.name}",
+            yaml.safe_dump(_plain(default[f.name]), default_flow_style=True)
+            .strip()
+            .removesuffix("...")
+            .strip(),
+            docs.get(f.name, ""),
+        )
+        for f in dataclasses.fields(cls)
+    ]
+
+
+def _build_section(cls: type, name: str, values: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {key: _check(f"{name}.{key}", value, hints[key]) for key, value in values.items()}
+    return cls(**kwargs)
+
+
+def _merge(tree: dict[str, Any], update: dict[str, Any], source: str) -> None:
+    """Deep-merge ``update`` into ``tree``, refusing keys the tree does not have."""
+    if not isinstance(update, dict):
+        raise ConfigError(f"{source}: expected a mapping, got {update!r}")
+    for key, value in update.items():
+        if key not in tree:
+            raise ConfigError(f"{source}: unknown key {key!r}; allowed keys: {', '.join(tree)}")
+        if isinstance(tree[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"{source}: {key!r} is a section; expected a mapping of its keys, got {value!r}"
+                )
+            try:
+                _merge(tree[key], value, source)
+            except ConfigError as exc:
+                # Re-raise with the dotted path so the message names `section.key`.
+                raise ConfigError(str(exc).replace("unknown key '", f"unknown key '{key}.", 1)) from None
+        else:
+            tree[key] = value
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    out: Any = value
+    for part in reversed(dotted.split(".")):
+        out = {part: out}
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is tuple:
+        return f"list of {typing.get_args(tp)[0].__name__}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check(key: str, value: Any, tp: Any) -> Any:
+    """Return ``value`` converted to ``tp`` or raise ``ConfigError`` naming the key and expectation."""
+
+    def fail() -> typing.NoReturn:
+        raise ConfigError(f"{key}={value!r}: expected {_type_name(tp)}, got {type(value).__name__}")
+
+    if typing.get_origin(tp) is tuple:
+        if not isinstance(value, (list, tuple)):
+            fail()
+        item = typing.get_args(tp)[0]
+        return tuple(_check(f"{key}[{i}]", v, item) for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            fail()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail()
+        return value
+    if tp is float:
+        value = _scientific(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail()
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            fail()
+        return value
+    if isinstance(tp, types.UnionType):
+        raise ConfigError(f"{key}: union types are not supported in configs")
+    fail()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,130 @@
+"""One logger, several sinks: console progress bar, ``metrics.jsonl``, TensorBoard and dvclive.
+
+Keys are namespaced by stage (``tokenizer/recon_l1``, ``prior/bits_per_token``, ``agent/loss/kl``,
+``episode/task_return``). Every stage writes through a ``Logger``:
+
+    with Logger(run_dir / "logs", total=cfg.train_grad_steps, desc="tokenizer") as log:
+        for step in range(start, total):
+            ...
+            log.scalars({"tokenizer/recon_l1": l1}, step)
+            log.advance(step + 1)
+
+``metrics.jsonl`` is appended (one JSON object per ``scalars`` call:
+``{"step": s, "time_s": t, key: value}``), so a resumed run continues
+the same file. dvclive and TensorBoard are optional sinks that can be switched off.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+
+def _float(value: Any) -> float:
+    if hasattr(value, "item"):
+        value = value.item()
+    return float(value)
+
+
+class Logger:
+    """Fan scalars out to every sink; show a progress bar over ``total`` units (steps, frames, ...)."""
+
+    def __init__(
+        self,
+        log_dir: str | Path,
+        total: int | None = None,
+        desc: str = "",
+        initial: int = 0,
+        tensorboard: bool = True,
+        dvclive: bool = True,
+        progress: bool = True,
+        resume: bool = True,
+    ) -> None:
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(self.log_dir / "metrics.jsonl", "a" if resume else "w")  # noqa: SIM115
+        self._start = time.time()
+        self._bar = tqdm(total=total, initial=initial, desc=desc, disable=not progress, dynamic_ncols=True)
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.log_dir / "tensorboard"))
+        self._live = None
+        if dvclive:
+            from dvclive import Live
+
+            # save_dvc_exp=False: the pipeline's own `dvc exp` handles experiments; dvclive only writes files.
+            self._live = Live(str(self.log_dir / "dvclive"), resume=resume, save_dvc_exp=False, dvcyaml=None)
+        self.last: dict[str, float] = {}
+
+    def scalars(self, values: Mapping[str, Any], step: int) -> None:
+        """Record ``values`` (numbers or 0-d tensors) at ``step`` in every sink."""
+        row = {k: _float(v) for k, v in values.items()}
+        self.last.update(row)
+        record = {"step": int(step), "time_s": round(time.time() - self._start, 3), **row}
+        self._jsonl.write(
+            json.dumps(
+                {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+            )
+            + "\n"
+        )
+        self._jsonl.flush()
+        if self._tb is not None:
+            for key, value in row.items():
+                self._tb.add_scalar(key, value, step)
+        if self._live is not None:
+            self._live.step = int(step)
+            for key, value in row.items():
+                if math.isfinite(value):
+                    self._live.log_metric(key, value, plot=True)
+        shown = {k.rsplit("/", 1)[-1]: f"{v:.4g}" for k, v in list(row.items())[:4]}
+        self._bar.set_postfix(shown, refresh=False)
+
+    def image(self, key: str, path: str | Path, step: int) -> None:
+        """Register a picture already written to ``path`` (PNG) with TensorBoard and dvclive."""
+        if self._tb is not None or self._live is not None:
+            import imageio.v3 as iio
+
+            pixels = iio.imread(path)
+            if self._tb is not None:
+                self._tb.add_image(key, pixels[..., :3], step, dataformats="HWC")
+            if self._live is not None:
+                self._live.log_image(f"{key.replace('/', '_')}.png", pixels)
+
+    def advance(self, position: int) -> None:
+        """Move the progress bar to ``position`` (absolute, so resumed runs show the right place)."""
+        self._bar.update(position - self._bar.n)
+
+    def write(self, message: str) -> None:
+        """Print a line without breaking the progress bar."""
+        self._bar.write(message)
+
+    def close(self) -> None:
+        self._bar.close()
+        self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._live is not None:
+            self._live.end()
+
+    def __enter__(self) -> Logger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_json(path: str | Path, values: Mapping[str, Any]) -> None:
+    """Write a metrics JSON (e.g. for ``dvc metrics``) atomically: temp file, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(dict(values), indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,44 @@
+"""Where every artifact lives, relative to ``Config.data_dir``. The single source for Python and dvc.yaml.
+
+dvc.yaml is generated from these functions (``viper dvc-yaml``) and a test checks the committed file matches,
+so a path is written once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def slug(task: str) -> str:
+    """``dmc/cartpole_balance`` -> ``dmc-cartpole_balance`` (a file-name-safe task name)."""
+    return task.replace("/", "-")
+
+
+def store(data_dir: str | Path, suite: str) -> Path:
+    """Zarr video store of one suite: one group per task."""
+    return Path(data_dir) / "videos" / f"{suite}.zarr"
+
+
+def tokenizer_dir(data_dir: str | Path, suite: str) -> Path:
+    """VQ-GAN run folder: ``checkpoints/``, ``metrics.json``, ``plots/``, ``logs/``."""
+    return Path(data_dir) / "tokenizer" / suite
+
+
+def prior_dir(data_dir: str | Path, suite: str) -> Path:
+    """VideoGPT run folder: ``checkpoints/``, ``metrics.json``, ``plots/``, ``logs/``."""
+    return Path(data_dir) / "prior" / suite
+
+
+def reward_eval_dir(data_dir: str | Path, suite: str) -> Path:
+    """Reward diagnostics: ``metrics.json``, scatter plots."""
+    return Path(data_dir) / "reward_eval" / suite
+
+
+def agent_dir(data_dir: str | Path, reward: str, task: str, seed: int) -> Path:
+    """One agent run (``reward`` is ``task`` for experts/oracles or ``viper``)."""
+    return Path(data_dir) / "agents" / reward / slug(task) / f"seed{seed}"
+
+
+def report_dir(data_dir: str | Path) -> Path:
+    """The final Markdown/HTML report with its pictures."""
+    return Path(data_dir) / "report"

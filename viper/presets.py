@@ -1,0 +1,135 @@
+"""Named presets: partial overrides of the defaults in ``viper.config``, applied in the order given.
+
+The defaults are the published settings for DMC, so ``paper_dmc`` is nearly empty. Small presets run the same
+code with smaller numbers: ``tiny`` (seconds to minutes on 2 CPU cores; what CI's end-to-end test runs) and
+``demo`` (cartpole tasks with scripted experts; about half an hour on a laptop CPU). Combine presets with a
+comma, e.g. ``--preset demo,size_xs``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CARTPOLE = ["dmc/cartpole_balance", "dmc/cartpole_swingup"]
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper_dmc": {},
+    "paper_atari": {
+        "collect": {
+            "suite": "atari",
+            "tasks": [
+                "atari/assault",
+                "atari/atlantis",
+                "atari/boxing",
+                "atari/defender",
+                "atari/freeway",
+                "atari/kangaroo",
+                "atari/pong",
+                "atari/zaxxon",
+            ],
+            "action_repeat": 4,
+            "episode_env_steps": 27_000,
+            "keep_return_percentile": 0.0,
+            "drop_first_frames": 0,
+        },
+        "tokenizer": {"channel_mult": [1, 2, 2], "codebook_size": 1024},
+        "prior": {
+            "d_model": 512,
+            "mlp_dim": 2048,
+            "dropout": 0.0,
+            "batch_size": 32,
+            "seq_len": 4,
+            "frame_skip": 4,
+            "class_conditional": False,
+        },
+        "agent": {
+            "tasks": ["atari/pong"],
+            "size": "XL",
+            "envs": 8,
+            "action_repeat": 4,
+        },
+    },
+    "demo": {
+        "collect": {
+            "tasks": CARTPOLE,
+            "episodes_per_task": 24,
+            "keep_return_percentile": 0.0,
+            "drop_first_frames": 0,
+            "test_fraction": 0.125,
+        },
+        "tokenizer": {
+            "base_channels": 32,
+            "embed_dim": 32,
+            "codebook_size": 128,
+            "batch_size": 32,
+            "train_grad_steps": 3000,
+            "warmup_grad_steps": 100,
+            "eval_every_grad_steps": 500,
+            "checkpoint_every_grad_steps": 500,
+        },
+        "prior": {
+            "d_model": 128,
+            "layers": 2,
+            "heads": 4,
+            "mlp_dim": 512,
+            "seq_len": 4,
+            "batch_size": 16,
+            "ema_decay": 0.999,
+            "train_grad_steps": 3000,
+            "eval_every_grad_steps": 500,
+            "checkpoint_every_grad_steps": 500,
+        },
+        "agent": {"tasks": ["dmc/cartpole_balance"], "seeds": [0], "size": "XS", "env_steps": 50_000},
+        "evaluate": {"reward_eval_episodes": 8, "agent_episodes": 5},
+    },
+    "tiny": {
+        "collect": {
+            "tasks": ["dmc/cartpole_balance"],
+            "episodes_per_task": 4,
+            "episode_env_steps": 40,
+            "workers": 1,
+            "keep_return_percentile": 0.0,
+            "drop_first_frames": 0,
+            "test_fraction": 0.25,
+            "chunk_frames": 16,
+        },
+        "tokenizer": {
+            "base_channels": 8,
+            "channel_mult": [1, 2, 2, 2],
+            "embed_dim": 8,
+            "codebook_size": 16,
+            "batch_size": 8,
+            "train_grad_steps": 20,
+            "warmup_grad_steps": 5,
+            "eval_every_grad_steps": 10,
+            "checkpoint_every_grad_steps": 10,
+        },
+        "prior": {
+            "d_model": 32,
+            "layers": 1,
+            "heads": 2,
+            "mlp_dim": 64,
+            "seq_len": 4,
+            "batch_size": 4,
+            "ema_decay": 0.9,
+            "train_grad_steps": 20,
+            "eval_every_grad_steps": 10,
+            "checkpoint_every_grad_steps": 10,
+        },
+        "agent": {
+            "tasks": ["dmc/cartpole_balance"],
+            "seeds": [0],
+            "size": "XS",
+            "env_steps": 200,
+            "envs": 1,
+            "batch_size": 2,
+            "batch_length": 16,
+            "imag_horizon": 5,
+            "eval_every_env_steps": 100,
+            "checkpoint_every_env_steps": 100,
+        },
+        "evaluate": {"reward_eval_episodes": 2, "noisy_epsilons": [0.5], "agent_episodes": 1},
+    },
+    "size_xs": {"agent": {"size": "XS"}},
+    "size_s": {"agent": {"size": "S"}},
+}
