@@ -19,6 +19,14 @@ def store(data_dir: str | Path, suite: str) -> Path:
     return Path(data_dir) / "videos" / f"{suite}.zarr"
 
 
+def tokens(data_dir: str | Path, suite: str) -> Path:
+    """Token store of one suite (same group layout as the video store, written by ``tokenize``).
+
+    Kept apart from the video store so that DVC sees ``collect`` and ``tokenize`` write different outputs.
+    """
+    return Path(data_dir) / "tokens" / f"{suite}.zarr"
+
+
 def tokenizer_dir(data_dir: str | Path, suite: str) -> Path:
     """VQ-GAN run folder: ``checkpoints/``, ``metrics.json``, ``plots/``, ``logs/``."""
     return Path(data_dir) / "tokenizer" / suite
