@@ -2,7 +2,9 @@
 
 Every stage command takes ``--preset P`` and any number of ``-S section.key=value`` overrides (DVC's syntax)
 and resolves the configuration the same way (``viper.config.load``). A stage module provides
-``add_arguments(parser)`` (optional) and ``cli(cfg, args)``; the table below is the only registry.
+``add_arguments(parser, command)`` (optional) and ``cli(cfg, args, command)``, which returns the stage's
+summary metrics (a flat dict, written by ``--metrics-out`` for DVC) or None; the table below is the only
+registry of commands (``viper/stages.py`` declares the DVC stages).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import yaml
 
 from viper import config as config_lib
 from viper.errors import ViperError
+from viper.metrics import write_json
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         _add_config_options(stage_parser)
+        stage_parser.add_argument(
+            "--metrics-out",
+            default=None,
+            metavar="PATH",
+            help="write the stage's summary metrics as JSON here (dvc.yaml uses data/metrics/<stage>.json)",
+        )
         module = _import_stage(stage)
         if module is not None and hasattr(module, "add_arguments"):
             module.add_arguments(stage_parser, name)
@@ -165,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         if module is None or not hasattr(module, "cli"):
             print(f"viper {args.command}: not implemented yet (see the open issues)", file=sys.stderr)
             return 3
-        module.cli(cfg, args, args.command)
+        metrics = module.cli(cfg, args, args.command)
+        if args.metrics_out:
+            write_json(args.metrics_out, metrics or {})
         return 0
     except ViperError as exc:
         print(f"viper {args.command}: error: {exc}", file=sys.stderr)

@@ -1,0 +1,132 @@
+"""The pipeline's stages, declared once: command, code, params sections, inputs and outputs.
+
+``dvc.yaml`` is generated from this table (``viper dvc-yaml``; a test checks the committed file is
+current) and
+the Prefect flows in ``pipeline/`` run the same stages through ``dvc repro``, so DVC's lock file is the single
+record of what is stale whichever way a stage was started.
+
+Why one stage per step rather than a DVC ``foreach`` per task: DVC resolves ``foreach`` from params.yaml at
+parse time, but the task and seed lists come from the selected preset (``viper/presets.py``), so a
+``dvc exp run -S preset=tiny`` could not change the fan-out. Each stage therefore covers all of the preset's
+tasks/seeds and fans out inside (worker processes, or Prefect task runners); outputs are persistent and
+per-task work resumes, so a killed ``dvc repro`` picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DATA = "data"
+
+COMMON_CODE = ("viper/config.py", "viper/presets.py", "viper/paths.py")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    """DVC stage name (also the Prefect task name)."""
+    command: str
+    """The ``viper`` subcommand the stage runs."""
+    sections: tuple[str, ...]
+    """params.yaml sections the stage reads (``preset`` is always a dependency)."""
+    code: tuple[str, ...]
+    """Source files/folders whose change makes the stage stale."""
+    inputs: tuple[str, ...]
+    """Outputs of earlier stages it reads."""
+    outs: tuple[str, ...]
+    """Folders it writes (persistent: a re-run resumes inside them)."""
+    note: str
+    """One line for the stage's ``desc``."""
+
+    @property
+    def metrics(self) -> str:
+        """Summary metrics file the stage writes (``viper <cmd> --metrics-out``)."""
+        return metrics_path(self.name)
+
+
+def metrics_path(stage: str, data_dir: str | Path = DATA) -> str:
+    return str(Path(data_dir) / "metrics" / f"{stage}.json")
+
+
+STAGES: tuple[StageSpec, ...] = (
+    StageSpec(
+        "collect",
+        "collect",
+        ("collect",),
+        ("viper/envs", "viper/experts", "viper/data"),
+        (),
+        (f"{DATA}/videos",),
+        "roll out expert policies into the Zarr video store",
+    ),
+    StageSpec(
+        "train-tokenizer",
+        "train-tokenizer",
+        ("tokenizer",),
+        ("viper/models/vqgan.py", "viper/train", "viper/data"),
+        (f"{DATA}/videos",),
+        (f"{DATA}/tokenizer",),
+        "train the VQ-GAN tokenizer on single frames",
+    ),
+    StageSpec(
+        "tokenize",
+        "tokenize",
+        ("tokenizer",),
+        ("viper/models/vqgan.py", "viper/train/tokenize.py", "viper/data"),
+        (f"{DATA}/videos", f"{DATA}/tokenizer"),
+        (f"{DATA}/tokens",),
+        "encode every stored frame into tokens",
+    ),
+    StageSpec(
+        "train-videogpt",
+        "train-videogpt",
+        ("prior",),
+        ("viper/models/videogpt.py", "viper/train", "viper/data"),
+        (f"{DATA}/tokens", f"{DATA}/tokenizer"),
+        (f"{DATA}/prior",),
+        "train the task-conditioned VideoGPT prior",
+    ),
+    StageSpec(
+        "reward-eval",
+        "reward-eval",
+        ("reward", "evaluate"),
+        ("viper/reward", "viper/eval/reward_eval.py", "viper/eval/stats.py", "viper/experts", "viper/envs"),
+        (f"{DATA}/videos", f"{DATA}/tokenizer", f"{DATA}/prior"),
+        (f"{DATA}/reward_eval",),
+        "score expert / noisy / random episodes with the reward model",
+    ),
+    StageSpec(
+        "train-agent",
+        "train-agent",
+        ("agent", "reward"),
+        ("viper/agent", "viper/reward", "viper/envs"),
+        (f"{DATA}/tokenizer", f"{DATA}/prior"),
+        (f"{DATA}/agents",),
+        "train DreamerV3 agents on the VIPER reward for every (task, seed)",
+    ),
+    StageSpec(
+        "evaluate",
+        "evaluate",
+        ("evaluate", "agent"),
+        ("viper/eval/agent_eval.py", "viper/agent", "viper/envs"),
+        (f"{DATA}/agents", f"{DATA}/tokenizer", f"{DATA}/prior"),
+        (f"{DATA}/evaluate",),
+        "roll out the trained agents: task and VIPER returns, videos",
+    ),
+    StageSpec(
+        "report",
+        "report",
+        ("evaluate",),
+        ("viper/eval/report.py",),
+        (f"{DATA}/reward_eval", f"{DATA}/evaluate"),
+        (f"{DATA}/report",),
+        "write the Markdown/HTML report beside the published results",
+    ),
+)
+
+
+def by_name(name: str) -> StageSpec:
+    for stage in STAGES:
+        if stage.name == name:
+            return stage
+    raise KeyError(f"unknown stage {name!r}; stages: {', '.join(s.name for s in STAGES)}")
