@@ -50,18 +50,12 @@ STAGES: dict[str, Stage] = {
         "train a DreamerV3 expert on the task reward for tasks without a scripted expert",
         ("agent",),
     ),
-    "train-tokenizer": Stage(
-        "viper.train.tokenizer", "train the VQ-GAN frame tokenizer on the store", ("tokenizer",)
-    ),
+    "train-tokenizer": Stage("viper.train.tokenizer", "train the VQ-GAN frame tokenizer on the store", ("tokenizer",)),
     "tokenize": Stage(
         "viper.train.tokenize", "encode every stored frame into tokens with the tokenizer", ("tokenizer",)
     ),
-    "train-videogpt": Stage(
-        "viper.train.prior", "train the task-conditioned VideoGPT prior over tokens", ("prior",)
-    ),
-    "score": Stage(
-        "viper.reward.score", "print and plot per-step VIPER rewards of one episode", ("reward", "prior")
-    ),
+    "train-videogpt": Stage("viper.train.prior", "train the task-conditioned VideoGPT prior over tokens", ("prior",)),
+    "score": Stage("viper.reward.score", "print and plot per-step VIPER rewards of one episode", ("reward", "prior")),
     "reward-eval": Stage(
         "viper.eval.reward_eval",
         "score expert / noisy / random episodes: AUROC, Spearman, scatter plot",
@@ -72,12 +66,8 @@ STAGES: dict[str, Stage] = {
         "train a DreamerV3 agent on the VIPER (or task) reward",
         ("agent", "reward"),
     ),
-    "evaluate": Stage(
-        "viper.eval.agent_eval", "roll out trained agents: task and VIPER returns, GIFs", ("evaluate",)
-    ),
-    "report": Stage(
-        "viper.eval.report", "write the Markdown/HTML report beside the published results", ("evaluate",)
-    ),
+    "evaluate": Stage("viper.eval.agent_eval", "roll out trained agents: task and VIPER returns, GIFs", ("evaluate",)),
+    "report": Stage("viper.eval.report", "write the Markdown/HTML report beside the published results", ("evaluate",)),
 }
 
 

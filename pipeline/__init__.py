@@ -1,0 +1,1 @@
+"""Prefect orchestration of the VIPER stages (flows, deployments). Nothing numerical lives here."""

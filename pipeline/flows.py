@@ -1,0 +1,161 @@
+"""Prefect flows over the same stages ``dvc repro`` runs. Orchestration only: nothing numerical lives here.
+
+- ``reproduce``: the whole pipeline for a preset, one Prefect task per DVC stage, each running
+  ``dvc repro --single-item <stage>``. DVC's lock file stays the single record of staleness: after a Prefect
+  run, ``dvc status`` reports nothing to do, and a stage that is already current costs a second.
+- ``train_agents`` / ``collect_videos``: ad-hoc fan-out of one stage command over a (task, seed) selection
+  through the flow's task runner (local threads driving one process each by default; Dask or Ray with the
+  ``[dask]`` / ``[ray]`` extras). Their outputs land where the DVC stages expect them; the next ``dvc repro``
+  records them.
+
+Retries are safe because stages resume from their checkpoints. Long stages report progress to Prefect (a
+progress artifact fed by the stage's progress bar) and finish with a table artifact of their metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from viper import dvc_yaml
+from viper.stages import StageSpec, by_name
+
+_PERCENT = re.compile(r"(\d{1,3})%\|")
+
+
+def _venv_bin() -> str:
+    """The folder of the running interpreter, so `dvc` and `viper` come from the same environment."""
+    return str(Path(sys.executable).parent)
+
+
+def _stream(cmd: list[str], cwd: Path, progress_key: str | None) -> None:
+    """Run ``cmd``; forward its output to the Prefect log and its progress-bar percentage to an artifact."""
+    logger = get_run_logger()
+    env = dict(os.environ, PATH=_venv_bin() + os.pathsep + os.environ.get("PATH", ""))
+    artifact = create_progress_artifact(0.0, key=progress_key) if progress_key else None
+    last = 0.0
+    with subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as proc:
+        assert proc.stdout is not None
+        buffer = ""
+        while chunk := proc.stdout.read(256):
+            buffer += chunk
+            # tqdm redraws with carriage returns: treat them as line ends.
+            *lines, buffer = re.split(r"[\r\n]", buffer)
+            for line in filter(None, (s.strip() for s in lines)):
+                match = _PERCENT.search(line)
+                if match and artifact is not None:
+                    percent = float(match.group(1))
+                    if percent >= last + 1 or percent == 100:
+                        update_progress_artifact(artifact, percent)
+                        last = percent
+                elif not match:
+                    logger.info(line)
+        if proc.wait() != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed with exit status {proc.returncode}")
+
+
+def _publish_metrics(stage: StageSpec, project: Path) -> dict:
+    path = project / stage.metrics
+    if not path.exists():
+        return {}
+    metrics = json.loads(path.read_text())
+    rows = [{"metric": k, "value": v} for k, v in sorted(metrics.items()) if not isinstance(v, (dict, list))]
+    if rows:
+        create_table_artifact(rows, key=f"{stage.name}-metrics", description=f"{stage.name}: final metrics")
+    pictures = sorted(p for out in stage.outs for p in (project / out).rglob("*") if p.suffix in (".png", ".gif"))
+    if pictures:
+        listing = "\n".join(f"- [{p.relative_to(project)}](file://{p})" for p in pictures[:50])
+        create_markdown_artifact(f"## {stage.name}: pictures\n\n{listing}", key=f"{stage.name}-pictures")
+    return metrics
+
+
+@task(retries=1, retry_delay_seconds=5, task_run_name="dvc-{stage_name}")
+def run_stage(stage_name: str, project_dir: str) -> dict:
+    """Bring one DVC stage up to date (resumes a killed run); return its summary metrics."""
+    project = Path(project_dir).resolve()
+    stage = by_name(stage_name)
+    _stream(["dvc", "repro", "--single-item", stage.name], project, progress_key=f"{stage.name}-progress")
+    return _publish_metrics(stage, project)
+
+
+def set_preset(project_dir: str | Path, preset: str) -> None:
+    """Point params.yaml's ``preset:`` at ``preset`` (what ``dvc exp run -S preset=...`` does), keeping comments."""
+    path = Path(project_dir) / "params.yaml"
+    text = path.read_text()
+    new, count = re.subn(r"(?m)^preset:.*$", f"preset: {preset}", text)
+    if count == 0:
+        new = f"preset: {preset}\n" + text
+    if new != text:
+        tmp = path.with_suffix(".yaml.tmp")
+        tmp.write_text(new)
+        tmp.replace(path)
+
+
+@flow(name="viper-reproduce", log_prints=True)
+def reproduce(preset: str = "demo", stages: list[str] | None = None, project_dir: str = ".") -> dict:
+    """Run the pipeline for ``preset`` stage by stage through DVC; ``stages`` limits it (default: all)."""
+    set_preset(project_dir, preset)
+    names = [s.name for s in dvc_yaml.active_stages()]
+    unknown = sorted(set(stages or ()) - set(names))
+    if unknown:
+        raise ValueError(f"unknown or not yet implemented stages {unknown}; available: {names}")
+    results = {}
+    for name in names:
+        if stages is None or name in stages:
+            results[name] = run_stage(name, project_dir)
+    return results
+
+
+@task(retries=1, retry_delay_seconds=5, task_run_name="{command}-{label}")
+def run_command(command: str, args: list[str], label: str, project_dir: str) -> None:
+    """Run one ``viper`` stage command with extra arguments (one process per call)."""
+    _stream([sys.executable, "-m", "viper.cli", command, *args], Path(project_dir).resolve(), progress_key=None)
+
+
+def _preset_args(preset: str) -> list[str]:
+    return ["--preset", preset] if preset else []
+
+
+@flow(name="viper-train-agents", task_runner=ThreadPoolTaskRunner(max_workers=2))
+def train_agents(
+    tasks: list[str], seeds: list[int], preset: str = "", reward: str = "viper", project_dir: str = "."
+) -> None:
+    """Train one agent per (task, seed), in parallel through the flow's task runner."""
+    futures = [
+        run_command.submit(
+            "train-agent",
+            [*_preset_args(preset), "--task", t, "--seed", str(s), "-S", f"agent.reward={reward}"],
+            f"{t.replace('/', '-')}-seed{s}",
+            project_dir,
+        )
+        for t in tasks
+        for s in seeds
+    ]
+    for future in futures:
+        future.result()
+
+
+@flow(name="viper-collect-videos", task_runner=ThreadPoolTaskRunner(max_workers=2))
+def collect_videos(tasks: list[str], preset: str = "", project_dir: str = ".") -> None:
+    """Collect expert videos for each task in parallel (each task is its own group in the suite's store)."""
+    futures = [
+        run_command.submit("collect", [*_preset_args(preset), "--task", t], t.replace("/", "-"), project_dir)
+        for t in tasks
+    ]
+    for future in futures:
+        future.result()

@@ -1,0 +1,63 @@
+"""Register the VIPER deployments with a schedule and serve them: ``python -m pipeline.serve``.
+
+Start a Prefect server first (``prefect server start --host 127.0.0.1``, UI at http://127.0.0.1:4200) and
+point this process at it (``PREFECT_API_URL=http://127.0.0.1:4200/api``); without a server the deployments
+are registered in the embedded local Prefect (SQLite under ``PREFECT_HOME``). Runs can then be started or
+rescheduled from the UI with typed parameters (preset, tasks, seeds). Stop with SIGTERM or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from prefect import serve
+
+from pipeline.flows import collect_videos, reproduce, train_agents
+from pipeline.runners import RUNNERS, make_runner
+
+
+def deployments(project_dir: str, cron: str, preset: str, runner: str = "local", workers: int = 2) -> list:
+    """The deployments this project serves (the reproduce flow on ``cron``; fan-out flows on demand)."""
+    project_dir = str(Path(project_dir).resolve())
+    fan_out = make_runner(runner, workers)
+    return [
+        reproduce.to_deployment(
+            name="reproduce",
+            cron=cron,
+            parameters={"preset": preset, "project_dir": project_dir},
+            description="dvc repro of the whole pipeline for a preset, stage by stage",
+        ),
+        train_agents.with_options(task_runner=fan_out).to_deployment(
+            name="train-agents",
+            parameters={
+                "tasks": ["dmc/cartpole_balance"],
+                "seeds": [0],
+                "preset": preset,
+                "project_dir": project_dir,
+            },
+            description="train one agent per (task, seed) in parallel",
+        ),
+        collect_videos.with_options(task_runner=make_runner(runner, workers)).to_deployment(
+            name="collect-videos",
+            parameters={"tasks": ["dmc/cartpole_balance"], "preset": preset, "project_dir": project_dir},
+            description="collect expert videos for a task selection in parallel",
+        ),
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--project-dir", default=".", help="the repository to run in (default: %(default)s)")
+    parser.add_argument(
+        "--cron", default="0 3 * * *", help="schedule of the reproduce deployment (default: %(default)s)"
+    )
+    parser.add_argument("--preset", default="demo", help="default preset parameter (default: %(default)s)")
+    parser.add_argument("--runner", default="local", choices=RUNNERS, help="task runner for fan-out flows")
+    parser.add_argument("--workers", type=int, default=2, help="parallel stage processes (default: %(default)s)")
+    args = parser.parse_args(argv)
+    serve(*deployments(args.project_dir, args.cron, args.preset, args.runner, args.workers))
+
+
+if __name__ == "__main__":
+    main()
