@@ -9,10 +9,15 @@ Layout of ``<run>/checkpoints/``::
 A folder without ``done`` (a kill mid-write) is never loaded and is removed on the next save. ``latest`` is
 replaced atomically (``os.replace``), so it always names a complete folder. Resume is re-running the same
 command: ``load_latest()`` returns the newest complete checkpoint or ``None``.
+
+A ``fingerprint`` (e.g. the stage's config section as a dict) is stored beside every checkpoint; checkpoints
+whose fingerprint differs from the current one are never resumed (DVC keeps a stage's persistent outputs when
+its params change, and an old run must not continue under new settings); they are removed on the next save.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -55,9 +60,10 @@ def _fsync_dir(path: Path) -> None:
 class Checkpointer:
     """Save and load step folders under ``directory``, keeping the newest ``keep`` (and ``protect``)."""
 
-    def __init__(self, directory: str | Path, keep: int = 3) -> None:
+    def __init__(self, directory: str | Path, keep: int = 3, fingerprint: dict[str, Any] | None = None) -> None:
         self.directory = Path(directory)
         self.keep = max(1, keep)
+        self.fingerprint = None if fingerprint is None else json.dumps(fingerprint, sort_keys=True, default=str)
         self.loads = 0
         """How many times a checkpoint was loaded by this object (resume tests assert exactly one)."""
 
@@ -69,15 +75,21 @@ class Checkpointer:
         """Complete checkpoint folders, oldest first."""
         if not self.directory.exists():
             return []
-        found = [p for p in self.directory.glob("step_*") if p.is_dir() and (p / DONE).exists()]
+        found = [p for p in self.directory.glob("step_*") if p.is_dir() and (p / DONE).exists() and self._matches(p)]
         return sorted(found, key=lambda p: p.name)
+
+    def _matches(self, folder: Path) -> bool:
+        if self.fingerprint is None:
+            return True
+        stored = folder / "fingerprint.json"
+        return stored.exists() and stored.read_text() == self.fingerprint
 
     def latest_path(self) -> Path | None:
         """The folder ``latest`` points at, falling back to the newest complete folder."""
         pointer = self.directory / LATEST
         if pointer.exists():
             candidate = self.directory / pointer.read_text().strip()
-            if (candidate / DONE).exists():
+            if (candidate / DONE).exists() and self._matches(candidate):
                 return candidate
         complete = self.complete()
         return complete[-1] if complete else None
@@ -96,6 +108,8 @@ class Checkpointer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         torch.save(state, tmp / "state.pt")
+        if self.fingerprint is not None:
+            (tmp / "fingerprint.json").write_text(self.fingerprint)
         if extra is not None:
             extra(tmp)
         (tmp / DONE).write_text(str(step))
@@ -122,7 +136,7 @@ class Checkpointer:
         for leftover in self.directory.glob(".tmp_step_*"):
             shutil.rmtree(leftover, ignore_errors=True)
         for path in self.directory.glob("step_*"):
-            if path.is_dir() and not (path / DONE).exists():
+            if path.is_dir() and not ((path / DONE).exists() and self._matches(path)):
                 shutil.rmtree(path, ignore_errors=True)
         complete = self.complete()
         for path in complete[: max(0, len(complete) - self.keep)]:
