@@ -1,0 +1,371 @@
+"""The Zarr video store: one store per suite, one group per task, ragged episodes concatenated along time.
+
+Group ``<root>/<name>`` (``name`` = task without the suite prefix, e.g. ``cartpole_balance``) holds:
+
+    frames        (N, 64, 64, 3) uint8   zstd(3) chunks of chunk_frames frames in shards of shard_frames
+    actions       (N, A) float32         optional; row i is the action that led to frame i (row 0 zeros)
+    rewards       (N,) float32           optional; row i is the reward received on reaching frame i
+    episode_ends  (E,) int64             exclusive end frame: episode i is frames [ends[i-1], ends[i])
+    lengths       (E,) int64             frames per episode
+    returns       (E,) float32           task return of the episode (NaN if unknown, e.g. imported videos)
+    split         (E,) uint8             0 train, 1 test
+    episode_ids   (E,) int64             provenance: rollout index (collect) or file order (import)
+
+Group attributes: ``schema_version``, ``suite``, ``task``, ``action_repeat``, ``source`` (policy, seed,
+checksums, ...), ``created`` (UTC ISO time) and the commit record ``num_episodes`` / ``num_frames``.
+
+Atomic append: the frame rows (and actions/rewards) are written first, then the per-episode rows, and last the
+commit record in the group's ``zarr.json`` (one atomic file replace). Readers trust only the commit record, so
+they never see a half-written episode; opening with mode ``"a"`` trims arrays back to it ("repair on open").
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from viper.data.location import Location, hidden, promote, recover_swaps
+from viper.errors import ViperError
+
+SCHEMA_VERSION = 1
+FRAME_SHAPE = (64, 64, 3)
+SPLITS = {"train": 0, "test": 1}
+EPISODE_ARRAYS = {
+    "episode_ends": np.int64,
+    "lengths": np.int64,
+    "returns": np.float32,
+    "split": np.uint8,
+    "episode_ids": np.int64,
+}
+INDEX_CHUNK = 4096
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def _check_full(task: str) -> None:
+    if "/" not in task:
+        raise ViperError(f"task {task!r}: expected a full name <suite>/<task>, e.g. dmc/cartpole_balance")
+
+
+def _short(task: str) -> str:
+    return task.split("/", 1)[1] if "/" in task else task
+
+
+class TaskGroup:
+    """One task's episodes; only committed episodes are visible (call ``refresh`` to see newer ones)."""
+
+    def __init__(self, zstore: zarr.abc.store.Store, name: str, mode: str, where: str) -> None:
+        self._zstore = zstore
+        self._mode = mode
+        self.name = name
+        self.where = where
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the commit record and the per-episode index (sees episodes committed since opening)."""
+        self._group = zarr.open_group(store=self._zstore, path=self.name, mode=self._mode)
+        self._sync()
+
+    def _sync(self) -> None:
+        attrs = dict(self._group.attrs)
+        if attrs.get("schema_version") != SCHEMA_VERSION:
+            raise ViperError(
+                f"{self.where}: not a viper task group (schema_version {attrs.get('schema_version')!r}, "
+                f"expected {SCHEMA_VERSION})"
+            )
+        self.attrs: dict[str, Any] = attrs
+        self.task: str = attrs["task"]
+        self.num_episodes = int(attrs["num_episodes"])
+        self.num_frames = int(attrs["num_frames"])
+        self._frames = self._group["frames"]
+        index = {k: self._group[k][: self.num_episodes] for k in EPISODE_ARRAYS}
+        if self._frames.shape[0] < self.num_frames or any(len(v) < self.num_episodes for v in index.values()):
+            raise ViperError(f"{self.where}: corrupt store, arrays are shorter than the commit record")
+        self.episode_ends: np.ndarray = index["episode_ends"]
+        self.lengths: np.ndarray = index["lengths"]
+        self.returns: np.ndarray = index["returns"]
+        self.split: np.ndarray = index["split"]
+        self.episode_ids: np.ndarray = index["episode_ids"]
+        ends_ok = self.num_episodes == 0 or self.episode_ends[-1] == self.num_frames
+        if not ends_ok or not np.array_equal(np.diff(self.episode_ends, prepend=0), self.lengths):
+            raise ViperError(f"{self.where}: corrupt store, episode_ends disagree with lengths/num_frames")
+
+    @property
+    def has_actions(self) -> bool:
+        return "actions" in self._group
+
+    @property
+    def has_rewards(self) -> bool:
+        return "rewards" in self._group
+
+    @property
+    def chunk_frames(self) -> int:
+        """Frames per compressed chunk (the unit of decoding)."""
+        return int(self._frames.chunks[0])
+
+    def episode_range(self, i: int) -> tuple[int, int]:
+        """Frame range ``[start, stop)`` of episode ``i`` in the concatenated arrays."""
+        if not 0 <= i < self.num_episodes:
+            raise ViperError(
+                f"{self.where}: episode {i} out of range (task has {self.num_episodes} episodes)"
+            )
+        stop = int(self.episode_ends[i])
+        return stop - int(self.lengths[i]), stop
+
+    def read_frames(self, start: int, stop: int) -> np.ndarray:
+        """Frames ``[start, stop)`` of the concatenated array: uint8 (stop - start, 64, 64, 3)."""
+        if not 0 <= start <= stop <= self.num_frames:
+            raise ViperError(
+                f"{self.where}: frames [{start}, {stop}) out of range (task has {self.num_frames} frames)"
+            )
+        return self._frames[start:stop]
+
+    def read_episode(self, i: int) -> dict[str, np.ndarray]:
+        """``frames`` uint8 (L, 64, 64, 3) and, when stored, ``actions`` float32 (L, A), ``rewards`` (L,)."""
+        start, stop = self.episode_range(i)
+        out = {"frames": self._frames[start:stop]}
+        for key in ("actions", "rewards"):
+            if key in self._group:
+                out[key] = self._group[key][start:stop]
+        return out
+
+    def episodes(self, split: str = "all") -> np.ndarray:
+        """Indices (int64) of the episodes in ``split``: ``train``, ``test`` or ``all``."""
+        if split == "all":
+            return np.arange(self.num_episodes, dtype=np.int64)
+        if split not in SPLITS:
+            raise ViperError(f"split {split!r}: expected one of train, test, all")
+        return np.flatnonzero(self.split == SPLITS[split]).astype(np.int64)
+
+    # -- writing ---------------------------------------------------------------------------------------
+
+    def append(
+        self,
+        frames: np.ndarray,
+        actions: np.ndarray | None = None,
+        rewards: np.ndarray | None = None,
+        split: str = "train",
+        task_return: float | None = None,
+        episode_id: int | None = None,
+    ) -> int:
+        """Append one episode atomically; returns its index. Shapes: frames uint8 (L, 64, 64, 3), actions
+        float32 (L, A), rewards float32 (L,). ``task_return`` defaults to ``rewards.sum()`` (else NaN)."""
+        frames, actions, rewards = self._check_episode(frames, actions, rewards, split)
+        n, e, length = self.num_frames, self.num_episodes, len(frames)
+        # 1. Frame rows past the committed end; a kill here leaves rows that repair trims.
+        _write_rows(self._frames, n, frames)
+        for key, value in (("actions", actions), ("rewards", rewards)):
+            if value is not None:
+                if key not in self._group:
+                    self._create_rows(key, value)
+                _write_rows(self._group[key], n, value)
+        # 2. The episode's index rows.
+        if task_return is None:
+            task_return = float(rewards.sum(dtype=np.float64)) if rewards is not None else float("nan")
+        row = {
+            "episode_ends": n + length,
+            "lengths": length,
+            "returns": task_return,
+            "split": SPLITS[split],
+            "episode_ids": e if episode_id is None else episode_id,
+        }
+        for key, dtype in EPISODE_ARRAYS.items():
+            _write_rows(self._group[key], e, np.asarray([row[key]], dtype=dtype))
+        # 3. Commit: one atomic rewrite of the group's zarr.json.
+        self._group.attrs.update({"num_episodes": e + 1, "num_frames": n + length})
+        self._sync()
+        return e
+
+    def _check_episode(self, frames, actions, rewards, split):
+        frames = np.asarray(frames)
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != FRAME_SHAPE or not len(frames):
+            raise ViperError(
+                f"{self.where}: frames must be uint8 (L>=1, 64, 64, 3), got {frames.dtype} {frames.shape}"
+            )
+        if split not in SPLITS:
+            raise ViperError(f"{self.where}: split {split!r}, expected 'train' or 'test'")
+        length = len(frames)
+        if self.num_episodes and (actions is None) == self.has_actions:
+            raise ViperError(
+                f"{self.where}: every episode must have actions, or none (has_actions={self.has_actions})"
+            )
+        if self.num_episodes and (rewards is None) == self.has_rewards:
+            raise ViperError(f"{self.where}: every episode must have rewards, or none")
+        if actions is not None:
+            actions = np.asarray(actions, dtype=np.float32)
+            if actions.ndim != 2 or len(actions) != length:
+                raise ViperError(f"{self.where}: actions must be (L={length}, A), got {actions.shape}")
+            if self.has_actions and actions.shape[1] != self._group["actions"].shape[1]:
+                raise ViperError(
+                    f"{self.where}: actions have {actions.shape[1]} dims, store has "
+                    f"{self._group['actions'].shape[1]}"
+                )
+        if rewards is not None:
+            rewards = np.asarray(rewards, dtype=np.float32)
+            if rewards.shape != (length,):
+                raise ViperError(f"{self.where}: rewards must be (L={length},), got {rewards.shape}")
+        return frames, actions, rewards
+
+    def _create_rows(self, key: str, like: np.ndarray) -> None:
+        # Small rows: one chunk per shard's worth of frames keeps the file count as low as the frames'.
+        rows = int(self._frames.shards[0]) if self._frames.shards else self.chunk_frames
+        self._group.create_array(
+            key,
+            shape=(0, *like.shape[1:]),
+            dtype=np.float32,
+            chunks=(rows, *like.shape[1:]),
+            compressors=zarr.codecs.ZstdCodec(level=3),
+        )
+
+    def repair(self) -> None:
+        """Trim every array back to the commit record (rows a killed writer left past it)."""
+        for key in self._group.array_keys():
+            arr = self._group[key]
+            keep = self.num_episodes if key in EPISODE_ARRAYS else self.num_frames
+            if arr.shape[0] > keep:
+                arr.resize((keep, *arr.shape[1:]))
+
+
+def _write_rows(arr: zarr.Array, start: int, rows: np.ndarray) -> None:
+    """Write ``rows`` at ``[start, start + len(rows))``, growing (or trimming stale rows of) the array."""
+    stop = start + len(rows)
+    if arr.shape[0] != stop:
+        arr.resize((stop, *arr.shape[1:]))
+    arr[start:stop] = rows
+
+
+class VideoStore:
+    """A suite's store: ``open_store(url, mode)``; ``tasks`` lists committed task groups by full name."""
+
+    def __init__(self, url: str | Path, mode: str = "r", chunk_frames: int = 32, shard_frames: int = 4096):
+        if mode not in ("r", "a"):
+            raise ViperError(f"open_store mode {mode!r}: expected 'r' (read) or 'a' (append/create)")
+        if shard_frames % chunk_frames:
+            raise ViperError(f"shard_frames {shard_frames} must be a multiple of chunk_frames {chunk_frames}")
+        self.location = Location(url)
+        self.url = str(url)
+        self.mode = mode
+        self.chunk_frames = chunk_frames
+        self.shard_frames = shard_frames
+        if mode == "r" and not self.location.exists():
+            raise ViperError(
+                f"no video store at {self.url} (create one with `viper collect` or `viper import`)"
+            )
+        self._zstore = self.location.zarr_store(read_only=mode == "r")
+        if mode == "a":
+            self.location.ensure_root({"schema_version": SCHEMA_VERSION, "kind": "viper-video-store"})
+            recover_swaps(self.location)
+            for name in self._names():
+                self.location.remove_temp_files(name)
+                self._open(name).repair()
+
+    def __repr__(self) -> str:
+        return f"VideoStore({self.url!r}, mode={self.mode!r})"
+
+    def _names(self) -> list[str]:
+        return [n for n in self.location.children() if not n.startswith(".") and self.location.has_group(n)]
+
+    def _open(self, name: str) -> TaskGroup:
+        return TaskGroup(self._zstore, name, "r" if self.mode == "r" else "r+", f"{self.url}/{name}")
+
+    @property
+    def tasks(self) -> list[str]:
+        """Full task names (``dmc/cartpole_balance``) of the task groups, sorted."""
+        names = []
+        for name in self._names():
+            meta = self.location.read_json(f"{name}/zarr.json") or {}
+            task = meta.get("attributes", {}).get("task")
+            if task is not None:
+                names.append(task)
+        return sorted(names)
+
+    def task(self, task: str) -> TaskGroup:
+        """The group of ``task`` (full name, or the group name without the suite prefix)."""
+        name = _short(task)
+        if name.startswith(".") or not self.location.has_group(name):
+            raise ViperError(
+                f"{self.url}: unknown task {task!r}; the store holds: {', '.join(self.tasks) or 'no tasks'}"
+            )
+        group = self._open(name)
+        if "/" in task and group.task != task:
+            raise ViperError(f"{self.url}/{name}: holds task {group.task!r}, not {task!r}")
+        return group
+
+    def create_task(self, task: str, attrs: dict | None = None, name: str | None = None) -> TaskGroup:
+        """Create an empty task group (``name`` overrides the group name, e.g. a hidden staging group)."""
+        self._writable()
+        _check_full(task)
+        name = name or _short(task)
+        group = zarr.open_group(store=self._zstore, path=name, mode="w")
+        for key, dtype in EPISODE_ARRAYS.items():
+            group.create_array(key, shape=(0,), dtype=dtype, chunks=(INDEX_CHUNK,))
+        group.create_array(
+            "frames",
+            shape=(0, *FRAME_SHAPE),
+            dtype=np.uint8,
+            chunks=(self.chunk_frames, *FRAME_SHAPE),
+            shards=(self.shard_frames, *FRAME_SHAPE),
+            compressors=zarr.codecs.ZstdCodec(level=3),
+        )
+        meta = {"action_repeat": None, "source": {}, **(attrs or {})}
+        meta.update(schema_version=SCHEMA_VERSION, suite=task.split("/")[0], task=task, created=_now())
+        group.attrs.update({**meta, "num_episodes": 0, "num_frames": 0})
+        return self._open(name)
+
+    def append_episode(
+        self,
+        task: str,
+        frames: np.ndarray,
+        actions: np.ndarray | None = None,
+        rewards: np.ndarray | None = None,
+        split: str = "train",
+        attrs: dict | None = None,
+        task_return: float | None = None,
+        episode_id: int | None = None,
+    ) -> int:
+        """Append one episode to ``task`` atomically (creating its group with ``attrs``); returns its index"""
+        self._writable()
+        _check_full(task)
+        name = _short(task)
+        group = self.task(task) if self.location.has_group(name) else self.create_task(task, attrs)
+        return group.append(frames, actions, rewards, split, task_return, episode_id)
+
+    def staging(self, task: str, tag: str, attrs: dict | None = None) -> TaskGroup:
+        """A hidden working group ``.<name>.<tag>`` for ``task`` (opened if present, else created)."""
+        self._writable()
+        name = hidden(_short(task), tag)
+        if self.location.has_group(name):
+            return self._open(name)
+        return self.create_task(task, attrs, name=name)
+
+    def has_staging(self, task: str, tag: str) -> bool:
+        return self.location.has_group(hidden(_short(task), tag))
+
+    def discard_staging(self, task: str, tag: str) -> None:
+        self._writable()
+        self.location.remove(hidden(_short(task), tag))
+
+    def promote(self, task: str, tag: str) -> None:
+        """Replace ``task``'s group by its complete staging group ``tag`` in one swap."""
+        self._writable()
+        promote(self.location, hidden(_short(task), tag), _short(task))
+
+    def _writable(self) -> None:
+        if self.mode != "a":
+            raise ViperError(f"{self.url}: opened read-only; open_store(url, mode='a') to write")
+
+
+def open_store(
+    url: str | Path, mode: str = "r", chunk_frames: int = 32, shard_frames: int = 4096
+) -> VideoStore:
+    """Open the video store at a local path or fsspec URL; ``mode`` ``"r"`` (read) or ``"a"`` (append/create).
+
+    ``chunk_frames``/``shard_frames`` apply to task groups created through this handle.
+    """
+    return VideoStore(url, mode, chunk_frames, shard_frames)
