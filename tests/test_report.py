@@ -1,0 +1,56 @@
+"""The report stage renders our numbers beside the published ones, one row per configured task."""
+
+from __future__ import annotations
+
+import json
+
+from viper import config as C
+from viper.eval import report
+
+
+def _write(path, payload):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(payload if isinstance(payload, str) else json.dumps(payload))
+
+
+def test_report_rows_ratios_curves_and_html(tmp_path):
+    cfg = C.load(
+        "demo",
+        [f"data_dir={tmp_path}", "agent.tasks=[dmc/cartpole_balance, dmc/cartpole_swingup]"],
+        params_path=None,
+    )
+    results = [
+        {
+            "task": "dmc/cartpole_balance",
+            "seed": 0,
+            "reward": "viper",
+            "task_return_mean": 800.0,
+            "viper_return_mean": -120.0,
+        },
+        {"task": "dmc/cartpole_balance", "seed": 1, "reward": "viper", "task_return_mean": 600.0},
+        {"task": "dmc/cartpole_balance", "seed": 0, "reward": "task", "task_return_mean": 875.0},
+    ]
+    _write(tmp_path / "evaluate" / "results.json", results)
+    log = tmp_path / "agents" / "viper" / "dmc-cartpole_balance" / "seed0" / "logs" / "metrics.jsonl"
+    _write(log, "\n".join(json.dumps({"step": s, "episode/task_return": r}) for s, r in [(0, 10), (500, 300)]))
+    _write(
+        tmp_path / "reward_eval" / "dmc" / "metrics.json",
+        {"tasks": {"dmc/cartpole_balance": {"auroc_expert_vs_random": 1.0, "spearman": 0.93}}},
+    )
+    _write(tmp_path / "metrics" / "collect.json", {"episodes": 48})
+
+    summary = report.run(cfg)
+
+    assert summary == {"tasks": 2, "tasks_with_results": 1}
+    rows = {r["task"]: r for r in report.agent_rows(cfg, tmp_path)}
+    balance = rows["dmc/cartpole_balance"]
+    assert balance["VIPER return (ours)"] == 700.0 and balance["seeds"] == 2
+    assert balance["VIPER/oracle (ours)"] == 700.0 / 875.0
+    assert balance["VIPER/oracle (paper)"] == 0.85 and balance["oracle (paper)"] == 1000
+    assert rows["dmc/cartpole_swingup"]["seeds"] == "not run"
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| dmc/cartpole_balance | 2 | 700 |" in md and "| dmc/cartpole_swingup | not run |" in md
+    assert "auroc_expert_vs_random" in md and "| collect | episodes | 48 |" in md
+    assert (tmp_path / "report" / "assets" / "curve_dmc-cartpole_balance.png").stat().st_size > 1000
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count("<tr>") >= 6 and "curve_dmc-cartpole_balance.png" in page

@@ -1,0 +1,225 @@
+"""The ``report`` stage: our results beside the published ones, as Markdown and HTML, from the DVC metrics.
+
+Reads what earlier stages wrote (``data/metrics/<stage>.json``, the reward diagnostics, the agent evaluation
+``data/evaluate/results.json`` and the agents' ``metrics.jsonl``), draws learning curves, copies the pictures
+next to the report and writes ``data/report/report.md`` and ``report.html``. A task that has not been run
+still gets its row, marked "not run", so a missing result is visible rather than silently absent.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import shutil
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from viper import paths
+from viper.config import Config
+from viper.eval.published import TARGET_RATIO, published
+from viper.metrics import write_json
+from viper.stages import STAGES, metrics_path
+
+PICTURE_SUFFIXES = (".png", ".gif")
+
+
+@dataclass
+class Report:
+    """Blocks rendered to both Markdown and HTML: ("h", text), ("p", text), ("table", rows), ("img", path)."""
+
+    title: str
+    blocks: list[tuple[str, Any]] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        out = [f"# {self.title}", ""]
+        for kind, value in self.blocks:
+            if kind == "h":
+                out += [f"## {value}", ""]
+            elif kind == "p":
+                out += [value, ""]
+            elif kind == "img":
+                out += [f"![{Path(value).stem}]({value})", ""]
+            elif kind == "table" and value:
+                header = list(value[0])
+                out.append("| " + " | ".join(header) + " |")
+                out.append("|" + "---|" * len(header))
+                out += ["| " + " | ".join(_cell(row.get(k)) for k in header) + " |" for row in value]
+                out.append("")
+        return "\n".join(out)
+
+    def html(self) -> str:
+        body = [f"<h1>{html.escape(self.title)}</h1>"]
+        for kind, value in self.blocks:
+            if kind == "h":
+                body.append(f"<h2>{html.escape(value)}</h2>")
+            elif kind == "p":
+                body.append(f"<p>{html.escape(value)}</p>")
+            elif kind == "img":
+                body.append(f'<p><img src="{html.escape(value)}" alt="{html.escape(Path(value).stem)}"></p>')
+            elif kind == "table" and value:
+                header = list(value[0])
+                head = "".join(f"<th>{html.escape(k)}</th>" for k in header)
+                rows = "".join(
+                    "<tr>" + "".join(f"<td>{html.escape(_cell(r.get(k)))}</td>" for k in header) + "</tr>"
+                    for r in value
+                )
+                body.append(f"<table><tr>{head}</tr>{rows}</table>")
+        style = "body{font-family:sans-serif;max-width:70em;margin:auto}td,th{border:1px solid #ccc;padding:2px 6px}"
+        return (
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+        )
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def agent_rows(cfg: Config, data_dir: Path) -> list[dict[str, Any]]:
+    """One row per configured task: our VIPER and oracle returns (mean over seeds) beside the paper's."""
+    results = _read_json(data_dir / "evaluate" / "results.json") or []
+    by_key: dict[tuple[str, str], list[float]] = defaultdict(list)
+    viper_scores: dict[str, list[float]] = defaultdict(list)
+    for record in results:
+        by_key[(record["task"], record.get("reward", "viper"))].append(float(record["task_return_mean"]))
+        if record.get("viper_return_mean") is not None:
+            viper_scores[record["task"]].append(float(record["viper_return_mean"]))
+    rows = []
+    for task in cfg.agent.tasks:
+        ours = by_key.get((task, "viper"), [])
+        oracle = by_key.get((task, "task"), [])
+        paper = published(task)
+        row = {
+            "task": task,
+            "seeds": len(ours) or "not run",
+            "VIPER return (ours)": statistics.fmean(ours) if ours else None,
+            "std": statistics.pstdev(ours) if len(ours) > 1 else None,
+            "oracle (ours)": statistics.fmean(oracle) if oracle else None,
+            "VIPER/oracle (ours)": statistics.fmean(ours) / statistics.fmean(oracle)
+            if ours and oracle and statistics.fmean(oracle) > 0
+            else None,
+            "VIPER (paper)": paper.viper,
+            "oracle (paper)": paper.oracle,
+            "VIPER/oracle (paper)": round(paper.viper / paper.oracle, 2) if paper.viper and paper.oracle else None,
+            "target ratio": TARGET_RATIO.get(task),
+            "mean VIPER reward": statistics.fmean(viper_scores[task]) if viper_scores.get(task) else None,
+        }
+        rows.append(row)
+    return rows
+
+
+def reward_rows(cfg: Config, data_dir: Path) -> list[dict[str, Any]]:
+    """Per-task reward diagnostics (AUROC, Spearman, ...) from the reward-eval metrics."""
+    metrics = _read_json(paths.reward_eval_dir(data_dir, cfg.collect.suite) / "metrics.json") or {}
+    tasks = metrics.get("tasks", metrics) if isinstance(metrics, dict) else {}
+    rows = []
+    for task in cfg.collect.tasks:
+        values = tasks.get(task) if isinstance(tasks, dict) else None
+        if not isinstance(values, dict):
+            rows.append({"task": task, "status": "not run"})
+            continue
+        rows.append({"task": task, **{k: v for k, v in values.items() if not isinstance(v, (dict, list))}})
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    return [{k: row.get(k) for k in keys} for row in rows]
+
+
+def learning_curves(data_dir: Path, out: Path) -> list[Path]:
+    """Plot ``episode/task_return`` (and the VIPER return) against env steps for every agent run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = defaultdict(list)
+    for log in sorted((data_dir / "agents").glob("*/*/seed*/logs/metrics.jsonl")):
+        points = []
+        for line in log.read_text().splitlines():
+            row = json.loads(line)
+            if row.get("episode/task_return") is not None:
+                points.append((row["step"], row["episode/task_return"]))
+        reward, task, seed = log.parts[-5], log.parts[-4], log.parts[-3]
+        if points:
+            curves[task].append((f"{reward} {seed}", points))
+    written = []
+    for task, runs in curves.items():
+        fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+        for label, points in runs:
+            ax.plot(*zip(*points, strict=True), label=label)
+        ax.set(title=task, xlabel="env steps", ylabel="task return")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / f"curve_{task}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _copy_pictures(sources: list[Path], data_dir: Path, assets: Path) -> list[Path]:
+    copied = []
+    for source in sources:
+        for picture in sorted(source.rglob("*")) if source.exists() else []:
+            if picture.suffix in PICTURE_SUFFIXES and "tensorboard" not in picture.parts:
+                target = assets / str(picture.relative_to(data_dir)).replace("/", "__")
+                shutil.copyfile(picture, target)
+                copied.append(target)
+    return copied
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    """Write ``report.md`` and ``report.html`` under ``viper.paths.report_dir``; return summary numbers."""
+    data_dir = Path(cfg.data_dir)
+    out = paths.report_dir(data_dir)
+    assets = out / "assets"
+    shutil.rmtree(assets, ignore_errors=True)
+    assets.mkdir(parents=True)
+    report = Report(f"VIPER report (preset {cfg.preset})")
+    report.blocks.append(("p", "Published numbers are read from the paper's figures (about +-5-10% of the axis)."))
+
+    rows = agent_rows(cfg, data_dir)
+    report.blocks += [("h", "Agents: VIPER reward vs task-reward oracle"), ("table", rows)]
+    report.blocks += [("img", str(p.relative_to(out))) for p in learning_curves(data_dir, assets)]
+
+    report.blocks += [("h", "Reward model diagnostics"), ("table", reward_rows(cfg, data_dir))]
+    stage_rows = []
+    for stage in STAGES:
+        metrics = _read_json(Path(metrics_path(stage.name, data_dir)))
+        if isinstance(metrics, dict):
+            stage_rows += [{"stage": stage.name, "metric": k, "value": v} for k, v in sorted(metrics.items())]
+    report.blocks += [("h", "Stage metrics"), ("table", stage_rows)]
+
+    sources = [paths.tokenizer_dir(data_dir, cfg.collect.suite), paths.prior_dir(data_dir, cfg.collect.suite)]
+    sources += [paths.reward_eval_dir(data_dir, cfg.collect.suite), data_dir / "evaluate"]
+    pictures = _copy_pictures(sources, data_dir, assets)
+    if pictures:
+        report.blocks.append(("h", "Pictures: reconstructions, predictions, reward curves, episodes"))
+        report.blocks += [("img", str(p.relative_to(out))) for p in pictures]
+
+    for name, text in (("report.md", report.markdown()), ("report.html", report.html())):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out / name)
+    summary = {"tasks": len(rows), "tasks_with_results": sum(1 for r in rows if r["VIPER return (ours)"] is not None)}
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def cli(cfg: Config, args: Any, command: str) -> dict[str, Any]:
+    summary = run(cfg)
+    print(f"report: {paths.report_dir(cfg.data_dir) / 'report.md'} ({summary['tasks']} tasks)")
+    return summary
