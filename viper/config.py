@@ -116,6 +116,8 @@ class TokenizerConfig:
     """Initialise the codebook by k-means on the first batch (off in the published code)."""
     dead_code_restart: bool = False
     """Re-seed unused codes from encoder outputs (off in the published code)."""
+    dead_code_every_grad_steps: int = 200
+    """Window of updates over which a code must be used once, else it is re-seeded (with dead_code_restart)."""
     perceptual_weight: float = 0.1
     """LPIPS(VGG16) weight; needs ``lpips_weights_path`` (no downloads here), otherwise switched off."""
     lpips_weights_path: str = ""
@@ -124,22 +126,28 @@ class TokenizerConfig:
     """Non-saturating GAN generator loss weight."""
     gan_start_grad_steps: int = 0
     """Updates before the GAN terms switch on."""
-    r1_weight: float = 10.0
-    """R1 penalty weight, batch-mean (batch-size independent; viper/models/vqgan.py maps it to 1e8)."""
+    r1_weight: float = 1.0
+    """R1 gamma: gamma/2 * batch-mean ||grad_x D(x)||^2 (batch-size free; published 1e8 at batch 128 = ~1.0)."""
     disc_base_channels: int = 32
     """Discriminator channels at full resolution."""
     disc_max_channels: int = 512
     """Discriminator channel cap."""
     lr: float = 1e-4
     """AdamW learning rate (both networks)."""
+    weight_decay: float = 1e-4
+    """AdamW decoupled weight decay (optax.adamw's default, which the published code uses)."""
     warmup_grad_steps: int = 1000
     """Linear learning-rate warm-up updates."""
     batch_size: int = 128
     """Frames per update (over all processes)."""
     train_grad_steps: int = 1_000_000
     """Total optimiser updates."""
+    log_every_grad_steps: int = 100
+    """Updates between training-loss log lines (losses averaged over ranks at that update)."""
     eval_every_grad_steps: int = 5000
     """Updates between evaluations on the test split."""
+    eval_frames: int = 512
+    """Test-split frames (spread evenly over the test episodes) reconstructed at each evaluation."""
     checkpoint_every_grad_steps: int = 5000
     """Updates between checkpoints."""
     keep_checkpoints: int = 3
@@ -150,6 +158,8 @@ class TokenizerConfig:
     """Wrap the model in torch.compile."""
     seed: int = 0
     """Seed for initialisation and batch sampling."""
+    tokenize_batch_frames: int = 256
+    """Frames encoded per forward pass by the ``tokenize`` stage."""
 
 
 @dataclass(frozen=True)
@@ -188,6 +198,14 @@ class PriorConfig:
     """Updates between checkpoints."""
     keep_checkpoints: int = 3
     """Checkpoint folders kept (the best by eval NLL is kept besides)."""
+    log_every_grad_steps: int = 100
+    """Updates between training-loss log lines."""
+    eval_windows_per_task: int = 64
+    """Test-split windows per task in each evaluation (evenly spaced, the same ones every time)."""
+    picture_context_frames: int = 4
+    """Context frames of the open-loop prediction pictures (capped at seq_len - 1)."""
+    picture_windows_per_task: int = 1
+    """Test windows per task drawn as prediction-vs-truth pictures at each evaluation."""
     bf16: bool = True
     """bf16 autocast on CUDA (ignored on CPU)."""
     compile: bool = False
@@ -204,6 +222,10 @@ class RewardConfig:
     """``joint`` (released code: sum of log p of every frame in the window) or ``conditional`` (paper)."""
     windows_per_batch: int = 64
     """Windows scored per forward pass (bounds memory)."""
+    encode_batch_frames: int = 256
+    """Frames per tokenizer call when encoding an episode (bounds memory)."""
+    checkpoint: str = "latest"
+    """Prior checkpoint to score with: ``latest`` (the released code's final weights) or ``best`` (eval NLL)."""
     device: str = "auto"
     """``auto`` (CUDA if present), ``cpu`` or ``cuda[:i]``."""
     bf16: bool = True

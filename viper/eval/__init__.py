@@ -1,0 +1,1 @@
+"""Diagnostics and evaluation: reward-model checks (``reward-eval``), agent evaluation and the report."""
