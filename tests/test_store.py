@@ -29,9 +29,7 @@ def fill(url, n=4, task=TASK, **kwargs):
     eps = [episode(i) for i in range(n)]
     for i, (f, a, r) in enumerate(eps):
         split = "test" if i % 3 == 2 else "train"
-        store.append_episode(
-            task, f, a, r, split=split, attrs={"action_repeat": 2, "source": {"policy": "x"}}
-        )
+        store.append_episode(task, f, a, r, split=split, attrs={"action_repeat": 2, "source": {"policy": "x"}})
     return eps
 
 

@@ -112,18 +112,14 @@ class TaskGroup:
     def episode_range(self, i: int) -> tuple[int, int]:
         """Frame range ``[start, stop)`` of episode ``i`` in the concatenated arrays."""
         if not 0 <= i < self.num_episodes:
-            raise ViperError(
-                f"{self.where}: episode {i} out of range (task has {self.num_episodes} episodes)"
-            )
+            raise ViperError(f"{self.where}: episode {i} out of range (task has {self.num_episodes} episodes)")
         stop = int(self.episode_ends[i])
         return stop - int(self.lengths[i]), stop
 
     def read_frames(self, start: int, stop: int) -> np.ndarray:
         """Frames ``[start, stop)`` of the concatenated array: uint8 (stop - start, 64, 64, 3)."""
         if not 0 <= start <= stop <= self.num_frames:
-            raise ViperError(
-                f"{self.where}: frames [{start}, {stop}) out of range (task has {self.num_frames} frames)"
-            )
+            raise ViperError(f"{self.where}: frames [{start}, {stop}) out of range (task has {self.num_frames} frames)")
         return self._frames[start:stop]
 
     def read_episode(self, i: int) -> dict[str, np.ndarray]:
@@ -178,23 +174,20 @@ class TaskGroup:
         for key, dtype in EPISODE_ARRAYS.items():
             _write_rows(self._group[key], e, np.asarray([row[key]], dtype=dtype))
         # 3. Commit: one atomic rewrite of the group's zarr.json.
-        self._group.attrs.update({"num_episodes": e + 1, "num_frames": n + length})
+        # (update_attributes writes once; attrs.update would write once per key)
+        self._group.update_attributes({"num_episodes": e + 1, "num_frames": n + length})
         self._sync()
         return e
 
     def _check_episode(self, frames, actions, rewards, split):
         frames = np.asarray(frames)
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != FRAME_SHAPE or not len(frames):
-            raise ViperError(
-                f"{self.where}: frames must be uint8 (L>=1, 64, 64, 3), got {frames.dtype} {frames.shape}"
-            )
+            raise ViperError(f"{self.where}: frames must be uint8 (L>=1, 64, 64, 3), got {frames.dtype} {frames.shape}")
         if split not in SPLITS:
             raise ViperError(f"{self.where}: split {split!r}, expected 'train' or 'test'")
         length = len(frames)
         if self.num_episodes and (actions is None) == self.has_actions:
-            raise ViperError(
-                f"{self.where}: every episode must have actions, or none (has_actions={self.has_actions})"
-            )
+            raise ViperError(f"{self.where}: every episode must have actions, or none (has_actions={self.has_actions})")
         if self.num_episodes and (rewards is None) == self.has_rewards:
             raise ViperError(f"{self.where}: every episode must have rewards, or none")
         if actions is not None:
@@ -203,8 +196,7 @@ class TaskGroup:
                 raise ViperError(f"{self.where}: actions must be (L={length}, A), got {actions.shape}")
             if self.has_actions and actions.shape[1] != self._group["actions"].shape[1]:
                 raise ViperError(
-                    f"{self.where}: actions have {actions.shape[1]} dims, store has "
-                    f"{self._group['actions'].shape[1]}"
+                    f"{self.where}: actions have {actions.shape[1]} dims, store has {self._group['actions'].shape[1]}"
                 )
         if rewards is not None:
             rewards = np.asarray(rewards, dtype=np.float32)
@@ -254,9 +246,7 @@ class VideoStore:
         self.chunk_frames = chunk_frames
         self.shard_frames = shard_frames
         if mode == "r" and not self.location.exists():
-            raise ViperError(
-                f"no video store at {self.url} (create one with `viper collect` or `viper import`)"
-            )
+            raise ViperError(f"no video store at {self.url} (create one with `viper collect` or `viper import`)")
         self._zstore = self.location.zarr_store(read_only=mode == "r")
         if mode == "a":
             self.location.ensure_root({"schema_version": SCHEMA_VERSION, "kind": "viper-video-store"})
@@ -315,7 +305,7 @@ class VideoStore:
         )
         meta = {"action_repeat": None, "source": {}, **(attrs or {})}
         meta.update(schema_version=SCHEMA_VERSION, suite=task.split("/")[0], task=task, created=_now())
-        group.attrs.update({**meta, "num_episodes": 0, "num_frames": 0})
+        group.update_attributes({**meta, "num_episodes": 0, "num_frames": 0})
         return self._open(name)
 
     def append_episode(
@@ -361,9 +351,7 @@ class VideoStore:
             raise ViperError(f"{self.url}: opened read-only; open_store(url, mode='a') to write")
 
 
-def open_store(
-    url: str | Path, mode: str = "r", chunk_frames: int = 32, shard_frames: int = 4096
-) -> VideoStore:
+def open_store(url: str | Path, mode: str = "r", chunk_frames: int = 32, shard_frames: int = 4096) -> VideoStore:
     """Open the video store at a local path or fsspec URL; ``mode`` ``"r"`` (read) or ``"a"`` (append/create).
 
     ``chunk_frames``/``shard_frames`` apply to task groups created through this handle.

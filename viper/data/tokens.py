@@ -71,21 +71,13 @@ def write_tokens(
     if tokens.dtype != np.int16 or tokens.ndim != 3:
         raise ViperError(f"{where}: tokens must be int16 (N, h, w), got {tokens.dtype} {tokens.shape}")
     if episode_ends.ndim != 1 or split.shape != episode_ends.shape:
-        raise ViperError(
-            f"{where}: episode_ends and split must be (E,), got {episode_ends.shape}, {split.shape}"
-        )
-    if len(episode_ends) and (
-        episode_ends[-1] != len(tokens) or np.any(np.diff(episode_ends, prepend=0) < 1)
-    ):
-        raise ViperError(
-            f"{where}: episode_ends must increase and end at N={len(tokens)}, got {episode_ends}"
-        )
+        raise ViperError(f"{where}: episode_ends and split must be (E,), got {episode_ends.shape}, {split.shape}")
+    if len(episode_ends) and (episode_ends[-1] != len(tokens) or np.any(np.diff(episode_ends, prepend=0) < 1)):
+        raise ViperError(f"{where}: episode_ends must increase and end at N={len(tokens)}, got {episode_ends}")
     if np.any(split > 1):
         raise ViperError(f"{where}: split values must be 0 (train) or 1 (test)")
     if codebook_size is not None and len(tokens) and (tokens.min() < 0 or tokens.max() >= codebook_size):
-        raise ViperError(
-            f"{where}: token ids must lie in [0, {codebook_size}), got [{tokens.min()}, {tokens.max()}]"
-        )
+        raise ViperError(f"{where}: token ids must lie in [0, {codebook_size}), got [{tokens.min()}, {tokens.max()}]")
     location = Location(path)
     location.ensure_root({"schema_version": SCHEMA_VERSION, "kind": "viper-token-store"})
     recover_swaps(location)
@@ -103,14 +95,16 @@ def write_tokens(
     )
     group.create_array("episode_ends", data=episode_ends)
     group.create_array("split", data=split)
-    group.attrs.update(
-        schema_version=SCHEMA_VERSION,
-        task=task,
-        suite=task.split("/")[0],
-        tokenizer_hash=tokenizer_hash,
-        grid=[int(h), int(w)],
-        codebook_size=codebook_size,
-        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    group.update_attributes(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "task": task,
+            "suite": task.split("/")[0],
+            "tokenizer_hash": tokenizer_hash,
+            "grid": [int(h), int(w)],
+            "codebook_size": codebook_size,
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
     )
     promote(location, staged, name)
 
@@ -133,9 +127,7 @@ def read_tokens(path: str | Path, task: str, expected_hash: str | None = None) -
     name = _name(task)
     if not location.has_group(name):
         known = ", ".join(token_tasks(path)) or "no tasks"
-        raise ViperError(
-            f"{path}: no tokens for task {task!r} (the token store holds: {known}); run viper tokenize"
-        )
+        raise ViperError(f"{path}: no tokens for task {task!r} (the token store holds: {known}); run viper tokenize")
     group = zarr.open_group(store=location.zarr_store(read_only=True), path=name, mode="r")
     attrs = dict(group.attrs)
     if attrs.get("schema_version") != SCHEMA_VERSION or attrs.get("task") != task:
