@@ -1,0 +1,154 @@
+"""Stage ``train-videogpt`` end to end on a real (random-weight) tokenizer checkpoint and a real token store:
+checkpoints, metrics, pictures, exact resume, and the reward model loading the result."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from viper import config as config_lib
+from viper import paths
+from viper.checkpoint import Checkpointer
+from viper.data.tokens import write_tokens
+from viper.errors import ViperError
+from viper.models.videogpt import BEST, load_prior
+from viper.models.vqgan import VQGAN, VQGANArch, load_tokenizer
+from viper.reward import VideoReward
+from viper.reward.reference import score_per_window
+from viper.train import prior as prior_stage
+
+TASKS = ["dmc/cartpole_balance", "dmc/cartpole_swingup"]
+
+
+def square_video(steps: int, offset: int, size: int = 16) -> np.ndarray:
+    """A white square moving right by 4 px per frame (wrapping) over a dark background: uint8 (T, 64, 64, 3)."""
+    frames = np.full((steps, 64, 64, 3), 30, np.uint8)
+    for t in range(steps):
+        x = (offset + 4 * t) % (64 - size)
+        frames[t, 24 : 24 + size, x : x + size] = 230
+    return frames
+
+
+def make_inputs(data_dir: Path, tcfg: config_lib.TokenizerConfig) -> None:
+    """A tokenizer checkpoint in the stage's format and the token store made with it (4 episodes per task)."""
+    arch = VQGANArch.from_config(tcfg)
+    torch.manual_seed(0)
+    model = VQGAN(arch)
+    ckpt = Checkpointer(paths.tokenizer_dir(data_dir, "dmc") / "checkpoints")
+    ckpt.save(1, {"model": model.state_dict(), "arch": asdict(arch)})
+    tokenizer = load_tokenizer(paths.tokenizer_dir(data_dir, "dmc"))
+    for i, task in enumerate(TASKS):
+        frames = np.concatenate([square_video(10, offset=7 * e + i) for e in range(4)])
+        tokens = tokenizer.encode(frames).numpy().astype(np.int16)
+        write_tokens(
+            paths.tokens(data_dir, "dmc"), task, tokens, np.array([10, 20, 30, 40]), np.array([0, 0, 0, 1]),
+            tokenizer.hash, tokenizer.codebook_size,
+        )  # fmt: skip
+
+
+def tiny_cfg(data_dir: Path, steps: int, **prior) -> config_lib.Config:
+    overrides = [
+        f"data_dir={data_dir}",
+        f"collect.tasks={json.dumps(TASKS)}",
+        f"prior.train_grad_steps={steps}",
+        "prior.eval_every_grad_steps=4",
+        "prior.checkpoint_every_grad_steps=4",
+        "prior.log_every_grad_steps=2",
+        "prior.batch_size=4",
+        "prior.dropout=0.1",
+        "prior.picture_context_frames=1",
+        "reward.device=cpu",
+    ] + [f"prior.{k}={v}" for k, v in prior.items()]
+    return config_lib.load("tiny", overrides, params_path=None)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("prior")
+    make_inputs(root, tiny_cfg(root, 1).tokenizer)
+    return root
+
+
+def test_training_writes_checkpoints_metrics_and_pictures(data_dir):
+    cfg = tiny_cfg(data_dir, steps=8)
+    metrics = prior_stage.run(cfg)
+    run_dir = paths.prior_dir(data_dir, "dmc")
+    assert metrics["prior/grad_steps"] == 8
+    assert np.isfinite(metrics["prior/eval_bits_per_token"]) and metrics["prior/eval_bits_per_token"] > 0
+    assert json.loads((run_dir / "metrics.json").read_text()) == metrics
+    best = (run_dir / "checkpoints" / BEST).read_text()
+    assert best == f"step_{metrics['prior/best_step']:09d}" and (run_dir / "checkpoints" / best / "done").exists()
+    assert (run_dir / "plots" / "open_loop.png").stat().st_size > 0
+    logged = [json.loads(line) for line in (run_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "prior/train_bits_per_token" in r] == [2, 4, 6, 8]
+    loaded = load_prior(run_dir)
+    assert loaded.step == 8 and loaded.tasks == tuple(TASKS) and not loaded.model.training
+    assert (loaded.seq_len, loaded.frame_skip) == (cfg.prior.seq_len, cfg.prior.frame_skip)
+
+
+def test_resumed_run_matches_an_uninterrupted_one(tmp_path, data_dir):
+    # Uninterrupted: 8 steps in a fresh folder (inputs copied); interrupted: 4 steps, then re-run to 8.
+    import shutil
+
+    for name in ("tokenizer", "tokens"):
+        shutil.copytree(data_dir / name, tmp_path / name)
+    prior_stage.run(tiny_cfg(tmp_path, steps=8))
+    straight = torch.load(
+        Checkpointer(paths.prior_dir(tmp_path, "dmc") / "checkpoints").latest_path() / "state.pt", weights_only=False
+    )
+    shutil.rmtree(paths.prior_dir(tmp_path, "dmc"))
+    prior_stage.run(tiny_cfg(tmp_path, steps=4))
+    prior_stage.run(tiny_cfg(tmp_path, steps=8))
+    resumed = torch.load(
+        Checkpointer(paths.prior_dir(tmp_path, "dmc") / "checkpoints").latest_path() / "state.pt", weights_only=False
+    )
+    for key, value in straight["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=0, msg=key)
+    for key, value in straight["ema"].items():
+        torch.testing.assert_close(resumed["ema"][key], value, rtol=0, atol=0, msg=key)
+    # A changed model setting never resumes the old run: it trains anew from step 0.
+    metrics = prior_stage.run(tiny_cfg(tmp_path, steps=2, d_model=16))
+    assert metrics["prior/grad_steps"] == 2
+
+
+def test_reward_model_loads_the_trained_pair(data_dir):
+    cfg = tiny_cfg(data_dir, steps=8)
+    if not (paths.prior_dir(data_dir, "dmc") / "checkpoints").exists():
+        prior_stage.run(cfg)
+    reward = VideoReward.load(paths.tokenizer_dir(data_dir, "dmc"), paths.prior_dir(data_dir, "dmc"), cfg.reward)
+    frames = square_video(6, offset=3)[None]
+    np.testing.assert_allclose(
+        reward.score(frames, TASKS[0]), score_per_window(reward, frames, TASKS[0]), atol=1e-4, rtol=0
+    )
+    best = VideoReward.load(
+        paths.tokenizer_dir(data_dir, "dmc"),
+        paths.prior_dir(data_dir, "dmc"),
+        config_lib.RewardConfig(checkpoint="best", device="cpu"),
+    )
+    assert best.prior is not None
+    with pytest.raises(ViperError, match="no complete prior checkpoint"):
+        load_prior(data_dir / "nowhere")
+
+
+def test_score_command_prints_a_summary_and_plots_the_curve(data_dir, tmp_path, capsys):
+    from viper import cli
+
+    if not (paths.prior_dir(data_dir, "dmc") / "checkpoints").exists():
+        prior_stage.run(tiny_cfg(data_dir, steps=8))
+    episode = tmp_path / "episode.npz"
+    np.savez_compressed(episode, arr_0=square_video(9, offset=5))
+    common = ["--preset", "tiny", "--params", str(tmp_path / "none.yaml"), "-S", f"data_dir={data_dir}"]
+    argv = ["score", str(episode), "--task", TASKS[1], *common, "--metrics-out", str(tmp_path / "m.json")]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "9 steps, 6 scored" in out and "mean" in out
+    assert (tmp_path / "episode.reward.png").stat().st_size > 0
+    summary = json.loads((tmp_path / "m.json").read_text())
+    assert summary["score/scored_steps"] == 6 and np.isfinite(summary["score/mean"])
+    assert cli.main(["score", str(episode), "--task", "dmc/walker_walk", *common]) == 2
+    assert "not in the prior's task map" in capsys.readouterr().err

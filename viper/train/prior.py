@@ -1,0 +1,298 @@
+"""Stage ``train-videogpt``: train the task-conditioned VideoGPT prior on the token store.
+
+Reads the tokenizer run (codebook, grid, hash) and the suite's token store; trains with AdamW at a constant
+learning rate (published), keeps an EMA of the weights (the weights that score rewards), evaluates bits per
+token on fixed test-split windows, draws open-loop predictions next to the truth, and checkpoints into
+``<prior_dir>/checkpoints`` (resume = re-run the same command; the best checkpoint by EMA eval NLL is kept
+besides the newest ones and named by ``checkpoints/best``). Under torchrun each rank draws its own share of
+the batch and gradients are averaged by DDP; rank 0 evaluates, draws and writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from viper import paths
+from viper.checkpoint import Checkpointer, rng_state, set_rng_state
+from viper.config import Config, PriorConfig
+from viper.metrics import Logger, write_json
+from viper.models.videogpt import BEST, CHECKPOINT_FORMAT, PriorSpec, VideoGPT
+from viper.train import common
+from viper.train.prior_data import TrainWindows, eval_windows, load_splits
+
+LN2 = math.log(2.0)
+
+
+def spec_for(cfg: PriorConfig, grid: tuple[int, int], codebook: torch.Tensor, num_tasks: int) -> PriorSpec:
+    """Model shape from the config and the tokenizer (grid, codebook (K, D)); one LN class per task."""
+    return PriorSpec(
+        d_model=cfg.d_model,
+        layers=cfg.layers,
+        heads=cfg.heads,
+        mlp_dim=cfg.mlp_dim,
+        dropout=cfg.dropout,
+        seq_len=cfg.seq_len,
+        grid=tuple(grid),
+        codebook_size=int(codebook.shape[0]),
+        embed_dim=int(codebook.shape[1]),
+        num_classes=num_tasks if cfg.class_conditional else 0,
+    )
+
+
+class EMA:
+    """EMA of a model's parameters, ``ema <- decay * ema + (1 - decay) * p``; buffers are copied."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        ema = list(self.model.parameters())
+        torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1.0 - self.decay)
+        for mine, theirs in zip(self.model.buffers(), model.buffers(), strict=True):
+            mine.copy_(theirs)
+
+
+class PriorLoss(torch.nn.Module):
+    """The training loss as ``forward`` (what DDP wraps, so its gradients are all-reduced)."""
+
+    def __init__(self, prior: VideoGPT) -> None:
+        super().__init__()
+        self.prior = prior
+
+    def forward(self, tokens: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        return self.prior.loss(tokens, task_ids)
+
+
+def train_step(
+    loss_fn: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    tokens: torch.Tensor,
+    task_ids: torch.Tensor,
+    bf16: bool = True,
+) -> float:
+    """One AdamW update on windows (B, T, h, w) through ``PriorLoss`` (maybe DDP-wrapped); NLL nats/token."""
+    loss_fn.train()
+    with common.autocast(tokens.device, bf16):
+        loss = loss_fn(tokens, task_ids)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+@torch.no_grad()
+def evaluate(
+    model: VideoGPT, tokens: torch.Tensor, task_ids: torch.Tensor, batch_size: int, bf16: bool = True
+) -> float:
+    """Mean NLL in bits per token over windows (M, T, h, w), evaluated in batches (eval mode)."""
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for i in range(0, tokens.shape[0], batch_size):
+        part = tokens[i : i + batch_size].to(device)
+        with common.autocast(device, bf16):
+            total += float(model.loss(part, task_ids[i : i + batch_size].to(device))) * part.numel()
+        count += part.numel()
+    return total / count / LN2
+
+
+def save_open_loop(
+    model: VideoGPT,
+    tokenizer,
+    windows: torch.Tensor,
+    task_ids: torch.Tensor,
+    context_frames: int,
+    path: Path,
+    seed: int,
+) -> Path:
+    """PNG: per window, the decoded true frames (row 1) and the prior's open-loop continuation of the first
+    ``context_frames`` frames (row 2, context copied); windows (M, T, h, w) long."""
+    import imageio.v3 as iio
+    from einops import rearrange
+
+    device = next(model.parameters()).device
+    steps = windows.shape[1]
+    k = max(1, min(context_frames, steps - 1))
+    generator = torch.Generator(device=device).manual_seed(seed)
+    model.eval()
+    sampled = model.sample(windows[:, :k].to(device), task_ids.to(device), steps - k, generator=generator)
+    both = torch.stack([windows.to(device), sampled], dim=1)  # (M, 2, T, h, w)
+    pixels = tokenizer.decode(rearrange(both, "m r t h w -> (m r t) h w")).cpu()
+    # (M*2*T, 64, 64, 3) -> one picture: rows (window, truth|prediction), columns time, 2-px white gaps
+    pixels = torch.nn.functional.pad(pixels, (0, 0, 0, 2, 0, 2), value=255)
+    grid = rearrange(pixels, "(m r t) y x c -> (m r y) (t x) c", m=windows.shape[0], r=2, t=steps)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    iio.imwrite(tmp, grid.numpy())
+    tmp.replace(path)
+    return path
+
+
+# Config fields that may change between a checkpoint and its resumption: training length and cadences.
+RESUMABLE_FIELDS = (
+    "train_grad_steps",
+    "log_every_grad_steps",
+    "eval_every_grad_steps",
+    "checkpoint_every_grad_steps",
+    "keep_checkpoints",
+    "eval_windows_per_task",
+    "picture_context_frames",
+    "picture_windows_per_task",
+    "compile",
+)
+
+
+def fingerprint(pc: PriorConfig, tasks: tuple[str, ...], tokenizer_hash: str, world_size: int) -> dict:
+    """What a checkpoint must share with this run to be resumed (``Checkpointer`` drops the others): every
+    setting that shapes the weights' trajectory, the task map and the tokenizer whose tokens it models."""
+    fields = {k: v for k, v in dataclasses.asdict(pc).items() if k not in RESUMABLE_FIELDS}
+    return {"prior": fields, "tasks": list(tasks), "tokenizer_hash": tokenizer_hash, "world_size": world_size}
+
+
+@dataclass
+class Progress:
+    """The mutable part of a run that checkpoints carry besides the weights."""
+
+    step: int = 0
+    best_nll: float = math.inf
+    """Lowest EMA eval bits per token at a checkpointed step."""
+    best_step: int = -1
+    last_eval: float = math.nan
+
+
+def _state(prior, ema, optimizer, spec, tasks, tokenizer_hash, pc, progress) -> dict:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "spec": spec.to_dict(),
+        "model": prior.state_dict(),
+        "ema": ema.model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "tasks": list(tasks),
+        "tokenizer_hash": tokenizer_hash,
+        "seq_len": pc.seq_len,
+        "frame_skip": pc.frame_skip,
+        "config": dataclasses.asdict(pc),
+        "progress": dataclasses.asdict(progress),
+        "step": progress.step,
+        "rng": rng_state(),
+    }
+
+
+def _save(ckpt: Checkpointer, state: dict, progress: Progress) -> None:
+    """Save, keeping the best folder besides the newest ones; ``checkpoints/best`` names it (atomic)."""
+    best = Checkpointer.name(progress.best_step) if progress.best_step >= 0 else None
+    ckpt.save(progress.step, state, protect=(best,) if best else ())
+    if best and (ckpt.directory / best).exists():
+        tmp = ckpt.directory / f".{BEST}.tmp"
+        tmp.write_text(best)
+        os.replace(tmp, ckpt.directory / BEST)
+
+
+def _evaluate(ema, prior, tokenizer, test, pc, run_dir, log, step) -> float:
+    """EMA (and raw) eval bits per token; the open-loop picture. Returns the EMA value."""
+    tokens, ids = test
+    value = evaluate(ema.model, tokens, ids, pc.batch_size, pc.bf16)
+    raw = evaluate(prior, tokens, ids, pc.batch_size, pc.bf16)
+    log.scalars({"prior/eval_bits_per_token": value, "prior/eval_bits_per_token_raw": raw}, step)
+    pick = torch.cat([torch.nonzero(ids == t)[: pc.picture_windows_per_task, 0] for t in torch.unique(ids)])
+    png = run_dir / "plots" / "open_loop.png"
+    save_open_loop(ema.model, tokenizer, tokens[pick], ids[pick], pc.picture_context_frames, png, pc.seed)
+    log.image("prior/open_loop", png, step)
+    return value
+
+
+def run(cfg: Config) -> dict[str, float]:
+    """Train (or resume) the suite's prior; returns the summary metrics, also in ``<prior_dir>/metrics.json``."""
+    from viper.models.vqgan import load_tokenizer
+
+    pc = cfg.prior
+    suite = cfg.collect.suite
+    tasks = tuple(sorted(cfg.collect.tasks))
+    run_dir = paths.prior_dir(cfg.data_dir, suite)
+    ctx = common.setup_distributed()
+    try:
+        tokenizer = load_tokenizer(paths.tokenizer_dir(cfg.data_dir, suite), device=ctx.device)
+        splits = load_splits(paths.tokens(cfg.data_dir, suite), tasks, tokenizer.hash, tokenizer.grid)
+        codebook = tokenizer.codebook.cpu()
+        spec = spec_for(pc, tokenizer.grid, codebook, len(tasks))
+        common.seed_torch(pc.seed)
+        prior = VideoGPT(spec, codebook).to(ctx.device)
+        ema = EMA(prior, pc.ema_decay)
+        optimizer = torch.optim.AdamW(prior.parameters(), lr=pc.lr, weight_decay=pc.weight_decay)
+        ckpt = Checkpointer(
+            run_dir / "checkpoints", pc.keep_checkpoints, fingerprint(pc, tasks, tokenizer.hash, ctx.world_size)
+        )
+        progress = Progress()
+        loaded = ckpt.load_latest(map_location="cpu")
+        if loaded is not None:
+            state = loaded[0]
+            prior.load_state_dict(state["model"])
+            ema.model.load_state_dict(state["ema"])
+            optimizer.load_state_dict(state["optimizer"])
+            set_rng_state(state["rng"])
+            progress = Progress(**state["progress"])
+        per_rank = max(1, pc.batch_size // ctx.world_size)
+        windows = TrainWindows(splits["train"], pc.seq_len, pc.frame_skip, per_rank, pc.seed, ctx.rank)
+        test = eval_windows(splits["test"], pc.seq_len, pc.frame_skip, pc.eval_windows_per_task)
+        trained = common.maybe_compile(common.wrap_ddp(PriorLoss(prior), ctx), pc.compile)
+        log = None
+        if ctx.is_main:
+            log = Logger(run_dir / "logs", total=pc.train_grad_steps, desc="prior", initial=progress.step)
+        train_nats: list[float] = []
+        try:
+            while progress.step < pc.train_grad_steps:
+                tokens, ids = windows.batch(progress.step)
+                nats = train_step(trained, optimizer, tokens.to(ctx.device), ids.to(ctx.device), pc.bf16)
+                train_nats.append(nats)
+                ema.update(prior)
+                progress.step = step = progress.step + 1
+                final = step == pc.train_grad_steps
+                if common.every(step, pc.log_every_grad_steps) or final:
+                    # Every rank joins the all-reduce; rank 0 logs.
+                    bits = common.all_reduce_mean({"b": float(np.mean(train_nats))}, ctx)["b"] / LN2
+                    train_nats.clear()
+                    if log is not None:
+                        log.scalars({"prior/train_bits_per_token": bits}, step)
+                evaluated = common.every(step, pc.eval_every_grad_steps) or final
+                if evaluated and log is not None:
+                    progress.last_eval = _evaluate(ema, prior, tokenizer, test, pc, run_dir, log, step)
+                if common.every(step, pc.checkpoint_every_grad_steps) or final:
+                    if ctx.is_main:
+                        # Only checkpointed steps can be "best"; eval and checkpoint cadences usually agree.
+                        if evaluated and progress.last_eval < progress.best_nll:
+                            progress.best_nll, progress.best_step = progress.last_eval, step
+                        _save(ckpt, _state(prior, ema, optimizer, spec, tasks, tokenizer.hash, pc, progress), progress)
+                    common.barrier(ctx)
+                if log is not None:
+                    log.advance(step)
+        finally:
+            if log is not None:
+                log.close()
+        metrics = {
+            "prior/eval_bits_per_token": progress.last_eval,
+            "prior/best_eval_bits_per_token": progress.best_nll,
+            "prior/best_step": progress.best_step,
+            "prior/grad_steps": progress.step,
+        }
+        if ctx.is_main:
+            write_json(run_dir / "metrics.json", metrics)
+        return metrics
+    finally:
+        common.teardown_distributed(ctx)
+
+
+def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, float]:
+    metrics = run(cfg)
+    print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    return metrics

@@ -1,0 +1,117 @@
+"""Token windows for the prior, held in memory: the token store is small (N x h x w int16 per task).
+
+A window is ``seq_len`` frames ``start + arange(seq_len) * frame_skip`` inside one episode (published
+clips: a random offset, ``1 + (seq_len-1)*frame_skip`` raw frames subsampled by ``frame_skip``). Training
+batches are task-balanced (batch_size // n_tasks windows per task, task id = index in sorted task names) and
+drawn with ``common.batch_rng(seed, rank, step)``, so a resumed run sees the same batches as an
+uninterrupted one. Evaluation uses a fixed, evenly spaced set of test-split windows per task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from viper.data.tokens import read_tokens
+from viper.errors import ViperError
+from viper.train import common
+
+
+@dataclass(frozen=True)
+class SplitTokens:
+    """One task's episodes of one split, concatenated: tokens int16 (N, h, w), ends int64 (E,) exclusive."""
+
+    tokens: np.ndarray
+    ends: np.ndarray
+
+
+def load_splits(
+    path: str | Path, tasks: tuple[str, ...], tokenizer_hash: str, grid: tuple[int, int]
+) -> dict[str, dict[str, SplitTokens]]:
+    """``{"train": {task: SplitTokens}, "test": {...}}`` from the token store; stale tokens raise."""
+    out: dict[str, dict[str, SplitTokens]] = {"train": {}, "test": {}}
+    for task in tasks:
+        group = read_tokens(path, task, expected_hash=tokenizer_hash)
+        if group.grid != tuple(grid):
+            raise ViperError(f"{path}: {task} tokens have grid {group.grid}, the tokenizer makes {grid}")
+        starts = group.episode_ends - group.lengths
+        for split, code in (("train", 0), ("test", 1)):
+            chosen = np.flatnonzero(group.split == code)
+            parts = [group.tokens[starts[e] : group.episode_ends[e]] for e in chosen]
+            tokens = np.concatenate(parts) if parts else np.zeros((0, *grid), np.int16)
+            out[split][task] = SplitTokens(tokens, np.cumsum([len(p) for p in parts], dtype=np.int64))
+    return out
+
+
+def window_starts(ends: np.ndarray, seq_len: int, frame_skip: int) -> np.ndarray:
+    """Global start index of every window that fits inside one episode, int64 (n,)."""
+    span = 1 + (seq_len - 1) * frame_skip
+    begins = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+    parts = [np.arange(b, e - span + 1, dtype=np.int64) for b, e in zip(begins, ends, strict=True)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def gather(tokens: np.ndarray, starts: np.ndarray, seq_len: int, frame_skip: int) -> torch.Tensor:
+    """Windows at ``starts``: long (n, seq_len, h, w)."""
+    index = starts[:, None] + np.arange(seq_len)[None] * frame_skip
+    return torch.from_numpy(tokens[index].astype(np.int64))
+
+
+class TrainWindows:
+    """Task-balanced random training windows from the train split (stateless per step)."""
+
+    def __init__(
+        self,
+        train: dict[str, SplitTokens],
+        seq_len: int,
+        frame_skip: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+    ) -> None:
+        self.tasks = tuple(sorted(train))
+        self.data = [train[t] for t in self.tasks]
+        self.starts = [window_starts(d.ends, seq_len, frame_skip) for d in self.data]
+        for task, starts in zip(self.tasks, self.starts, strict=True):
+            if starts.size == 0:
+                raise ViperError(
+                    f"task {task}: no train episode spans a window of {1 + (seq_len - 1) * frame_skip} "
+                    f"frames (seq_len {seq_len}, frame_skip {frame_skip}); collect longer episodes"
+                )
+        # Published: batch_size // n_tasks windows per task (64 // 17 = 3 for DMC), at least one.
+        self.per_task = max(1, batch_size // len(self.tasks))
+        self.seq_len, self.frame_skip, self.seed, self.rank = seq_len, frame_skip, seed, rank
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Windows of update ``step``: tokens long (B, T, h, w), task ids long (B,)."""
+        rng = common.batch_rng(self.seed, self.rank, step)
+        windows, ids = [], []
+        for task_id, (data, starts) in enumerate(zip(self.data, self.starts, strict=True)):
+            # Uniform over the task's windows (= uniform over episodes, then offsets, for equal lengths).
+            chosen = starts[rng.integers(0, starts.size, self.per_task)]
+            windows.append(gather(data.tokens, chosen, self.seq_len, self.frame_skip))
+            ids.append(torch.full((self.per_task,), task_id, dtype=torch.long))
+        return torch.cat(windows), torch.cat(ids)
+
+
+def eval_windows(
+    test: dict[str, SplitTokens], seq_len: int, frame_skip: int, per_task: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Evenly spaced test windows, at most ``per_task`` per task: tokens (M, T, h, w), task ids (M,)."""
+    windows, ids = [], []
+    for task_id, task in enumerate(sorted(test)):
+        starts = window_starts(test[task].ends, seq_len, frame_skip)
+        if starts.size == 0:
+            continue
+        pick = starts[np.unique(np.linspace(0, starts.size - 1, min(per_task, starts.size)).round().astype(int))]
+        windows.append(gather(test[task].tokens, pick, seq_len, frame_skip))
+        ids.append(torch.full((pick.size,), task_id, dtype=torch.long))
+    if not windows:
+        raise ViperError(
+            "no test-split episode spans a prior window: the token store needs test episodes "
+            "(collect.test_fraction > 0) at least as long as 1 + (seq_len-1)*frame_skip frames"
+        )
+    return torch.cat(windows), torch.cat(ids)
