@@ -1,0 +1,236 @@
+"""Training windows and random frames from the video store, read in contiguous blocks with a chunk cache.
+
+A window of ``seq_len`` frames with stride ``frame_skip`` starting at global frame ``start`` is frames
+``start + arange(seq_len) * frame_skip``; it spans ``1 + (seq_len - 1) * frame_skip`` raw frames inside one
+episode (published clips: a random offset, then subsampling). A window is read as one contiguous block of
+raw frames (one zarr call decoding only the chunks it touches, none if they are cached), never a whole
+episode. Batches are task-balanced: ``batch_size // n_tasks`` windows per task, task id = index in the sorted
+task names. Windows are drawn uniformly over all windows of a task (which is uniform over episodes, then
+offsets, when episodes have equal lengths, as published expert data does).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from viper.data.store import TaskGroup, VideoStore, open_store
+from viper.errors import ViperError
+
+
+def window_span(seq_len: int, frame_skip: int) -> int:
+    """Raw frames a window covers: ``1 + (seq_len - 1) * frame_skip``."""
+    assert seq_len >= 1 and frame_skip >= 1, f"seq_len {seq_len} and frame_skip {frame_skip} must be >= 1"
+    return 1 + (seq_len - 1) * frame_skip
+
+
+def window_starts(lengths: np.ndarray, seq_len: int, frame_skip: int) -> np.ndarray:
+    """Global start index (int64 (n,)) of every window that fits in one episode of the concatenated frames."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    begins = np.cumsum(lengths) - lengths
+    counts = np.maximum(lengths - window_span(seq_len, frame_skip) + 1, 0)
+    # Per window: its episode's begin plus its offset inside the episode.
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.repeat(begins, counts) + offsets
+
+
+class WindowSampler:
+    """Task-balanced random windows: ``sample(batch_size) -> [(task_id, episode, start), ...]``.
+
+    ``ends_by_task`` maps task name -> episode_ends (E,) of its concatenated frames (or tokens);
+    ``episodes_by_task`` optionally restricts each task to some episodes (e.g. the train split).
+    ``start`` is a global frame index; the window is ``start + arange(seq_len) * frame_skip``.
+    """
+
+    def __init__(
+        self,
+        ends_by_task: dict[str, np.ndarray],
+        seq_len: int,
+        frame_skip: int,
+        seed: int | Sequence[int],
+        episodes_by_task: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        if not ends_by_task:
+            raise ViperError("window sampler: no tasks given")
+        self.tasks = sorted(ends_by_task)
+        self.seq_len, self.frame_skip = seq_len, frame_skip
+        span = window_span(seq_len, frame_skip)
+        self.rng = np.random.default_rng(seed)
+        self._episodes, self._begins, self._cum = [], [], []
+        for task in self.tasks:
+            ends = np.asarray(ends_by_task[task], dtype=np.int64)
+            lengths = np.diff(ends, prepend=0)
+            episodes = np.arange(len(ends)) if episodes_by_task is None else np.asarray(episodes_by_task[task])
+            counts = np.maximum(lengths[episodes] - span + 1, 0)
+            if counts.sum() == 0:
+                raise ViperError(
+                    f"task {task}: no episode (of {len(episodes)} chosen) spans a window of {span} frames "
+                    f"(seq_len {seq_len}, frame_skip {frame_skip}); longest is {lengths[episodes].max(initial=0)}"
+                )
+            self._episodes.append(episodes)
+            self._begins.append((ends - lengths)[episodes])
+            self._cum.append(np.cumsum(counts))
+
+    def sample(self, batch_size: int) -> list[tuple[int, int, int]]:
+        """``max(1, batch_size // n_tasks)`` windows per task, in task order: (task_id, episode, start)."""
+        per_task = max(1, batch_size // len(self.tasks))
+        out = []
+        for task_id, (episodes, begins, cum) in enumerate(zip(self._episodes, self._begins, self._cum, strict=True)):
+            # Uniform over the task's windows: a window number, then the episode holding it.
+            u = self.rng.integers(0, cum[-1], per_task)
+            k = np.searchsorted(cum, u, side="right")
+            offsets = u - np.concatenate([[0], cum[:-1]])[k]
+            for j in range(per_task):
+                out.append((task_id, int(episodes[k[j]]), int(begins[k[j]] + offsets[j])))
+        return out
+
+
+class ChunkCache:
+    """Least-recently-used cache of decoded frame chunks (per task), filled by chunk-aligned block reads."""
+
+    def __init__(self, capacity_chunks: int = 256) -> None:
+        self.capacity = capacity_chunks
+        self._chunks: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+
+    def read(self, group: TaskGroup, start: int, stop: int) -> np.ndarray:
+        """Frames ``[start, stop)`` of ``group``: uint8 (stop - start, 64, 64, 3)."""
+        if not 0 <= start < stop <= group.num_frames:
+            raise ViperError(f"{group.where}: frames [{start}, {stop}) out of range ({group.num_frames} frames)")
+        size = group.chunk_frames
+        first, last = start // size, (stop - 1) // size
+        parts: dict[int, np.ndarray] = {}
+        for c in range(first, last + 1):
+            if (group.name, c) in self._chunks:
+                self._chunks.move_to_end((group.name, c))
+                parts[c] = self._chunks[(group.name, c)]
+        missing = [c for c in range(first, last + 1) if c not in parts]
+        if missing:
+            # One zarr call for the whole missing run: decoding cost is per chunk, call overhead per call.
+            lo, hi = missing[0] * size, min((missing[-1] + 1) * size, group.num_frames)
+            block = group.read_frames(lo, hi)
+            for c in range(missing[0], missing[-1] + 1):
+                parts[c] = block[c * size - lo : (c + 1) * size - lo]
+                self._put((group.name, c), parts[c])
+        ordered = [parts[c] for c in range(first, last + 1)]
+        block = ordered[0] if len(ordered) == 1 else np.concatenate(ordered)
+        return block[start - first * size : stop - first * size]
+
+    def _put(self, key: tuple[str, int], chunk: np.ndarray) -> None:
+        self._chunks[key] = chunk
+        self._chunks.move_to_end(key)
+        while len(self._chunks) > self.capacity:
+            self._chunks.popitem(last=False)
+
+
+def read_window(
+    group: TaskGroup, episode: int, start: int, seq_len: int, frame_skip: int, cache: ChunkCache | None = None
+) -> np.ndarray:
+    """Window frames uint8 (seq_len, 64, 64, 3) at global ``start``; it must lie inside ``episode``."""
+    begin, end = group.episode_range(episode)
+    stop = start + window_span(seq_len, frame_skip)
+    if not begin <= start or stop > end:
+        raise ViperError(
+            f"{group.where}: window [{start}, {stop}) (seq_len {seq_len}, frame_skip {frame_skip}) is outside "
+            f"episode {episode} = frames [{begin}, {end})"
+        )
+    block = cache.read(group, start, stop) if cache is not None else group.read_frames(start, stop)
+    return block[::frame_skip]
+
+
+def _open(store: VideoStore | str | Path) -> VideoStore:
+    return store if isinstance(store, VideoStore) else open_store(store, "r")
+
+
+class FrameWindowDataset(torch.utils.data.IterableDataset):
+    """Endless task-balanced windows ``(frames uint8 (T, 64, 64, 3), task_id)`` from the video store.
+
+    Safe with DataLoader workers: each worker opens the store itself and draws from its own seed
+    ``(seed, worker_id)``. With ``DataLoader(batch_size=batch_size)`` each batch is one balanced draw.
+    """
+
+    def __init__(
+        self,
+        store: str | Path,
+        seq_len: int,
+        frame_skip: int,
+        batch_size: int,
+        seed: int,
+        split: str = "train",
+        tasks: Sequence[str] | None = None,
+        cache_chunks: int = 256,
+    ) -> None:
+        super().__init__()
+        self.store, self.seq_len, self.frame_skip = str(store), seq_len, frame_skip
+        self.batch_size, self.seed, self.split = batch_size, seed, split
+        self.tasks = sorted(tasks) if tasks is not None else sorted(open_store(store).tasks)
+        self.cache_chunks = cache_chunks
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
+        info = torch.utils.data.get_worker_info()
+        worker = 0 if info is None else info.id
+        store = open_store(self.store, "r")
+        groups = [store.task(t) for t in self.tasks]
+        sampler = WindowSampler(
+            {t: g.episode_ends for t, g in zip(self.tasks, groups, strict=True)},
+            self.seq_len,
+            self.frame_skip,
+            seed=[self.seed, worker],
+            episodes_by_task={t: g.episodes(self.split) for t, g in zip(self.tasks, groups, strict=True)},
+        )
+        cache = ChunkCache(self.cache_chunks)
+        while True:
+            for task_id, episode, start in sampler.sample(self.batch_size):
+                frames = read_window(groups[task_id], episode, start, self.seq_len, self.frame_skip, cache)
+                yield torch.from_numpy(np.ascontiguousarray(frames)), task_id
+
+
+class RandomFrames:
+    """Endless single random frames uint8 (64, 64, 3) of ``split`` episodes, uniform over frames.
+
+    Reads whole chunks (one zarr call each): each round draws ``pool_chunks`` chunks uniformly from all
+    tasks' chunks, and yields every frame of the split in them in random order. Every frame has the same
+    expected count per round (1 / number of chunks), so this is uniform over frames without decoding a chunk
+    per frame.
+    """
+
+    def __init__(
+        self,
+        store: VideoStore | str | Path,
+        tasks: Sequence[str],
+        split: str = "train",
+        seed: int | Sequence[int] = 0,
+        pool_chunks: int = 64,
+    ) -> None:
+        self.store, self.tasks, self.split = store, sorted(tasks), split
+        self.seed, self.pool_chunks = seed, pool_chunks
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        store = _open(self.store)
+        rng = np.random.default_rng(self.seed)
+        groups, masks, chunk_ids = [], [], []
+        for task in self.tasks:
+            group = store.task(task)
+            keep = np.zeros(group.episodes("all").size, bool)
+            keep[group.episodes(self.split)] = True
+            # Per frame: is its episode in the split.
+            mask = np.repeat(keep, group.lengths)
+            size = group.chunk_frames
+            has = np.add.reduceat(mask, np.arange(0, mask.size, size)) > 0 if mask.size else np.zeros(0, bool)
+            groups.append(group)
+            masks.append(mask)
+            chunk_ids += [(len(groups) - 1, int(c)) for c in np.flatnonzero(has)]
+        if not chunk_ids:
+            raise ViperError(f"{getattr(store, 'url', store)}: no {self.split} frames in tasks {self.tasks}")
+        while True:
+            pool = []
+            for i in rng.integers(0, len(chunk_ids), self.pool_chunks):
+                g, c = chunk_ids[i]
+                size = groups[g].chunk_frames
+                lo, hi = c * size, min((c + 1) * size, groups[g].num_frames)
+                pool.append(groups[g].read_frames(lo, hi)[masks[g][lo:hi]])
+            frames = np.concatenate(pool)
+            yield from frames[rng.permutation(len(frames))]
