@@ -41,6 +41,7 @@ EPISODE_ARRAYS = {
     "split": np.uint8,
     "episode_ids": np.int64,
 }
+FRAME_ARRAYS = ("frames", "actions", "rewards")
 INDEX_CHUNK = 4096
 
 
@@ -218,10 +219,24 @@ class TaskGroup:
     def repair(self) -> None:
         """Trim every array back to the commit record (rows a killed writer left past it)."""
         for key in self._group.array_keys():
+            if key not in EPISODE_ARRAYS and key not in FRAME_ARRAYS:
+                continue
             arr = self._group[key]
             keep = self.num_episodes if key in EPISODE_ARRAYS else self.num_frames
             if arr.shape[0] > keep:
                 arr.resize((keep, *arr.shape[1:]))
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        """bool (64, 64) pixel mask (True = kept; Atari scoreboards False) if the group has one, else None."""
+        return self._group["mask"][:] if "mask" in self._group else None
+
+    def set_mask(self, mask: np.ndarray) -> None:
+        """Store the task's pixel mask, bool (64, 64); consumers multiply it into frames (published Atari)."""
+        mask = np.asarray(mask)
+        if mask.dtype != bool or mask.shape != FRAME_SHAPE[:2]:
+            raise ViperError(f"{self.where}: mask must be bool {FRAME_SHAPE[:2]}, got {mask.dtype} {mask.shape}")
+        self._group.create_array("mask", data=mask, overwrite=True)
 
 
 def _write_rows(arr: zarr.Array, start: int, rows: np.ndarray) -> None:

@@ -1,0 +1,131 @@
+"""HDF5 export and import of one task group (h5py; readable from any language with plain HDF5).
+
+Schema (``format = "viper-task-group"``, ``schema_version = 1``):
+
+    /                 attrs: format, schema_version, task, suite, group_attrs (JSON of the store group's attrs)
+    /frames           (N, 64, 64, 3) uint8, chunks (32, 64, 64, 3), gzip level 4
+    /episode_ends     (E,) int64  exclusive end frame of each episode
+    /lengths          (E,) int64
+    /returns          (E,) float32 (NaN when unknown)
+    /split            (E,) uint8   0 train, 1 test
+    /episode_ids      (E,) int64
+    /actions          (N, A) float32   optional
+    /rewards          (N,) float32     optional
+    /mask             (64, 64) bool    optional (True = pixel kept)
+
+Export writes a temp file and renames it; import checks the schema and consistency, then writes a hidden
+group and swaps it in, like every other whole-task write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from viper.data.store import EPISODE_ARRAYS, FRAME_SHAPE, SPLITS, VideoStore
+from viper.errors import ViperError
+
+FORMAT = "viper-task-group"
+SCHEMA_VERSION = 1
+IMPORTING = "importing-h5"
+
+
+def export_task(store: VideoStore, task: str, output: str | Path) -> dict[str, int]:
+    """Write ``task``'s group to ``output`` (HDF5, schema above); returns episode and frame counts."""
+    group = store.task(task)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update(format=FORMAT, schema_version=SCHEMA_VERSION, task=group.task, suite=group.attrs["suite"])
+            f.attrs["group_attrs"] = json.dumps(group.attrs)
+            n = group.num_frames
+            frames = f.create_dataset(
+                "frames", (n, *FRAME_SHAPE), np.uint8, chunks=(min(32, max(n, 1)), *FRAME_SHAPE), compression="gzip"
+            )
+            for key, dtype in EPISODE_ARRAYS.items():
+                f.create_dataset(key, data=np.asarray(getattr(group, key), dtype=dtype))
+            rows = {}
+            for i in range(group.num_episodes):
+                # One episode at a time: memory stays at one episode whatever the task size.
+                start, stop = group.episode_range(i)
+                ep = group.read_episode(i)
+                frames[start:stop] = ep["frames"]
+                for key in ("actions", "rewards"):
+                    if key in ep:
+                        if key not in rows:
+                            rows[key] = f.create_dataset(key, (n, *ep[key].shape[1:]), np.float32)
+                        rows[key][start:stop] = ep[key]
+            if group.mask is not None:
+                f.create_dataset("mask", data=group.mask)
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"episodes": group.num_episodes, "frames": group.num_frames}
+
+
+def _check(f: h5py.File, path: Path) -> tuple[str, np.ndarray, np.ndarray, int]:
+    """Validate the schema; returns (task, episode_ends, split codes, num_frames)."""
+    if f.attrs.get("format") != FORMAT:
+        raise ViperError(f"{path}: not a viper task-group HDF5 file (attribute format={f.attrs.get('format')!r})")
+    if int(f.attrs.get("schema_version", -1)) != SCHEMA_VERSION:
+        raise ViperError(f"{path}: schema_version {f.attrs.get('schema_version')}, expected {SCHEMA_VERSION}")
+    for key in ("frames", *EPISODE_ARRAYS):
+        if key not in f:
+            raise ViperError(f"{path}: missing dataset /{key}")
+    frames = f["frames"]
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != FRAME_SHAPE:
+        raise ViperError(f"{path}: /frames is {frames.dtype} {frames.shape}; expected uint8 (N, 64, 64, 3)")
+    ends, lengths = f["episode_ends"][:].astype(np.int64), f["lengths"][:].astype(np.int64)
+    split = f["split"][:]
+    n = frames.shape[0]
+    sizes = {len(f[k]) for k in EPISODE_ARRAYS}
+    if len(sizes) != 1 or (len(ends) and ends[-1] != n) or not np.array_equal(np.diff(ends, prepend=0), lengths):
+        raise ViperError(f"{path}: episode_ends/lengths/per-episode arrays disagree with each other or with N={n}")
+    if np.any(lengths < 1) or np.any(split > 1):
+        raise ViperError(f"{path}: episodes must have >= 1 frame and split must be 0 (train) or 1 (test)")
+    for key in ("actions", "rewards"):
+        if key in f and f[key].shape[0] != n:
+            raise ViperError(f"{path}: /{key} has {f[key].shape[0]} rows, expected N={n}")
+    return str(f.attrs["task"]), ends, split, n
+
+
+def import_task(path: str | Path, store: VideoStore, task: str | None = None) -> str:
+    """Import an exported task group into ``store`` (replacing that task); returns the task name."""
+    path = Path(path)
+    if not path.is_file():
+        raise ViperError(f"{path}: HDF5 file not found")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise ViperError(f"{path}: not a readable HDF5 file ({exc})") from exc
+    with f:
+        stored, ends, split, _ = _check(f, path)
+        if task is not None and task != stored:
+            raise ViperError(f"{path}: holds task {stored!r}, not {task!r}")
+        attrs = json.loads(f.attrs.get("group_attrs", "{}"))
+        keep = {k: attrs[k] for k in ("action_repeat", "source") if k in attrs}
+        keep["source"] = {**keep.get("source", {}), "imported_from": str(path)}
+        store.discard_staging(stored, IMPORTING)
+        group = store.staging(stored, IMPORTING, attrs=keep)
+        names = {v: k for k, v in SPLITS.items()}
+        for i, stop in enumerate(ends):
+            start = int(stop - (f["lengths"][i]))
+            rows = {k: f[k][start:stop] for k in ("actions", "rewards") if k in f}
+            group.append(
+                f["frames"][start:stop],
+                rows.get("actions"),
+                rows.get("rewards"),
+                split=names[int(split[i])],
+                task_return=float(f["returns"][i]),
+                episode_id=int(f["episode_ids"][i]),
+            )
+        if "mask" in f:
+            group.set_mask(f["mask"][:].astype(bool))
+    store.promote(stored, IMPORTING)
+    return stored
