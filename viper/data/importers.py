@@ -64,7 +64,7 @@ def load_npz_episode(path: Path) -> np.ndarray:
     try:
         with np.load(path, allow_pickle=False) as data:
             if "arr_0" not in data.files:
-                raise ViperError(f"{path}: no array 'arr_0' (has {data.files}); expected one episode under arr_0")
+                raise ViperError(f"{path}: no array 'arr_0' (has {data.files}); expected arr_0 = uint8 (T, 64, 64, 3)")
             frames = data["arr_0"]
     except ViperError:
         raise
