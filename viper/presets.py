@@ -78,6 +78,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "train_grad_steps": 3000,
             "eval_every_grad_steps": 500,
             "checkpoint_every_grad_steps": 500,
+            "log_every_grad_steps": 50,
+            "picture_context_frames": 1,
         },
         "agent": {"tasks": ["dmc/cartpole_balance"], "seeds": [0], "size": "XS", "env_steps": 50_000},
         "evaluate": {"reward_eval_episodes": 8, "agent_episodes": 5},
@@ -115,6 +117,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "train_grad_steps": 20,
             "eval_every_grad_steps": 10,
             "checkpoint_every_grad_steps": 10,
+            "log_every_grad_steps": 5,
+            "eval_windows_per_task": 8,
+            "picture_context_frames": 1,
         },
         "agent": {
             "tasks": ["dmc/cartpole_balance"],

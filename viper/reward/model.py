@@ -74,6 +74,8 @@ class VideoReward:
         check_pair(tokenizer, prior)
         self.tokenizer = tokenizer
         self.prior = prior.model
+        self.prior_path = prior.path
+        """The prior's checkpoint folder (its name carries the step)."""
         self.cfg = cfg
         self.seq_len = prior.seq_len
         self.frame_skip = prior.frame_skip

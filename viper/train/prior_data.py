@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from viper.data.tokens import read_tokens
+from viper.data.windows import WindowSampler, window_starts
 from viper.errors import ViperError
 from viper.train import common
 
@@ -46,14 +47,6 @@ def load_splits(
     return out
 
 
-def window_starts(ends: np.ndarray, seq_len: int, frame_skip: int) -> np.ndarray:
-    """Global start index of every window that fits inside one episode, int64 (n,)."""
-    span = 1 + (seq_len - 1) * frame_skip
-    begins = np.concatenate([[0], ends[:-1]]).astype(np.int64)
-    parts = [np.arange(b, e - span + 1, dtype=np.int64) for b, e in zip(begins, ends, strict=True)]
-    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
-
-
 def gather(tokens: np.ndarray, starts: np.ndarray, seq_len: int, frame_skip: int) -> torch.Tensor:
     """Windows at ``starts``: long (n, seq_len, h, w)."""
     index = starts[:, None] + np.arange(seq_len)[None] * frame_skip
@@ -61,7 +54,11 @@ def gather(tokens: np.ndarray, starts: np.ndarray, seq_len: int, frame_skip: int
 
 
 class TrainWindows:
-    """Task-balanced random training windows from the train split (stateless per step)."""
+    """Task-balanced random training windows from the train split (``viper.data.windows.WindowSampler``).
+
+    The sampler's generator is replaced by ``common.batch_rng(seed, rank, step)`` before every draw, so the
+    batch of update ``step`` does not depend on where a run was resumed.
+    """
 
     def __init__(
         self,
@@ -74,27 +71,17 @@ class TrainWindows:
     ) -> None:
         self.tasks = tuple(sorted(train))
         self.data = [train[t] for t in self.tasks]
-        self.starts = [window_starts(d.ends, seq_len, frame_skip) for d in self.data]
-        for task, starts in zip(self.tasks, self.starts, strict=True):
-            if starts.size == 0:
-                raise ViperError(
-                    f"task {task}: no train episode spans a window of {1 + (seq_len - 1) * frame_skip} "
-                    f"frames (seq_len {seq_len}, frame_skip {frame_skip}); collect longer episodes"
-                )
-        # Published: batch_size // n_tasks windows per task (64 // 17 = 3 for DMC), at least one.
-        self.per_task = max(1, batch_size // len(self.tasks))
-        self.seq_len, self.frame_skip, self.seed, self.rank = seq_len, frame_skip, seed, rank
+        self.sampler = WindowSampler({t: train[t].ends for t in self.tasks}, seq_len, frame_skip, seed=[seed, rank])
+        self.seq_len, self.frame_skip, self.batch_size = seq_len, frame_skip, batch_size
+        self.seed, self.rank = seed, rank
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Windows of update ``step``: tokens long (B, T, h, w), task ids long (B,)."""
-        rng = common.batch_rng(self.seed, self.rank, step)
-        windows, ids = [], []
-        for task_id, (data, starts) in enumerate(zip(self.data, self.starts, strict=True)):
-            # Uniform over the task's windows (= uniform over episodes, then offsets, for equal lengths).
-            chosen = starts[rng.integers(0, starts.size, self.per_task)]
-            windows.append(gather(data.tokens, chosen, self.seq_len, self.frame_skip))
-            ids.append(torch.full((self.per_task,), task_id, dtype=torch.long))
-        return torch.cat(windows), torch.cat(ids)
+        self.sampler.rng = common.batch_rng(self.seed, self.rank, step)
+        picks = self.sampler.sample(self.batch_size)
+        windows = [gather(self.data[task_id].tokens, np.array([start]), self.seq_len, self.frame_skip)
+                   for task_id, _, start in picks]  # fmt: skip
+        return torch.cat(windows), torch.tensor([task_id for task_id, _, _ in picks], dtype=torch.long)
 
 
 def eval_windows(
@@ -103,7 +90,7 @@ def eval_windows(
     """Evenly spaced test windows, at most ``per_task`` per task: tokens (M, T, h, w), task ids (M,)."""
     windows, ids = [], []
     for task_id, task in enumerate(sorted(test)):
-        starts = window_starts(test[task].ends, seq_len, frame_skip)
+        starts = window_starts(np.diff(test[task].ends, prepend=0), seq_len, frame_skip)
         if starts.size == 0:
             continue
         pick = starts[np.unique(np.linspace(0, starts.size - 1, min(per_task, starts.size)).round().astype(int))]
