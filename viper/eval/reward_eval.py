@@ -1,0 +1,233 @@
+"""Stage ``reward-eval``: does the VIPER reward rank expert behaviour above non-expert behaviour?
+
+For every task of the preset it scores
+  * held-out expert episodes (the video store's test split),
+  * noisy-expert episodes at each ``evaluate.noisy_epsilons`` and random-policy episodes, rolled out fresh with
+    ``viper.experts.rollout`` (seeds ``evaluate.seed + i``), with the store's ``collect.drop_first_frames``
+    dropped so that every category shows the same part of an episode,
+  * the expert episodes with their frames shuffled in time and played backwards (does the prior model
+    dynamics, or only poses?),
+and reports AUROC(expert vs random), AUROC(expert vs each epsilon), AUROC(expert vs shuffled / reversed) on the
+episode mean reward (NaN steps before the first full window excluded), and the Spearman correlation between
+episode mean reward and task return over expert, noisy and random episodes. Outputs under
+``viper.paths.reward_eval_dir``: ``metrics.json``, ``episodes.jsonl`` (one line per scored episode; a re-run
+skips the episodes already scored with the same models), ``scatter.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from viper import paths
+from viper.config import Config
+from viper.errors import ViperError
+from viper.eval.stats import auroc, spearman
+from viper.metrics import write_json
+from viper.reward.model import VideoReward
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One scored episode."""
+
+    task: str
+    category: str
+    """``expert``, ``noisy:<eps>``, ``random``, ``shuffled`` or ``reversed``."""
+    index: int
+    """Store episode index (expert, shuffled, reversed) or rollout number (noisy, random)."""
+    mean_reward: float
+    """Mean per-step reward in nats over steps with a full window."""
+    task_return: float
+    steps: int
+    model: str
+    """Fingerprint of the reward model that scored it (tokenizer hash, prior checkpoint, mode)."""
+
+
+def _rollout(task: str, policy: str, seed: int, cfg: Config) -> tuple[np.ndarray, float]:
+    """Roll out one episode (runs in a worker process): frames after the dropped prefix, task return."""
+    from viper.experts import rollout
+
+    c = cfg.collect
+    episode = rollout(task, policy, seed, c.action_repeat, c.episode_env_steps, c.fast_render)
+    return episode.frames[c.drop_first_frames :], float(episode.task_return)
+
+
+def _expert_episodes(cfg: Config, task: str) -> list[tuple[int, np.ndarray, float]]:
+    """(store index, frames, return) of the first ``reward_eval_episodes`` test-split episodes."""
+    from viper.data.store import open_store
+
+    suite = task.split("/", 1)[0]
+    group = open_store(paths.store(cfg.data_dir, suite)).task(task)
+    test = group.episodes("test")[: cfg.evaluate.reward_eval_episodes]
+    if test.size == 0:
+        raise ViperError(f"{paths.store(cfg.data_dir, suite)}: {task} has no test-split episodes to evaluate")
+    return [(int(i), group.read_episode(int(i))["frames"], float(group.returns[i])) for i in test]
+
+
+def _mean_reward(reward: VideoReward, frames: np.ndarray, task: str) -> float:
+    rewards = reward.score(frames[None], task)[0]
+    finite = rewards[np.isfinite(rewards)]
+    if finite.size == 0:
+        raise ViperError(f"{task}: an episode of {len(frames)} frames is shorter than one reward window")
+    return float(finite.mean())
+
+
+def evaluate_task(
+    cfg: Config, reward: VideoReward, task: str, done: dict[tuple, Scored], out: Path, pool
+) -> list[Scored]:
+    """Score every category of ``task`` (reusing ``done``), appending new records to ``out``."""
+    model = _model_key(reward)
+    n = cfg.evaluate.reward_eval_episodes
+    policies = [f"noisy:{eps:g}" for eps in cfg.evaluate.noisy_epsilons] + ["random"]
+    records: list[Scored] = []
+
+    def keep(category: str, index: int, frames: np.ndarray, task_return: float) -> None:
+        record = Scored(task, category, index, _mean_reward(reward, frames, task), task_return, len(frames), model)
+        records.append(record)
+        with out.open("a") as fh:  # one line per episode: a killed run keeps what it scored
+            fh.write(json.dumps(asdict(record)) + "\n")
+
+    shuffle = np.random.default_rng([cfg.evaluate.seed, zlib.crc32(task.encode())])
+    for index, frames, task_return in _expert_episodes(cfg, task):
+        order = shuffle.permutation(len(frames))  # drawn even when cached, so later episodes get the same order
+        for category, view in (("expert", frames), ("shuffled", frames[order]), ("reversed", frames[::-1])):
+            if (task, category, index) in done:
+                records.append(done[(task, category, index)])
+            else:
+                keep(category, index, np.ascontiguousarray(view), task_return)
+    jobs = {}
+    for policy in policies:
+        for i in range(n):
+            if (task, policy, i) in done:
+                records.append(done[(task, policy, i)])
+            else:
+                args = (task, policy, cfg.evaluate.seed + i, cfg)
+                jobs[(policy, i)] = pool.submit(_rollout, *args) if pool is not None else args
+    for (policy, i), job in jobs.items():
+        frames, task_return = job.result() if pool is not None else _rollout(*job)
+        keep(policy, i, frames, task_return)
+    return records
+
+
+def task_metrics(records: list[Scored], epsilons: tuple[float, ...]) -> dict[str, float]:
+    """AUROCs and Spearman of one task's records (see the module docstring)."""
+    by: dict[str, list[Scored]] = {}
+    for r in records:
+        by.setdefault(r.category, []).append(r)
+    needed = ["expert", "random", "shuffled", "reversed"] + [f"noisy:{eps:g}" for eps in epsilons]
+    missing = [c for c in needed if c not in by]
+    if missing:
+        raise ViperError(f"{records[0].task if records else '?'}: no scored episodes for {', '.join(missing)}")
+    expert = [r.mean_reward for r in by["expert"]]
+    out = {
+        "auroc_expert_vs_random": auroc(expert, [r.mean_reward for r in by["random"]]),
+        "auroc_expert_vs_shuffled": auroc(expert, [r.mean_reward for r in by["shuffled"]]),
+        "auroc_expert_vs_reversed": auroc(expert, [r.mean_reward for r in by["reversed"]]),
+    }
+    for eps in epsilons:
+        out[f"auroc_expert_vs_noisy_{eps:g}"] = auroc(expert, [r.mean_reward for r in by[f"noisy:{eps:g}"]])
+    ranked = [r for r in records if r.category not in ("shuffled", "reversed")]
+    out["spearman_reward_vs_return"] = spearman([r.mean_reward for r in ranked], [r.task_return for r in ranked])
+    for category, rs in by.items():
+        out[f"mean_reward/{category}"] = float(np.mean([r.mean_reward for r in rs]))
+        out[f"mean_return/{category}"] = float(np.mean([r.task_return for r in rs]))
+    return out
+
+
+def _model_key(reward: VideoReward) -> str:
+    return f"{reward.tokenizer.hash}|{reward.prior_path.name}|{reward.mode}"
+
+
+def _load_done(path: Path, model: str) -> dict[tuple, Scored]:
+    done = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                record = Scored(**json.loads(line))
+            except (json.JSONDecodeError, TypeError):
+                continue  # a line cut short by a kill
+            if record.model == model:
+                done[(record.task, record.category, record.index)] = record
+    return done
+
+
+def scatter(per_task: dict[str, list[Scored]], metrics: dict[str, float], path: Path) -> Path:
+    """PNG: one panel per task, episode mean reward against task return, coloured by category."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.2 * len(per_task), 3.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(per_task), squeeze=False)[0]
+    for ax, (task, records) in zip(axes, per_task.items(), strict=True):
+        categories = sorted({r.category for r in records if r.category not in ("shuffled", "reversed")})
+        for category in sorted(categories, key=lambda c: (c != "expert", c)):
+            rs = [r for r in records if r.category == category]
+            ax.scatter([r.task_return for r in rs], [r.mean_reward for r in rs], s=18, label=category, alpha=0.8)
+        key = f"reward_eval/{paths.slug(task)}/"
+        ax.set_title(
+            f"{task}\nAUROC vs random {metrics[key + 'auroc_expert_vs_random']:.2f}, "
+            f"Spearman {metrics[key + 'spearman_reward_vs_return']:.2f}",
+            fontsize=9,
+        )
+        ax.set_xlabel("task return")
+        ax.set_ylabel("mean VIPER reward (nats/step)")
+        ax.legend(fontsize=7)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    tmp.replace(path)
+    return path
+
+
+def run(cfg: Config) -> dict[str, float]:
+    """Evaluate the reward model on every task of the preset; returns the flat metrics (also metrics.json)."""
+    suite = cfg.collect.suite
+    out_dir = paths.reward_eval_dir(cfg.data_dir, suite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reward = VideoReward.load(
+        paths.tokenizer_dir(cfg.data_dir, suite), paths.prior_dir(cfg.data_dir, suite), cfg.reward
+    )
+    episodes = out_dir / "episodes.jsonl"
+    done = _load_done(episodes, _model_key(reward))
+    # Start the file afresh with only the records of this model, so stale lines never accumulate.
+    tmp = episodes.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(asdict(r)) + "\n" for r in done.values()))
+    tmp.replace(episodes)
+    workers = max(1, cfg.collect.workers)
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else None
+    try:
+        per_task = {task: evaluate_task(cfg, reward, task, done, episodes, pool) for task in cfg.collect.tasks}
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    metrics: dict[str, float] = {}
+    for task, records in per_task.items():
+        for key, value in task_metrics(records, cfg.evaluate.noisy_epsilons).items():
+            metrics[f"reward_eval/{paths.slug(task)}/{key}"] = value
+    for key in ("auroc_expert_vs_random", "auroc_expert_vs_noisy_0.5", "spearman_reward_vs_return",
+                "auroc_expert_vs_shuffled"):  # fmt: skip
+        values = [metrics.get(f"reward_eval/{paths.slug(t)}/{key}", np.nan) for t in per_task]
+        metrics[f"reward_eval/min/{key}"] = float(np.min(values))
+    write_json(out_dir / "metrics.json", metrics)
+    scatter(per_task, metrics, out_dir / "scatter.png")
+    return metrics
+
+
+def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, float]:
+    metrics = run(cfg)
+    for task in cfg.collect.tasks:
+        prefix = f"reward_eval/{paths.slug(task)}/"
+        shown = {
+            k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix) and "/" not in k[len(prefix) :]
+        }
+        print(task + ": " + "  ".join(f"{k} {v:.3f}" for k, v in shown.items()))
+    print(f"details: {paths.reward_eval_dir(cfg.data_dir, cfg.collect.suite)}")
+    return metrics
