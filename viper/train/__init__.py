@@ -1,0 +1,1 @@
+"""Training loops of the tokenizer and the prior (checkpoints, resume, metrics); shared helpers: common.py."""
