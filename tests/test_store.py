@@ -213,3 +213,28 @@ def test_tokens_bad_input(tmp_path):
         write_tokens(url, TASK, good, [4, 9], [0, 0], "h")
     with pytest.raises(ViperError, match=r"\[0, 4\)"):
         write_tokens(url, TASK, good + 5, [10], [0], "h", codebook_size=4)
+
+
+def test_fast_local_reads_match_zarr(tmp_path):
+    """The direct shard reader (local stores) returns exactly what zarr returns, incl. unwritten chunks."""
+    store = open_store(tmp_path / "s.zarr", "a", chunk_frames=4, shard_frames=16)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        frames = rng.integers(0, 3, (int(rng.integers(3, 15)), 64, 64, 3), dtype=np.uint8)
+        if i == 2:
+            frames[:] = 0  # whole zero chunks are not written by zarr: the reader must give zeros
+        store.append_episode(TASK, frames)
+    group = open_store(tmp_path / "s.zarr").task(TASK)
+    assert group._fast is not None and open_store(f"memory://{uuid.uuid4().hex}", "a")._names() == []
+    for _ in range(80):
+        start = int(rng.integers(0, group.num_frames))
+        stop = int(rng.integers(start, group.num_frames + 1))
+        np.testing.assert_array_equal(group.read_frames(start, stop), group._frames[start:stop])
+    assert group.read_frames(0, group.num_frames).flags.writeable
+    # A corrupt shard index is reported, not decoded into garbage.
+    shard = tmp_path / "s.zarr" / "cartpole_balance" / "frames" / "c" / "1" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ViperError, match="corrupt shard index"):
+        open_store(tmp_path / "s.zarr").task(TASK).read_frames(16, 20)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from viper.data.fastread import ShardedFrames
 from viper.data.location import Location, hidden, promote, recover_swaps
 from viper.errors import ViperError
 
@@ -61,9 +62,13 @@ def _short(task: str) -> str:
 class TaskGroup:
     """One task's episodes; only committed episodes are visible (call ``refresh`` to see newer ones)."""
 
-    def __init__(self, zstore: zarr.abc.store.Store, name: str, mode: str, where: str) -> None:
+    def __init__(
+        self, zstore: zarr.abc.store.Store, name: str, mode: str, where: str, local_dir: Path | None = None
+    ) -> None:
         self._zstore = zstore
         self._mode = mode
+        self._local_dir = local_dir
+        self._fast: ShardedFrames | None = None
         self.name = name
         self.where = where
         self.refresh()
@@ -85,6 +90,10 @@ class TaskGroup:
         self.num_episodes = int(attrs["num_episodes"])
         self.num_frames = int(attrs["num_frames"])
         self._frames = self._group["frames"]
+        if self._fast is not None:
+            self._fast.close()
+        # Local stores read frames without zarr's per-call thread hops (viper/data/fastread.py).
+        self._fast = ShardedFrames.open(self._local_dir / "frames") if self._local_dir is not None else None
         index = {k: self._group[k][: self.num_episodes] for k in EPISODE_ARRAYS}
         if self._frames.shape[0] < self.num_frames or any(len(v) < self.num_episodes for v in index.values()):
             raise ViperError(f"{self.where}: corrupt store, arrays are shorter than the commit record")
@@ -121,12 +130,12 @@ class TaskGroup:
         """Frames ``[start, stop)`` of the concatenated array: uint8 (stop - start, 64, 64, 3)."""
         if not 0 <= start <= stop <= self.num_frames:
             raise ViperError(f"{self.where}: frames [{start}, {stop}) out of range (task has {self.num_frames} frames)")
-        return self._frames[start:stop]
+        return self._fast.read(start, stop) if self._fast is not None else self._frames[start:stop]
 
     def read_episode(self, i: int) -> dict[str, np.ndarray]:
         """``frames`` uint8 (L, 64, 64, 3) and, when stored, ``actions`` float32 (L, A), ``rewards`` (L,)."""
         start, stop = self.episode_range(i)
-        out = {"frames": self._frames[start:stop]}
+        out = {"frames": self.read_frames(start, stop)}
         for key in ("actions", "rewards"):
             if key in self._group:
                 out[key] = self._group[key][start:stop]
@@ -277,7 +286,8 @@ class VideoStore:
         return [n for n in self.location.children() if not n.startswith(".") and self.location.has_group(n)]
 
     def _open(self, name: str) -> TaskGroup:
-        return TaskGroup(self._zstore, name, "r" if self.mode == "r" else "r+", f"{self.url}/{name}")
+        local = self.location.path / name if self.location.is_local else None
+        return TaskGroup(self._zstore, name, "r" if self.mode == "r" else "r+", f"{self.url}/{name}", local)
 
     @property
     def tasks(self) -> list[str]:

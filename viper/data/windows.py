@@ -95,6 +95,8 @@ class ChunkCache:
     def __init__(self, capacity_chunks: int = 256) -> None:
         self.capacity = capacity_chunks
         self._chunks: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        # Chunk lookups served from the cache / decoded from the store (for benchmarks and tuning).
+        self.hits = self.misses = 0
 
     def read(self, group: TaskGroup, start: int, stop: int) -> np.ndarray:
         """Frames ``[start, stop)`` of ``group``: uint8 (stop - start, 64, 64, 3)."""
@@ -108,6 +110,8 @@ class ChunkCache:
                 self._chunks.move_to_end((group.name, c))
                 parts[c] = self._chunks[(group.name, c)]
         missing = [c for c in range(first, last + 1) if c not in parts]
+        self.hits += len(parts)
+        self.misses += len(missing)
         if missing:
             # One zarr call for the whole missing run: decoding cost is per chunk, call overhead per call.
             lo, hi = missing[0] * size, min((missing[-1] + 1) * size, group.num_frames)
