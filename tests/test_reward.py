@@ -82,6 +82,7 @@ def test_batched_score_matches_per_window_reference(tokenizer, mode, frame_skip)
     assert reward.window_frames == 1 + 3 * frame_skip
     assert np.isnan(fast[:, :first]).all() and np.isfinite(fast[:, first:]).all()
     np.testing.assert_allclose(fast, slow, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(reward.score(torch.from_numpy(frames), TASKS[1]), fast, atol=1e-5, rtol=0)
     assert len(np.unique(fast[:, first:].round(3))) > 1, "rewards should differ between windows"
 
 
@@ -104,6 +105,8 @@ def test_joint_is_the_sum_of_conditionals_over_the_window(tokenizer):
 def test_short_episodes_are_all_nan_and_tasks_change_the_reward(tokenizer):
     reward = VideoReward(tokenizer, random_prior(tokenizer), RewardConfig(device="cpu"))
     assert np.isnan(reward.score(episodes(2, 3), TASKS[0])).all()
+    backwards = episodes(1, 6)[:, ::-1]  # a negative-stride view is accepted
+    np.testing.assert_allclose(reward.score(backwards, TASKS[0]), reward.score(backwards.copy(), TASKS[0]))
     frames = episodes(1, 5)
     a, b = reward.score(frames, TASKS[0])[0, -1], reward.score(frames, TASKS[1])[0, -1]
     assert np.isfinite(a) and np.isfinite(b) and a != b

@@ -124,7 +124,8 @@ class VideoReward:
             raise ViperError(f"frames: expected dtype uint8 (RGB 0..255), got {frames.dtype}")
         if frames.ndim != 5 or tuple(frames.shape[2:]) != FRAME_SHAPE:
             raise ViperError(f"frames: expected shape (B, T, 64, 64, 3), got {tuple(frames.shape)}")
-        return torch.as_tensor(frames)
+        # ascontiguousarray: views such as frames[:, ::-1] have negative strides, which torch refuses.
+        return torch.as_tensor(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
 
     def mask(self, task: str, frames: torch.Tensor) -> torch.Tensor:
         """Blank the score area of Atari frames (..., 64, 64, 3); DMC frames pass unchanged."""
