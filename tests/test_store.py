@@ -238,3 +238,18 @@ def test_fast_local_reads_match_zarr(tmp_path):
     shard.write_bytes(bytes(data))
     with pytest.raises(ViperError, match="corrupt shard index"):
         open_store(tmp_path / "s.zarr").task(TASK).read_frames(16, 20)
+
+
+def test_hidden_staging_groups_are_repaired_too(tmp_path):
+    url = tmp_path / "dmc.zarr"
+    staged = open_store(url, "a", chunk_frames=8, shard_frames=32).staging(TASK, "collecting")
+    staged.append(*episode(1))
+    raw = staged._group
+    raw["frames"].resize((staged.num_frames + 9, 64, 64, 3))
+    raw["lengths"].resize((2,))
+    (url / ".cartpole_balance.collecting" / "frames" / "zarr.x.partial").write_bytes(b"")
+    reopened = open_store(url, "a").staging(TASK, "collecting")
+    assert reopened._group["frames"].shape[0] == reopened.num_frames and reopened._group["lengths"].shape == (1,)
+    assert not list(url.rglob("*.partial"))
+    reopened.append(*episode(2))
+    check(open_store(url, "a").staging(TASK, "collecting"), [episode(1), episode(2)])

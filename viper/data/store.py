@@ -275,15 +275,17 @@ class VideoStore:
         if mode == "a":
             self.location.ensure_root({"schema_version": SCHEMA_VERSION, "kind": "viper-video-store"})
             recover_swaps(self.location)
-            for name in self._names():
+            # Hidden working groups (collect/import staging) are repaired too: they resume appending.
+            for name in self._names(hidden=True):
                 self.location.remove_temp_files(name)
                 self._open(name).repair()
 
     def __repr__(self) -> str:
         return f"VideoStore({self.url!r}, mode={self.mode!r})"
 
-    def _names(self) -> list[str]:
-        return [n for n in self.location.children() if not n.startswith(".") and self.location.has_group(n)]
+    def _names(self, hidden: bool = False) -> list[str]:
+        names = self.location.children()
+        return [n for n in names if (hidden or not n.startswith(".")) and self.location.has_group(n)]
 
     def _open(self, name: str) -> TaskGroup:
         local = self.location.path / name if self.location.is_local else None
