@@ -128,6 +128,8 @@ class TokenizerConfig:
     """Updates before the GAN terms switch on."""
     r1_weight: float = 1.0
     """R1 gamma: gamma/2 * batch-mean ||grad_x D(x)||^2 (batch-size free; published 1e8 at batch 128 = ~1.0)."""
+    r1_every_grad_steps: int = 1
+    """Lazy R1: penalise every N discriminator updates, scaled by N (StyleGAN2 uses 16; published code 1)."""
     disc_base_channels: int = 32
     """Discriminator channels at full resolution."""
     disc_max_channels: int = 512

@@ -1,0 +1,200 @@
+"""train-tokenizer: overfitting, exact resume (in process and after SIGKILL), DDP on 2 CPU processes,
+mismatched checkpoints, and the tokenize stage on a real Zarr store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from viper import config, paths
+from viper.data.store import open_store
+from viper.data.tokens import StaleTokensError, read_tokens
+from viper.errors import ViperError
+from viper.models.vqgan import load_tokenizer
+from viper.train import common, tokenize, tokenizer
+from viper.train.frames import ArrayFrames
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = ("dmc/cartpole_balance", "dmc/cartpole_swingup")
+
+
+def synthetic_frames(n: int, seed: int = 0) -> np.ndarray:
+    """Coloured rectangles on a flat background: structured, varied, cheap (uint8 (n, 64, 64, 3))."""
+    rng = np.random.default_rng(seed)
+    frames = np.empty((n, 64, 64, 3), np.uint8)
+    for i in range(n):
+        frames[i] = rng.integers(0, 256, 3)
+        for _ in range(3):
+            y, x = rng.integers(0, 48, 2)
+            h, w = rng.integers(6, 16, 2)
+            frames[i, y : y + h, x : x + w] = rng.integers(0, 256, 3)
+    return frames
+
+
+def tiny_cfg(data_dir: Path, *overrides: str) -> config.Config:
+    return config.load("tiny", [f"data_dir={data_dir}", *overrides], params_path=None)
+
+
+def test_tiny_preset_overfits_a_fixed_batch():
+    """Tiny widths, GAN off (it only sharpens), lr raised: test L1 on [0, 1] pixels < 0.10 within 120 updates."""
+    cfg = tiny_cfg(Path("unused"), "tokenizer.lr=3e-3", "tokenizer.gan_weight=0.0", "tokenizer.warmup_grad_steps=10")
+    trainer = tokenizer.TokenizerTrainer(cfg.tokenizer, common.setup_distributed())
+    frames = synthetic_frames(4)
+    start, _ = trainer.evaluate(frames)
+    for step in range(120):
+        trainer.step(step, frames)
+    end, recon = trainer.evaluate(frames)
+    assert start["recon_l1"] > 0.15
+    assert end["recon_l1"] < 0.10, end
+    assert end["psnr_db"] > start["psnr_db"] + 3
+    assert recon.shape == frames.shape and recon.dtype == np.uint8
+
+
+def test_resume_continues_exactly(tmp_path):
+    """Stop at 6 of 12 updates, re-run: one load, step continues, same weights as an uninterrupted run."""
+    frames = ArrayFrames(synthetic_frames(24, 1), synthetic_frames(8, 2))
+    over = (
+        "tokenizer.train_grad_steps=12",
+        "tokenizer.eval_every_grad_steps=6",
+        "tokenizer.checkpoint_every_grad_steps=6",
+        "tokenizer.gan_start_grad_steps=3",
+        "tokenizer.r1_every_grad_steps=2",
+    )
+    first = tokenizer.run(tiny_cfg(tmp_path / "a", *over), frames=frames, stop_at_grad_steps=6, progress=False)
+    assert first["step"] == 6 and first["checkpoint_loads"] == 0
+    resumed = tokenizer.run(tiny_cfg(tmp_path / "a", *over), frames=frames, progress=False)
+    assert resumed["checkpoint_loads"] == 1 and resumed["start_step"] == 6 and resumed["step"] == 12
+    straight = tokenizer.run(tiny_cfg(tmp_path / "b", *over), frames=frames, progress=False)
+    assert straight["tokenizer_hash"] == resumed["tokenizer_hash"]
+    run_dir = Path(resumed["run_dir"])
+    assert (run_dir / "plots" / "reconstructions.png").stat().st_size > 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["step"] == 12 and 0 < metrics["recon_l1"] < 1 and metrics["psnr_db"] > 0
+    logged = (run_dir / "logs" / "metrics.jsonl").read_text()
+    assert "tokenizer/eval/psnr_db" in logged and "tokenizer/loss/r1" in logged
+    # A finished run re-run does no update and loads once.
+    again = tokenizer.run(tiny_cfg(tmp_path / "a", *over), frames=frames, progress=False)
+    assert again["start_step"] == 12 and again["tokenizer_hash"] == resumed["tokenizer_hash"]
+
+
+def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
+    frames = ArrayFrames(synthetic_frames(16, 3))
+    cfg = tiny_cfg(tmp_path, "tokenizer.train_grad_steps=2")
+    tokenizer.run(cfg, frames=frames, progress=False)
+    run_dir = paths.tokenizer_dir(tmp_path, "dmc")
+    tok = load_tokenizer(run_dir, expected=cfg.tokenizer)
+    assert tok.codebook_size == 16 and len(tok.hash) == 16
+    with pytest.raises(ViperError, match=r"tokenizer\.codebook_size: 32 vs 16"):
+        load_tokenizer(run_dir, expected=tiny_cfg(tmp_path, "tokenizer.codebook_size=32").tokenizer)
+    with pytest.raises(ViperError, match="no tokenizer checkpoint"):
+        load_tokenizer(tmp_path / "nowhere")
+
+
+def write_store(data_dir: Path, episodes: int = 3, length: int = 12) -> None:
+    store = open_store(paths.store(data_dir, "dmc"), "a")
+    for t, task in enumerate(TASKS):
+        for e in range(episodes):
+            frames = synthetic_frames(length, seed=100 * t + e)
+            store.append_episode(task, frames, split="test" if e == episodes - 1 else "train")
+
+
+def test_tokenize_writes_tokens_and_refuses_stale_ones(tmp_path):
+    write_store(tmp_path)
+    cfg = tiny_cfg(tmp_path, "tokenizer.train_grad_steps=3")
+    tokenizer.run(cfg, progress=False)  # from the real store (RandomFrames, test split)
+    first = tokenize.run(cfg, device="cpu")
+    assert first["tasks_encoded"] == 2 and first["frames"] == 2 * 3 * 12
+    tok = load_tokenizer(paths.tokenizer_dir(tmp_path, "dmc"))
+    store = open_store(paths.store(tmp_path, "dmc"))
+    out = paths.tokens(tmp_path, "dmc")
+    for task in TASKS:
+        group = read_tokens(out, task, expected_hash=tok.hash)
+        frames = store.task(task).read_frames(0, store.task(task).num_frames)
+        assert group.tokens.dtype == np.int16 and group.tokens.shape == (36, 8, 8)
+        assert np.array_equal(group.tokens, tok.encode(frames).numpy())
+        assert np.array_equal(group.episode_ends, store.task(task).episode_ends)
+    assert tokenize.run(cfg, device="cpu")["tasks_up_to_date"] == 2
+    # More training changes the weights: the old tokens are stale until tokenize runs again.
+    more = tiny_cfg(tmp_path, "tokenizer.train_grad_steps=5")
+    new_hash = tokenizer.run(more, progress=False)["tokenizer_hash"]
+    assert new_hash != tok.hash
+    with pytest.raises(StaleTokensError, match=new_hash):
+        read_tokens(out, TASKS[0], expected_hash=new_hash)
+    assert tokenize.run(more, device="cpu")["tasks_encoded"] == 2
+    assert read_tokens(out, TASKS[0], expected_hash=new_hash).tokenizer_hash == new_hash
+
+
+def cli_command(data_dir: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "viper.cli",
+        "train-tokenizer",
+        "--preset",
+        "tiny",
+        "-S",
+        f"data_dir={data_dir}",
+        "-S",
+        "tokenizer.train_grad_steps=400",
+        "-S",
+        "tokenizer.checkpoint_every_grad_steps=4",
+        "-S",
+        "tokenizer.eval_every_grad_steps=1000",
+        "-S",
+        "tokenizer.gan_weight=0.0",
+    ]
+
+
+def test_sigkill_then_rerun_resumes(tmp_path):
+    """A real kill: SIGKILL the CLI after its first checkpoint, re-run the same command, it resumes."""
+    write_store(tmp_path, episodes=2, length=10)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VIPER_TEST_THREADS": "1"}
+    ckpts = paths.tokenizer_dir(tmp_path, "dmc") / "checkpoints"
+    proc = subprocess.Popen(
+        cli_command(tmp_path), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    deadline = time.time() + 90
+    while time.time() < deadline and not list(ckpts.glob("step_*/done")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = sorted(int(p.parent.name.split("_")[1]) for p in ckpts.glob("step_*/done"))
+    assert saved, "no checkpoint before the kill"
+    cmd = cli_command(tmp_path)
+    cmd[cmd.index("tokenizer.train_grad_steps=400")] = f"tokenizer.train_grad_steps={saved[-1] + 4}"
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"resumed from {ckpts}" in done.stdout
+    assert (paths.tokenizer_dir(tmp_path, "dmc") / "metrics.json").exists()
+
+
+def _ddp_worker(rank: int, world: int, port: int, data_dir: str, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    cfg = tiny_cfg(Path(data_dir), "tokenizer.train_grad_steps=4", "tokenizer.dead_code_restart=true",
+                   "tokenizer.dead_code_every_grad_steps=2", "tokenizer.kmeans_init=true")  # fmt: skip
+    # Different frames per rank: only gradient averaging can keep the replicas identical.
+    result = tokenizer.run(cfg, frames=ArrayFrames(synthetic_frames(16, seed=rank)), progress=False)
+    Path(out, f"rank{rank}").write_text(result["tokenizer_hash"])
+
+
+def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, str(tmp_path), str(tmp_path)), nprocs=2, join=True)
+    hashes = {(tmp_path / f"rank{r}").read_text() for r in range(2)}
+    assert len(hashes) == 1
+    saved = load_tokenizer(paths.tokenizer_dir(tmp_path, "dmc"))
+    assert saved.hash in hashes

@@ -1,0 +1,125 @@
+"""Where the tokenizer's single training frames come from: the Zarr video store, or arrays held in memory.
+
+A ``FrameSource`` gives an endless stream of uint8 ``(B, 64, 64, 3)`` training batches for one rank, starting
+at a given update, and a fixed set of test frames for evaluation. Streams are seeded from
+``(seed, rank, start_step)`` so that a resumed run is reproducible without saving sampler state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from viper.errors import ViperError
+from viper.train import common
+from viper.train.tokenize import apply_mask
+
+
+class FrameSource(Protocol):
+    def batches(self, batch_size: int, seed: int, rank: int, start_step: int) -> Iterator[np.ndarray]:
+        """Endless uint8 (batch_size, 64, 64, 3) training batches for ``rank`` from update ``start_step``."""
+        ...
+
+    def test_frames(self, n: int) -> np.ndarray:
+        """Up to ``n`` uint8 (n, 64, 64, 3) held-out frames spread evenly over the test split."""
+        ...
+
+
+def evenly_spaced(total: int, n: int) -> np.ndarray:
+    """``min(n, total)`` sorted distinct indices in ``[0, total)`` spread evenly (deterministic)."""
+    n = min(n, total)
+    return np.unique(np.linspace(0, total - 1, n).round().astype(np.int64)) if n > 0 else np.zeros(0, np.int64)
+
+
+class ArrayFrames:
+    """Frames held in memory: ``train`` and ``test`` uint8 (N, 64, 64, 3) arrays (tests, benchmarks)."""
+
+    def __init__(self, train: np.ndarray, test: np.ndarray | None = None) -> None:
+        for name, arr in (("train", train), ("test", test)):
+            if arr is not None:
+                assert arr.dtype == np.uint8 and arr.ndim == 4 and arr.shape[-1] == 3, (
+                    f"{name} frames: expected uint8 (N, H, W, 3), got {arr.shape} {arr.dtype}"
+                )
+        assert len(train) > 0, "train frames are empty"
+        self.train = train
+        self.test = test if test is not None and len(test) else train
+
+    def batches(self, batch_size: int, seed: int, rank: int, start_step: int) -> Iterator[np.ndarray]:
+        step = start_step
+        while True:
+            rng = common.batch_rng(seed, rank, step)
+            yield self.train[np.sort(rng.integers(0, len(self.train), batch_size))]
+            step += 1
+
+    def test_frames(self, n: int) -> np.ndarray:
+        return self.test[evenly_spaced(len(self.test), n)]
+
+
+class StoreFrames:
+    """Random frames of every task's train episodes in the video store (``viper.data``); test frames from the
+    test episodes (train episodes, with a log line, when the store has no test split). Atari frames are
+    masked (score area blanked) as the reward model masks what it scores."""
+
+    def __init__(self, store_path: str | Path, log=print) -> None:
+        from viper.data.store import open_store
+        from viper.train.tokenize import task_mask
+
+        self.path = Path(store_path)
+        if not self.path.exists():
+            raise ViperError(f"video store {self.path} not found; run `viper collect` (or `viper import`) first")
+        self.store = open_store(self.path, "r")
+        self.tasks = sorted(self.store.tasks)
+        if not self.tasks:
+            raise ViperError(f"video store {self.path} has no task groups; run `viper collect` first")
+        self.masks = {task: task_mask(task) for task in self.tasks}
+        self.log = log
+
+    def batches(self, batch_size: int, seed: int, rank: int, start_step: int) -> Iterator[np.ndarray]:
+        from viper.data.windows import RandomFrames
+
+        if all(m is None for m in self.masks.values()):
+            # One stream over all tasks: uniform over every train frame of the suite.
+            stream = iter(RandomFrames(self.store, self.tasks, "train", seed=[seed, rank, start_step]))
+            while True:
+                yield np.stack([next(stream) for _ in range(batch_size)])
+        # Masked suites: one stream per task (so each frame gets its task's mask), tasks drawn in proportion
+        # to their train frames, which keeps the draw uniform over frames.
+        weights = np.array([self._train_frames(t) for t in self.tasks], dtype=np.float64)
+        if weights.sum() == 0:
+            raise ViperError(f"video store {self.path}: no train frames in tasks {self.tasks}")
+        streams = [
+            iter(RandomFrames(self.store, [t], "train", seed=[seed, rank, start_step, i], pool_chunks=8))
+            for i, t in enumerate(self.tasks)
+        ]
+        rng = common.batch_rng(seed, rank, start_step)
+        while True:
+            picks = rng.choice(len(self.tasks), size=batch_size, p=weights / weights.sum())
+            yield np.stack([apply_mask(next(streams[i])[None], self.masks[self.tasks[i]])[0] for i in picks])
+
+    def _train_frames(self, task: str) -> int:
+        group = self.store.task(task)
+        return int(group.lengths[group.episodes("train")].sum())
+
+    def test_frames(self, n: int) -> np.ndarray:
+        spans = []
+        for split in ("test", "train"):
+            for task in self.tasks:
+                group = self.store.task(task)
+                spans += [(task, *group.episode_range(int(e))) for e in group.episodes(split)]
+            if spans:
+                if split == "train":
+                    self.log(f"tokenizer: {self.path} has no test episodes; evaluating on train frames")
+                break
+        lengths = np.array([stop - start for _, start, stop in spans], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        picks = evenly_spaced(int(offsets[-1]), n)
+        out = []
+        for i, (task, start, _) in enumerate(spans):
+            local = picks[(picks >= offsets[i]) & (picks < offsets[i + 1])] - offsets[i]
+            if len(local):
+                block = self.store.task(task).read_frames(start + int(local[0]), start + int(local[-1]) + 1)
+                out.append(apply_mask(block[local - local[0]], self.masks[task]))
+        return np.concatenate(out) if out else np.zeros((0, 64, 64, 3), np.uint8)

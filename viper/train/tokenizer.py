@@ -1,0 +1,322 @@
+"""Stage ``train-tokenizer``: train the VQ-GAN on single frames of a suite's video store.
+
+One update (as published): the VQ-GAN minimises
+``L1 + perceptual_weight * LPIPS + gan_weight * softplus(-D(x_rec)) + VQ loss``; then the discriminator
+minimises ``softplus(D(x_rec)) + softplus(-D(x)) + R1``; both with AdamW and a linear warm-up. The GAN terms
+start at ``gan_start_grad_steps`` (0 as published). Resume is re-running the same command: the newest
+complete checkpoint (model, discriminator, both optimizers, step, RNG states) is loaded.
+Outputs under ``viper.paths.tokenizer_dir(data_dir, suite)``: ``checkpoints/``, ``logs/`` (metrics.jsonl,
+TensorBoard, dvclive), ``plots/reconstructions.png`` and ``metrics.json`` (final test-split metrics).
+
+Under ``torchrun --nproc_per_node N -m viper.cli train-tokenizer`` every rank trains on
+``batch_size / N`` frames with DistributedDataParallel; rank 0 evaluates, logs and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from viper import paths
+from viper.checkpoint import Checkpointer, rng_state, set_rng_state
+from viper.config import Config, TokenizerConfig
+from viper.errors import ViperError
+from viper.metrics import Logger, write_json
+from viper.models.discriminator import Discriminator, discriminator_loss, generator_loss, r1_penalty
+from viper.models.lpips import LPIPS, build_perceptual
+from viper.models.quantizer import code_stats
+from viper.models.vqgan import VQGAN, VQGANArch, check_arch, frames_to_model, model_to_frames, weights_hash
+from viper.train import common
+from viper.train.frames import FrameSource, StoreFrames
+
+GRID_COLUMNS = 8
+EVAL_BATCH = 64
+
+
+class TokenizerTrainer:
+    """VQ-GAN, discriminator and their optimizers on one rank; ``step`` runs one update (no I/O)."""
+
+    def __init__(self, cfg: TokenizerConfig, ctx: common.DistContext, perceptual: LPIPS | None = None):
+        self.cfg = cfg
+        self.ctx = ctx
+        common.seed_torch(cfg.seed)
+        self.model = VQGAN.from_config(cfg).to(ctx.device)
+        self.disc = Discriminator(cfg.disc_base_channels, cfg.disc_max_channels).to(ctx.device)
+        kwargs = dict(lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
+        self.opt_g = torch.optim.AdamW(self.model.parameters(), **kwargs)
+        self.opt_d = torch.optim.AdamW(self.disc.parameters(), **kwargs)
+        self.g = common.maybe_compile(common.wrap_ddp(self.model, ctx), cfg.compile)
+        self.d = common.wrap_ddp(self.disc, ctx)
+        self.perceptual = perceptual.to(ctx.device) if perceptual is not None else None
+
+    def gan_active(self, step: int) -> bool:
+        return self.cfg.gan_weight > 0 and step >= self.cfg.gan_start_grad_steps
+
+    def step(self, step: int, frames: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
+        """One update on uint8 (B, 64, 64, 3) frames; detached 0-d loss tensors (model scale [-1, 1])."""
+        cfg, dev = self.cfg, self.ctx.device
+        lr = common.warmup_lr(step, cfg.lr, cfg.warmup_grad_steps)
+        common.set_lr(self.opt_g, lr)
+        common.set_lr(self.opt_d, lr)
+        x = frames_to_model(frames, dev)
+        gan = self.gan_active(step)
+        stats: dict[str, torch.Tensor] = {}
+
+        with common.autocast(dev, cfg.bf16):
+            out = self.g(x)
+            l1 = (out.recon.float() - x).abs().mean()
+            loss = l1 + out.quant.loss
+            if self.perceptual is not None:
+                p = self.perceptual(x, out.recon).mean()
+                loss = loss + cfg.perceptual_weight * p
+                stats["loss/perceptual"] = p
+            if gan:
+                # The discriminator only scores here; its weights must not move with the generator loss.
+                with common.frozen(self.disc):
+                    g_loss = generator_loss(self.disc(out.recon))
+                loss = loss + cfg.gan_weight * g_loss
+                stats["loss/gan_g"] = g_loss
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+
+        if gan:
+            real = x.detach().requires_grad_(True)
+            with common.autocast(dev, cfg.bf16):
+                # One pass over [real; fake] (minibatch-stddev groups never straddle the two halves).
+                logits = self.d(torch.cat([real, out.recon.detach()]))
+                real_logits, fake_logits = logits.split(x.shape[0])
+                d_loss = discriminator_loss(real_logits, fake_logits)
+                r1 = d_loss.new_zeros(())
+                if cfg.r1_weight > 0 and step % max(1, cfg.r1_every_grad_steps) == 0:
+                    # Lazy regularisation: a penalty every N updates, N times as strong (StyleGAN2).
+                    r1 = r1_penalty(real_logits, real, cfg.r1_weight) * max(1, cfg.r1_every_grad_steps)
+            self.opt_d.zero_grad(set_to_none=True)
+            (d_loss + r1).backward()
+            self.opt_d.step()
+            stats["loss/disc"] = d_loss
+            stats["loss/r1"] = r1
+            stats["train/disc_real_logit"] = real_logits.float().mean()
+            stats["train/disc_fake_logit"] = fake_logits.float().mean()
+
+        stats.update(
+            {
+                "loss/total": loss,
+                "loss/recon_l1": l1,
+                "loss/vq": out.quant.loss,
+                "loss/commitment": out.quant.commitment,
+                "train/perplexity": out.quant.perplexity,
+                "train/codebook_usage": out.quant.usage,
+            }
+        )
+        return {k: v.detach().float() for k, v in stats.items()}
+
+    @torch.no_grad()
+    def evaluate(self, frames: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
+        """Encode, decode to uint8; L1/MSE/PSNR on [0, 1] pixels, code usage and perplexity."""
+        model = self.model.eval()
+        recon, codes = [], []
+        try:
+            for part in np.array_split(frames, max(1, -(-len(frames) // EVAL_BATCH))):
+                with common.autocast(self.ctx.device, self.cfg.bf16):
+                    c = model.encode(frames_to_model(part, self.ctx.device))
+                    recon.append(model_to_frames(model.decode(c)).cpu())
+                codes.append(c.cpu())
+        finally:
+            model.train()
+        rec = torch.cat(recon).numpy()
+        err = (rec.astype(np.float64) - frames.astype(np.float64)) / 255.0
+        mse = float(np.mean(err**2))
+        _, perplexity, usage = code_stats(torch.cat(codes), self.model.arch.codebook_size)
+        metrics = {
+            "recon_l1": float(np.mean(np.abs(err))),
+            "recon_mse": mse,
+            "psnr_db": float(10.0 * np.log10(1.0 / max(mse, 1e-12))),
+            "codebook_usage": float(usage),
+            "perplexity": float(perplexity),
+        }
+        return metrics, rec
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "disc": self.disc.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "arch": asdict(self.model.arch),
+            "config": asdict(self.cfg),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], source: Path) -> None:
+        saved = VQGANArch(**{**state["arch"], "channel_mult": tuple(state["arch"]["channel_mult"])})
+        check_arch(saved, self.model.arch, source)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.disc.load_state_dict(state["disc"])
+        except RuntimeError as exc:
+            raise ViperError(
+                f"{source}: checkpoint does not fit the configured model/discriminator "
+                f"(tokenizer.disc_base_channels / disc_max_channels?): {exc}"
+            ) from None
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+
+
+# Settings that do not change what a resumed run computes: changing them keeps the checkpoints usable.
+RESUMABLE_FIELDS = (
+    "train_grad_steps",
+    "log_every_grad_steps",
+    "eval_every_grad_steps",
+    "eval_frames",
+    "checkpoint_every_grad_steps",
+    "keep_checkpoints",
+    "compile",
+    "tokenize_batch_frames",
+)
+
+
+def fingerprint(cfg: TokenizerConfig) -> dict[str, Any]:
+    """The config fields a checkpoint must share with the current run to be resumed (viper.checkpoint)."""
+    return {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_FIELDS}
+
+
+def recon_grid(originals: np.ndarray, recons: np.ndarray, columns: int = GRID_COLUMNS) -> np.ndarray:
+    """uint8 picture: rows alternate originals / reconstructions of up to ``2 * columns`` frames."""
+    n = min(len(originals), 2 * columns)
+    rows = []
+    for start in range(0, n, columns):
+        for source in (originals, recons):
+            tiles = list(source[start : min(start + columns, n)])
+            tiles += [np.zeros_like(source[0])] * (columns - len(tiles))
+            rows.append(np.concatenate(tiles, axis=1))
+    return np.concatenate(rows, axis=0)
+
+
+def save_png(path: Path, image: np.ndarray) -> None:
+    import imageio.v3 as iio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    iio.imwrite(tmp, image)
+    tmp.replace(path)
+
+
+def run(
+    cfg: Config,
+    suite: str | None = None,
+    frames: FrameSource | None = None,
+    stop_at_grad_steps: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train (or resume) the tokenizer of ``suite`` (default ``cfg.collect.suite``); returns final metrics.
+
+    ``frames`` replaces the video store (tests, benchmarks). ``stop_at_grad_steps`` ends the run early after
+    that many updates, with a checkpoint, as a kill would (resume tests). The result holds the eval metrics,
+    ``step``, ``start_step``, ``checkpoint_loads``, ``tokenizer_hash`` and ``run_dir``.
+    """
+    suite = suite or cfg.collect.suite
+    ctx = common.setup_distributed()
+    try:
+        store = paths.store(cfg.data_dir, suite)
+        run_dir = paths.tokenizer_dir(cfg.data_dir, suite)
+        return _train(cfg.tokenizer, run_dir, ctx, frames, store, stop_at_grad_steps, progress)
+    finally:
+        common.teardown_distributed(ctx)
+
+
+def _train(
+    tcfg: TokenizerConfig,
+    run_dir: Path,
+    ctx: common.DistContext,
+    frames: FrameSource | None,
+    store: Path,
+    stop_at: int | None,
+    progress: bool,
+) -> dict[str, Any]:
+    say = print if ctx.is_main else (lambda _msg: None)
+    if tcfg.batch_size % ctx.world_size:
+        raise ViperError(f"tokenizer.batch_size={tcfg.batch_size} must be divisible by {ctx.world_size} ranks")
+    source = frames if frames is not None else StoreFrames(store, log=say)
+    trainer = TokenizerTrainer(tcfg, ctx, build_perceptual(tcfg.perceptual_weight, tcfg.lpips_weights_path, say))
+    ckpt = Checkpointer(run_dir / "checkpoints", keep=tcfg.keep_checkpoints, fingerprint=fingerprint(tcfg))
+    ignored = len(Checkpointer(ckpt.directory).complete()) - len(ckpt.complete())
+    if ignored:
+        say(f"tokenizer: {ignored} checkpoint(s) in {ckpt.directory} were made with other settings; starting anew")
+    start = 0
+    loaded = ckpt.load_latest(map_location=ctx.device)
+    if loaded is not None:
+        state, folder = loaded
+        trainer.load_state_dict(state, folder)
+        set_rng_state(state["rng"])
+        start = int(state["step"])
+        say(f"tokenizer: resumed from {folder} at update {start}")
+    total = tcfg.train_grad_steps
+    end = min(total, stop_at) if stop_at is not None else total
+    test = source.test_frames(tcfg.eval_frames) if ctx.is_main else None
+    logger = Logger(run_dir / "logs", total=total, initial=start, desc="tokenizer", progress=progress) \
+        if ctx.is_main else None  # fmt: skip
+    metrics: dict[str, float] = {}
+    try:
+        stream = source.batches(tcfg.batch_size // ctx.world_size, tcfg.seed, ctx.rank, start)
+        tick, tick_step = time.perf_counter(), start
+        for step in range(start, end):
+            stats = trainer.step(step, next(stream))
+            done = step + 1
+            if common.every(done, tcfg.log_every_grad_steps) or done == end:
+                values = common.all_reduce_mean({k: float(v) for k, v in stats.items()}, ctx)
+                now = time.perf_counter()
+                values["images_per_s"] = (done - tick_step) * tcfg.batch_size / max(now - tick, 1e-9)
+                values["lr"] = common.warmup_lr(step, tcfg.lr, tcfg.warmup_grad_steps)
+                tick, tick_step = now, done
+                if logger is not None:
+                    logger.scalars({f"tokenizer/{k}": v for k, v in values.items()}, done)
+            if logger is not None and (common.every(done, tcfg.eval_every_grad_steps) or done == total):
+                metrics = _evaluate(trainer, test, run_dir, logger, done)
+            if common.every(done, tcfg.checkpoint_every_grad_steps) or done == end:
+                if ctx.is_main:
+                    ckpt.save(done, {**trainer.state_dict(), "step": done, "rng": rng_state()})
+                common.barrier(ctx)
+            if logger is not None:
+                logger.advance(done)
+        if logger is not None and end == total and not metrics:
+            metrics = _evaluate(trainer, test, run_dir, logger, total)  # resumed at the end: eval only
+        final_hash = weights_hash(trainer.model.state_dict())
+        if ctx.is_main and end == total:
+            write_json(run_dir / "metrics.json", {"step": total, **metrics})
+            say(f"tokenizer: done at update {total}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    finally:
+        if logger is not None:
+            logger.close()
+    return {
+        **metrics,
+        "step": end,
+        "start_step": start,
+        "checkpoint_loads": ckpt.loads,
+        "tokenizer_hash": final_hash,
+        "run_dir": str(run_dir),
+    }
+
+
+def _evaluate(trainer: TokenizerTrainer, test: np.ndarray, run_dir: Path, logger: Logger, step: int):
+    metrics, recon = trainer.evaluate(test)
+    logger.scalars({f"tokenizer/eval/{k}": v for k, v in metrics.items()}, step)
+    png = run_dir / "plots" / "reconstructions.png"
+    save_png(png, recon_grid(test, recon))
+    logger.image("tokenizer/reconstructions", png, step)
+    return metrics
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("--suite", default=None, help="suite whose store to train on (default: collect.suite)")
+
+
+def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, float]:
+    result = run(cfg, suite=args.suite)
+    print(f"tokenizer {result['tokenizer_hash']} in {result['run_dir']}")
+    return {k: v for k, v in result.items() if isinstance(v, (int, float))}
