@@ -245,13 +245,18 @@ class AgentConfig:
     reward: str = "viper"
     """Reward source: ``task`` (environment reward, the oracle) or ``viper`` (video likelihood)."""
     size: str = "S"
-    """Model size XS/S/M/L/XL (GRU 256/512/1024/2048/4096, CNN 24/32/48/64/96, MLP 256/512/640/768/1024)."""
+    """Model size XS/S/M/L/XL (GRU 256/512/1024/2048/4096, CNN 24/32/48/64/96, MLP 256/512/640/768/1024);
+    ``tiny`` (GRU 128, CNN 8, 16x16 latents) is an unpublished CPU-test size."""
     env_steps: int = 500_000
     """Agent steps to train for, after action repeat (env frames = env_steps * action_repeat)."""
     action_repeat: int = 2
     """Environment steps per agent action."""
     envs: int = 4
     """Parallel environments."""
+    parallel_envs: bool = True
+    """Step the environments in worker processes (with envs > 1); False steps them in this process."""
+    episode_env_steps: int = 0
+    """Agent steps per episode; 0 takes the suite default (DMC 500, Atari 27000)."""
     train_ratio: float = 64.0
     """Replayed steps per env step: updates = env_steps * train_ratio / (batch_size * batch_length)."""
     batch_size: int = 16
@@ -266,6 +271,14 @@ class AgentConfig:
     """Actor Adam learning rate."""
     critic_lr: float = 3e-5
     """Critic Adam learning rate."""
+    model_eps: float = 1e-8
+    """World-model Adam epsilon."""
+    actor_critic_eps: float = 1e-5
+    """Actor and critic Adam epsilon."""
+    model_grad_clip: float = 1000.0
+    """World-model gradient clipping by global norm."""
+    actor_critic_grad_clip: float = 100.0
+    """Actor and critic gradient clipping by global norm."""
     imag_horizon: int = 15
     """Imagination horizon in steps."""
     discount_horizon: float = 333.0
@@ -284,6 +297,10 @@ class AgentConfig:
     """Agent steps between evaluation episodes."""
     eval_episodes: int = 1
     """Episodes per evaluation."""
+    eval_sample: bool = True
+    """Evaluation samples actions as the 2023 code does; False takes the policy's mode (mean)."""
+    log_every_env_steps: int = 1000
+    """Agent steps between logged averages of the training losses."""
     checkpoint_every_env_steps: int = 10_000
     """Agent steps between checkpoints."""
     keep_checkpoints: int = 2
@@ -291,7 +308,9 @@ class AgentConfig:
     bf16: bool = True
     """bf16 autocast on CUDA (ignored on CPU)."""
     compile: bool = False
-    """Wrap the update in torch.compile."""
+    """Compile the batched networks with torch.compile (CUDA only; the loops over time stay eager)."""
+    device: str = "auto"
+    """``auto`` (CUDA if present), ``cpu`` or ``cuda[:i]``."""
 
 
 @dataclass(frozen=True)
