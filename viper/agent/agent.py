@@ -1,0 +1,168 @@
+"""The DreamerV3 agent: world model + actor-critic, their Adam optimisers, one update, and acting.
+
+One update (``update``) on a replay batch (B x T): world-model loss and step; imagination of H steps from all
+B*T posterior states; actor and critic losses and steps; slow-critic EMA. Published optimiser settings:
+Adam, world model lr 1e-4 / eps 1e-8 / global-norm clip 1000, actor and critic lr 3e-5 / eps 1e-5 / clip 100.
+On CUDA the forward passes run under bf16 autocast and modules may be compiled; on CPU everything is fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from viper.agent.actor_critic import ACSettings, ActorCritic, imagined_cont
+from viper.agent.rssm import State
+from viper.agent.world_model import SIZES, WorldModel
+from viper.config import AgentConfig
+from viper.errors import ViperError
+
+
+@dataclass(frozen=True)
+class OptSettings:
+    """Adam settings per optimiser (published 2023 ``model_opt`` / ``actor_opt`` / ``critic_opt``)."""
+
+    lr: float
+    eps: float
+    clip: float
+
+
+def _adam(params, opt: OptSettings) -> torch.optim.Adam:
+    return torch.optim.Adam(params, lr=opt.lr, eps=opt.eps)
+
+
+class Agent(nn.Module):
+    """World model and actor-critic for ``action_dim`` actions (one-hot when ``discrete``).
+
+    ``reward_name`` is the reward the actor-critic optimises (a world-model head and replay key); the task
+    reward head ``reward`` always exists and, when another reward is optimised, learns from stop-gradient
+    features (VIPER's setting).
+    """
+
+    def __init__(self, cfg: AgentConfig, action_dim: int, discrete: bool, reward_name: str, device) -> None:
+        super().__init__()
+        if cfg.size not in SIZES:
+            raise ViperError(f"agent.size={cfg.size!r}: expected one of {', '.join(SIZES)}")
+        size = SIZES[cfg.size]
+        self.cfg, self.action_dim, self.discrete, self.reward_name = cfg, action_dim, discrete, reward_name
+        heads = {"reward": reward_name == "reward"}
+        if reward_name != "reward":
+            heads[reward_name] = True
+        self.wm = WorldModel(size, action_dim, heads)
+        settings = ACSettings(
+            discount=1.0 - 1.0 / cfg.discount_horizon,
+            return_lambda=cfg.return_lambda,
+            actor_entropy=cfg.actor_entropy,
+        )
+        self.ac = ActorCritic(
+            self.wm.rssm.feat_dim, action_dim, discrete, size.layers, size.units, {reward_name: 1.0}, settings
+        )
+        self.device = torch.device(device)
+        self.to(self.device)
+        self.model_opt_settings = OptSettings(cfg.model_lr, cfg.model_eps, cfg.model_grad_clip)
+        self.actor_opt_settings = OptSettings(cfg.actor_lr, cfg.actor_critic_eps, cfg.actor_critic_grad_clip)
+        self.critic_opt_settings = OptSettings(cfg.critic_lr, cfg.actor_critic_eps, cfg.actor_critic_grad_clip)
+        self.model_params = list(self.wm.parameters())
+        self.actor_params = list(self.ac.actor.parameters())
+        self.critic_params = list(self.ac.critics.parameters())
+        self.model_opt = _adam(self.model_params, self.model_opt_settings)
+        self.actor_opt = _adam(self.actor_params, self.actor_opt_settings)
+        self.critic_opt = _adam(self.critic_params, self.critic_opt_settings)
+        self.cuda = self.device.type == "cuda"
+        if cfg.compile and self.cuda:
+            # Compile the batched, shape-stable parts; the Python loops over time stay eager.
+            for module in (self.wm.encoder, self.wm.decoder, self.wm.heads, self.wm.cont, self.ac.critics):
+                module.compile()
+
+    def _autocast(self):
+        if self.cuda and self.cfg.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def to_tensors(self, batch: dict[str, np.ndarray]) -> dict[str, Tensor]:
+        """Replay batch (numpy) -> tensors on the agent's device (images stay uint8)."""
+        return {k: torch.as_tensor(v).to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def update(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One full update on a batch (B, T, ...); returns detached scalar metrics."""
+        self.train()
+        with self._autocast():
+            wm_loss, post, metrics = self.wm.loss(batch)
+        self.model_opt.zero_grad(set_to_none=True)
+        wm_loss.backward()
+        metrics["grad_norm/model"] = nn.utils.clip_grad_norm_(self.model_params, self.model_opt_settings.clip)
+        self.model_opt.step()
+        metrics = {f"wm/{k}" if not k.startswith("loss/") else k: v for k, v in metrics.items()}
+        metrics["loss/model"] = wm_loss.detach()
+        metrics.update(self._behaviour(post, batch["is_terminal"]))
+        return metrics
+
+    def _behaviour(self, post: State, is_terminal: Tensor) -> dict[str, Tensor]:
+        # Imagine from every posterior state of the batch: (B, T, ...) -> (N=B*T, ...), no gradient into the
+        # world model's observation path.
+        start = post.map(lambda x: x.detach().flatten(0, 1))
+        first_cont = (~is_terminal).flatten().float()
+        with self._autocast():
+            traj, actions, outs = self.wm.imagine(self.ac.policy, start, self.cfg.imag_horizon)
+            feat = traj.feat()
+            rewards = {name: self.wm.reward(name, feat[1:]) for name in self.ac.critics}
+            with torch.no_grad():
+                cont = imagined_cont(self.wm.cont_prob(feat), first_cont)
+            actor_loss, critic_loss, metrics = self.ac.losses(feat, actions, torch.stack(outs), rewards, cont)
+        self.actor_opt.zero_grad(set_to_none=True)
+        self.critic_opt.zero_grad(set_to_none=True)
+        # Separate backward passes: the actor loss also depends on the critics (returns, baseline) and the
+        # world model (dynamics), but only the actor may learn from it; `inputs=` skips the other grads.
+        actor_loss.backward(inputs=self.actor_params, retain_graph=True)
+        critic_loss.backward(inputs=self.critic_params)
+        metrics["grad_norm/actor"] = nn.utils.clip_grad_norm_(self.actor_params, self.actor_opt_settings.clip)
+        metrics["grad_norm/critic"] = nn.utils.clip_grad_norm_(self.critic_params, self.critic_opt_settings.clip)
+        self.actor_opt.step()
+        self.critic_opt.step()
+        self.ac.update_slow()
+        metrics["loss/critic"] = critic_loss.detach()
+        return {(k if k.startswith(("loss/", "grad_norm/")) else f"ac/{k}"): v for k, v in metrics.items()}
+
+    def initial_carry(self, envs: int) -> tuple[State, Tensor]:
+        """Recurrent acting state of ``envs`` environments before their first step."""
+        with torch.no_grad():
+            state = self.wm.rssm.initial(envs)
+        return state, torch.zeros(envs, self.action_dim, device=self.device)
+
+    @torch.no_grad()
+    def act(
+        self, obs: np.ndarray, is_first: np.ndarray, carry: tuple[State, Tensor], sample: bool = True
+    ) -> tuple[np.ndarray, tuple[State, Tensor]]:
+        """Actions for a batch of observations.
+
+        obs uint8 (E, H, W, C); is_first bool (E,) (resets those envs' recurrent state). Returns actions
+        float32 (E, A) (continuous: clipped to [-1, 1]; discrete: one-hot) and the new carry.
+        """
+        self.eval()
+        state, prev_action = carry
+        with self._autocast():
+            embed = self.wm.encoder(torch.as_tensor(obs, device=self.device))
+            first = torch.as_tensor(is_first, device=self.device, dtype=torch.bool)
+            state = self.wm.rssm.obs_step(state, prev_action, embed, first)
+            action, _ = self.ac.policy(state.feat(), sample)
+        action = action.float()
+        if not self.discrete:
+            action = action.clamp(-1.0, 1.0)
+        state = state.map(lambda x: x.float())
+        return action.cpu().numpy(), (state, action)
+
+    def optimizer_state(self) -> dict:
+        return {
+            "model": self.model_opt.state_dict(),
+            "actor": self.actor_opt.state_dict(),
+            "critic": self.critic_opt.state_dict(),
+        }
+
+    def load_optimizer_state(self, state: dict) -> None:
+        self.model_opt.load_state_dict(state["model"])
+        self.actor_opt.load_state_dict(state["actor"])
+        self.critic_opt.load_state_dict(state["critic"])

@@ -1,0 +1,148 @@
+"""Network blocks of DreamerV3 (2023 release): LayerNorm + SiLU MLPs and the strided CNN encoder/decoder.
+
+Conventions taken from the published code: every hidden layer is ``linear (no bias) -> LayerNorm(eps 1e-3)
+-> SiLU``; weights are truncated-normal with variance-scaling over the average fan (``winit: normal, fan:
+avg``); output layers have a bias and an ``outscale`` (0 zero-initialises reward and critic outputs).
+Images are handled channels-last (B H W C) so that the per-pixel LayerNorm over channels is a plain
+``layer_norm`` on a contiguous last axis and the oneDNN convolutions stay in NHWC on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+LN_EPS = 1e-3
+"""LayerNorm epsilon of the published code (``jax.nn.standardize(epsilon=1e-3)``)."""
+
+
+def init_weight(weight: Tensor, fan_in: int, fan_out: int, scale: float = 1.0) -> None:
+    """Variance scaling over the average fan with a truncated normal (the published ``normal``/``avg``)."""
+    if scale == 0.0:
+        nn.init.zeros_(weight)
+        return
+    # 0.8796... is the std of a unit normal truncated to [-2, 2]; dividing keeps the target variance.
+    std = math.sqrt(scale / ((fan_in + fan_out) / 2)) / 0.87962566103423978
+    nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+
+
+class Dense(nn.Module):
+    """``Linear -> LayerNorm -> SiLU`` (``norm=True``) or a plain affine output layer (``norm=False``)."""
+
+    def __init__(self, d_in: int, d_out: int, norm: bool = True, act: bool = True, outscale: float = 1.0):
+        super().__init__()
+        self.linear = nn.Linear(d_in, d_out, bias=not norm)
+        init_weight(self.linear.weight, d_in, d_out, outscale)
+        if self.linear.bias is not None:
+            nn.init.zeros_(self.linear.bias)
+        self.norm = nn.LayerNorm(d_out, eps=LN_EPS) if norm else None
+        self.act = act
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.linear(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        return F.silu(x) if self.act else x
+
+
+class MLP(nn.Module):
+    """``layers`` hidden Dense blocks of ``units``, then an affine output of ``d_out`` (initialised with
+    ``outscale``). ``d_out=0`` returns the last hidden features."""
+
+    def __init__(self, d_in: int, d_out: int, layers: int, units: int, outscale: float = 1.0) -> None:
+        super().__init__()
+        dims = [d_in] + [units] * layers
+        self.hidden = nn.Sequential(*[Dense(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True)])
+        self.out = Dense(dims[-1], d_out, norm=False, act=False, outscale=outscale) if d_out else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.hidden(x)
+        return self.out(x) if self.out is not None else x
+
+
+def _channel_norm(x: Tensor, norm: nn.LayerNorm) -> Tensor:
+    """LayerNorm over channels of an NCHW tensor stored channels-last (the permutes are free views)."""
+    return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ConvEncoder(nn.Module):
+    """64x64 images -> flat features: ``stages`` convs (kernel 4, stride 2) down to ``min_res``, doubling the
+    depth each stage, each followed by LayerNorm over channels and SiLU (the 2023 ``ImageEncoderResnet`` with
+    ``blocks=0, resize=stride``).
+
+    Input uint8 (N, H, W, C) -> float (N, out_dim) with out_dim = depth * 2**(stages-1) * min_res**2.
+    """
+
+    def __init__(self, depth: int, image_shape: tuple[int, int, int] = (64, 64, 3), min_res: int = 4) -> None:
+        super().__init__()
+        height, width, channels = image_shape
+        assert height == width and height % min_res == 0, f"square image divisible by {min_res} expected"
+        stages = int(round(math.log2(height // min_res)))
+        self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        d_in, d_out = channels, depth
+        for _ in range(stages):
+            conv = nn.Conv2d(d_in, d_out, 4, 2, padding=1, bias=False)
+            init_weight(conv.weight, d_in * 16, d_out * 16)
+            self.convs.append(conv)
+            self.norms.append(nn.LayerNorm(d_out, eps=LN_EPS))
+            d_in, d_out = d_out, d_out * 2
+        self.out_dim = d_in * min_res * min_res
+        self.image_shape = image_shape
+
+    def forward(self, images: Tensor) -> Tensor:
+        assert images.shape[-3:] == self.image_shape, f"images (N,H,W,C)={self.image_shape} expected"
+        # (N, H, W, C) uint8 -> (N, C, H, W) float in [-0.5, 0.5], channels-last in memory.
+        x = images.float().div_(255.0).sub_(0.5).permute(0, 3, 1, 2)
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            x = F.silu(_channel_norm(conv(x), norm))
+        # Flatten in (h, w, c) order, as the channels-last JAX original does.
+        return rearrange(x, "n c h w -> n (h w c)")
+
+
+class ConvDecoder(nn.Module):
+    """Features -> 64x64 images: a linear map to (min_res, min_res, depth * 2**(stages-1)), then transposed
+    convs (kernel 4, stride 2) halving the depth, LayerNorm + SiLU except on the last (RGB) layer; the output
+    is offset by +0.5 so that zero means mid-grey (2023 ``ImageDecoderResnet``, ``sigmoid=False``).
+
+    Input float (N, d_in) -> float (N, H, W, C), targets are images scaled to [0, 1].
+    """
+
+    def __init__(
+        self, d_in: int, depth: int, image_shape: tuple[int, int, int] = (64, 64, 3), min_res: int = 4
+    ) -> None:
+        super().__init__()
+        height, _, channels = image_shape
+        stages = int(round(math.log2(height // min_res)))
+        self.min_res = min_res
+        self.d_top = depth * 2 ** (stages - 1)
+        self.linear = nn.Linear(d_in, min_res * min_res * self.d_top)
+        init_weight(self.linear.weight, d_in, min_res * min_res * self.d_top)
+        nn.init.zeros_(self.linear.bias)
+        self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        d = self.d_top
+        for i in range(stages):
+            last = i == stages - 1
+            d_out = channels if last else d // 2
+            conv = nn.ConvTranspose2d(d, d_out, 4, 2, padding=1, bias=last)
+            init_weight(conv.weight, d * 16, d_out * 16)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
+            self.convs.append(conv)
+            self.norms.append(None if last else nn.LayerNorm(d_out, eps=LN_EPS))
+            d = d_out
+        self.image_shape = image_shape
+
+    def forward(self, feat: Tensor) -> Tensor:
+        x = self.linear(feat)
+        # (N, h*w*c) -> (N, c, h, w) channels-last in memory (the (h w c) order matches the encoder's).
+        x = rearrange(x, "n (h w c) -> n h w c", h=self.min_res, w=self.min_res).permute(0, 3, 1, 2)
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            x = conv(x)
+            if norm is not None:
+                x = F.silu(_channel_norm(x, norm))
+        return x.permute(0, 2, 3, 1) + 0.5

@@ -1,0 +1,70 @@
+"""A trained agent as a policy: what the collector's ``checkpoint:<path>`` policy loads.
+
+``load_policy(path)`` accepts an agent run folder (``<data>/agents/<reward>/<task>/seed<k>``), its
+``checkpoints`` folder, or one ``step_*`` checkpoint folder, rebuilds the agent from the configuration
+stored in the checkpoint and returns a ``CheckpointPolicy`` (``reset()``, ``act(frame) -> action``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from viper.agent.agent import Agent
+from viper.checkpoint import Checkpointer
+from viper.config import AgentConfig
+from viper.errors import ViperError
+
+
+def checkpoint_folder(path: str | Path) -> Path:
+    """The complete checkpoint folder ``path`` names (run folder, checkpoints folder or step folder)."""
+    path = Path(path)
+    if (path / "state.pt").exists() and (path / "done").exists():
+        return path
+    for directory in (path / "checkpoints", path):
+        found = Checkpointer(directory).latest_path()
+        if found is not None:
+            return found
+    raise ViperError(f"{path}: no complete agent checkpoint (expected <run>/checkpoints/step_*/done)")
+
+
+class CheckpointPolicy:
+    """A trained agent acting in one env: ``reset()`` at episode start, ``act(frame uint8 (64, 64, 3))``.
+
+    Actions: float32 (A,) in [-1, 1] for continuous tasks, the action index (int) for discrete ones.
+    ``sample=False`` (default) takes the policy's mode, the agent's best guess for expert videos.
+    """
+
+    def __init__(self, agent: Agent, sample: bool = False) -> None:
+        self.agent, self.sample = agent, sample
+        self.reset()
+
+    def reset(self) -> None:
+        self._carry = self.agent.initial_carry(1)
+        self._first = True
+
+    def act(self, obs: np.ndarray):
+        obs = np.asarray(obs)
+        assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8, "frame uint8 (64, 64, 3) expected"
+        action, self._carry = self.agent.act(obs[None], np.array([self._first]), self._carry, self.sample)
+        self._first = False
+        if self.agent.discrete:
+            return int(np.argmax(action[0]))
+        return action[0]
+
+
+def load_policy(path: str | Path, sample: bool = False, device: str = "cpu") -> CheckpointPolicy:
+    """Load the newest complete agent checkpoint under ``path`` as a policy (see the module docstring)."""
+    folder = checkpoint_folder(path)
+    state = torch.load(folder / "state.pt", map_location=device, weights_only=False)
+    meta = state["meta"]
+    fields = dict(meta["agent"])
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    known = AgentConfig.__dataclass_fields__
+    acfg = AgentConfig(**{k: v for k, v in fields.items() if k in known})
+    agent = Agent(acfg, meta["action_dim"], meta["discrete"], meta["reward_name"], device)
+    agent.load_state_dict(state["agent"])
+    agent.eval()
+    return CheckpointPolicy(agent, sample)

@@ -1,0 +1,286 @@
+"""The ``train-agent`` and ``expert`` stages: the DreamerV3 training loop with checkpoints and evaluation.
+
+Loop (per iteration, E envs step at once): act (random until replay holds one batch of steps, as the 2023
+code prefills), insert the step rows through the reward source, then run as many updates as ``train_ratio``
+owes: after training starts at step s0, the count by env step s is ``1 + floor((s - s0) * train_ratio /
+(batch_size * batch_length))`` (the 2023 ``Ratio``). Every ``eval_every_env_steps`` an evaluation env plays
+``eval_episodes`` episodes (task return, a GIF); every ``checkpoint_every_env_steps`` a checkpoint folder
+holds the agent, optimisers, return normalisers, counters, RNG states and the replay buffer. Re-running the
+same command resumes from the newest complete checkpoint (envs restart with fresh episodes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from viper import paths
+from viper.agent.agent import Agent
+from viper.agent.driver import EnvPool
+from viper.agent.evaluation import Evaluator
+from viper.agent.replay import Replay
+from viper.agent.rewards import Inserter, make_reward_source
+from viper.checkpoint import Checkpointer, rng_state, set_rng_state
+from viper.config import AgentConfig, Config
+from viper.errors import ViperError
+from viper.metrics import Logger, write_json
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def replay_spec(image_shape: tuple[int, ...], action_dim: int, reward_name: str) -> dict[str, tuple]:
+    """Keys stored per step: frame, action taken, task reward, flags, and the optimised reward if different."""
+    spec = {
+        "image": (image_shape, np.uint8),
+        "action": ((action_dim,), np.float32),
+        "reward": ((), np.float32),
+        "is_first": ((), bool),
+        "is_last": ((), bool),
+        "is_terminal": ((), bool),
+    }
+    if reward_name != "reward":
+        spec[reward_name] = ((), np.float32)
+    return spec
+
+
+def _new_counters(acfg: AgentConfig) -> dict[str, Any]:
+    return {
+        "env_steps": 0,
+        "updates": 0,
+        "episodes": 0,
+        "train_start": -1,
+        "restarts": 0,
+        "wall_s": 0.0,
+        "next_eval": acfg.eval_every_env_steps,
+        "next_checkpoint": acfg.checkpoint_every_env_steps,
+        "next_log": acfg.log_every_env_steps,
+        "eval_history": [],
+        "train_history": [],
+    }
+
+
+def run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[str, Any]:
+    """Train (or resume) one agent on ``task`` with reward source ``reward`` in ``out_dir``.
+
+    Returns metrics: env steps and frames, updates, last evaluation return, wall time, and resume facts
+    (``checkpoint_loads``, ``start_env_steps``, ``replay_steps_at_start``, ``replay_steps``).
+    """
+    acfg = cfg.agent
+    source = make_reward_source(reward)
+    out_dir = Path(out_dir)
+    device = resolve_device(acfg.device)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    ckpt = Checkpointer(out_dir / "checkpoints", keep=acfg.keep_checkpoints)
+    loaded = ckpt.load_latest()
+    counters = _new_counters(acfg)
+    if loaded is not None:
+        state, folder = loaded
+        meta = state["meta"]
+        if (meta["task"], meta["reward"]) != (task, reward):
+            raise ViperError(
+                f"{folder}: checkpoint of task {meta['task']!r} / reward {meta['reward']!r}, "
+                f"not {task!r} / {reward!r}; use another output folder"
+            )
+        counters = state["counters"]
+        counters["restarts"] += 1
+    episode_steps = acfg.episode_env_steps or None
+    envs = EnvPool(task, seed, acfg.envs, acfg.action_repeat, episode_steps, acfg.parallel_envs, counters["restarts"])
+    agent = Agent(acfg, envs.action_dim, envs.discrete, source.name, device)
+    replay = Replay(acfg.replay_capacity_steps, acfg.envs, replay_spec((64, 64, 3), envs.action_dim, source.name), seed)
+    act_rng = np.random.default_rng([seed, counters["restarts"]])
+    if loaded is not None:
+        agent.load_state_dict(state["agent"])
+        agent.load_optimizer_state(state["optim"])
+        set_rng_state(state["rng"])
+        replay.load(folder / "replay")
+    start_steps, start_replay = counters["env_steps"], len(replay)
+    meta = {
+        "task": task,
+        "reward": reward,
+        "seed": seed,
+        "agent": _config_dict(acfg),
+        "action_dim": envs.action_dim,
+        "discrete": envs.discrete,
+        "reward_name": source.name,
+    }
+    evaluator = Evaluator(task, seed, acfg, out_dir, counters["restarts"])
+
+    def save() -> None:
+        state = {
+            "agent": agent.state_dict(),
+            "optim": agent.optimizer_state(),
+            "counters": counters,
+            "rng": rng_state(),
+            "meta": meta,
+        }
+        ckpt.save(counters["env_steps"], state, extra=lambda f: replay.save(f / "replay"))
+
+    try:
+        if counters["env_steps"] < acfg.env_steps:
+            with Logger(
+                out_dir / "logs", total=acfg.env_steps, desc=f"agent {task} seed {seed}", initial=counters["env_steps"]
+            ) as log:
+                _loop(
+                    acfg,
+                    agent,
+                    envs,
+                    replay,
+                    Inserter(replay, source, acfg.envs),
+                    evaluator,
+                    counters,
+                    act_rng,
+                    log,
+                    save,
+                )
+                if not counters["eval_history"] or counters["eval_history"][-1][0] != counters["env_steps"]:
+                    _evaluate(agent, evaluator, counters, log)
+                save()
+    finally:
+        envs.close()
+        evaluator.close()
+    last_eval = counters["eval_history"][-1][1] if counters["eval_history"] else float("nan")
+    metrics = {
+        "env_steps": counters["env_steps"],
+        "env_frames": counters["env_steps"] * acfg.action_repeat,
+        "updates": counters["updates"],
+        "episodes": counters["episodes"],
+        "eval_task_return": last_eval,
+        "wall_s": round(counters["wall_s"], 1),
+    }
+    write_json(out_dir / "metrics.json", metrics)
+    return {
+        **metrics,
+        "checkpoint_loads": ckpt.loads,
+        "start_env_steps": start_steps,
+        "replay_steps_at_start": start_replay,
+        "replay_steps": len(replay),
+    }
+
+
+def _config_dict(acfg: AgentConfig) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(acfg)
+
+
+def _evaluate(agent: Agent, evaluator, counters: dict, log: Logger) -> None:
+    returns, length = evaluator(agent, counters["env_steps"])
+    counters["eval_history"].append((counters["env_steps"], float(np.mean(returns))))
+    log.scalars({"episode/task_return": np.mean(returns), "episode/length": length}, counters["env_steps"])
+    evaluator.plot(counters["eval_history"], counters["train_history"])
+
+
+def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, save) -> None:
+    batch_steps = acfg.batch_size * acfg.batch_length
+    ratio = acfg.train_ratio / batch_steps
+    count = envs.count
+    obs = envs.reset()
+    reward = np.zeros(count, np.float32)
+    is_first = np.ones(count, bool)
+    is_last = np.zeros(count, bool)
+    is_terminal = np.zeros(count, bool)
+    carry = agent.initial_carry(count)
+    ep_return = np.zeros(count)
+    ep_length = np.zeros(count, np.int64)
+    sums: dict[str, float] = {}
+    n_metrics = 0
+    clock = time.time()
+    while counters["env_steps"] < acfg.env_steps:
+        if len(replay) < batch_steps:
+            action = envs.random_actions(rng)
+        else:
+            action, carry = agent.act(obs, is_first, carry)
+        inserter.add(
+            {
+                "image": obs,
+                "action": action,
+                "reward": reward,
+                "is_first": is_first,
+                "is_last": is_last,
+                "is_terminal": is_terminal,
+            }
+        )
+        ep_return = np.where(is_first, 0.0, ep_return) + reward
+        ep_length = np.where(is_first, 0, ep_length + 1)
+        for i in np.flatnonzero(is_last):
+            counters["episodes"] += 1
+            counters["train_history"].append((counters["env_steps"], float(ep_return[i])))
+            log.scalars(
+                {"train/episode_task_return": ep_return[i], "train/episode_length": ep_length[i]}, counters["env_steps"]
+            )
+        obs, reward, is_first, is_last, is_terminal = envs.step(action)
+        counters["env_steps"] += count
+        step = counters["env_steps"]
+        if len(replay) >= batch_steps:
+            if counters["train_start"] < 0:
+                counters["train_start"] = step
+            due = 1 + int((step - counters["train_start"]) * ratio) - counters["updates"]
+            for _ in range(max(0, due)):
+                batch = agent.to_tensors(replay.sample(acfg.batch_size, acfg.batch_length))
+                for key, value in agent.update(batch).items():
+                    sums[key] = sums.get(key, 0.0) + float(value)
+                n_metrics += 1
+                counters["updates"] += 1
+        now = time.time()
+        counters["wall_s"] += now - clock
+        clock = now
+        log.advance(step)
+        if step >= counters["next_log"]:
+            counters["next_log"] += acfg.log_every_env_steps
+            row = {f"agent/{k}": v / n_metrics for k, v in sums.items()} if n_metrics else {}
+            row.update(
+                {
+                    "agent/updates": counters["updates"],
+                    "agent/replay_steps": len(replay),
+                    "agent/wall_s": counters["wall_s"],
+                }
+            )
+            log.scalars(row, step)
+            sums, n_metrics = {}, 0
+        if step >= counters["next_eval"]:
+            counters["next_eval"] += acfg.eval_every_env_steps
+            _evaluate(agent, evaluator, counters, log)
+        if step >= counters["next_checkpoint"] and step < acfg.env_steps:
+            counters["next_checkpoint"] += acfg.checkpoint_every_env_steps
+            save()
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("--task", help="task, e.g. dmc/cartpole_balance (default: every agent.tasks entry)")
+    parser.add_argument("--seed", type=int, help="seed (default: every agent.seeds entry; expert: the first)")
+    if command == "train-agent":
+        parser.add_argument("--reward", choices=("task", "viper"), help="reward source (default: agent.reward)")
+
+
+def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """``viper train-agent`` / ``viper expert``: train every requested (task, seed) into its agent folder."""
+    reward = "task" if command == "expert" else (getattr(args, "reward", None) or cfg.agent.reward)
+    make_reward_source(reward)  # fail before any env starts
+    tasks = [args.task] if args.task else list(cfg.agent.tasks)
+    if args.seed is not None:
+        seeds = [args.seed]
+    else:
+        seeds = list(cfg.agent.seeds[:1]) if command == "expert" else list(cfg.agent.seeds)
+    results = {}
+    for task in tasks:
+        for seed in seeds:
+            out = paths.agent_dir(cfg.data_dir, reward, task, seed)
+            metrics = run(cfg, task, seed, reward, out)
+            print(
+                f"{command}: {task} seed {seed}: eval return {metrics['eval_task_return']:.1f} after "
+                f"{metrics['env_steps']} env steps ({out})"
+            )
+            results[f"{paths.slug(task)}/seed{seed}"] = metrics
+    return results
