@@ -34,13 +34,18 @@ def square_video(steps: int, offset: int, size: int = 16) -> np.ndarray:
     return frames
 
 
-def make_inputs(data_dir: Path, tcfg: config_lib.TokenizerConfig) -> None:
-    """A tokenizer checkpoint in the stage's format and the token store made with it (4 episodes per task)."""
+def write_tokenizer(data_dir: Path, tcfg: config_lib.TokenizerConfig) -> None:
+    """A randomly initialised VQ-GAN saved as a tokenizer run (the checkpoint format load_tokenizer reads)."""
     arch = VQGANArch.from_config(tcfg)
     torch.manual_seed(0)
     model = VQGAN(arch)
     ckpt = Checkpointer(paths.tokenizer_dir(data_dir, "dmc") / "checkpoints")
     ckpt.save(1, {"model": model.state_dict(), "arch": asdict(arch)})
+
+
+def make_inputs(data_dir: Path, tcfg: config_lib.TokenizerConfig) -> None:
+    """A tokenizer checkpoint in the stage's format and the token store made with it (4 episodes per task)."""
+    write_tokenizer(data_dir, tcfg)
     tokenizer = load_tokenizer(paths.tokenizer_dir(data_dir, "dmc"))
     for i, task in enumerate(TASKS):
         frames = np.concatenate([square_video(10, offset=7 * e + i) for e in range(4)])
