@@ -1,0 +1,253 @@
+"""The ``collect`` stage: roll out a policy for every task, filter as published, write the video store.
+
+Per task, resumable and idempotent:
+  1. Roll out ``episodes_per_task`` episodes in ``workers`` processes (spawned: EGL/MuJoCo state must not be
+     forked). Episode ``i`` of task ``t`` uses seed ``SeedSequence([seed, crc32(t), i])``, so a config always
+     produces the same episodes. Each finished rollout is appended (atomically) to a hidden staging group
+     ``.<name>.collecting``, which records the rollout index; a re-run after a kill rolls out only the missing
+     indices.
+  2. Filter (``viper.data.filtering``: return percentile, cap, drop first frames, seeded test split) and write
+     the kept episodes, in rollout-index order, into ``.<name>.building``.
+  3. Swap it in as the task group (``VideoStore.promote``) and delete the staging group.
+A task group whose recorded fingerprint matches the config is left alone, so re-running is a no-op; a
+different config re-collects the task and replaces its group in one swap. The store therefore depends only
+on the config, not on worker count, timing or interruptions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from viper import paths
+from viper.config import CollectConfig, Config
+from viper.data.filtering import assign_split, select_episodes, task_key, trim_episode
+from viper.data.store import TaskGroup, VideoStore, open_store
+from viper.errors import ViperError
+
+COLLECTING, BUILDING = "collecting", "building"
+ROLLOUT_FIELDS = ("policy", "episodes_per_task", "episode_env_steps", "action_repeat", "seed", "fast_render")
+FILTER_FIELDS = ("keep_return_percentile", "drop_first_frames", "max_episodes_per_task", "test_fraction")
+
+
+def episode_seed(seed: int, task: str, index: int) -> int:
+    """Seed of rollout ``index`` of ``task`` (a 31-bit int derived from ``(seed, crc32(task), index)``)."""
+    state = np.random.SeedSequence([seed, task_key(task), index]).generate_state(1)[0]
+    return int(state & 0x7FFFFFFF)
+
+
+def rollout_code_hash() -> str:
+    """sha256 (16 hex) of the environment and expert sources: changed rollout code means changed data.
+
+    DVC keeps the store as a persistent output across code changes, so the store itself must notice them.
+    """
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for folder in ("envs", "experts"):
+        for path in sorted((root / folder).rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def fingerprint(cfg: CollectConfig, fields: tuple[str, ...]) -> str:
+    """Short hash of the config fields and rollout code that determine a task's data (16 hex of sha256)."""
+    values = {f: getattr(cfg, f) for f in fields}
+    values["code"] = rollout_code_hash()
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RolloutJob:
+    """One episode to roll out in a worker process."""
+
+    task: str
+    policy: str
+    index: int
+    seed: int
+    action_repeat: int
+    episode_env_steps: int
+    fast_render: bool
+
+
+def run_job(job: RolloutJob) -> tuple[int, dict[str, Any]]:
+    """Worker entry point: ``(index, {frames, actions, rewards, task_return})`` of one rollout."""
+    from viper.experts import rollout
+
+    ep = rollout(
+        job.task,
+        job.policy,
+        job.seed,
+        action_repeat=job.action_repeat,
+        episode_env_steps=job.episode_env_steps,
+        fast_render=job.fast_render,
+    )
+    out = {"frames": ep.frames, "actions": ep.actions, "rewards": ep.rewards, "task_return": float(ep.task_return)}
+    return job.index, out
+
+
+def _rollouts(jobs: list[RolloutJob], workers: int):
+    """Yield ``(index, episode)`` as rollouts finish (any order); ``workers`` spawned processes."""
+    if workers <= 1 or len(jobs) <= 1:
+        yield from map(run_job, jobs)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(min(workers, len(jobs))) as pool:
+        yield from pool.imap_unordered(run_job, jobs, chunksize=1)
+
+
+def _staging(store: VideoStore, cfg: CollectConfig, task: str) -> TaskGroup:
+    """The task's rollout staging group, discarded and re-made if it was made with other rollout settings."""
+    key = fingerprint(cfg, ROLLOUT_FIELDS)
+    if store.has_staging(task, COLLECTING):
+        group = store.staging(task, COLLECTING)
+        if group.attrs.get("source", {}).get("rollout_fingerprint") == key:
+            return group
+        store.discard_staging(task, COLLECTING)
+    attrs = {"action_repeat": cfg.action_repeat, "source": {"rollout_fingerprint": key}}
+    return store.staging(task, COLLECTING, attrs=attrs)
+
+
+def collect_task(cfg: CollectConfig, task: str, store_url: str, progress: bool = True) -> dict[str, float]:
+    """Collect, filter and write one task's group; returns its summary numbers."""
+    store = open_store(store_url, "a", chunk_frames=cfg.chunk_frames, shard_frames=cfg.shard_frames)
+    key = fingerprint(cfg, ROLLOUT_FIELDS + FILTER_FIELDS)
+    if task in store.tasks and store.task(task).attrs.get("source", {}).get("fingerprint") == key:
+        store.discard_staging(task, COLLECTING)
+        return _summary(store.task(task), rolled_out=cfg.episodes_per_task)
+    staging = _staging(store, cfg, task)
+    done = set(staging.episode_ids.tolist())
+    jobs = [
+        RolloutJob(
+            task,
+            cfg.policy,
+            i,
+            episode_seed(cfg.seed, task, i),
+            cfg.action_repeat,
+            cfg.episode_env_steps,
+            cfg.fast_render,
+        )
+        for i in range(cfg.episodes_per_task)
+        if i not in done
+    ]
+    with tqdm(total=cfg.episodes_per_task, initial=len(done), desc=task, disable=not progress, unit="ep") as bar:
+        for index, ep in _rollouts(jobs, cfg.workers):
+            staging.append(ep["frames"], ep["actions"], ep["rewards"], task_return=ep["task_return"], episode_id=index)
+            bar.update(1)
+            bar.set_postfix(ret=f"{ep['task_return']:.1f}")
+    _build(store, staging, cfg, task, key)
+    store.promote(task, BUILDING)
+    store.discard_staging(task, COLLECTING)
+    return _summary(store.task(task), rolled_out=cfg.episodes_per_task, all_returns=staging.returns)
+
+
+def _build(store: VideoStore, staging: TaskGroup, cfg: CollectConfig, task: str, key: str) -> None:
+    """Filter the staged rollouts into a fresh ``building`` group, in rollout-index order."""
+    order = np.argsort(staging.episode_ids, kind="stable")
+    ids, returns, lengths = staging.episode_ids[order], staging.returns[order], staging.lengths[order]
+    if len(ids) != cfg.episodes_per_task or not np.array_equal(ids, np.arange(cfg.episodes_per_task)):
+        raise ViperError(
+            f"{staging.where}: staged rollouts {ids.tolist()[:10]}... are not 0..{cfg.episodes_per_task - 1}"
+        )
+    kept = select_episodes(returns, cfg.keep_return_percentile, cfg.max_episodes_per_task)
+    kept = kept[lengths[kept] > cfg.drop_first_frames]
+    if kept.size == 0:
+        raise ViperError(
+            f"{task}: no episode survives filtering (percentile {cfg.keep_return_percentile}, drop_first_frames "
+            f"{cfg.drop_first_frames}, episode lengths {lengths.min()}..{lengths.max()})"
+        )
+    split = assign_split(kept.size, cfg.test_fraction, cfg.seed, task)
+    store.discard_staging(task, BUILDING)
+    source = {
+        "fingerprint": key,
+        "policy": cfg.policy,
+        "seed": cfg.seed,
+        "episodes_rolled_out": cfg.episodes_per_task,
+        "episode_env_steps": cfg.episode_env_steps,
+        "returns_rolled_out": [float(r) for r in returns],
+        **{f: getattr(cfg, f) for f in FILTER_FIELDS},
+    }
+    build = store.staging(task, BUILDING, attrs={"action_repeat": cfg.action_repeat, "source": source})
+    for code, i in zip(split, kept, strict=True):
+        ep = trim_episode(staging.read_episode(int(order[i])), cfg.drop_first_frames)
+        build.append(
+            ep["frames"],
+            ep.get("actions"),
+            ep.get("rewards"),
+            split="test" if code else "train",
+            task_return=float(returns[i]),
+            episode_id=int(ids[i]),
+        )
+
+
+def _summary(group: TaskGroup, rolled_out: int, all_returns: np.ndarray | None = None) -> dict[str, float]:
+    out = {
+        "episodes_rolled_out": rolled_out,
+        "episodes_kept": group.num_episodes,
+        "episodes_test": int(group.episodes("test").size),
+        "frames": group.num_frames,
+        "return_kept_mean": float(np.mean(group.returns)),
+    }
+    returns = all_returns if all_returns is not None else group.attrs.get("source", {}).get("returns_rolled_out")
+    if returns is not None and len(returns):
+        out["return_rolled_out_mean"] = float(np.mean(returns))
+    return out
+
+
+def run(cfg: Config, tasks: tuple[str, ...] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Collect every task of ``cfg.collect.tasks`` (or ``tasks``) into ``viper.paths.store``; returns
+    ``{"store": path, "<task>/<metric>": value, ...}``."""
+    from viper.envs import suites
+
+    c = cfg.collect
+    tasks = tuple(tasks) if tasks is not None else tuple(c.tasks)
+    for task in tasks:
+        suites.check_task(task)
+        if suites.suite_of(task) != c.suite:
+            raise ViperError(f"task {task!r} is not in suite {c.suite!r} (collect.suite); store would mix suites")
+    url = str(paths.store(cfg.data_dir, c.suite))
+    out: dict[str, Any] = {"store": url}
+    for task in tasks:
+        for name, value in collect_task(c, task, url, progress).items():
+            out[f"{task}/{name}"] = value
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    """Flags mapping onto ``collect.*`` (``--task`` restricts the run to one task)."""
+    parser.add_argument("--task", help="collect only this task (full name, e.g. dmc/cartpole_balance)")
+    parser.add_argument("--policy", help="collect.policy: expert, random, noisy:<eps>, checkpoint:<path>")
+    parser.add_argument("--episodes", type=int, help="collect.episodes_per_task")
+    parser.add_argument("--workers", type=int, help="collect.workers")
+    parser.add_argument("--seed", type=int, help="collect.seed")
+
+
+def apply_arguments(cfg: Config, args: argparse.Namespace) -> Config:
+    """``cfg`` with the command-line flags applied to its ``collect`` section."""
+    changes = {
+        "policy": getattr(args, "policy", None),
+        "episodes_per_task": getattr(args, "episodes", None),
+        "workers": getattr(args, "workers", None),
+        "seed": getattr(args, "seed", None),
+    }
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if getattr(args, "task", None):
+        changes["tasks"] = (args.task,)
+    return dataclasses.replace(cfg, collect=dataclasses.replace(cfg.collect, **changes))
+
+
+def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """``viper collect``: print where the store is and what each task kept."""
+    cfg = apply_arguments(cfg, args)
+    result = run(cfg)
+    for key, value in result.items():
+        print(f"{key}: {value}")
+    return {k: v for k, v in result.items() if k != "store"}
