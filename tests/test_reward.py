@@ -141,3 +141,22 @@ def test_mismatched_tokenizer_and_prior_are_refused(tokenizer):
     other.hash = tokenizer.hash
     with pytest.raises(ViperError, match="codebook differs"):
         VideoReward(other, prior, RewardConfig(device="cpu"))
+
+
+def test_atari_score_area_is_masked_before_encoding(tokenizer):
+    from viper.envs import atari_mask
+
+    loaded = random_prior(tokenizer)
+    pong = LoadedPrior(loaded.model, ("atari/pong", *TASKS[1:]), tokenizer.hash, 4, 1, 0, loaded.path)
+    reward = VideoReward(tokenizer, pong, RewardConfig(device="cpu"))
+    keep = atari_mask("atari/pong")
+    assert not keep.all(), "pong has a score area to blank"
+    frames = episodes(1, 5)
+    scoreboard = frames.copy()
+    scoreboard[:, :, ~keep] = 255 - scoreboard[:, :, ~keep]  # the score changes: the reward must not
+    elsewhere = frames.copy()
+    elsewhere[:, :, keep] = 255 - elsewhere[:, :, keep]
+    base = reward.score(frames, "atari/pong")
+    np.testing.assert_array_equal(reward.score(scoreboard, "atari/pong"), base)
+    assert not np.allclose(reward.score(elsewhere, "atari/pong")[:, 3:], base[:, 3:])
+    np.testing.assert_allclose(score_per_window(reward, scoreboard, "atari/pong"), base, atol=1e-4, rtol=0)
