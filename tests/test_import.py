@@ -227,6 +227,8 @@ def test_inspect_and_cli(tmp_path, capsys):
     assert cli.main(["import", str(root), *base]) == 0
     store_path = data_dir / "videos" / "dmc.zarr"
     rows = describe(open_store(store_path))
+    lengths = open_store(store_path).task("dmc/walker_walk").lengths
+    assert (rows[1]["length_min"], rows[1]["length_max"]) == (lengths.min(), lengths.max())
     assert [(r["task"], r["episodes"], r["train"], r["test"]) for r in rows] == [
         ("dmc/cartpole_balance", 4, 3, 1),
         ("dmc/walker_walk", 4, 3, 1),
