@@ -1,0 +1,95 @@
+"""The agent's training loop on real dm_control pixels: kill-and-resume, the checkpoint policy, CLI errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import viper.envs
+import viper.errors
+from viper import config as C
+from viper import paths
+from viper.agent.policy import load_policy
+from viper.agent.train import run
+
+TASK = "dmc/cartpole_balance"
+RESUME = ["agent.env_steps=300", "agent.checkpoint_every_env_steps=100", "agent.eval_every_env_steps=150"]
+
+
+def _viper(args, cwd, **kwargs):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "viper.cli", *args], cwd=cwd, env=env, **kwargs)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_with_one_load_and_its_replay(tmp_path):
+    data = tmp_path / "data"
+    args = ["train-agent", "--preset", "tiny", "--task", TASK, "--seed", "0", "--reward", "task"]
+    args += ["-S", f"data_dir={data}"] + [a for o in RESUME for a in ("-S", o)]
+    run_dir = paths.agent_dir(data, "task", TASK, 0)
+    proc = _viper(args, tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not (run_dir / "checkpoints" / "latest").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = torch.load(
+        run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip() / "state.pt",
+        weights_only=False,
+    )["counters"]
+    assert saved["env_steps"] < 300, "the run was killed before it finished"
+
+    cfg = C.load(preset="tiny", overrides=[f"data_dir={data}", *RESUME], params_path=None)
+    metrics = run(cfg, TASK, 0, "task", run_dir)
+    assert metrics["checkpoint_loads"] == 1
+    assert metrics["start_env_steps"] == saved["env_steps"]
+    # One env: the replay holds exactly one row per env step, before and after the resume.
+    assert metrics["replay_steps_at_start"] == saved["env_steps"]
+    assert metrics["env_steps"] == 300 and metrics["replay_steps"] == 300
+    assert metrics["updates"] > saved["updates"]
+    assert (run_dir / "metrics.json").exists() and (run_dir / "plots" / "returns.png").exists()
+    assert list((run_dir / "videos").glob("eval_*.gif"))
+
+    # A finished run re-run does not train again.
+    again = run(cfg, TASK, 0, "task", run_dir)
+    assert again["checkpoint_loads"] == 1 and again["updates"] == metrics["updates"]
+
+    # The collector's checkpoint policy loads the run and acts on real frames.
+    policy = load_policy(run_dir)
+    env = viper.envs.make(TASK, seed=3, episode_env_steps=5)
+    try:
+        obs, _ = env.reset()
+        policy.reset()
+        for _ in range(5):
+            action = policy.act(obs)
+            assert action.shape == env.action_space.shape and np.all(np.abs(action) <= 1.0)
+            obs, *_ = env.step(action)
+    finally:
+        env.close()
+
+
+def test_viper_reward_is_a_clear_error_until_issue_7(tmp_path):
+    proc = _viper(
+        ["train-agent", "--preset", "tiny", "--task", TASK, "--reward", "viper", "-S", f"data_dir={tmp_path}"],
+        tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "issue 7" in err and "Traceback" not in err
+
+
+def test_checkpoint_policy_names_a_missing_checkpoint(tmp_path):
+    with pytest.raises(viper.errors.ViperError, match="no complete agent checkpoint"):
+        load_policy(Path(tmp_path))
