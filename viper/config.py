@@ -89,7 +89,7 @@ class CollectConfig:
     test_fraction: float = 0.05
     """Fraction of kept episodes assigned to the test split (published: 95/5)."""
     chunk_frames: int = 32
-    """Frames per compressed Zarr chunk (see benchmarks/README.md for the choice)."""
+    """Frames per compressed Zarr chunk, the unit of decoding (choice: benchmarks/results/store.md)."""
     shard_frames: int = 4096
     """Frames per Zarr shard file; few large files keep DVC hashing fast."""
     fast_render: bool = True
