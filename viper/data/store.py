@@ -17,6 +17,7 @@ checksums, ...), ``created`` (UTC ISO time) and the commit record ``num_episodes
 Atomic append: the frame rows (and actions/rewards) are written first, then the per-episode rows, and last the
 commit record in the group's ``zarr.json`` (one atomic file replace). Readers trust only the commit record, so
 they never see a half-written episode; opening with mode ``"a"`` trims arrays back to it ("repair on open").
+Any number of readers may run beside one writer per task group (two concurrent writers are not supported).
 """
 
 from __future__ import annotations
