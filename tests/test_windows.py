@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import uuid
 from collections import Counter
 
 import numpy as np
@@ -200,3 +201,18 @@ def test_trim_episode():
     out = trim_episode(ep, 3)
     assert out["frames"].tolist() == list(range(3, 10)) and out["rewards"][0] == 6
     assert trim_episode(ep, 10) is None and trim_episode(ep, 0)["frames"].size == 10
+
+
+def test_chunk_cache_on_a_url_store_uses_block_reads():
+    url = f"memory://{uuid.uuid4().hex}/dmc.zarr"
+    store = open_store(url, "a", chunk_frames=4, shard_frames=16)
+    frames = np.zeros((37, 64, 64, 3), np.uint8)
+    frames[:, 0, 0, 0] = np.arange(37)
+    store.append_episode("dmc/a", frames)
+    group = open_store(url).task("dmc/a")
+    assert not group.fast_reads
+    cache = ChunkCache(capacity_chunks=2)
+    for start, stop in ((0, 3), (2, 11), (30, 37), (5, 6), (1, 37)):
+        assert frame_ids(cache.read(group, start, stop)) == list(range(start, stop))
+        assert frame_ids(group.read_chunk(start // 4)) == list(range(start // 4 * 4, min(start // 4 * 4 + 4, 37)))
+    assert cache.misses > 0 and cache.hits > 0

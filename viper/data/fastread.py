@@ -34,6 +34,18 @@ def _names(codecs: list[dict]) -> list[dict]:
     return [{"name": c.get("name")} for c in codecs]
 
 
+def join_chunks(chunks: dict[int, np.ndarray], chunk_rows: int, start: int, stop: int) -> np.ndarray:
+    """Rows ``[start, stop)`` from decoded chunks ``{index: rows}``: a view for one chunk, else one copy of
+    only the needed rows."""
+    first, last = start // chunk_rows, (stop - 1) // chunk_rows
+    if first == last:
+        return chunks[first][start - first * chunk_rows : stop - first * chunk_rows]
+    parts = [chunks[first][start - first * chunk_rows :]]
+    parts += [chunks[c] for c in range(first + 1, last)]
+    parts.append(chunks[last][: stop - last * chunk_rows])
+    return np.concatenate(parts)
+
+
 class ShardedFrames:
     """Frames ``[start, stop)`` of one sharded uint8 array in a local folder (``read``)."""
 
@@ -116,9 +128,7 @@ class ShardedFrames:
         first, last = start // size, (stop - 1) // size
         if stop <= start:
             return np.zeros((0, *self.shape[1:]), np.uint8)
-        parts = [self.chunk(c) for c in range(first, last + 1)]
-        block = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        return block[start - first * size : stop - first * size]
+        return join_chunks({c: self.chunk(c) for c in range(first, last + 1)}, size, start, stop)
 
     def close(self) -> None:
         for found in self._shards.values():

@@ -133,6 +133,18 @@ class TaskGroup:
             raise ViperError(f"{self.where}: frames [{start}, {stop}) out of range (task has {self.num_frames} frames)")
         return self._fast.read(start, stop) if self._fast is not None else self._frames[start:stop]
 
+    @property
+    def fast_reads(self) -> bool:
+        """True when frames are read by the direct shard reader (local stores)."""
+        return self._fast is not None
+
+    def read_chunk(self, c: int) -> np.ndarray:
+        """Decoded chunk ``c``: frames ``[c * chunk_frames, min((c + 1) * chunk_frames, num_frames))``."""
+        lo, hi = c * self.chunk_frames, min((c + 1) * self.chunk_frames, self.num_frames)
+        if not 0 <= lo < hi:
+            raise ViperError(f"{self.where}: chunk {c} out of range (task has {self.num_frames} frames)")
+        return self._fast.chunk(c)[: hi - lo] if self._fast is not None else self._frames[lo:hi]
+
     def read_episode(self, i: int) -> dict[str, np.ndarray]:
         """``frames`` uint8 (L, 64, 64, 3) and, when stored, ``actions`` float32 (L, A), ``rewards`` (L,)."""
         start, stop = self.episode_range(i)

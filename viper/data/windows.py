@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from viper.data.fastread import join_chunks
 from viper.data.store import TaskGroup, VideoStore, open_store
 from viper.errors import ViperError
 
@@ -112,16 +113,19 @@ class ChunkCache:
         missing = [c for c in range(first, last + 1) if c not in parts]
         self.hits += len(parts)
         self.misses += len(missing)
-        if missing:
+        if missing and group.fast_reads:
+            # Local stores decode one chunk per call at no extra overhead.
+            for c in missing:
+                parts[c] = group.read_chunk(c)
+                self._put((group.name, c), parts[c])
+        elif missing:
             # One zarr call for the whole missing run: decoding cost is per chunk, call overhead per call.
             lo, hi = missing[0] * size, min((missing[-1] + 1) * size, group.num_frames)
             block = group.read_frames(lo, hi)
             for c in range(missing[0], missing[-1] + 1):
                 parts[c] = block[c * size - lo : (c + 1) * size - lo]
                 self._put((group.name, c), parts[c])
-        ordered = [parts[c] for c in range(first, last + 1)]
-        block = ordered[0] if len(ordered) == 1 else np.concatenate(ordered)
-        return block[start - first * size : stop - first * size]
+        return join_chunks(parts, size, start, stop)
 
     def _put(self, key: tuple[str, int], chunk: np.ndarray) -> None:
         self._chunks[key] = chunk
@@ -233,8 +237,8 @@ class RandomFrames:
             pool = []
             for i in rng.integers(0, len(chunk_ids), self.pool_chunks):
                 g, c = chunk_ids[i]
-                size = groups[g].chunk_frames
-                lo, hi = c * size, min((c + 1) * size, groups[g].num_frames)
-                pool.append(groups[g].read_frames(lo, hi)[masks[g][lo:hi]])
+                lo = c * groups[g].chunk_frames
+                chunk = groups[g].read_chunk(c)
+                pool.append(chunk[masks[g][lo : lo + len(chunk)]])
             frames = np.concatenate(pool)
             yield from frames[rng.permutation(len(frames))]
