@@ -100,7 +100,8 @@ def _options_epilog(sections: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; only ``command``'s stage module is imported (heavy imports stay off ``--help``)."""
     parser = argparse.ArgumentParser(
         prog="viper",
         description="VIPER: video prediction models as rewards for reinforcement learning. "
@@ -131,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="PATH",
             help="write the stage's summary metrics as JSON here (dvc.yaml uses data/metrics/<stage>.json)",
         )
-        module = _import_stage(stage)
+        module = _import_stage(stage) if name == command else None
         if module is not None and hasattr(module, "add_arguments"):
             module.add_arguments(stage_parser, name)
     return parser
@@ -147,8 +148,15 @@ def _import_stage(stage: Stage):
         raise
 
 
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv`` (its first positional argument), if it is a stage."""
+    first = next((arg for arg in argv if not arg.startswith("-")), None)
+    return first if first in STAGES else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     try:
         if args.command == "dvc-yaml":
