@@ -57,15 +57,26 @@ PRESETS: dict[str, dict[str, Any]] = {
             "drop_first_frames": 0,
             "test_fraction": 0.125,
         },
+        # CPU-sized: narrow widths (same levels, so the same 8x8 grid), the prototype's codebook (K 128, D 32)
+        # with dead-code restarts, lr 1e-3 for a short run. GAN OFF: on CPU it doubles the update time for little
+        # gain at this size (tiny keeps it on, so the code path stays tested). ~7 min on 2 free cores; measured
+        # in benchmarks/results/tokenizer.md.
         "tokenizer": {
-            "base_channels": 32,
+            "base_channels": 8,
+            "channel_mult": [1, 2, 4, 4],
             "embed_dim": 32,
             "codebook_size": 128,
+            "dead_code_restart": True,
+            "dead_code_every_grad_steps": 50,
+            "gan_weight": 0.0,
+            "lr": 1e-3,
             "batch_size": 32,
-            "train_grad_steps": 3000,
-            "warmup_grad_steps": 100,
-            "eval_every_grad_steps": 500,
-            "checkpoint_every_grad_steps": 500,
+            "train_grad_steps": 1000,
+            "warmup_grad_steps": 50,
+            "log_every_grad_steps": 25,
+            "eval_every_grad_steps": 250,
+            "eval_frames": 256,
+            "checkpoint_every_grad_steps": 250,
         },
         "prior": {
             "d_model": 128,

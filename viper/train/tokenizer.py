@@ -319,4 +319,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, float]:
     result = run(cfg, suite=args.suite)
     print(f"tokenizer {result['tokenizer_hash']} in {result['run_dir']}")
-    return {k: v for k, v in result.items() if isinstance(v, (int, float))}
+    # Only what describes the trained model (not how often it was resumed) goes to DVC's metrics.
+    return {
+        k: v for k, v in result.items() if k not in ("start_step", "checkpoint_loads") and isinstance(v, (int, float))
+    }
