@@ -148,14 +148,16 @@ def moving_square(frames: int, size: int = 3) -> torch.Tensor:
 
 
 def test_briefly_trained_prior_prefers_true_time_order_over_shuffled_frames():
-    model = make_prior(num_classes=1, grid=(3, 3), codebook_size=3, embed_dim=4, layers=2)
+    # Unconditional: with a single task the released LeCun init of the conditional LayerNorm scales each
+    # channel by 1 + N(0, 1.3), which slows this short run down; conditioning is tested elsewhere.
+    model = make_prior(num_classes=0, grid=(2, 2), codebook_size=3, embed_dim=4, layers=2)
     torch.manual_seed(0)
     model = VideoGPT(model.spec, torch.randn(3, 4))  # default init for training
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     loss_fn = PriorLoss(model)
-    video = moving_square(40)
+    video = moving_square(40, size=2)
     g = torch.Generator().manual_seed(0)
-    for _ in range(400):
+    for _ in range(300):
         starts = torch.randint(0, 37, (32,), generator=g)
         batch = torch.stack([video[s : s + 4] for s in starts.tolist()])
         train_step(loss_fn, optimizer, batch, torch.zeros(32, dtype=torch.long))
@@ -166,10 +168,12 @@ def test_briefly_trained_prior_prefers_true_time_order_over_shuffled_frames():
     with torch.no_grad():
         true_order = model.frame_log_probs(windows, ids).sum(1)
         wrong_order = model.frame_log_probs(shuffled, ids).sum(1)
-    # Once the motion is learnt only the first frame is uncertain; shuffled windows break it 2-3 times.
+    # Once the motion is learnt only the first frame is uncertain (4 places: log 4 = 1.4 nats); shuffled
+    # windows break the motion 2-3 times.
     gap = true_order - wrong_order
+    assert true_order.mean() > -4.0, true_order
     assert gap.min() > 8.0, (true_order, wrong_order)
-    assert gap.mean() > 15.0, (true_order, wrong_order)
+    assert gap.mean() > 12.0, (true_order, wrong_order)
 
 
 def test_ema_update_is_the_exponential_average():

@@ -3,12 +3,14 @@
 A window of T frames, each an h x w grid of codebook indices, is flattened in raster order (time, row,
 column) into N = T*h*w tokens. Token i is predicted from tokens < i by a pre-LN causal transformer:
 
-    input_i = W_in e(token_{i-1}) + pos_t[t_i] + pos_h[r_i] + pos_w[c_i]     (input_0 = learned start vector)
+    input_i = W_in e(token_{i-1}) + concat(pos_t[t_i], pos_h[r_i], pos_w[c_i])   (input_0 = learned start vector)
 
-where e() is the tokenizer's codebook vector (not a new embedding table) and the three position tables are
-the factorised learned biases. Every LayerNorm is a conditional LayerNorm on the one-hot task id c:
-``LN(x) * (1 + W_s c) + W_b c`` (the released code; with ``num_classes == 0`` it is a plain affine LN).
-An id outside the task map raises instead of becoming an all-zero vector as in the original.
+where e() is the tokenizer's codebook vector (not a new embedding table) and the factorised learned position
+biases give each axis its own third of the channels, concatenated (as released). Every LayerNorm (eps 1e-6) is a
+conditional LayerNorm on the one-hot task id c: ``LN(x) * (1 + W_s c) + W_b c`` (with ``num_classes == 0`` a
+plain affine LN). The MLP uses the released code's GELU approximation ``x * sigmoid(1.702 x)``, with dropout
+after it and on both residual branches; linear weights use flax's default (LeCun-normal) initialisation. An
+id outside the task map raises instead of becoming an all-zero vector as in the original.
 
 Shape legend: B batch, T frames, h w latent grid, N = T*h*w tokens, K codebook size, D codebook vector
 dimension, d model width.
@@ -26,6 +28,9 @@ from einops import rearrange
 from torch import nn
 
 from viper.errors import ViperError
+
+LN_EPS = 1e-6
+"""LayerNorm epsilon of the released code."""
 
 
 class PriorInputError(ViperError, ValueError):
@@ -67,14 +72,11 @@ class ConditionalLayerNorm(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         if num_classes == 0:
-            self.norm = nn.LayerNorm(dim)
+            self.norm = nn.LayerNorm(dim, eps=LN_EPS)
             return
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False)
-        # Zero init: every task starts at the identity transform (scale 1, bias 0).
+        self.norm = nn.LayerNorm(dim, eps=LN_EPS, elementwise_affine=False)
         self.scale = nn.Linear(num_classes, dim, bias=False)
         self.bias = nn.Linear(num_classes, dim, bias=False)
-        nn.init.zeros_(self.scale.weight)
-        nn.init.zeros_(self.bias.weight)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """x (B, n, d); cond (B, num_classes) one-hot float or None when unconditional."""
@@ -82,6 +84,24 @@ class ConditionalLayerNorm(nn.Module):
         if self.num_classes == 0:
             return x
         return x * (1 + self.scale(cond)[:, None]) + self.bias(cond)[:, None]
+
+
+class QuickGELU(nn.Module):
+    """``x * sigmoid(1.702 x)``: the GELU approximation of the released VideoGPT."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def lecun_normal_(weight: torch.Tensor) -> None:
+    """flax's default Dense init: truncated normal (+-2 sigma) with variance 1 / fan_in."""
+    std = math.sqrt(1.0 / weight.shape[1]) / 0.87962566103423978  # the std of N(0,1) cut at +-2
+    nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+
+
+def axis_channels(d_model: int, axes: int = 3) -> list[int]:
+    """Channels of each axis' position bias (T, h, w): d_model split in near-equal parts, as released."""
+    return [d_model // axes + (i < d_model % axes) for i in range(axes)]
 
 
 class CausalSelfAttention(nn.Module):
@@ -120,7 +140,10 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(spec)
         self.ln2 = ConditionalLayerNorm(spec.d_model, spec.num_classes)
         self.mlp = nn.Sequential(
-            nn.Linear(spec.d_model, spec.mlp_dim), nn.GELU(), nn.Linear(spec.mlp_dim, spec.d_model)
+            nn.Linear(spec.d_model, spec.mlp_dim),
+            QuickGELU(),
+            nn.Dropout(spec.dropout),
+            nn.Linear(spec.mlp_dim, spec.d_model),
         )
         self.drop = nn.Dropout(spec.dropout)
 
@@ -147,9 +170,10 @@ class VideoGPT(nn.Module):
         self.register_buffer("codebook", codebook.detach().float().clone())
         self.proj_in = nn.Linear(spec.embed_dim, d)
         self.start = nn.Parameter(torch.zeros(d))
-        self.pos_t = nn.Parameter(torch.zeros(spec.seq_len, d))
-        self.pos_h = nn.Parameter(torch.zeros(spec.grid[0], d))
-        self.pos_w = nn.Parameter(torch.zeros(spec.grid[1], d))
+        c_t, c_h, c_w = axis_channels(d)
+        self.pos_t = nn.Parameter(torch.zeros(spec.seq_len, c_t))
+        self.pos_h = nn.Parameter(torch.zeros(spec.grid[0], c_h))
+        self.pos_w = nn.Parameter(torch.zeros(spec.grid[1], c_w))
         self.blocks = nn.ModuleList(Block(spec) for _ in range(spec.layers))
         self.ln_f = ConditionalLayerNorm(d, spec.num_classes)
         self.head = nn.Linear(d, spec.codebook_size)
@@ -157,16 +181,12 @@ class VideoGPT(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # GPT-2 style: N(0, 0.02) weights, zero biases, residual projections scaled by 1/sqrt(2 * layers).
-        conditional = {id(m) for ln in self.modules() if isinstance(ln, ConditionalLayerNorm) for m in ln.modules()}
+        # As released (flax defaults): LeCun-normal weights, zero biases; start and position tables N(0, 0.02).
         for module in self.modules():
-            if isinstance(module, nn.Linear) and id(module) not in conditional:
-                nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear):
+                lecun_normal_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-        for block in self.blocks:
-            nn.init.normal_(block.attn.out.weight, std=0.02 / math.sqrt(2 * self.spec.layers))
-            nn.init.normal_(block.mlp[2].weight, std=0.02 / math.sqrt(2 * self.spec.layers))
         for table in (self.start, self.pos_t, self.pos_h, self.pos_w):
             nn.init.normal_(table, std=0.02)
 
@@ -203,7 +223,16 @@ class VideoGPT(nn.Module):
 
     def positions(self, frames: int) -> torch.Tensor:
         """Factorised position biases of the first ``frames`` frames, flattened in raster order: (N, d)."""
-        pos = self.pos_t[:frames, None, None] + self.pos_h[None, :, None] + self.pos_w[None, None, :]
+        (h, w), parts = self.spec.grid, (self.pos_t[:frames], self.pos_h, self.pos_w)
+        # Each axis' table broadcast over the other two axes, then the three channel chunks side by side.
+        pos = torch.cat(
+            [
+                parts[0][:, None, None].expand(frames, h, w, -1),
+                parts[1][None, :, None].expand(frames, h, w, -1),
+                parts[2][None, None, :].expand(frames, h, w, -1),
+            ],
+            dim=-1,
+        )
         return rearrange(pos, "t h w d -> (t h w) d")
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
