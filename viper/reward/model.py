@@ -10,7 +10,10 @@ windows are batched through the prior. Two definitions (reference/viper-original
 
 Both sum over a frame's h*w tokens and are in nats, unscaled. Steps with fewer than a full window of history
 (t < window_frames - 1) get NaN: the published agent never inserts them into replay (its first 15 steps are
-context only), so there is no value to imitate and a made-up number would be silently wrong.
+context only), so there is no value to imitate and a made-up number would be silently wrong. The released
+code treats the first ``seq_len * frame_skip - 1`` steps as context (15 for every released pair); for
+frame_skip 1 that is the same step, for (4, 4) we score steps 12-14 as well, with the same frames
+(t-12, t-8, t-4, t) the released code would use from step 15 on.
 """
 
 from __future__ import annotations
