@@ -101,3 +101,11 @@ def test_stage_end_to_end_on_real_rollouts(tmp_path):
     (out / "episodes.jsonl").write_text("\n".join(lines[:4]) + '\n{"task": "dmc/cart')
     assert reward_eval.run(cfg) == pytest.approx(metrics)
     assert len((out / "episodes.jsonl").read_text().splitlines()) == 10
+    # `viper score` reads an episode straight from the store.
+    from viper.reward import score
+
+    summary, rewards, png = score.run(cfg, paths.store(tmp_path, "dmc"), TASK, episode=2)
+    assert png == out / "score" / "dmc-cartpole_balance-ep2.reward.png" and png.stat().st_size > 1000
+    assert summary["score/scored_steps"] == np.isfinite(rewards).sum() == len(rewards) - 3
+    with pytest.raises(ViperError, match="episodes 0..3"):
+        score.run(cfg, paths.store(tmp_path, "dmc"), TASK, episode=9)
