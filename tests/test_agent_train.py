@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -57,6 +58,10 @@ def test_killed_run_resumes_with_one_load_and_its_replay(tmp_path):
     assert metrics["replay_steps_at_start"] == saved["env_steps"]
     assert metrics["env_steps"] == 300 and metrics["replay_steps"] == 300
     assert metrics["updates"] > saved["updates"]
+    # The world model learns from real pixels across the kill: the image loss falls (metrics.jsonl continues).
+    rows = [json.loads(line) for line in (run_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+    image_loss = [r["agent/loss/image"] for r in rows if "agent/loss/image" in r]
+    assert len(image_loss) >= 3 and image_loss[-1] < 0.7 * image_loss[0], image_loss
     assert (run_dir / "metrics.json").exists() and (run_dir / "plots" / "returns.png").exists()
     assert list((run_dir / "videos").glob("eval_*.gif"))
 

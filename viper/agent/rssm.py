@@ -119,10 +119,10 @@ class RSSM(nn.Module):
         stoch = sample_onehot(logits) if sample else mode_onehot(logits)
         return State(deter, stoch, logits)
 
-    def _reset(self, state: State, action: Tensor, is_first: Tensor) -> tuple[State, Tensor]:
-        """Where ``is_first`` (B,) is set: state <- initial state, previous action <- 0."""
+    def _reset(self, state: State, action: Tensor, is_first: Tensor, init: State | None = None) -> tuple[State, Tensor]:
+        """Where ``is_first`` (B,) is set: state <- initial state (``init`` if given), previous action <- 0."""
         keep = (~is_first).to(action.dtype)[:, None]
-        init = self.initial(is_first.shape[0])
+        init = self.initial(is_first.shape[0]) if init is None else init
         state = State(
             state.deter * keep + init.deter * (1 - keep),
             state.stoch * keep[..., None] + init.stoch * (1 - keep[..., None]),
@@ -151,11 +151,11 @@ class RSSM(nn.Module):
         # The embedding's part of obs_out's linear map, for all steps at once: (B, T, units).
         w_deter, w_embed = self.obs_out.linear.weight.split([self.deter, embed.shape[-1]], dim=1)
         embed_proj = F.linear(embed, w_embed)
-        state = self.initial(batch)
-        action = torch.zeros_like(prev_action[:, 0])
+        init = self.initial(batch)
+        state = init
         deters, stochs, logits_all = [], [], []
         for t in range(length):
-            state, action = self._reset(state, prev_action[:, t], is_first[:, t])
+            state, action = self._reset(state, prev_action[:, t], is_first[:, t], init)
             x = self.img_in(torch.cat([state.stoch.flatten(-2), self._clip_action(action)], -1))
             deter = self._gru_step(x, state.deter)
             hidden = F.silu(self.obs_out.norm(F.linear(deter, w_deter) + embed_proj[:, t]))

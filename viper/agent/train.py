@@ -265,7 +265,9 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, Any]:
-    """``viper train-agent`` / ``viper expert``: train every requested (task, seed) into its agent folder."""
+    """``viper train-agent`` / ``viper expert``: train every requested (task, seed) into its agent folder.
+
+    Returns flat summary metrics keyed ``<task slug>/seed<k>/<metric>``."""
     reward = "task" if command == "expert" else (getattr(args, "reward", None) or cfg.agent.reward)
     make_reward_source(reward)  # fail before any env starts
     tasks = [args.task] if args.task else list(cfg.agent.tasks)
@@ -282,5 +284,5 @@ def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, Any]:
                 f"{command}: {task} seed {seed}: eval return {metrics['eval_task_return']:.1f} after "
                 f"{metrics['env_steps']} env steps ({out})"
             )
-            results[f"{paths.slug(task)}/seed{seed}"] = metrics
+            results.update({f"{paths.slug(task)}/seed{seed}/{k}": v for k, v in metrics.items()})
     return results
