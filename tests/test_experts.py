@@ -1,0 +1,176 @@
+"""Scripted experts are true experts (far above random, at the stated thresholds); policy specs; rollouts.
+
+Random baselines are rolled out here with the same code path (``rollout(task, "random", seed)``), never
+hard-coded. Seeds are few: one DMC episode costs about a second of CPU at fast rendering.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from viper.envs import make
+from viper.errors import ViperError
+from viper.experts import Episode, NoisyPolicy, make_policy, rollout, scripted_tasks
+from viper.experts.rollout import action_row
+
+# task -> (expert seeds, threshold on the mean expert return). Measured means at repeat 2 (8 seeds):
+# cartpole_balance ~1000, cartpole_swingup ~863, pendulum_swingup ~830 (680-930: swing-up time depends on the
+# start angle), pointmass_easy ~896, reacher_easy ~985.
+DMC_EXPERTS = {
+    "dmc/cartpole_balance": ((0, 1), 900.0),
+    "dmc/cartpole_swingup": ((0, 1, 2), 800.0),
+    "dmc/pendulum_swingup": ((0, 1, 2), 700.0),
+    "dmc/pointmass_easy": ((0, 1), 800.0),
+    "dmc/reacher_easy": ((0, 1), 900.0),
+}
+
+
+def mean_return(task: str, policy: str, seeds) -> float:
+    return float(np.mean([rollout(task, policy, seed).task_return for seed in seeds]))
+
+
+@pytest.mark.parametrize("task", sorted(DMC_EXPERTS))
+def test_dmc_expert_beats_threshold_and_random(task):
+    seeds, threshold = DMC_EXPERTS[task]
+    expert = mean_return(task, "expert", seeds)
+    random = mean_return(task, "random", seeds[:2])
+    assert expert >= threshold, f"{task}: expert mean return {expert:.1f} < {threshold}"
+    assert expert >= 2.5 * random + 300, f"{task}: expert {expert:.1f} not far above random {random:.1f}"
+
+
+def points(episode: Episode) -> tuple[int, int]:
+    return int((episode.rewards > 0).sum()), int((episode.rewards < 0).sum())
+
+
+def test_pong_expert_wins_points_random_loses_them():
+    """A fixed number of steps, not a whole game (measured: ~3-5 points won and 0-1 lost per 1000 steps)."""
+    steps = 1000
+    expert = [points(rollout("atari/pong", "expert", seed=seed, episode_env_steps=steps)) for seed in (0, 1)]
+    won, lost = sum(w for w, _ in expert), sum(lo for _, lo in expert)
+    random_won, random_lost = points(rollout("atari/pong", "random", seed=0, episode_env_steps=steps))
+    assert won >= 5 and won >= 3 * lost, f"expert won {won}, lost {lost} in 2 x {steps} steps"
+    assert random_lost >= 10 and random_won <= 1, f"random won {random_won}, lost {random_lost}"
+    assert (won - lost) / 2 - (random_won - random_lost) >= 12
+
+
+def test_rollout_layout_and_replay():
+    """Row i of actions led to frame i: replaying the actions in a fresh env gives the same frames."""
+    ep = rollout("dmc/cartpole_swingup", "noisy:0.5", seed=2, episode_env_steps=12)
+    assert ep.frames.shape == (13, 64, 64, 3) and ep.frames.dtype == np.uint8
+    assert ep.actions.shape == (13, 1) and ep.actions.dtype == np.float32
+    assert ep.rewards.shape == (13,) and ep.rewards.dtype == np.float32
+    assert not ep.actions[0].any() and ep.rewards[0] == 0.0 and not ep.terminated
+    assert ep.task_return == pytest.approx(float(ep.rewards.sum()), rel=1e-6)
+    env = make("dmc/cartpole_swingup", seed=2)
+    frames = [env.reset(seed=2)[0]]
+    rewards = [0.0]
+    for action in ep.actions[1:]:
+        obs, reward, *_ = env.step(action)
+        frames.append(obs)
+        rewards.append(reward)
+    env.close()
+    np.testing.assert_array_equal(np.stack(frames), ep.frames)
+    np.testing.assert_allclose(rewards, ep.rewards, rtol=1e-6)
+
+
+def test_atari_rollout_actions_are_one_hot():
+    ep = rollout("atari/pong", "random", seed=1, episode_env_steps=20)
+    assert ep.actions.shape == (21, 18)
+    assert not ep.actions[0].any()
+    np.testing.assert_array_equal(ep.actions[1:].sum(1), 1.0)
+
+
+@pytest.mark.parametrize(
+    ("task", "policy", "steps"),
+    [("dmc/reacher_easy", "noisy:0.3", 25), ("dmc/cartpole_balance", "random", 25), ("atari/pong", "noisy:0.5", 60)],
+)
+def test_rollout_is_deterministic(task, policy, steps):
+    a = rollout(task, policy, seed=5, episode_env_steps=steps)
+    b = rollout(task, policy, seed=5, episode_env_steps=steps)
+    np.testing.assert_array_equal(a.frames, b.frames)
+    np.testing.assert_array_equal(a.actions, b.actions)
+    np.testing.assert_array_equal(a.rewards, b.rewards)
+    c = rollout(task, policy, seed=6, episode_env_steps=steps)
+    assert not np.array_equal(a.actions, c.actions), "another seed should give other random actions"
+
+
+def test_noisy_zero_is_the_expert():
+    a = rollout("dmc/pointmass_easy", "expert", seed=1, episode_env_steps=20)
+    b = rollout("dmc/pointmass_easy", "noisy:0", seed=1, episode_env_steps=20)
+    np.testing.assert_array_equal(a.frames, b.frames)
+
+
+class _Constant:
+    """Deterministic stand-in expert for counting how often NoisyPolicy replaces actions."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, obs):
+        self.calls += 1
+        return np.full(2, 5.0, dtype=np.float32)  # outside the action space: replaced actions are obvious
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.25, 1.0])
+def test_noisy_replaces_a_fraction_epsilon(epsilon):
+    import gymnasium
+
+    space = gymnasium.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+    expert = _Constant()
+    policy = NoisyPolicy(expert, epsilon, space, seed=0)
+    draws = 4000
+    replaced = sum(bool((policy.act(None) != 5.0).all()) for _ in range(draws))
+    assert expert.calls == draws, "the expert is consulted every step"
+    assert abs(replaced / draws - epsilon) < 0.03
+
+
+def test_action_row():
+    import gymnasium
+
+    np.testing.assert_array_equal(action_row(2, gymnasium.spaces.Discrete(4)), [0, 0, 1, 0])
+    box = gymnasium.spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
+    assert action_row(np.array([0.1, 0.2, 0.3]), box).dtype == np.float32
+
+
+@pytest.fixture(scope="module")
+def env():
+    env = make("dmc/cartpole_balance", seed=0)
+    yield env
+    env.close()
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("expertt", "unknown policy"),
+        ("noisy:abc", "not a number"),
+        ("noisy:1.5", r"in \[0, 1\]"),
+        ("noisy:", "not a number"),
+        ("checkpoint:", "expected 'checkpoint:<path"),
+        ("checkpoint:/nonexistent/agent", "/nonexistent/agent does not exist"),
+        (3, "expected 'expert'"),
+    ],
+)
+def test_bad_specs_are_clear_errors(env, spec, message):
+    with pytest.raises(ViperError, match=message):
+        make_policy(spec, "dmc/cartpole_balance", env, seed=0)
+
+
+def test_checkpoint_without_a_checkpoint_is_a_clear_error(env, tmp_path):
+    """An existing folder without a complete agent checkpoint (or no agent module yet): a ViperError."""
+    with pytest.raises(ViperError, match="checkpoint"):
+        make_policy(f"checkpoint:{tmp_path}", "dmc/cartpole_balance", env, seed=0)
+
+
+def test_task_without_expert_lists_the_ones_with(env):
+    with pytest.raises(ViperError, match="dmc/cartpole_swingup.*dmc/reacher_easy"):
+        make_policy("expert", "dmc/walker_walk", env, seed=0)
+    with pytest.raises(ViperError, match="no scripted expert"):
+        make_policy("noisy:0.5", "dmc/walker_walk", env, seed=0)
+    with pytest.raises(ViperError, match="unknown task"):
+        make_policy("random", "dmc/walker_run", env, seed=0)
+    assert {"dmc/cartpole_balance", "atari/pong"} <= set(scripted_tasks())
