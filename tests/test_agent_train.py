@@ -83,7 +83,7 @@ def test_killed_run_resumes_with_one_load_and_its_replay(tmp_path):
         env.close()
 
 
-def test_viper_reward_is_a_clear_error_until_issue_7(tmp_path):
+def test_viper_reward_without_a_reward_model_is_a_clear_error(tmp_path):
     proc = _viper(
         ["train-agent", "--preset", "tiny", "--task", TASK, "--reward", "viper", "-S", f"data_dir={tmp_path}"],
         tmp_path,
@@ -92,7 +92,8 @@ def test_viper_reward_is_a_clear_error_until_issue_7(tmp_path):
         text=True,
     )
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2 and "issue 7" in err and "Traceback" not in err
+    assert proc.returncode == 2 and "dvc repro train-videogpt" in err and "Traceback" not in err
+    assert not (tmp_path / "agents").exists(), "no run may start without its reward model"
 
 
 def test_checkpoint_policy_names_a_missing_checkpoint(tmp_path):

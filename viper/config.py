@@ -288,11 +288,19 @@ class AgentConfig:
     actor_entropy: float = 3e-4
     """Actor entropy regulariser."""
     expl_weight: float = 1.0
-    """Weight beta of the Plan2Explore disagreement advantage (0 disables exploration)."""
+    """Weight beta of the Plan2Explore disagreement advantage with reward viper (published 1; 0 drops it)."""
     density_weight: float = 1.0
-    """Weight of the VIPER (density) advantage."""
+    """Weight of the VIPER (density) advantage; advantages are mixed as w_k / sum(w) (published 1 and 1)."""
+    disag_models: int = 8
+    """Plan2Explore ensemble members predicting the next stochastic state (published 8)."""
+    expl_lr: float = 1e-4
+    """Adam learning rate of the disagreement ensemble (published ``expl_opt``)."""
+    expl_eps: float = 1e-5
+    """Adam epsilon of the disagreement ensemble."""
+    expl_grad_clip: float = 100.0
+    """Gradient clipping (global norm) of the disagreement ensemble."""
     context_steps: int = 15
-    """Reward-model context steps at the start of every replay chunk (not inserted into replay)."""
+    """Published context steps per replay chunk (window 16 - 1); reward viper uses its model's window - 1."""
     eval_every_env_steps: int = 10_000
     """Agent steps between evaluation episodes."""
     eval_episodes: int = 1

@@ -1,8 +1,16 @@
 """The DreamerV3 agent: world model + actor-critic, their Adam optimisers, one update, and acting.
 
-One update (``update``) on a replay batch (B x T): world-model loss and step; imagination of H steps from all
-B*T posterior states; actor and critic losses and steps; slow-critic EMA. Published optimiser settings:
-Adam, world model lr 1e-4 / eps 1e-8 / global-norm clip 1000, actor and critic lr 3e-5 / eps 1e-5 / clip 100.
+One update (``update``) on a replay batch (B x T): world-model loss and step; with exploration, one step of
+the disagreement ensemble on the posterior; imagination of H steps from all B*T posterior states; actor and
+critic losses and steps; slow-critic EMA. Published optimiser settings: Adam, world model lr 1e-4 / eps 1e-8 /
+global-norm clip 1000, actor and critic lr 3e-5 / eps 1e-5 / clip 100 (each critic clipped on its own, as each
+published ``VFunction`` has its own optimiser), disagreement ensemble lr 1e-4 / eps 1e-5 / clip 100.
+
+Behaviours (``critic_scales``): the task reward trains one critic on the ``reward`` head (DreamerV3's
+``Greedy``, experts and the oracle). Any other reward (VIPER's ``density``) is the published ``Prior``
+behaviour: a critic on that head (weight ``agent.density_weight``) and a Plan2Explore disagreement critic
+(weight ``agent.expl_weight``), each with its own slow critic and return normaliser; the advantages are mixed
+``sum_k w_k adv_k / sum_k w_k``; a zero weight removes that critic (and the ensemble) altogether, as published.
 On CUDA the forward passes run under bf16 autocast and modules may be compiled; on CPU everything is fp32.
 """
 
@@ -16,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from viper.agent.actor_critic import ACSettings, ActorCritic, imagined_cont
+from viper.agent.exploration import Disagreement
 from viper.agent.rssm import State
 from viper.agent.world_model import SIZES, WorldModel
 from viper.config import AgentConfig
@@ -35,12 +44,31 @@ def _adam(params, opt: OptSettings) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=opt.lr, eps=opt.eps)
 
 
+DISAG = "disag"
+"""Critic name of the Plan2Explore disagreement reward."""
+
+
+def critic_scales(cfg: AgentConfig, reward_name: str) -> dict[str, float]:
+    """Advantage weight per critic (zero weights dropped): ``{"reward": 1}`` for the task reward, else
+    ``{reward_name: density_weight, "disag": expl_weight}`` (published ``prior_rewards`` density 1, disag 1)."""
+    if reward_name == "reward":
+        return {"reward": 1.0}
+    for key in ("density_weight", "expl_weight"):
+        if getattr(cfg, key) < 0:
+            raise ViperError(f"agent.{key}={getattr(cfg, key)}: expected a weight >= 0")
+    scales = {reward_name: cfg.density_weight, DISAG: cfg.expl_weight}
+    scales = {k: v for k, v in scales.items() if v > 0}
+    if not scales:
+        raise ViperError("agent.density_weight and agent.expl_weight are both 0: the actor would have no objective")
+    return scales
+
+
 class Agent(nn.Module):
     """World model and actor-critic for ``action_dim`` actions (one-hot when ``discrete``).
 
     ``reward_name`` is the reward the actor-critic optimises (a world-model head and replay key); the task
     reward head ``reward`` always exists and, when another reward is optimised, learns from stop-gradient
-    features (VIPER's setting).
+    features and is only logged (VIPER's setting: ``grad_heads: [decoder, density, cont]``).
     """
 
     def __init__(self, cfg: AgentConfig, action_dim: int, discrete: bool, reward_name: str, device) -> None:
@@ -58,9 +86,13 @@ class Agent(nn.Module):
             return_lambda=cfg.return_lambda,
             actor_entropy=cfg.actor_entropy,
         )
-        self.ac = ActorCritic(
-            self.wm.rssm.feat_dim, action_dim, discrete, size.layers, size.units, {reward_name: 1.0}, settings
-        )
+        scales = critic_scales(cfg, reward_name)
+        feat_dim = self.wm.rssm.feat_dim
+        self.expl = None
+        if DISAG in scales:
+            stoch_dim = size.stoch * size.classes
+            self.expl = Disagreement(feat_dim, action_dim, stoch_dim, size.layers, size.units, cfg.disag_models)
+        self.ac = ActorCritic(feat_dim, action_dim, discrete, size.layers, size.units, scales, settings)
         self.device = torch.device(device)
         self.to(self.device)
         self.model_opt_settings = OptSettings(cfg.model_lr, cfg.model_eps, cfg.model_grad_clip)
@@ -72,6 +104,9 @@ class Agent(nn.Module):
         self.model_opt = _adam(self.model_params, self.model_opt_settings)
         self.actor_opt = _adam(self.actor_params, self.actor_opt_settings)
         self.critic_opt = _adam(self.critic_params, self.critic_opt_settings)
+        self.expl_opt_settings = OptSettings(cfg.expl_lr, cfg.expl_eps, cfg.expl_grad_clip)
+        self.expl_params = list(self.expl.parameters()) if self.expl is not None else []
+        self.expl_opt = _adam(self.expl_params, self.expl_opt_settings) if self.expl is not None else None
         self.cuda = self.device.type == "cuda"
         if cfg.compile and self.cuda:
             # Compile the batched, shape-stable parts; the Python loops over time stay eager.
@@ -98,8 +133,35 @@ class Agent(nn.Module):
         self.model_opt.step()
         metrics = {f"wm/{k}" if not k.startswith("loss/") else k: v for k, v in metrics.items()}
         metrics["loss/model"] = wm_loss.detach()
+        if self.expl is not None:
+            metrics.update(self._train_expl(post, batch["action"]))
         metrics.update(self._behaviour(post, batch["is_terminal"]))
         return metrics
+
+    def _train_expl(self, post: State, action: Tensor) -> dict[str, Tensor]:
+        # Published order: the reward ensemble learns on the posterior before the actor-critic imagines.
+        with self._autocast():
+            loss = self.expl.loss(post.feat(), action, post.stoch)
+        self.expl_opt.zero_grad(set_to_none=True)
+        loss.backward(inputs=self.expl_params)
+        norm = nn.utils.clip_grad_norm_(self.expl_params, self.expl_opt_settings.clip)
+        self.expl_opt.step()
+        return {"loss/disag": loss.detach(), "grad_norm/disag": norm}
+
+    def imagined_rewards(self, feat: Tensor, actions: Tensor) -> dict[str, Tensor]:
+        """Reward per critic on arriving at imagined states 1..H: feat (H+1, N, F), actions (H, N, A) -> (H, N).
+
+        Head rewards come from the world model; the disagreement of state t needs the action taken there, so
+        the policy also acts in the last state (the published ``imagine`` samples H+1 actions)."""
+        rewards = {}
+        for name in self.ac.critics:
+            if name == DISAG:
+                last, _ = self.ac.policy(feat[-1].detach())
+                taken = torch.cat([actions[1:], last[None].to(actions.dtype)], 0)
+                rewards[name] = self.expl.reward(feat[1:], taken)
+            else:
+                rewards[name] = self.wm.reward(name, feat[1:])
+        return rewards
 
     def _behaviour(self, post: State, is_terminal: Tensor) -> dict[str, Tensor]:
         # Imagine from every posterior state of the batch: (B, T, ...) -> (N=B*T, ...), no gradient into the
@@ -109,7 +171,7 @@ class Agent(nn.Module):
         with self._autocast():
             traj, actions, outs = self.wm.imagine(self.ac.policy, start, self.cfg.imag_horizon)
             feat = traj.feat()
-            rewards = {name: self.wm.reward(name, feat[1:]) for name in self.ac.critics}
+            rewards = self.imagined_rewards(feat, actions)
             with torch.no_grad():
                 cont = imagined_cont(self.wm.cont_prob(feat), first_cont)
             actor_loss, critic_loss, metrics = self.ac.losses(feat, actions, torch.stack(outs), rewards, cont)
@@ -120,7 +182,9 @@ class Agent(nn.Module):
         actor_loss.backward(inputs=self.actor_params, retain_graph=True)
         critic_loss.backward(inputs=self.critic_params)
         metrics["grad_norm/actor"] = nn.utils.clip_grad_norm_(self.actor_params, self.actor_opt_settings.clip)
-        metrics["grad_norm/critic"] = nn.utils.clip_grad_norm_(self.critic_params, self.critic_opt_settings.clip)
+        for name, critic in self.ac.critics.items():
+            norm = nn.utils.clip_grad_norm_(list(critic.parameters()), self.critic_opt_settings.clip)
+            metrics["grad_norm/critic" if len(self.ac.critics) == 1 else f"grad_norm/critic_{name}"] = norm
         self.actor_opt.step()
         self.critic_opt.step()
         self.ac.update_slow()
@@ -156,13 +220,18 @@ class Agent(nn.Module):
         return action.cpu().numpy(), (state, action)
 
     def optimizer_state(self) -> dict:
-        return {
+        state = {
             "model": self.model_opt.state_dict(),
             "actor": self.actor_opt.state_dict(),
             "critic": self.critic_opt.state_dict(),
         }
+        if self.expl_opt is not None:
+            state["expl"] = self.expl_opt.state_dict()
+        return state
 
     def load_optimizer_state(self, state: dict) -> None:
         self.model_opt.load_state_dict(state["model"])
         self.actor_opt.load_state_dict(state["actor"])
         self.critic_opt.load_state_dict(state["critic"])
+        if self.expl_opt is not None:
+            self.expl_opt.load_state_dict(state["expl"])

@@ -1,7 +1,17 @@
-"""Periodic evaluation during training: episodes in a separate env, an episode GIF, the return curve PNG."""
+"""Periodic evaluation during training: episodes in a separate env, an episode GIF, the return curve PNG.
+
+Every episode reports its task return (the environment's reward: the true return, whatever the agent
+optimises) and, when the run has a VIPER reward model, its VIPER return: the sum of the per-step rewards of
+the whole episode scored at once (steps before the first full window have none). The first episode of each
+evaluation is written as ``videos/eval_<step>.gif``, with the VIPER reward curve drawn under the frames, and
+(VIPER runs) as ``videos/eval_<step>.npz`` holding its ``frames`` and ``viper_rewards``, so that
+``viper score <npz> --task <task>`` reproduces the logged rewards.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -9,23 +19,46 @@ import numpy as np
 import viper.envs
 from viper.agent.driver import env_seed, run_episode
 from viper.config import AgentConfig
+from viper.eval.video import reward_video, write_gif
 
 EVAL_STREAM = 10_000
 """Seed stream of the evaluation env (training envs use streams 0..envs-1)."""
 KEEP_GIFS = 5
-"""Newest evaluation GIFs kept in ``<run>/videos``."""
+"""Newest evaluation GIFs (and episode files) kept in ``<run>/videos``."""
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Returns per evaluation episode (``viper_returns`` empty without a reward model) and mean length."""
+
+    task_returns: list[float]
+    viper_returns: list[float]
+    mean_length: float
 
 
 class Evaluator:
     """Plays ``eval_episodes`` episodes with the agent's policy; writes ``videos/eval_<step>.gif`` (first
-    episode) and ``plots/returns.png``."""
+    episode; ``.npz`` too with a reward model) and ``plots/returns.png``.
 
-    def __init__(self, task: str, seed: int, acfg: AgentConfig, out_dir: Path, restart: int) -> None:
+    ``score_episode`` maps an episode's frames uint8 (T, 64, 64, 3) to its per-step VIPER rewards (T,) (NaN
+    before a full window); ``None`` for runs without a reward model.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        seed: int,
+        acfg: AgentConfig,
+        out_dir: Path,
+        restart: int,
+        score_episode: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
         self.task, self.seed, self.acfg, self.out_dir, self.restart = task, seed, acfg, Path(out_dir), restart
+        self.score_episode = score_episode
         self.env = None
 
-    def __call__(self, agent, env_step: int) -> tuple[list[float], float]:
-        """Mean-able task returns of the episodes and their mean length (agent steps)."""
+    def __call__(self, agent, env_step: int) -> EvalResult:
+        """Play the episodes; task (and VIPER) return of each, mean length in agent steps."""
         if self.env is None:
             self.env = viper.envs.make(
                 self.task,
@@ -33,7 +66,7 @@ class Evaluator:
                 action_repeat=self.acfg.action_repeat,
                 episode_env_steps=self.acfg.episode_env_steps or None,
             )
-        returns, lengths = [], []
+        returns, viper_returns, lengths = [], [], []
         for episode in range(self.acfg.eval_episodes):
             carry = [agent.initial_carry(1)]
 
@@ -44,21 +77,29 @@ class Evaluator:
             total, frames, steps = run_episode(self.env, act)
             returns.append(total)
             lengths.append(steps)
+            rewards = None
+            if self.score_episode is not None:
+                rewards = np.asarray(self.score_episode(frames), np.float32)
+                viper_returns.append(float(np.nansum(rewards, dtype=np.float64)))
             if episode == 0:
-                self._gif(frames, env_step)
-        return returns, float(np.mean(lengths))
+                self._save(frames, rewards, env_step)
+        return EvalResult(returns, viper_returns, float(np.mean(lengths)))
 
-    def _gif(self, frames: np.ndarray, env_step: int) -> None:
-        import imageio.v3 as iio
-
+    def _save(self, frames: np.ndarray, rewards: np.ndarray | None, env_step: int) -> None:
         folder = self.out_dir / "videos"
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"eval_{env_step:09d}.gif"
-        tmp = folder / f".{path.name}.tmp"
-        iio.imwrite(tmp, frames, extension=".gif", duration=40, loop=0)
-        tmp.replace(path)
-        for old in sorted(folder.glob("eval_*.gif"))[:-KEEP_GIFS]:
-            old.unlink()
+        name = f"eval_{env_step:09d}"
+        if rewards is None:
+            write_gif(folder / f"{name}.gif", frames, fps=25)
+        else:
+            write_gif(folder / f"{name}.gif", reward_video(frames, rewards), fps=25)
+            tmp = folder / f".{name}.npz.tmp"
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, frames=frames, viper_rewards=rewards)
+            tmp.replace(folder / f"{name}.npz")
+        for pattern in ("eval_*.gif", "eval_*.npz"):
+            for old in sorted(folder.glob(pattern))[:-KEEP_GIFS]:
+                old.unlink()
 
     def plot(self, eval_history: list, train_history: list) -> None:
         """Return curve over env frames (agent steps x action repeat): evaluation and training episodes."""

@@ -4,9 +4,16 @@ Loop (per iteration, E envs step at once): act (random until replay holds one ba
 code prefills), insert the step rows through the reward source, then run as many updates as ``train_ratio``
 owes: after training starts at step s0, the count by env step s is ``1 + floor((s - s0) * train_ratio /
 (batch_size * batch_length))`` (the 2023 ``Ratio``). Every ``eval_every_env_steps`` an evaluation env plays
-``eval_episodes`` episodes (task return, a GIF); every ``checkpoint_every_env_steps`` a checkpoint folder
-holds the agent, optimisers, return normalisers, counters, RNG states and the replay buffer. Re-running the
-same command resumes from the newest complete checkpoint (envs restart with fresh episodes).
+``eval_episodes`` episodes (task return, VIPER return with reward viper, a GIF); every
+``checkpoint_every_env_steps`` a checkpoint folder holds the agent, optimisers, return normalisers, counters,
+RNG states and the replay buffer. Re-running the same command resumes from the newest complete checkpoint
+(envs restart with fresh episodes). Checkpoints carry a fingerprint (the agent settings that shape the run,
+the task, and with reward viper the reward model's prior checkpoint, tokenizer hash and mode): a run whose
+settings or reward model changed starts afresh instead of resuming.
+
+With reward ``viper`` (``viper.agent.viper_reward``), steps enter replay through the chunked relabelling of
+``viper.agent.rewards.Inserter``; training episodes log both their task return and their VIPER return (the sum
+of the rewards inserted for them).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from viper.agent.agent import Agent
 from viper.agent.driver import EnvPool
 from viper.agent.evaluation import Evaluator
 from viper.agent.replay import Replay
-from viper.agent.rewards import Inserter, make_reward_source
+from viper.agent.rewards import Inserter, check_reward, make_reward_source
 from viper.checkpoint import Checkpointer, rng_state, set_rng_state
 from viper.config import AgentConfig, Config
 from viper.errors import ViperError
@@ -76,13 +83,15 @@ def run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[s
     (``checkpoint_loads``, ``start_env_steps``, ``replay_steps_at_start``, ``replay_steps``).
     """
     acfg = cfg.agent
-    source = make_reward_source(reward)
+    source = make_reward_source(reward, cfg, task)
     out_dir = Path(out_dir)
     device = resolve_device(acfg.device)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    ckpt = Checkpointer(out_dir / "checkpoints", keep=acfg.keep_checkpoints)
+    ckpt = Checkpointer(
+        out_dir / "checkpoints", keep=acfg.keep_checkpoints, fingerprint=fingerprint(acfg, task, source)
+    )
     loaded = ckpt.load_latest()
     counters = _new_counters(acfg)
     if loaded is not None:
@@ -115,7 +124,7 @@ def run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[s
         "discrete": envs.discrete,
         "reward_name": source.name,
     }
-    evaluator = Evaluator(task, seed, acfg, out_dir, counters["restarts"])
+    evaluator = Evaluator(task, seed, acfg, out_dir, counters["restarts"], getattr(source, "score_episode", None))
 
     def save() -> None:
         state = {
@@ -159,6 +168,9 @@ def run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[s
         "eval_task_return": last_eval,
         "wall_s": round(counters["wall_s"], 1),
     }
+    viper_evals = counters.get("eval_viper_history", [])
+    if viper_evals:
+        metrics["eval_viper_return"] = viper_evals[-1][1]
     write_json(out_dir / "metrics.json", metrics)
     return {
         **metrics,
@@ -175,10 +187,39 @@ def _config_dict(acfg: AgentConfig) -> dict[str, Any]:
     return dataclasses.asdict(acfg)
 
 
+RESUMABLE_CHANGES = (
+    "tasks",
+    "seeds",
+    "env_steps",
+    "eval_every_env_steps",
+    "eval_episodes",
+    "eval_sample",
+    "log_every_env_steps",
+    "checkpoint_every_env_steps",
+    "keep_checkpoints",
+    "parallel_envs",
+    "compile",
+    "device",
+)
+"""Agent settings that may change without invalidating a run (a longer ``env_steps`` continues it)."""
+
+
+def fingerprint(acfg: AgentConfig, task: str, source) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the run-shaping agent settings, task and reward source."""
+    shaping = {k: v for k, v in _config_dict(acfg).items() if k not in RESUMABLE_CHANGES}
+    reward = source.fingerprint() if hasattr(source, "fingerprint") else {}
+    return {"agent": shaping, "task": task, "reward_source": source.name, "reward_model": reward}
+
+
 def _evaluate(agent: Agent, evaluator, counters: dict, log: Logger) -> None:
-    returns, length = evaluator(agent, counters["env_steps"])
-    counters["eval_history"].append((counters["env_steps"], float(np.mean(returns))))
-    log.scalars({"episode/task_return": np.mean(returns), "episode/length": length}, counters["env_steps"])
+    result = evaluator(agent, counters["env_steps"])
+    step = counters["env_steps"]
+    counters["eval_history"].append((step, float(np.mean(result.task_returns))))
+    row = {"episode/task_return": np.mean(result.task_returns), "episode/length": result.mean_length}
+    if result.viper_returns:
+        counters.setdefault("eval_viper_history", []).append((step, float(np.mean(result.viper_returns))))
+        row["episode/viper_return"] = np.mean(result.viper_returns)
+    log.scalars(row, step)
     evaluator.plot(counters["eval_history"], counters["train_history"])
 
 
@@ -220,6 +261,12 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
             log.scalars(
                 {"train/episode_task_return": ep_return[i], "train/episode_length": ep_length[i]}, counters["env_steps"]
             )
+        for _, total, steps in inserter.finished:
+            # The optimised reward's return of a finished training episode (VIPER: sum of its inserted rewards).
+            log.scalars(
+                {"train/episode_viper_return": total, "train/episode_viper_steps": steps}, counters["env_steps"]
+            )
+        inserter.finished.clear()
         obs, reward, is_first, is_last, is_terminal = envs.step(action)
         counters["env_steps"] += count
         step = counters["env_steps"]
@@ -269,8 +316,13 @@ def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, Any]:
 
     Returns flat summary metrics keyed ``<task slug>/seed<k>/<metric>``."""
     reward = "task" if command == "expert" else (getattr(args, "reward", None) or cfg.agent.reward)
-    make_reward_source(reward)  # fail before any env starts
+    check_reward(reward)
     tasks = [args.task] if args.task else list(cfg.agent.tasks)
+    if reward == "viper":
+        from viper.agent.viper_reward import reward_model_dirs
+
+        for task in tasks:
+            reward_model_dirs(cfg, task)  # fail before any env starts
     if args.seed is not None:
         seeds = [args.seed]
     else:
@@ -280,9 +332,12 @@ def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, Any]:
         for seed in seeds:
             out = paths.agent_dir(cfg.data_dir, reward, task, seed)
             metrics = run(cfg, task, seed, reward, out)
+            viper_return = (
+                f", VIPER return {metrics['eval_viper_return']:.1f}" if "eval_viper_return" in metrics else ""
+            )
             print(
-                f"{command}: {task} seed {seed}: eval return {metrics['eval_task_return']:.1f} after "
-                f"{metrics['env_steps']} env steps ({out})"
+                f"{command}: {task} seed {seed}: eval task return {metrics['eval_task_return']:.1f}{viper_return} "
+                f"after {metrics['env_steps']} env steps ({out})"
             )
             results.update({f"{paths.slug(task)}/seed{seed}/{k}": v for k, v in metrics.items()})
     return results

@@ -1,0 +1,265 @@
+"""VIPER inside the agent: relabel windowing and episode boundaries, the density head's target, advantage mixing
+of two critics, beta = 0, and the disagreement reward - each against a slow, obviously-correct reference.
+
+The reward model is the real one (``VideoReward``: the VQ-GAN at tiny sizes and a small VideoGPT, random
+weights): the properties tested here hold for any weights, and a random prior gives every window its own value,
+so a step scored with the wrong window cannot pass.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from viper.agent.actor_critic import ACSettings, ActorCritic
+from viper.agent.agent import Agent, critic_scales
+from viper.agent.dists import TwoHot
+from viper.agent.exploration import Disagreement
+from viper.agent.replay import Replay
+from viper.agent.rewards import Inserter
+from viper.agent.train import replay_spec
+from viper.agent.viper_reward import ViperReward
+from viper.config import AgentConfig, RewardConfig, TokenizerConfig
+from viper.errors import ViperError
+from viper.models.videogpt import LoadedPrior, PriorSpec, VideoGPT
+from viper.models.vqgan import VQGAN, Tokenizer, VQGANArch, weights_hash
+from viper.reward import VideoReward
+
+TASK = "dmc/cartpole_balance"
+
+
+def reward_model(seq_len: int, frame_skip: int) -> VideoReward:
+    cfg = TokenizerConfig(base_channels=8, channel_mult=(1, 2, 2, 2), embed_dim=8, codebook_size=16)
+    torch.manual_seed(0)
+    vqgan = VQGAN(VQGANArch.from_config(cfg))
+    tokenizer = Tokenizer(vqgan, weights_hash(vqgan.state_dict()))
+    spec = PriorSpec(32, 1, 2, 64, 0.0, seq_len, tokenizer.grid, 16, 8, num_classes=1)
+    prior = VideoGPT(spec, tokenizer.codebook)
+    with torch.no_grad():
+        for p in prior.parameters():
+            p.normal_(0.0, 0.2)
+    loaded = LoadedPrior(prior.eval(), (TASK,), tokenizer.hash, seq_len, frame_skip, 0, Path("test-prior"))
+    return VideoReward(tokenizer, loaded, RewardConfig(device="cpu", windows_per_batch=256))
+
+
+def frames(steps: int, seed: int) -> np.ndarray:
+    """Drifting coloured stripes uint8 (T, 64, 64, 3): every frame differs, so every window does."""
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0.0, 1.0, 64)
+    freq, color = rng.uniform(2, 9, 2), rng.uniform(0.2, 1.0, 3)
+    out = np.zeros((steps, 64, 64, 3), np.uint8)
+    for t in range(steps):
+        wave = np.sin(freq[0] * x[:, None] * (1 + 0.2 * t) + freq[1] * x[None, :] + 0.5 * t)
+        out[t] = (127 + 127 * wave[..., None] * color).astype(np.uint8)
+    return out
+
+
+def stream_of(lengths: list[int], seed: int) -> list[dict]:
+    """Back-to-back episodes of one env stream as step rows (is_first opens, is_last closes an episode)."""
+    rows = []
+    for e, length in enumerate(lengths):
+        video = frames(length, seed * 100 + e)
+        for t in range(length):
+            rows.append(
+                {
+                    "image": video[t],
+                    "action": np.full(1, t, np.float32),
+                    "reward": np.float32(e),
+                    "is_first": t == 0,
+                    "is_last": t == length - 1,
+                    "is_terminal": False,
+                    "episode": e,
+                    "t": t,
+                }
+            )
+    return rows
+
+
+def reference_inserts(rows: list[dict], model: VideoReward) -> list[tuple[int, int, float, bool]]:
+    """Slow reference: for every step t >= K = window - 1 of every episode, in order, the reward of the one
+    window ending at t scored on its own; the first inserted step of each episode carries is_first."""
+    window = model.window_frames
+    out = []
+    episodes = sorted({r["episode"] for r in rows})
+    for e in episodes:
+        video = np.stack([r["image"] for r in rows if r["episode"] == e])
+        for t in range(window - 1, len(video)):
+            value = model.score(video[None, t - window + 1 : t + 1], TASK)[0, -1]
+            out.append((e, t, float(value), t == window - 1))
+    return out
+
+
+@pytest.fixture(scope="module", params=[(4, 1), (3, 2)], ids=["window4", "window5-skip2"])
+def model(request) -> VideoReward:
+    return reward_model(*request.param)
+
+
+def fill(model: VideoReward, streams: list[list[dict]], chunk_steps: int) -> tuple[Replay, ViperReward]:
+    source = ViperReward(model, TASK, chunk_steps)
+    spec = replay_spec((64, 64, 3), 1, source.name)
+    replay = Replay(10_000, len(streams), spec, seed=0)
+    inserter = Inserter(replay, source, len(streams))
+    keys = ("image", "action", "reward", "is_first", "is_last", "is_terminal")
+    assert len({len(s) for s in streams}) == 1, "streams step together"
+    for i in range(len(streams[0])):
+        inserter.add({k: np.stack([np.asarray(s[i][k]) for s in streams]) for k in keys})
+    return replay, source
+
+
+def test_relabel_inserts_each_step_with_its_own_window_and_skips_episode_starts(model):
+    # Episodes shorter than the context, equal to a chunk, spanning several chunks, and ending mid-chunk.
+    lengths = [[23, 3, 8, 30], [9, 40, 2, 13]]
+    streams = [stream_of(ls, seed) for seed, ls in enumerate(lengths)]
+    assert len(streams[0]) == len(streams[1])
+    replay, source = fill(model, streams, chunk_steps=8)
+    assert source.context_steps == model.window_frames - 1
+    for stream, rows in enumerate(streams):
+        expected = reference_inserts(rows, model)
+        count = int(replay.count[stream])
+        assert count == len(expected), f"stream {stream}: {count} inserted, {len(expected)} expected"
+        data = {k: v[stream, :count] for k, v in replay.data.items()}
+        # Which step: the inserted actions hold each step's index t; the task reward holds its episode.
+        assert data["action"][:, 0].tolist() == [t for _, t, _, _ in expected]
+        assert data["reward"].tolist() == [e for e, _, _, _ in expected]
+        assert data["is_first"].tolist() == [first for *_, first in expected]
+        np.testing.assert_allclose(data["density"], [v for _, _, v, _ in expected], rtol=1e-5, atol=1e-3)
+        # An episode's end flag survives the relabelling (every episode longer than K ends in replay).
+        assert data["is_last"].sum() == sum(1 for ln in lengths[stream] if ln > source.context_steps)
+
+
+def test_chunked_rewards_equal_the_whole_episode_score(model):
+    rows = stream_of([37], seed=7)
+    replay, source = fill(model, [rows], chunk_steps=11)
+    full = model.score(np.stack([r["image"] for r in rows])[None], TASK)[0]
+    k = source.context_steps
+    assert np.isnan(full[:k]).all() and np.isfinite(full[k:]).all()
+    np.testing.assert_allclose(replay.data["density"][0, : replay.count[0]], full[k:], rtol=1e-5, atol=1e-3)
+
+
+def test_density_head_target_is_the_reward_models_score(model):
+    rows = stream_of([40], seed=3)
+    replay, source = fill(model, [rows], chunk_steps=16)
+    count = int(replay.count[0])
+    full = model.score(np.stack([r["image"] for r in rows])[None], TASK)[0, source.context_steps :]
+    torch.manual_seed(0)
+    agent = Agent(AgentConfig(size="tiny", imag_horizon=3), 1, False, source.name, "cpu")
+    # The task reward head learns from stop-gradient features; the density head shapes the representation.
+    assert agent.wm.head_grad == {"reward": False, "density": True}
+    batch = agent.to_tensors({k: v[:1, :count] for k, v in replay.data.items()})
+    _, post, metrics = agent.wm.loss(batch)
+    with torch.no_grad():
+        logits = agent.wm.heads["density"](post.feat())
+        expected = -TwoHot(logits).log_prob(torch.as_tensor(full[None], dtype=torch.float32)).mean()
+    assert float(metrics["loss/density"]) == pytest.approx(float(expected), rel=1e-5)
+
+
+def _lambda_return_loop(reward, value, disc, lam):
+    """Slow reference of the 2023 lambda-return recursion, one scalar at a time."""
+    horizon, n = reward.shape
+    out = np.zeros((horizon, n))
+    for i in range(n):
+        nxt = value[horizon, i]
+        for t in reversed(range(horizon)):
+            nxt = reward[t, i] + disc[t, i] * ((1 - lam) * value[t + 1, i] + lam * nxt)
+            out[t, i] = nxt
+    return out
+
+
+def _actor_critic(scales: dict[str, float], seed: int = 0) -> ActorCritic:
+    torch.manual_seed(seed)
+    ac = ActorCritic(6, 2, False, 1, 16, scales, ACSettings(actor_entropy=0.0))
+    with torch.no_grad():
+        for critic in ac.critics.values():
+            critic.out.linear.weight.normal_(0.0, 0.5)  # non-zero values, so baselines matter
+    return ac
+
+
+def _imagined(seed: int = 0, horizon: int = 5, n: int = 40):
+    gen = torch.Generator().manual_seed(seed)
+    feat = torch.randn(horizon + 1, n, 6, generator=gen)
+    cont = (torch.rand(horizon + 1, n, generator=gen) > 0.1).float()
+    cont[0] = 1.0
+    actions = torch.rand(horizon, n, 2, generator=gen) * 2 - 1
+    return feat, actions, cont
+
+
+def test_advantages_of_two_critics_are_mixed_as_published():
+    scales = {"density": 2.0, "disag": 0.5}
+    ac = _actor_critic(scales)
+    feat, actions, cont = _imagined()
+    gen = torch.Generator().manual_seed(1)
+    rewards = {"density": -300 + 80 * torch.randn(5, 40, generator=gen), "disag": torch.rand(5, 40, generator=gen)}
+    # Normalisers mid-run: EMA percentiles away from zero (density spans hundreds of nats, disag about 1).
+    ac.retnorms["density"].low.fill_(-900.0), ac.retnorms["density"].high.fill_(-200.0)
+    ac.retnorms["disag"].low.fill_(0.2), ac.retnorms["disag"].high.fill_(0.7)
+    lows = {k: float(ac.retnorms[k].low) for k in scales}
+    highs = {k: float(ac.retnorms[k].high) for k in scales}
+    s = ac.settings
+    with torch.no_grad():
+        values = {k: TwoHot(ac.critics[k](feat)).mean().numpy().astype(np.float64) for k in scales}
+        actor_out = ac.actor(feat[:-1])
+    actor_loss, _, metrics = ac.losses(feat, actions, actor_out, rewards, cont)
+
+    # Hand computation, in float64 with NumPy.
+    c = cont.numpy().astype(np.float64)
+    disc = s.discount * c[1:]
+    weight = np.cumprod(s.discount * c, 0) / s.discount
+    advantage = np.zeros((5, 40))
+    for k, w in scales.items():
+        ret = _lambda_return_loop(rewards[k].numpy().astype(np.float64), values[k], disc, s.return_lambda)
+        q5, q95 = np.percentile(ret, [5, 95])
+        low = s.retnorm_decay * lows[k] + (1 - s.retnorm_decay) * q5
+        high = s.retnorm_decay * highs[k] + (1 - s.retnorm_decay) * q95
+        scale = max(1.0, high - low)
+        assert float(metrics[f"{k}/return_scale"]) == pytest.approx(scale, rel=1e-4)
+        advantage += w / sum(scales.values()) * (ret - values[k][:-1]) / scale
+    expected = np.mean(-advantage * weight[:-1])
+    assert float(metrics["advantage"]) == pytest.approx(advantage.mean(), rel=1e-4, abs=1e-6)
+    assert float(actor_loss.detach()) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
+def test_beta_zero_removes_the_disagreement_critics_influence():
+    feat, actions, cont = _imagined(seed=2)
+    density = torch.randn(5, 40)
+    losses = []
+    for disag_scale in (1.0, 1.0, 0.0, 0.0):
+        ac = _actor_critic({"density": 1.0, "disag": disag_scale}, seed=3)
+        # Two very different disagreement rewards per setting: they matter at beta 1, never at beta 0.
+        disag = torch.full((5, 40), 50.0) if len(losses) % 2 else torch.rand(5, 40, generator=torch.Generator())
+        actor_loss, _, _ = ac.losses(feat, actions, ac.actor(feat[:-1]), {"density": density, "disag": disag}, cont)
+        grads = torch.autograd.grad(actor_loss, list(ac.actor.parameters()), allow_unused=True)
+        losses.append((float(actor_loss), grads))
+    assert losses[0][0] != pytest.approx(losses[1][0])
+    assert losses[2][0] == losses[3][0]
+    for a, b in zip(losses[2][1], losses[3][1], strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)
+    # The agent builds neither the disagreement critic nor its ensemble at beta 0 (the published behaviour).
+    assert critic_scales(AgentConfig(expl_weight=0.0), "density") == {"density": 1.0}
+    assert critic_scales(AgentConfig(), "density") == {"density": 1.0, "disag": 1.0}
+    assert critic_scales(AgentConfig(), "reward") == {"reward": 1.0}
+    agent = Agent(AgentConfig(size="tiny", expl_weight=0.0), 1, False, "density", "cpu")
+    assert list(agent.ac.critics) == ["density"] and agent.expl is None
+    with pytest.raises(ViperError, match="both 0"):
+        critic_scales(AgentConfig(expl_weight=0.0, density_weight=0.0), "density")
+
+
+def test_disagreement_reward_and_loss_match_a_loop_over_members():
+    torch.manual_seed(0)
+    disag = Disagreement(feat_dim=10, action_dim=2, stoch_dim=12, layers=1, units=16, members=4)
+    feat, action = torch.randn(3, 7, 10), torch.rand(3, 7, 2)
+    stoch = torch.nn.functional.one_hot(torch.randint(0, 4, (3, 7, 3)), 4).float()
+    with torch.no_grad():
+        preds = [head(torch.cat([feat, action], -1)).numpy().astype(np.float64) for head in disag.heads]
+        reward = disag.reward(feat, action).numpy()
+        loss = float(disag.loss(feat, action, stoch))
+    stacked = np.stack(preds)
+    mean = stacked.mean(0)
+    # Population std over members per dim, then the mean over the 12 predicted dims.
+    expected = np.sqrt(((stacked - mean) ** 2).mean(0)).mean(-1)
+    np.testing.assert_allclose(reward, expected, rtol=1e-5)
+    target = stoch.flatten(-2).numpy()
+    expected_loss = sum(((p[:, :-1] - target[:, 1:]) ** 2).sum(-1).mean() for p in preds)
+    assert loss == pytest.approx(expected_loss, rel=1e-5)

@@ -1,0 +1,95 @@
+"""The VIPER reward as an agent reward source: the video model's log-likelihood of each real step's window.
+
+Published mechanics (reference/viper-original.md, "Reward"): rewards are computed once, on real data, when
+chunks of an env stream enter replay: 64-step chunks (the released replay's stream length, its batch length),
+of which the first 15 are context. The context is the reward model's window minus one step
+(``window_frames - 1``: 15 for every released (seq_len, frame_skip) pair); a prior with another window (e.g. the
+CPU presets' 4-frame windows) gets its own context, and a note is printed when that differs from
+``agent.context_steps``. Steps are scored in raw nats (``reward.mode``: joint by default), with no scaling: the
+world model's symlog two-hot ``density`` head learns them and the density critic's return normaliser absorbs
+the scale. The chunks of all env streams that are ready at the same step are scored in one batched call on the
+reward model's device (``reward.device``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from viper import paths
+from viper.config import Config
+from viper.errors import ViperError
+
+NAME = "density"
+"""Replay key, world-model head and critic of the VIPER reward (the released code's name)."""
+
+
+def reward_model_dirs(cfg: Config, task: str) -> tuple[Path, Path]:
+    """Tokenizer and prior run folders of ``task``'s suite under ``cfg.data_dir``; ViperError when missing."""
+    suite = task.split("/", 1)[0]
+    tokenizer = paths.tokenizer_dir(cfg.data_dir, suite)
+    prior = paths.prior_dir(cfg.data_dir, suite)
+    for what, folder, command in (("tokenizer", tokenizer, "train-tokenizer"), ("prior", prior, "train-videogpt")):
+        if not (folder / "checkpoints").is_dir():
+            raise ViperError(
+                f"agent.reward='viper' needs the trained {what} {folder / 'checkpoints'}, which does not exist: "
+                f"run `dvc repro train-videogpt` first (or `viper {command}` with the same preset and data_dir)"
+            )
+    return tokenizer, prior
+
+
+class ViperReward:
+    """``RewardSource`` of the VIPER reward for one task (see the module docstring).
+
+    ``model`` is a ``viper.reward.VideoReward`` (or anything with its ``score``, ``window_frames`` and
+    ``task_id``); ``chunk_steps`` is raised to ``context + 1`` when smaller.
+    """
+
+    name = NAME
+
+    def __init__(self, model, task: str, chunk_steps: int) -> None:
+        model.task_id(task)  # an unknown task raises a ViperError naming the prior's tasks
+        self.model, self.task = model, task
+        self.context_steps = int(model.window_frames) - 1
+        self.chunk_steps = max(int(chunk_steps), self.context_steps + 1)
+
+    def relabel(self, chunk: dict[str, np.ndarray]) -> np.ndarray:
+        return self.relabel_batch([chunk])[0]
+
+    def relabel_batch(self, chunks: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+        """Rewards float32 (T - context,) per chunk of frames uint8 (T, 64, 64, 3); all chunks of equal T."""
+        # (n, T, 64, 64, 3): the streams' chunks as a batch of short episodes for one scoring call.
+        frames = np.stack([chunk["image"] for chunk in chunks])
+        scores = self.model.score(frames, self.task)
+        return list(scores[:, self.context_steps :].astype(np.float32))
+
+    def score_episode(self, frames: np.ndarray) -> np.ndarray:
+        """Per-step rewards of one whole episode uint8 (T, 64, 64, 3) -> float32 (T,), NaN before a full window."""
+        return self.model.score(frames[None], self.task)[0]
+
+    def fingerprint(self) -> dict[str, str | int]:
+        """What identifies the reward values: the prior checkpoint, its tokenizer and the reward definition."""
+        model = self.model
+        return {
+            "prior": Path(str(getattr(model, "prior_path", ""))).name,
+            "tokenizer": str(getattr(getattr(model, "tokenizer", None), "hash", "")),
+            "mode": str(getattr(model, "mode", "")),
+            "window_frames": int(model.window_frames),
+        }
+
+
+def load_viper_reward(cfg: Config, task: str) -> ViperReward:
+    """Load the suite's reward model (``cfg.reward``: checkpoint, mode, device) as ``task``'s reward source."""
+    from viper.reward import VideoReward
+
+    tokenizer, prior = reward_model_dirs(cfg, task)
+    model = VideoReward.load(tokenizer, prior, cfg.reward)
+    source = ViperReward(model, task, cfg.agent.batch_length)
+    if source.context_steps != cfg.agent.context_steps:
+        print(
+            f"train-agent: the reward model's window spans {model.window_frames} steps, so replay chunks use "
+            f"{source.context_steps} context steps (agent.context_steps={cfg.agent.context_steps} is the "
+            f"published value for 16-step windows)"
+        )
+    return source
