@@ -136,6 +136,15 @@ def test_reward_model_loads_the_trained_pair(data_dir):
         config_lib.RewardConfig(checkpoint="best", device="cpu"),
     )
     assert best.prior is not None
+    raw = VideoReward.load(
+        paths.tokenizer_dir(data_dir, "dmc"),
+        paths.prior_dir(data_dir, "dmc"),
+        config_lib.RewardConfig(weights="raw", device="cpu"),
+    )
+    state = torch.load(reward.prior_path / "state.pt", weights_only=False)
+    for key, value in raw.prior.state_dict().items():
+        torch.testing.assert_close(value, state["model"][key], rtol=0, atol=0)
+        torch.testing.assert_close(reward.prior.state_dict()[key], state["ema"][key], rtol=0, atol=0)
     with pytest.raises(ViperError, match="no complete prior checkpoint"):
         load_prior(data_dir / "nowhere")
 

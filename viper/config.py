@@ -228,6 +228,8 @@ class RewardConfig:
     """Frames per tokenizer call when encoding an episode (bounds memory)."""
     checkpoint: str = "latest"
     """Prior checkpoint to score with: ``latest`` (the released code's final weights) or ``best`` (eval NLL)."""
+    weights: str = "ema"
+    """Prior weights that score: ``ema`` (published) or ``raw`` (trained weights; short runs with a lagging EMA)."""
     device: str = "auto"
     """``auto`` (CUDA if present), ``cpu`` or ``cuda[:i]``."""
     bf16: bool = True

@@ -366,15 +366,22 @@ def checkpoint_folder(path: str | Path, which: str = "latest") -> Path:
     return found
 
 
-def load_prior(path: str | Path, which: str = "latest", device: str | torch.device = "cpu") -> LoadedPrior:
-    """Load the EMA weights of a prior checkpoint (``which``: ``latest`` or ``best``) in eval mode."""
+def load_prior(
+    path: str | Path, which: str = "latest", device: str | torch.device = "cpu", weights: str = "ema"
+) -> LoadedPrior:
+    """Load a prior checkpoint (``which``: ``latest`` or ``best``) in eval mode. ``weights``: ``ema`` (as
+    published: the EMA scores rewards) or ``raw`` (the trained weights; for short runs whose EMA still
+    carries much of the initialisation, e.g. decay 0.999 after 600 updates keeps 0.999^600 = 55% of it)."""
+    if weights not in ("ema", "raw"):
+        raise ViperError(f"prior weights {weights!r}: expected 'ema' or 'raw'")
     folder = checkpoint_folder(path, which)
     state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ViperError(f"{folder / 'state.pt'}: not a VideoGPT prior checkpoint ({CHECKPOINT_FORMAT})")
     spec = PriorSpec.from_dict(state["spec"])
-    model = VideoGPT(spec, state["ema"]["codebook"])
-    model.load_state_dict(state["ema"])
+    params = state["ema" if weights == "ema" else "model"]
+    model = VideoGPT(spec, params["codebook"])
+    model.load_state_dict(params)
     model.to(device).eval().requires_grad_(False)
     return LoadedPrior(
         model=model,

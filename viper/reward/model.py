@@ -94,7 +94,7 @@ class VideoReward:
 
         device = resolve_device(reward_cfg.device)
         tokenizer = load_tokenizer(Path(tokenizer_dir), device=str(device))
-        prior = load_prior(prior_dir, reward_cfg.checkpoint, device)
+        prior = load_prior(prior_dir, reward_cfg.checkpoint, device, reward_cfg.weights)
         return cls(tokenizer, prior, reward_cfg)
 
     @property
