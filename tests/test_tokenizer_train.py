@@ -198,3 +198,9 @@ def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
     assert len(hashes) == 1
     saved = load_tokenizer(paths.tokenizer_dir(tmp_path, "dmc"))
     assert saved.hash in hashes
+
+
+def test_unknown_recon_loss_is_a_clear_error():
+    cfg = tiny_cfg(Path("unused"), "tokenizer.recon_loss=l2")
+    with pytest.raises(ViperError, match="tokenizer.recon_loss='l2'"):
+        tokenizer.TokenizerTrainer(cfg.tokenizer, common.setup_distributed())

@@ -118,6 +118,8 @@ class TokenizerConfig:
     """Re-seed unused codes from encoder outputs (off in the published code)."""
     dead_code_every_grad_steps: int = 200
     """Window of updates over which a code must be used once, else it is re-seeded (with dead_code_restart)."""
+    recon_loss: str = "l1"
+    """Pixel loss: ``l1`` (published) or ``mse`` (CPU prototype; learns small objects sooner without GAN/LPIPS)."""
     perceptual_weight: float = 0.1
     """LPIPS(VGG16) weight; needs ``lpips_weights_path`` (no downloads here), otherwise switched off."""
     lpips_weights_path: str = ""

@@ -58,9 +58,10 @@ PRESETS: dict[str, dict[str, Any]] = {
             "test_fraction": 0.125,
         },
         # CPU-sized: narrow widths (same levels, so the same 8x8 grid), the prototype's codebook (K 128, D 32)
-        # with dead-code restarts, lr 1e-3 for a short run. GAN OFF: on CPU it doubles the update time for little
-        # gain at this size (tiny keeps it on, so the code path stays tested). ~7 min on 2 free cores; measured
-        # in benchmarks/results/tokenizer.md.
+        # with dead-code restarts, lr 1e-3 for a short run. GAN OFF: on CPU it doubles the update time (tiny
+        # keeps it on, so the code path stays tested); LPIPS off (no local weights). Without both, the published
+        # L1 loss leaves the small cart/pole out for hundreds of updates (measured), so the demo uses MSE as the
+        # CPU prototype did. ~7 min on 2 free cores: benchmarks/results/tokenizer.md.
         "tokenizer": {
             "base_channels": 8,
             "channel_mult": [1, 2, 4, 4],
@@ -68,6 +69,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "codebook_size": 128,
             "dead_code_restart": True,
             "dead_code_every_grad_steps": 50,
+            "recon_loss": "mse",
             "gan_weight": 0.0,
             "lr": 1e-3,
             "batch_size": 32,

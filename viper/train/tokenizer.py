@@ -43,6 +43,8 @@ class TokenizerTrainer:
     """VQ-GAN, discriminator and their optimizers on one rank; ``step`` runs one update (no I/O)."""
 
     def __init__(self, cfg: TokenizerConfig, ctx: common.DistContext, perceptual: LPIPS | None = None):
+        if cfg.recon_loss not in ("l1", "mse"):
+            raise ViperError(f"tokenizer.recon_loss={cfg.recon_loss!r}: expected 'l1' (published) or 'mse'")
         self.cfg = cfg
         self.ctx = ctx
         common.seed_torch(cfg.seed)
@@ -70,8 +72,9 @@ class TokenizerTrainer:
 
         with common.autocast(dev, cfg.bf16):
             out = self.g(x)
-            l1 = (out.recon.float() - x).abs().mean()
-            loss = l1 + out.quant.loss
+            err = out.recon.float() - x
+            l1, mse = err.abs().mean(), err.pow(2).mean()
+            loss = (l1 if cfg.recon_loss == "l1" else mse) + out.quant.loss
             if self.perceptual is not None:
                 p = self.perceptual(x, out.recon).mean()
                 loss = loss + cfg.perceptual_weight * p
@@ -109,6 +112,7 @@ class TokenizerTrainer:
             {
                 "loss/total": loss,
                 "loss/recon_l1": l1,
+                "loss/recon_mse": mse,
                 "loss/vq": out.quant.loss,
                 "loss/commitment": out.quant.commitment,
                 "train/perplexity": out.quant.perplexity,
@@ -249,7 +253,8 @@ def _train(
     if ignored:
         say(f"tokenizer: {ignored} checkpoint(s) in {ckpt.directory} were made with other settings; starting anew")
     start = 0
-    loaded = ckpt.load_latest(map_location=ctx.device)
+    # On the CPU first: RNG states must stay CPU tensors; load_state_dict moves weights to their device.
+    loaded = ckpt.load_latest(map_location="cpu")
     if loaded is not None:
         state, folder = loaded
         trainer.load_state_dict(state, folder)
