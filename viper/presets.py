@@ -61,7 +61,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # with dead-code restarts, lr 1e-3 for a short run. GAN OFF: on CPU it doubles the update time (tiny
         # keeps it on, so the code path stays tested); LPIPS off (no local weights). Without both, the published
         # L1 loss leaves the small cart/pole out for hundreds of updates (measured), so the demo uses MSE as the
-        # CPU prototype did. ~7 min on 2 free cores: benchmarks/results/tokenizer.md.
+        # CPU prototype did. ~10 min on 2 free cores: benchmarks/results/tokenizer.md.
         "tokenizer": {
             "base_channels": 8,
             "channel_mult": [1, 2, 4, 4],
@@ -73,10 +73,10 @@ PRESETS: dict[str, dict[str, Any]] = {
             "gan_weight": 0.0,
             "lr": 1e-3,
             "batch_size": 32,
-            "train_grad_steps": 1000,
+            "train_grad_steps": 1500,
             "warmup_grad_steps": 50,
             "log_every_grad_steps": 25,
-            "eval_every_grad_steps": 250,
+            "eval_every_grad_steps": 500,
             "eval_frames": 256,
             "checkpoint_every_grad_steps": 250,
         },
