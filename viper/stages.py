@@ -108,7 +108,7 @@ STAGES: tuple[StageSpec, ...] = (
         "evaluate",
         "evaluate",
         ("evaluate", "agent"),
-        ("viper/eval/agent_eval.py", "viper/agent", "viper/envs"),
+        ("viper/eval/agent_eval.py", "viper/eval/video.py", "viper/agent", "viper/envs", "viper/experts"),
         (f"{DATA}/agents", f"{DATA}/tokenizer", f"{DATA}/prior"),
         (f"{DATA}/evaluate",),
         "roll out the trained agents: task and VIPER returns, videos",
