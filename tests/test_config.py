@@ -32,7 +32,7 @@ def test_preset_is_a_partial_override():
 
 def test_presets_apply_in_order():
     assert C.load(preset="demo,size_s", params_path=None).agent.size == "S"
-    assert C.load(preset="size_s,demo", params_path=None).agent.size == "XS"
+    assert C.load(preset="size_s,demo", params_path=None).agent.size == "tiny"
 
 
 def test_resolution_order_params_then_overrides(tmp_path):

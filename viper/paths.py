@@ -42,6 +42,11 @@ def reward_eval_dir(data_dir: str | Path, suite: str) -> Path:
     return Path(data_dir) / "reward_eval" / suite
 
 
+def expert_dir(data_dir: str | Path, task: str) -> Path:
+    """Agent trained on the task reward to supply expert videos for a task without a scripted expert."""
+    return Path(data_dir) / "experts" / slug(task)
+
+
 def agent_dir(data_dir: str | Path, reward: str, task: str, seed: int) -> Path:
     """One agent run (``reward`` is ``task`` for experts/oracles or ``viper``)."""
     return Path(data_dir) / "agents" / reward / slug(task) / f"seed{seed}"

@@ -51,11 +51,20 @@ def metrics_path(stage: str, data_dir: str | Path = DATA) -> str:
 
 STAGES: tuple[StageSpec, ...] = (
     StageSpec(
+        "expert",
+        "expert",
+        ("collect", "agent"),
+        ("viper/agent", "viper/envs", "viper/experts/policies.py"),
+        (),
+        (f"{DATA}/experts",),
+        "train task-reward agents as experts for collect tasks without a scripted expert",
+    ),
+    StageSpec(
         "collect",
         "collect",
         ("collect",),
         ("viper/envs", "viper/experts", "viper/data"),
-        (),
+        (f"{DATA}/experts",),
         (f"{DATA}/videos",),
         "roll out expert policies into the Zarr video store",
     ),

@@ -311,12 +311,33 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument("--reward", choices=("task", "viper"), help="reward source (default: agent.reward)")
 
 
+def train_experts(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    """``viper expert``: a task-reward agent for every collect task without a scripted expert (or ``--task``),
+    written to ``viper.paths.expert_dir``, where ``collect``'s ``expert`` policy finds it."""
+    from viper.experts.policies import scripted_tasks
+
+    tasks = [args.task] if args.task else [t for t in cfg.collect.tasks if t not in scripted_tasks()]
+    seed = args.seed if args.seed is not None else cfg.agent.seeds[0]
+    (Path(cfg.data_dir) / "experts").mkdir(parents=True, exist_ok=True)  # the stage's output, even when empty
+    results: dict[str, Any] = {"experts_trained": len(tasks)}
+    for task in tasks:
+        out = paths.expert_dir(cfg.data_dir, task)
+        metrics = run(cfg, task, seed, "task", out)
+        print(f"expert: {task}: eval task return {metrics['eval_task_return']:.1f} ({out})")
+        results.update({f"{paths.slug(task)}/{k}": v for k, v in metrics.items()})
+    if not tasks:
+        print("expert: every collect task has a scripted expert; nothing to train")
+    return results
+
+
 def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, Any]:
     """``viper train-agent`` / ``viper expert``: train every requested (task, seed) into its agent folder.
 
     Returns flat summary metrics keyed ``<task slug>/seed<k>/<metric>``."""
     reward = "task" if command == "expert" else (getattr(args, "reward", None) or cfg.agent.reward)
     check_reward(reward)
+    if command == "expert":
+        return train_experts(cfg, args)
     tasks = [args.task] if args.task else list(cfg.agent.tasks)
     if reward == "viper":
         from viper.agent.viper_reward import reward_model_dirs

@@ -21,7 +21,7 @@ import dataclasses
 import hashlib
 import json
 import multiprocessing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +202,22 @@ def _summary(group: TaskGroup, rolled_out: int, all_returns: np.ndarray | None =
     return out
 
 
+def expert_policy(cfg: Config, task: str) -> str:
+    """``collect.policy`` for ``task``: ``expert`` means the scripted expert where one exists, otherwise the
+    agent that ``viper expert`` trained on the task reward (``viper.paths.expert_dir``)."""
+    from viper.experts.policies import scripted_tasks
+
+    if cfg.collect.policy != "expert" or task in scripted_tasks():
+        return cfg.collect.policy
+    trained = paths.expert_dir(cfg.data_dir, task)
+    if not (trained / "checkpoints").exists():
+        raise ViperError(
+            f"{task!r} has no scripted expert and no trained one in {trained}; run `viper expert --task {task}` "
+            "(the `expert` stage of dvc.yaml) first"
+        )
+    return f"checkpoint:{trained}"
+
+
 def run(cfg: Config, tasks: tuple[str, ...] | None = None, progress: bool = True) -> dict[str, Any]:
     """Collect every task of ``cfg.collect.tasks`` (or ``tasks``) into ``viper.paths.store``; returns
     ``{"store": path, "<task>/<metric>": value, ...}``."""
@@ -216,7 +232,7 @@ def run(cfg: Config, tasks: tuple[str, ...] | None = None, progress: bool = True
     url = str(paths.store(cfg.data_dir, c.suite))
     out: dict[str, Any] = {"store": url}
     for task in tasks:
-        for name, value in collect_task(c, task, url, progress).items():
+        for name, value in collect_task(replace(c, policy=expert_policy(cfg, task)), task, url, progress).items():
             out[f"{task}/{name}"] = value
     return out
 

@@ -1,0 +1,31 @@
+"""The expert stage: which tasks get a trained expert and how `collect`'s `expert` policy finds it."""
+
+from __future__ import annotations
+
+import pytest
+
+from viper import config as C
+from viper import paths
+from viper.cli import main
+from viper.data.collect import expert_policy
+from viper.errors import ViperError
+from viper.experts.policies import scripted_tasks
+
+
+def test_expert_stage_skips_tasks_with_scripted_experts(tmp_path, capsys):
+    code = main(["expert", "--preset", "tiny", "-S", f"data_dir={tmp_path}", "--metrics-out", str(tmp_path / "m.json")])
+    assert code == 0 and "nothing to train" in capsys.readouterr().out
+    assert (tmp_path / "experts").is_dir() and '"experts_trained": 0' in (tmp_path / "m.json").read_text()
+
+
+def test_expert_policy_uses_scripted_then_trained_experts(tmp_path):
+    cfg = C.load("tiny", [f"data_dir={tmp_path}"], params_path=None)
+    assert "dmc/cartpole_balance" in scripted_tasks()
+    assert expert_policy(cfg, "dmc/cartpole_balance") == "expert"
+    assert "dmc/cheetah_run" not in scripted_tasks()
+    with pytest.raises(ViperError, match=r"viper expert --task dmc/cheetah_run"):
+        expert_policy(cfg, "dmc/cheetah_run")
+    (paths.expert_dir(tmp_path, "dmc/cheetah_run") / "checkpoints").mkdir(parents=True)
+    assert expert_policy(cfg, "dmc/cheetah_run") == f"checkpoint:{paths.expert_dir(tmp_path, 'dmc/cheetah_run')}"
+    other = C.load("tiny", [f"data_dir={tmp_path}", "collect.policy=random"], params_path=None)
+    assert expert_policy(other, "dmc/cheetah_run") == "random"
