@@ -85,7 +85,9 @@ def minibatch_stddev(x: torch.Tensor, group: int = MBSTD_GROUP) -> torch.Tensor:
     """Append one channel: the std over groups of ``group`` *consecutive* samples, averaged over C, H, W.
 
     Consecutive grouping (as published) keeps real and fake frames apart when they are concatenated
-    ``[real; fake]`` with a batch size divisible by the group size.
+    ``[real; fake]`` with a batch size divisible by the group size. Deviation: the published code hands the
+    group statistics back with ``tile`` (sample i gets group ``i mod (B/g)``'s value, not its own group's);
+    here every sample gets its own group's value.
     """
     b, c, h, w = x.shape
     g = math.gcd(min(group, b), b)
