@@ -20,6 +20,14 @@ from pathlib import Path
 DATA = "data"
 
 COMMON_CODE = ("viper/config.py", "viper/presets.py", "viper/paths.py")
+TOKENIZER_CODE = (
+    "viper/models/vqgan.py",
+    "viper/models/layers.py",
+    "viper/models/quantizer.py",
+    "viper/train/common.py",
+)
+PRIOR_CODE = ("viper/models/videogpt.py",)
+REWARD_CODE = (*TOKENIZER_CODE, *PRIOR_CODE, "viper/reward")
 
 
 @dataclass(frozen=True)
@@ -72,7 +80,14 @@ STAGES: tuple[StageSpec, ...] = (
         "train-tokenizer",
         "train-tokenizer",
         ("tokenizer",),
-        ("viper/models/vqgan.py", "viper/train", "viper/data"),
+        (
+            *TOKENIZER_CODE,
+            "viper/models/discriminator.py",
+            "viper/models/lpips.py",
+            "viper/train/frames.py",
+            "viper/train/tokenizer.py",
+            "viper/data",
+        ),
         (f"{DATA}/videos",),
         (f"{DATA}/tokenizer",),
         "train the VQ-GAN tokenizer on single frames",
@@ -81,7 +96,7 @@ STAGES: tuple[StageSpec, ...] = (
         "tokenize",
         "tokenize",
         ("tokenizer",),
-        ("viper/models/vqgan.py", "viper/train/tokenize.py", "viper/data"),
+        (*TOKENIZER_CODE, "viper/train/tokenize.py", "viper/data"),
         (f"{DATA}/videos", f"{DATA}/tokenizer"),
         (f"{DATA}/tokens",),
         "encode every stored frame into tokens",
@@ -90,7 +105,7 @@ STAGES: tuple[StageSpec, ...] = (
         "train-videogpt",
         "train-videogpt",
         ("prior",),
-        ("viper/models/videogpt.py", "viper/train", "viper/data"),
+        (*PRIOR_CODE, "viper/train/common.py", "viper/train/prior.py", "viper/train/prior_data.py", "viper/data"),
         (f"{DATA}/tokens", f"{DATA}/tokenizer"),
         (f"{DATA}/prior",),
         "train the task-conditioned VideoGPT prior",
@@ -99,7 +114,7 @@ STAGES: tuple[StageSpec, ...] = (
         "reward-eval",
         "reward-eval",
         ("reward", "evaluate"),
-        ("viper/reward", "viper/eval/reward_eval.py", "viper/eval/stats.py", "viper/experts", "viper/envs"),
+        (*REWARD_CODE, "viper/eval/reward_eval.py", "viper/eval/stats.py", "viper/experts", "viper/envs"),
         (f"{DATA}/videos", f"{DATA}/tokenizer", f"{DATA}/prior"),
         (f"{DATA}/reward_eval",),
         "score expert / noisy / random episodes with the reward model",
@@ -108,7 +123,7 @@ STAGES: tuple[StageSpec, ...] = (
         "train-agent",
         "train-agent",
         ("agent", "reward"),
-        ("viper/agent", "viper/reward", "viper/envs"),
+        (*REWARD_CODE, "viper/agent", "viper/envs", "viper/eval/video.py"),
         (f"{DATA}/tokenizer", f"{DATA}/prior"),
         (f"{DATA}/agents",),
         "train DreamerV3 agents on the VIPER reward for every (task, seed)",
@@ -117,7 +132,7 @@ STAGES: tuple[StageSpec, ...] = (
         "evaluate",
         "evaluate",
         ("evaluate", "agent"),
-        ("viper/eval/agent_eval.py", "viper/eval/video.py", "viper/agent", "viper/envs", "viper/experts"),
+        (*REWARD_CODE, "viper/eval/agent_eval.py", "viper/eval/video.py", "viper/agent", "viper/envs", "viper/experts"),
         (f"{DATA}/agents", f"{DATA}/tokenizer", f"{DATA}/prior"),
         (f"{DATA}/evaluate",),
         "roll out the trained agents: task and VIPER returns, videos",
