@@ -247,3 +247,54 @@ def test_one_update_runs_and_improves_world_model_loss(discrete):
     assert float(last["loss/model"]) < float(first["loss/model"])
     assert all(math.isfinite(float(v)) for v in last.values())
     assert any(not torch.equal(a, b) for a, b in zip(actor_before, agent.actor_params, strict=True))
+
+
+def _straight_through_features(gen, rows, deter, groups, classes, trailing=0):
+    """[dense (rows, deter), straight-through one-hots (rows, groups*classes), dense (rows, trailing)]."""
+    logits = torch.randn(rows, groups, classes, generator=gen, dtype=torch.float64).requires_grad_()
+    probs = torch.softmax(logits, -1)
+    index = torch.randint(0, classes, (rows, groups), generator=gen)
+    onehot = torch.nn.functional.one_hot(index, classes).to(probs.dtype) + probs - probs.detach()
+    dense = torch.randn(rows, deter, generator=gen, dtype=torch.float64, requires_grad=True)
+    tail = torch.randn(rows, trailing, generator=gen, dtype=torch.float64, requires_grad=True)
+    return torch.cat([dense, onehot.flatten(1), tail], 1), (logits, dense, tail)
+
+
+@pytest.mark.parametrize("deter,trailing,bias", [(5, 0, True), (0, 3, False), (4, 2, True)])
+def test_onehot_linear_matches_dense_linear_values_and_gradients(deter, trailing, bias):
+    from viper.agent.nets import OneHotLinear, OneHotWidth
+
+    groups, classes, units = 3, 4, 6
+    width = OneHotWidth(deter + groups * classes + trailing, deter, groups, classes)
+    layer = OneHotLinear(width, units, bias=bias).double()
+    gen = torch.Generator().manual_seed(0)
+    feat, leaves = _straight_through_features(gen, 2 * 7, deter, groups, classes, trailing)
+    # Leading batch axes (2, 7, F) as the heads see them.
+    feat = feat.unflatten(0, (2, 7))
+    out = layer(feat)
+    ref = feat @ layer.weight.T + (layer.bias if bias else 0.0)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    weights = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    params = [layer.weight] + ([layer.bias] if bias else [])
+    got = torch.autograd.grad((out * weights).sum(), [*leaves, *params], retain_graph=True)
+    want = torch.autograd.grad((ref * weights).sum(), [*leaves, *params])
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+def test_onehot_linear_falls_back_to_dense_for_inputs_that_are_not_one_hot():
+    from viper.agent.nets import OneHotLinear, OneHotWidth
+
+    layer = OneHotLinear(OneHotWidth(2 + 2 * 3, 2, 2, 3), 4)
+    soft = torch.softmax(torch.randn(5, 2, 3), -1).flatten(1)
+    for x in (torch.cat([torch.randn(5, 2), soft], 1), torch.zeros(5, 8), torch.randn(5, 8)):
+        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+
+
+def test_rssm_features_and_prior_input_use_the_gather_layer():
+    from viper.agent.nets import MLP, OneHotLinear
+
+    rssm = RSSM(deter=8, stoch=4, classes=5, units=8, action_dim=2, embed_dim=4)
+    assert isinstance(rssm.img_in.linear, OneHotLinear)
+    head = MLP(rssm.feat_dim, 3, 1, 8)
+    assert isinstance(head.hidden[0].linear, OneHotLinear) and rssm.feat_dim == 8 + 4 * 5

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from viper.agent.dists import kl_categorical, unimix_logits
-from viper.agent.nets import Dense
+from viper.agent.nets import Dense, OneHotWidth
 
 
 class State(NamedTuple):
@@ -75,7 +75,8 @@ class RSSM(nn.Module):
         self.deter, self.stoch, self.classes, self.unimix = deter, stoch, classes, unimix
         self.action_dim = action_dim
         flat = stoch * classes
-        self.img_in = Dense(flat + action_dim, units)
+        # Input [one-hot stoch, action]: the one-hot span lets the layer gather rows (nets.OneHotLinear).
+        self.img_in = Dense(OneHotWidth(flat + action_dim, 0, stoch, classes), units)
         # One LayerNorm'd linear map to the three gates (reset, candidate, update), no activation.
         self.gru = Dense(units + deter, 3 * deter, act=False)
         self.img_out = Dense(deter, units)
@@ -85,8 +86,9 @@ class RSSM(nn.Module):
         self.initial_deter = nn.Parameter(torch.zeros(deter))
 
     @property
-    def feat_dim(self) -> int:
-        return self.deter + self.stoch * self.classes
+    def feat_dim(self) -> OneHotWidth:
+        """Width of ``State.feat()``: [deter (D), one-hot stoch (S*K')]; layers built on it gather the one-hots."""
+        return OneHotWidth(self.deter + self.stoch * self.classes, self.deter, self.stoch, self.classes)
 
     def _logits(self, layer: Dense, x: Tensor) -> Tensor:
         # (..., S*K') -> (..., S, K') log-probabilities with the uniform mix.
