@@ -13,6 +13,7 @@ reward model's device (``reward.device``).
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -72,11 +73,23 @@ class ViperReward:
         """What identifies the reward values: the prior checkpoint, its tokenizer and the reward definition."""
         model = self.model
         return {
-            "prior": Path(str(getattr(model, "prior_path", ""))).name,
+            # The checkpoint's content, not its folder name: a retrained prior reuses names like step_000000020.
+            "prior": _file_hash(Path(str(getattr(model, "prior_path", ""))) / "state.pt"),
             "tokenizer": str(getattr(getattr(model, "tokenizer", None), "hash", "")),
             "mode": str(getattr(model, "mode", "")),
             "window_frames": int(model.window_frames),
         }
+
+
+def _file_hash(path: Path) -> str:
+    """First 16 hex digits of the file's sha256 ("" when it does not exist)."""
+    if not path.is_file():
+        return ""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def load_viper_reward(cfg: Config, task: str) -> ViperReward:
