@@ -463,10 +463,7 @@ def describe_section(name: str) -> list[tuple[str, str, str]]:
     return [
         (
             f"{name}.{f.name}",
-            yaml.safe_dump(_plain(default[f.name]), default_flow_style=True)
-            .strip()
-            .removesuffix("...")
-            .strip(),
+            yaml.safe_dump(_plain(default[f.name]), default_flow_style=True).strip().removesuffix("...").strip(),
             docs.get(f.name, ""),
         )
         for f in dataclasses.fields(cls)
@@ -488,9 +485,7 @@ def _merge(tree: dict[str, Any], update: dict[str, Any], source: str) -> None:
             raise ConfigError(f"{source}: unknown key {key!r}; allowed keys: {', '.join(tree)}")
         if isinstance(tree[key], dict):
             if not isinstance(value, dict):
-                raise ConfigError(
-                    f"{source}: {key!r} is a section; expected a mapping of its keys, got {value!r}"
-                )
+                raise ConfigError(f"{source}: {key!r} is a section; expected a mapping of its keys, got {value!r}")
             try:
                 _merge(tree[key], value, source)
             except ConfigError as exc:

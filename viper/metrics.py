@@ -70,9 +70,7 @@ class Logger:
         self.last.update(row)
         record = {"step": int(step), "time_s": round(time.time() - self._start, 3), **row}
         self._jsonl.write(
-            json.dumps(
-                {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-            )
+            json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()})
             + "\n"
         )
         self._jsonl.flush()
