@@ -175,43 +175,44 @@ def test_served_deployment_runs_when_triggered_through_the_api(project, tmp_path
         start_new_session=True,
     )
     served = None
+    serve_log = tmp_path / "serve.log"
     try:
         import urllib.request
 
-        deadline = time.time() + 90
-        while time.time() < deadline:
+        deadline = time.time() + 300
+        healthy = False
+        while not healthy and time.time() < deadline:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
-                break
+                healthy = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2).status == 200
             except OSError:
                 time.sleep(0.5)
+        assert healthy, "the Prefect server did not become healthy"
         served = subprocess.Popen(
             [sys.executable, "-m", "pipeline.serve", "--project-dir", str(project), "--preset", "tiny"],
             cwd=project,
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=serve_log.open("w"),
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         trigger = (
-            "from prefect.deployments import run_deployment\n"
             "import time\n"
-            "for _ in range(60):\n"
+            "from prefect.deployments import run_deployment\n"
+            "from prefect.exceptions import ObjectNotFound\n"
+            "for _ in range(300):  # the served process registers its deployments shortly after it starts\n"
             "    try:\n"
             "        run = run_deployment(\n"
-            "            'viper-reproduce/reproduce', parameters={'stages': ['collect']}, timeout=240\n"
+            "            'viper-reproduce/reproduce', parameters={'stages': ['collect']}, timeout=600\n"
             "        )\n"
             "        break\n"
-            "    except Exception as exc:\n"
-            "        if 'not found' not in str(exc).lower():\n"
-            "            raise\n"
+            "    except ObjectNotFound:\n"
             "        time.sleep(1)\n"
             "print(run.state.type.value)\n"
         )
         out = subprocess.run(
-            [sys.executable, "-c", trigger], cwd=project, env=env, capture_output=True, text=True, timeout=300
+            [sys.executable, "-c", trigger], cwd=project, env=env, capture_output=True, text=True, timeout=900
         )
-        assert out.stdout.strip().endswith("COMPLETED"), out.stdout + out.stderr
+        assert out.stdout.strip().endswith("COMPLETED"), out.stdout + out.stderr + serve_log.read_text()
     finally:
         for proc in (served, server):
             if proc is not None:
