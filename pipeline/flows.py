@@ -31,6 +31,7 @@ from prefect.artifacts import (
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from viper import dvc_yaml
+from viper.metrics import write_text
 from viper.stages import StageSpec, by_name
 
 _PERCENT = re.compile(r"(\d{1,3})%\|")
@@ -101,9 +102,7 @@ def set_preset(project_dir: str | Path, preset: str) -> None:
     if count == 0:
         new = f"preset: {preset}\n" + text
     if new != text:
-        tmp = path.with_suffix(".yaml.tmp")
-        tmp.write_text(new)
-        tmp.replace(path)
+        write_text(path, new)
 
 
 @flow(name="viper-reproduce", log_prints=True)

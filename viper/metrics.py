@@ -119,10 +119,15 @@ class Logger:
         self.close()
 
 
-def write_json(path: str | Path, values: Mapping[str, Any]) -> None:
-    """Write a metrics JSON (e.g. for ``dvc metrics``) atomically: temp file, then rename."""
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` atomically: a temp file beside ``path``, then a rename, so readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(dict(values), indent=2, sort_keys=True) + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
     tmp.replace(path)
+
+
+def write_json(path: str | Path, values: Mapping[str, Any]) -> None:
+    """Write a metrics JSON (e.g. for ``dvc metrics``) atomically."""
+    write_text(path, json.dumps(dict(values), indent=2, sort_keys=True) + "\n")

@@ -22,7 +22,7 @@ from viper import paths
 from viper.config import Config
 from viper.errors import ViperError
 from viper.eval.video import reward_video, write_gif
-from viper.metrics import write_json
+from viper.metrics import write_json, write_text
 
 REWARDS = ("viper", "task")
 
@@ -93,9 +93,7 @@ def run(cfg: Config) -> dict[str, Any]:
         )
     out = evaluate_dir(cfg.data_dir)
     write_json(out / "summary.json", {"runs": len(records)})
-    tmp = out / ".results.json.tmp"
-    tmp.write_text(json.dumps(records, indent=2) + "\n")
-    tmp.replace(out / "results.json")
+    write_text(out / "results.json", json.dumps(records, indent=2) + "\n")
     metrics: dict[str, Any] = {"runs": len(records)}
     for record in records:
         key = f"{record['reward']}/{paths.slug(record['task'])}/seed{record['seed']}"

@@ -21,7 +21,7 @@ from typing import Any
 from viper import paths
 from viper.config import Config
 from viper.eval.published import TARGET_RATIO, published
-from viper.metrics import write_json
+from viper.metrics import write_json, write_text
 from viper.stages import STAGES, metrics_path
 
 PICTURE_SUFFIXES = (".png", ".gif")
@@ -210,10 +210,8 @@ def run(cfg: Config) -> dict[str, Any]:
         report.blocks.append(("h", "Pictures: reconstructions, predictions, reward curves, episodes"))
         report.blocks += [("img", str(p.relative_to(out))) for p in pictures]
 
-    for name, text in (("report.md", report.markdown()), ("report.html", report.html())):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out / name)
+    write_text(out / "report.md", report.markdown())
+    write_text(out / "report.html", report.html())
     summary = {"tasks": len(rows), "tasks_with_results": sum(1 for r in rows if r["VIPER return (ours)"] is not None)}
     write_json(out / "summary.json", summary)
     return summary
