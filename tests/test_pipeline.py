@@ -88,6 +88,12 @@ def test_dvc_repro_runs_the_whole_tiny_pipeline(project):
         report = (project / "data" / "report" / "report.md").read_text()
         for task in yaml.safe_load(sh(project, "viper", "config").stdout)["agent"]["tasks"]:
             assert f"| {task} |" in report
+        # dvc.yaml's top-level plots: the agents' return curves, the prior's bits per token, the pictures.
+        shown = sh(project, "dvc", "plots", "show", "--json")
+        plotted = json.loads(shown.stdout)["data"]
+        assert any(p.startswith("data/report/plots/agent_") for p in plotted), sorted(plotted)
+        assert any(p.startswith("data/report/plots/prior_") for p in plotted), sorted(plotted)
+        assert any(p.endswith(".png") for p in plotted) and "WARNING" not in shown.stderr, shown.stderr
 
 
 def test_second_repro_is_a_no_op(project):

@@ -32,7 +32,10 @@ def test_report_rows_ratios_curves_and_html(tmp_path):
     ]
     _write(tmp_path / "evaluate" / "results.json", results)
     log = tmp_path / "agents" / "viper" / "dmc-cartpole_balance" / "seed0" / "logs" / "metrics.jsonl"
-    _write(log, "\n".join(json.dumps({"step": s, "episode/task_return": r}) for s, r in [(0, 10), (500, 300)]))
+    lines = [json.dumps({"step": s, "episode/task_return": r, "agent/loss": 1.0}) for s, r in [(0, 10), (500, 300)]]
+    _write(log, "\n".join([*lines, '{"step": 9'[:8]]))  # the last line cut short, as by a killed run
+    prior_log = tmp_path / "prior" / "dmc" / "logs" / "metrics.jsonl"
+    _write(prior_log, json.dumps({"step": 10, "time_s": 1.0, "prior/eval_bits_per_token": 2.5}) + "\n")
     _write(
         tmp_path / "reward_eval" / "dmc" / "metrics.json",
         {"tasks": {"dmc/cartpole_balance": {"auroc_expert_vs_random": 1.0, "spearman": 0.93}}},
@@ -41,7 +44,14 @@ def test_report_rows_ratios_curves_and_html(tmp_path):
 
     summary = report.run(cfg)
 
-    assert summary == {"tasks": 2, "tasks_with_results": 1}
+    assert summary == {"tasks": 2, "tasks_with_results": 1, "plot_files": 2}
+    plots = sorted((tmp_path / "report" / "plots").iterdir())
+    assert [p.name for p in plots] == [
+        "agent_viper_dmc-cartpole_balance_seed0__episode_task_return.tsv",
+        "prior_dmc__prior_eval_bits_per_token.tsv",
+    ]
+    assert plots[0].read_text() == "step\ttask_return\n0\t10\n500\t300\n"
+    assert plots[1].read_text() == "step\teval_bits_per_token\n10\t2.5\n"
     rows = {r["task"]: r for r in report.agent_rows(cfg, tmp_path)}
     balance = rows["dmc/cartpole_balance"]
     assert balance["VIPER return (ours)"] == 700.0 and balance["seeds"] == 2

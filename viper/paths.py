@@ -55,3 +55,13 @@ def agent_dir(data_dir: str | Path, reward: str, task: str, seed: int) -> Path:
 def report_dir(data_dir: str | Path) -> Path:
     """The final Markdown/HTML report with its pictures."""
     return Path(data_dir) / "report"
+
+
+def report_plots(data_dir: str | Path) -> Path:
+    """Curves as two-column TSVs (``step``, value), declared as top-level DVC plots with ``x: step``."""
+    return report_dir(data_dir) / "plots"
+
+
+def report_assets(data_dir: str | Path) -> Path:
+    """The report's pictures (learning curves, reconstructions, predictions, episodes), also DVC image plots."""
+    return report_dir(data_dir) / "assets"

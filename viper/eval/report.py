@@ -2,8 +2,10 @@
 
 Reads what earlier stages wrote (``data/metrics/<stage>.json``, the reward diagnostics, the agent evaluation
 ``data/evaluate/results.json`` and the agents' ``metrics.jsonl``), draws learning curves, copies the pictures
-next to the report and writes ``data/report/report.md`` and ``report.html``. A task that has not been run
-still gets its row, marked "not run", so a missing result is visible rather than silently absent.
+next to the report and writes ``data/report/report.md`` and ``report.html``, and the curves as TSVs under
+``data/report/plots`` for ``dvc plots show`` (dvc.yaml declares that folder and the pictures as plots). A task
+that has not been run still gets its row, marked "not run", so a missing result is visible rather than silently
+absent.
 """
 
 from __future__ import annotations
@@ -138,21 +140,36 @@ def reward_rows(cfg: Config, data_dir: Path) -> list[dict[str, Any]]:
     return [{k: row.get(k) for k in keys} for row in rows]
 
 
+def read_series(log: Path, keys: Any) -> dict[str, list[tuple[int, float]]]:
+    """``(step, value)`` points of every key of a ``metrics.jsonl`` that ``keys(key)`` accepts, in file order."""
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for line in log.read_text().splitlines() if log.exists() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a killed run; the rest of the file is still good
+        for key, value in row.items():
+            if key not in ("step", "time_s") and keys(key) and isinstance(value, (int, float)):
+                series[key].append((int(row["step"]), float(value)))
+    return series
+
+
+def _agent_logs(data_dir: Path) -> list[tuple[str, str, str, Path]]:
+    """``(reward, task slug, seed folder, metrics.jsonl)`` of every agent run under ``data/agents``."""
+    logs = sorted((data_dir / "agents").glob("*/*/seed*/logs/metrics.jsonl"))
+    return [(log.parts[-5], log.parts[-4], log.parts[-3], log) for log in logs]
+
+
 def learning_curves(data_dir: Path, out: Path) -> list[Path]:
-    """Plot ``episode/task_return`` (and the VIPER return) against env steps for every agent run."""
+    """Plot ``episode/task_return`` against env steps for every agent run, one picture per task."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     curves = defaultdict(list)
-    for log in sorted((data_dir / "agents").glob("*/*/seed*/logs/metrics.jsonl")):
-        points = []
-        for line in log.read_text().splitlines():
-            row = json.loads(line)
-            if row.get("episode/task_return") is not None:
-                points.append((row["step"], row["episode/task_return"]))
-        reward, task, seed = log.parts[-5], log.parts[-4], log.parts[-3]
+    for reward, task, seed, log in _agent_logs(data_dir):
+        points = read_series(log, lambda key: key == "episode/task_return").get("episode/task_return")
         if points:
             curves[task].append((f"{reward} {seed}", points))
     written = []
@@ -167,6 +184,39 @@ def learning_curves(data_dir: Path, out: Path) -> list[Path]:
         fig.savefig(path)
         plt.close(fig)
         written.append(path)
+    return written
+
+
+PLOTTED_KEYS = {
+    "agent": ("episode/task_return", "episode/viper_return", "train/episode_task_return"),
+    "tokenizer": ("tokenizer/eval/",),
+    "prior": ("prior/eval_bits_per_token", "prior/train_bits_per_token"),
+}
+"""Which logged series go into ``plot_data`` (a key matches an entry equal to it or starting with it)."""
+
+
+def _plotted(kind: str):
+    return lambda key: any(key == k or (k.endswith("/") and key.startswith(k)) for k in PLOTTED_KEYS[kind])
+
+
+def plot_data(cfg: Config, data_dir: Path, out: Path) -> list[Path]:
+    """One two-column TSV (``step``, value) per logged curve, for ``dvc plots show`` (dvc.yaml's top-level plots).
+
+    Files are named ``<run>__<key>.tsv``: the agents' task/VIPER returns per (reward, task, seed), the
+    tokenizer's eval losses and the prior's bits per token. The folder holds nothing but these files, so DVC
+    renders each as a line plot with ``x: step`` and no parsing warnings.
+    """
+    runs = [(f"agent_{r}_{t}_{s}", log, "agent") for r, t, s, log in _agent_logs(data_dir)]
+    suite = cfg.collect.suite
+    runs.append((f"tokenizer_{suite}", paths.tokenizer_dir(data_dir, suite) / "logs" / "metrics.jsonl", "tokenizer"))
+    runs.append((f"prior_{suite}", paths.prior_dir(data_dir, suite) / "logs" / "metrics.jsonl", "prior"))
+    written = []
+    for name, log, kind in runs:
+        for key, points in read_series(log, _plotted(kind)).items():
+            column = key.rsplit("/", 1)[-1]
+            path = out / f"{name}__{key.replace('/', '_')}.tsv"
+            write_text(path, "".join([f"step\t{column}\n", *(f"{s}\t{v:.6g}\n" for s, v in points)]))
+            written.append(path)
     return written
 
 
@@ -185,7 +235,7 @@ def run(cfg: Config) -> dict[str, Any]:
     """Write ``report.md`` and ``report.html`` under ``viper.paths.report_dir``; return summary numbers."""
     data_dir = Path(cfg.data_dir)
     out = paths.report_dir(data_dir)
-    assets = out / "assets"
+    assets = paths.report_assets(data_dir)
     shutil.rmtree(assets, ignore_errors=True)
     assets.mkdir(parents=True)
     report = Report(f"VIPER report (preset {cfg.preset})")
@@ -194,6 +244,9 @@ def run(cfg: Config) -> dict[str, Any]:
     rows = agent_rows(cfg, data_dir)
     report.blocks += [("h", "Agents: VIPER reward vs task-reward oracle"), ("table", rows)]
     report.blocks += [("img", str(p.relative_to(out))) for p in learning_curves(data_dir, assets)]
+    plots = paths.report_plots(data_dir)
+    shutil.rmtree(plots, ignore_errors=True)
+    plot_files = plot_data(cfg, data_dir, plots)
 
     report.blocks += [("h", "Reward model diagnostics"), ("table", reward_rows(cfg, data_dir))]
     stage_rows = []
@@ -212,7 +265,11 @@ def run(cfg: Config) -> dict[str, Any]:
 
     write_text(out / "report.md", report.markdown())
     write_text(out / "report.html", report.html())
-    summary = {"tasks": len(rows), "tasks_with_results": sum(1 for r in rows if r["VIPER return (ours)"] is not None)}
+    summary = {
+        "tasks": len(rows),
+        "tasks_with_results": sum(1 for r in rows if r["VIPER return (ours)"] is not None),
+        "plot_files": len(plot_files),
+    }
     write_json(out / "summary.json", summary)
     return summary
 
