@@ -112,7 +112,7 @@ def build_perceptual(weight: float, weights_path: str, log: Callable[[str], None
     if not weights_path:
         log(
             "tokenizer: perceptual (LPIPS-VGG) term OFF - tokenizer.lpips_weights_path is empty and weights "
-            "cannot be downloaded here; training with L1 + GAN + VQ losses only (see viper/models/lpips.py)"
+            "cannot be downloaded here; training without it (see viper/models/lpips.py for where to get them)"
         )
         return None
     return load_lpips(weights_path)
