@@ -121,9 +121,13 @@ def reproduce(preset: str = "demo", stages: list[str] | None = None, project_dir
 
 
 @task(retries=1, retry_delay_seconds=5, task_run_name="{command}-{label}")
-def run_command(command: str, args: list[str], label: str, project_dir: str) -> None:
-    """Run one ``viper`` stage command with extra arguments (one process per call)."""
+def run_command(command: str, args: list[str], label: str, project_dir: str) -> int:
+    """Run one ``viper`` stage command with extra arguments (one process per call).
+
+    Returns the id of the process that drove it: a Dask or Ray worker's with those runners, this one's locally.
+    """
     _stream([sys.executable, "-m", "viper.cli", command, *args], Path(project_dir).resolve(), progress_key=None)
+    return os.getpid()
 
 
 def _preset_args(preset: str) -> list[str]:
@@ -133,8 +137,8 @@ def _preset_args(preset: str) -> list[str]:
 @flow(name="viper-train-agents", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def train_agents(
     tasks: list[str], seeds: list[int], preset: str = "", reward: str = "viper", project_dir: str = "."
-) -> None:
-    """Train one agent per (task, seed), in parallel through the flow's task runner."""
+) -> dict[str, int]:
+    """Train one agent per (task, seed), in parallel through the flow's task runner; run label -> driver pid."""
     futures = [
         run_command.submit(
             "train-agent",
@@ -145,16 +149,16 @@ def train_agents(
         for t in tasks
         for s in seeds
     ]
-    for future in futures:
-        future.result()
+    labels = [f"{t}/seed{s}" for t in tasks for s in seeds]
+    return {label: future.result() for label, future in zip(labels, futures, strict=True)}
 
 
 @flow(name="viper-collect-videos", task_runner=ThreadPoolTaskRunner(max_workers=2))
-def collect_videos(tasks: list[str], preset: str = "", project_dir: str = ".") -> None:
-    """Collect expert videos for each task in parallel (each task is its own group in the suite's store)."""
+def collect_videos(tasks: list[str], preset: str = "", project_dir: str = ".") -> dict[str, int]:
+    """Collect expert videos for each task in parallel (each task is its own group in the suite's store);
+    returns task -> the pid of the process that drove it."""
     futures = [
         run_command.submit("collect", [*_preset_args(preset), "--task", t], t.replace("/", "-"), project_dir)
         for t in tasks
     ]
-    for future in futures:
-        future.result()
+    return {t: future.result() for t, future in zip(tasks, futures, strict=True)}

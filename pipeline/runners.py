@@ -10,7 +10,8 @@ RUNNERS = ("local", "dask", "ray")
 def make_runner(kind: str = "local", workers: int = 2, address: str | None = None):
     """``local``: threads each driving one stage process; ``dask``/``ray``: a cluster (``address`` or local).
 
-    Dask and Ray need ``pip install -e '.[dask]'`` / ``'.[ray]'``; without them this says which extra to install.
+    prefect-dask is in requirements.lock (tests/test_flows_dask.py runs it); Ray needs ``pip install -e '.[ray]'``.
+    Without the package this says which extra to install.
     """
     if kind == "local":
         return ThreadPoolTaskRunner(max_workers=workers)

@@ -21,3 +21,12 @@ def _torch_threads():
     torch.set_num_threads(int(os.environ.get("VIPER_TEST_THREADS", "1")))
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One Prefect test harness (a temporary local API and database) for every flow test of the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield

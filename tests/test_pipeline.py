@@ -102,6 +102,16 @@ def test_second_repro_is_a_no_op(project):
     assert "up to date" in sh(project, "dvc", "status").stdout
 
 
+def test_dvc_exp_run_sets_a_param_reruns_downstream_and_is_listed(project):
+    out = sh(project, "dvc", "exp", "run", "-S", "evaluate.agent_episodes=2", "--name", "two-episodes")
+    assert ran(out.stdout) == {"evaluate", "report"}, out.stdout
+    assert yaml.safe_load((project / "params.yaml").read_text())["evaluate"]["agent_episodes"] == 2
+    results = json.loads((project / "data" / "evaluate" / "results.json").read_text())
+    assert results and all(r["episodes"] == 2 for r in results), results
+    assert "two-episodes" in sh(project, "dvc", "exp", "ls").stdout
+    assert "up to date" in sh(project, "dvc", "status").stdout
+
+
 def _set_params(project: Path, **sections) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params.update(sections)
@@ -145,17 +155,14 @@ def test_prior_change_killed_mid_stage_resumes_and_reruns_only_downstream(projec
     assert agents and all(prior_hash in text for text in agents)
 
 
-def test_prefect_flow_runs_stale_stages_and_dvc_agrees(project):
-    from prefect.testing.utilities import prefect_test_harness
-
+def test_prefect_flow_runs_stale_stages_and_dvc_agrees(project, prefect_api):
     from pipeline.flows import reproduce
 
     _set_params(project, evaluate={"video_episodes": 0})
     path_before = os.environ.get("PATH", "")
     os.environ["PATH"] = BIN + os.pathsep + path_before
     try:
-        with prefect_test_harness():
-            results = reproduce(preset="tiny", project_dir=str(project))
+        results = reproduce(preset="tiny", project_dir=str(project))
     finally:
         os.environ["PATH"] = path_before
     assert set(results) == {s.name for s in dvc_yaml.active_stages()}
