@@ -18,8 +18,10 @@ import viper.envs
 import viper.errors
 from viper import config as C
 from viper import paths
+from viper.agent.driver import EnvPool
 from viper.agent.policy import load_policy
-from viper.agent.train import run
+from viper.agent.rewards import make_reward_source
+from viper.agent.train import fingerprint, run
 
 TASK = "dmc/cartpole_balance"
 RESUME = ["agent.env_steps=300", "agent.checkpoint_every_env_steps=100", "agent.eval_every_env_steps=150"]
@@ -99,3 +101,19 @@ def test_viper_reward_without_a_reward_model_is_a_clear_error(tmp_path):
 def test_checkpoint_policy_names_a_missing_checkpoint(tmp_path):
     with pytest.raises(viper.errors.ViperError, match="no complete agent checkpoint"):
         load_policy(Path(tmp_path))
+
+
+def test_agent_envs_render_like_the_expert_videos():
+    """``collect.fast_render`` reaches the agent's renderer (frames differ) and its checkpoint fingerprint."""
+    frames = {}
+    for fast in (True, False):
+        pool = EnvPool(TASK, 0, 1, 2, 10, False, fast_render=fast)
+        try:
+            frames[fast] = pool.reset()
+        finally:
+            pool.close()
+    assert frames[True].shape == frames[False].shape == (1, 64, 64, 3)
+    assert not np.array_equal(frames[True], frames[False])
+    cfg = C.load(preset="tiny", overrides=[], params_path=None)
+    source = make_reward_source("task", cfg, TASK)
+    assert fingerprint(cfg.agent, TASK, source, True) != fingerprint(cfg.agent, TASK, source, False)

@@ -93,7 +93,9 @@ class CollectConfig:
     shard_frames: int = 4096
     """Frames per Zarr shard file; few large files keep DVC hashing fast."""
     fast_render: bool = True
-    """Turn off shadows/reflections and shrink the offscreen buffer (several times faster, same content)."""
+    """Turn off shadows/reflections and shrink the offscreen buffer (several times faster, same content). The
+    agents' envs, reward-eval and evaluate render the same way, so the reward model scores frames like its
+    training videos; set False with the published datasets (rendered with MuJoCo's defaults)."""
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,7 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec(
         "reward-eval",
         "reward-eval",
-        ("reward", "evaluate"),
+        ("reward", "evaluate", "collect"),
         (*REWARD_CODE, "viper/eval/reward_eval.py", "viper/eval/stats.py", "viper/experts", "viper/envs"),
         (f"{DATA}/videos", f"{DATA}/tokenizer", f"{DATA}/prior"),
         (f"{DATA}/reward_eval",),
@@ -122,7 +122,7 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec(
         "train-agent",
         "train-agent",
-        ("agent", "reward"),
+        ("agent", "reward", "collect"),
         (*REWARD_CODE, "viper/agent", "viper/envs", "viper/eval/video.py"),
         (f"{DATA}/tokenizer", f"{DATA}/prior"),
         (f"{DATA}/agents",),
@@ -131,7 +131,7 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec(
         "evaluate",
         "evaluate",
-        ("evaluate", "agent"),
+        ("evaluate", "agent", "collect"),
         (*REWARD_CODE, "viper/eval/agent_eval.py", "viper/eval/video.py", "viper/agent", "viper/envs", "viper/experts"),
         (f"{DATA}/agents", f"{DATA}/tokenizer", f"{DATA}/prior"),
         (f"{DATA}/evaluate",),

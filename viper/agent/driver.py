@@ -22,7 +22,11 @@ def env_seed(seed: int, stream: int, restart: int) -> int:
 
 
 class EnvPool:
-    """``count`` copies of ``task`` with distinct seeds; actions in the agent's format (float (E, A))."""
+    """``count`` copies of ``task`` with distinct seeds; actions in the agent's format (float (E, A)).
+
+    ``fast_render`` must match the expert videos' setting (``collect.fast_render``): the VIPER reward scores
+    the agent's frames with a model trained on those videos.
+    """
 
     def __init__(
         self,
@@ -34,6 +38,7 @@ class EnvPool:
         parallel: bool,
         restart: int = 0,
         first_stream: int = 0,
+        fast_render: bool = True,
     ) -> None:
         fns = [
             functools.partial(
@@ -42,6 +47,7 @@ class EnvPool:
                 env_seed(seed, first_stream + i, restart),
                 action_repeat=action_repeat,
                 episode_env_steps=episode_env_steps,
+                fast_render=fast_render,
             )
             for i in range(count)
         ]

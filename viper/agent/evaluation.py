@@ -52,9 +52,11 @@ class Evaluator:
         out_dir: Path,
         restart: int,
         score_episode: Callable[[np.ndarray], np.ndarray] | None = None,
+        fast_render: bool = True,
     ) -> None:
         self.task, self.seed, self.acfg, self.out_dir, self.restart = task, seed, acfg, Path(out_dir), restart
         self.score_episode = score_episode
+        self.fast_render = fast_render
         self.env = None
 
     def __call__(self, agent, env_step: int) -> EvalResult:
@@ -65,6 +67,7 @@ class Evaluator:
                 env_seed(self.seed, EVAL_STREAM, self.restart),
                 action_repeat=self.acfg.action_repeat,
                 episode_env_steps=self.acfg.episode_env_steps or None,
+                fast_render=self.fast_render,
             )
         returns, viper_returns, lengths = [], [], []
         for episode in range(self.acfg.eval_episodes):

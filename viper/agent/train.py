@@ -90,7 +90,9 @@ def run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[s
     np.random.seed(seed)
     torch.manual_seed(seed)
     ckpt = Checkpointer(
-        out_dir / "checkpoints", keep=acfg.keep_checkpoints, fingerprint=fingerprint(acfg, task, source)
+        out_dir / "checkpoints",
+        keep=acfg.keep_checkpoints,
+        fingerprint=fingerprint(acfg, task, source, cfg.collect.fast_render),
     )
     loaded = ckpt.load_latest()
     counters = _new_counters(acfg)
@@ -105,7 +107,18 @@ def run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[s
         counters = state["counters"]
         counters["restarts"] += 1
     episode_steps = acfg.episode_env_steps or None
-    envs = EnvPool(task, seed, acfg.envs, acfg.action_repeat, episode_steps, acfg.parallel_envs, counters["restarts"])
+    # Render as the expert videos were rendered (collect.fast_render), so VIPER scores in-distribution frames.
+    fast_render = cfg.collect.fast_render
+    envs = EnvPool(
+        task,
+        seed,
+        acfg.envs,
+        acfg.action_repeat,
+        episode_steps,
+        acfg.parallel_envs,
+        counters["restarts"],
+        fast_render=fast_render,
+    )
     agent = Agent(acfg, envs.action_dim, envs.discrete, source.name, device)
     replay = Replay(acfg.replay_capacity_steps, acfg.envs, replay_spec((64, 64, 3), envs.action_dim, source.name), seed)
     act_rng = np.random.default_rng([seed, counters["restarts"]])
@@ -124,7 +137,8 @@ def run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[s
         "discrete": envs.discrete,
         "reward_name": source.name,
     }
-    evaluator = Evaluator(task, seed, acfg, out_dir, counters["restarts"], getattr(source, "score_episode", None))
+    score = getattr(source, "score_episode", None)
+    evaluator = Evaluator(task, seed, acfg, out_dir, counters["restarts"], score, fast_render=fast_render)
 
     def save() -> None:
         state = {
@@ -204,11 +218,15 @@ RESUMABLE_CHANGES = (
 """Agent settings that may change without invalidating a run (a longer ``env_steps`` continues it)."""
 
 
-def fingerprint(acfg: AgentConfig, task: str, source) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: the run-shaping agent settings, task and reward source."""
+def fingerprint(acfg: AgentConfig, task: str, source, fast_render: bool = True) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the run-shaping agent settings, task, rendering mode and
+    reward source."""
     shaping = {k: v for k, v in _config_dict(acfg).items() if k not in RESUMABLE_CHANGES}
     reward = source.fingerprint() if hasattr(source, "fingerprint") else {}
-    return {"agent": shaping, "task": task, "reward_source": source.name, "reward_model": reward}
+    fp = {"agent": shaping, "task": task, "reward_source": source.name, "reward_model": reward}
+    if not fast_render:  # only recorded when off, so existing fast-render checkpoints keep resuming
+        fp["fast_render"] = False
+    return fp
 
 
 def _evaluate(agent: Agent, evaluator, counters: dict, log: Logger) -> None:
