@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from viper.config import ATARI_TASKS
+
 CARTPOLE = ["dmc/cartpole_balance", "dmc/cartpole_swingup"]
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -17,16 +19,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper_atari": {
         "collect": {
             "suite": "atari",
-            "tasks": [
-                "atari/assault",
-                "atari/atlantis",
-                "atari/boxing",
-                "atari/defender",
-                "atari/freeway",
-                "atari/kangaroo",
-                "atari/pong",
-                "atari/zaxxon",
-            ],
+            "tasks": list(ATARI_TASKS),
             "action_repeat": 4,
             "episode_env_steps": 27_000,
             "keep_return_percentile": 0.0,
