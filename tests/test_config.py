@@ -58,6 +58,8 @@ def test_resolution_order_params_then_overrides(tmp_path):
         ("tokenizer.compile=true", "tokenizer.compile", True),
         ("collect.policy=noisy:0.5", "collect.policy", "noisy:0.5"),
         ("tokenizer.lpips_weights_path=", "tokenizer.lpips_weights_path", ""),
+        ("++prior.layers=4", "prior.layers", 4),  # Hydra's add-or-override, as `dvc exp run -S` needs
+        ("+prior.layers=4", "prior.layers", 4),
     ],
 )
 def test_override_parsing(text, key, value):

@@ -411,9 +411,13 @@ def load(
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"prior.layers=4"`` -> ``("prior.layers", 4)``; the value is parsed as YAML, as DVC does."""
+    """``"prior.layers=4"`` -> ``("prior.layers", 4)``; the value is parsed as YAML, as DVC does.
+
+    A leading ``+`` or ``++`` (Hydra's add / add-or-override, which ``dvc exp run -S`` needs for keys that
+    params.yaml does not list yet) is accepted and means the same here, so one override works in both places.
+    """
     key, sep, raw = text.partition("=")
-    key = key.strip()
+    key = key.strip().removeprefix("++").removeprefix("+")
     if not sep or not key:
         raise ConfigError(f"override {text!r}: expected section.key=value, e.g. prior.layers=4")
     try:
