@@ -2,7 +2,7 @@
 
 The defaults are the published settings for DMC, so ``paper_dmc`` is nearly empty. Small presets run the same
 code with smaller numbers: ``tiny`` (seconds to minutes on 2 CPU cores; what CI's end-to-end test runs) and
-``demo`` (cartpole tasks with scripted experts; sized for a laptop CPU, aiming at half an hour). Combine presets with a
+``demo`` (cartpole tasks with scripted experts; sized for a laptop CPU: ~1 h on 2 cores, measured). Combine presets with a
 comma, e.g. ``--preset demo,size_xs``.
 """
 
@@ -87,8 +87,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "log_every_grad_steps": 50,
             "picture_context_frames": 1,
         },
-        # A CPU-sized agent aimed at a half-hour `make run` (untimed so far): it exercises VIPER training end to end
-        # but is far too short to learn the task (benchmarks/results/agent*.md: XS needs hours on this CPU).
+        # A CPU-sized agent (8 min of the ~1 h `make run`): it exercises VIPER training end to end but is far too
+        # short to learn the task (benchmarks/results/agent*.md: XS needs hours on this CPU).
         "agent": {
             "tasks": ["dmc/cartpole_balance"],
             "seeds": [0],
