@@ -286,3 +286,32 @@ def test_fuzzed_array_shapes(tmp_path, shape, dtype):
     else:
         with pytest.raises(ViperError, match="arr.npz: arr_0 is"):
             load_npz_episode(path)
+
+
+def test_collect_stage_imports_the_published_dataset_with_the_published_preset(tmp_path, capsys):
+    """``--preset tiny,published``: ``viper collect`` imports data/published/<suite>/ (manifest-checked) instead
+    of rolling out, ``viper expert`` trains nothing, and envs render with MuJoCo's defaults."""
+    from viper import config as C
+    from viper.data import collect
+
+    data = tmp_path / "data"
+    overrides = [f"data_dir={data}", "collect.tasks=[dmc/cartpole_balance, dmc/walker_walk]"]
+    cfg = C.load("tiny,published", overrides, params_path=None)
+    assert cfg.collect.policy == "published" and cfg.collect.fast_render is False
+    with pytest.raises(ViperError, match=r"published/dmc does not exist; place the published dataset there"):
+        collect.run(cfg)
+    root = data / "published" / "dmc"
+    episodes = make_published(root)
+    manifest = tmp_path / "manifest.sha256"
+    write_manifest(root, manifest)
+    pinned = C.load("tiny,published", [*overrides, f"collect.manifest={manifest}"], params_path=None)
+    out = collect.run(pinned)
+    assert out["dmc/cartpole_balance/episodes"] == 4 and out["dmc/walker_walk/episodes"] == 4
+    group = open_store(out["store"]).task("dmc/walker_walk")
+    np.testing.assert_array_equal(group.read_episode(3)["frames"], episodes[("walker_walk", "test", 0)])
+    # A changed file fails the pinned import, naming it.
+    np.savez_compressed(root / "walker_walk" / "train" / "ep000.npz", np.zeros((3, 64, 64, 3), np.uint8))
+    with pytest.raises(ViperError, match=r"ep000\.npz: sha256 .* does not match the manifest"):
+        collect.run(pinned)
+    assert cli.main(["expert", "--preset", "tiny,published", "-S", f"data_dir={data}"]) == 0
+    assert "nothing to train" in capsys.readouterr().out

@@ -69,7 +69,9 @@ class CollectConfig:
     tasks: tuple[str, ...] = DMC_TASKS
     """Tasks to collect, full names ``<suite>/<task>`` (e.g. ``dmc/cartpole_balance``)."""
     policy: str = "expert"
-    """Behaviour policy: ``expert`` (scripted), ``random``, ``noisy:<epsilon>`` or ``checkpoint:<path>``."""
+    """Behaviour policy: ``expert`` (scripted), ``random``, ``noisy:<epsilon>`` or ``checkpoint:<path>``; or
+    ``published``: import the published npz dataset placed in ``data/published/<suite>/`` instead of rolling out
+    (``viper.paths.published_dir``; preset ``published``)."""
     episodes_per_task: int = 1000
     """Episodes rolled out per task before filtering (paper: keep the top 50 of 1000)."""
     episode_env_steps: int = 500
@@ -92,6 +94,8 @@ class CollectConfig:
     """Frames per compressed Zarr chunk, the unit of decoding (choice: benchmarks/results/store.md)."""
     shard_frames: int = 4096
     """Frames per Zarr shard file; few large files keep DVC hashing fast."""
+    manifest: str = ""
+    """With policy ``published``: sha256sum-format manifest every imported file must match (empty: no check)."""
     fast_render: bool = True
     """Turn off shadows/reflections and shrink the offscreen buffer (several times faster, same content). The
     agents' envs, reward-eval and evaluate render the same way, so the reward model scores frames like its

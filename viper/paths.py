@@ -19,6 +19,12 @@ def store(data_dir: str | Path, suite: str) -> Path:
     return Path(data_dir) / "videos" / f"{suite}.zarr"
 
 
+def published_dir(data_dir: str | Path) -> Path:
+    """Where users place the published datasets: ``published/<suite>/<task>/{train,test}/*.npz`` (collect policy
+    ``published`` imports them; a dependency of the ``collect`` stage)."""
+    return Path(data_dir) / "published"
+
+
 def tokens(data_dir: str | Path, suite: str) -> Path:
     """Token store of one suite (same group layout as the video store, written by ``tokenize``).
 

@@ -19,6 +19,9 @@ from pathlib import Path
 
 DATA = "data"
 
+EXTERNAL_INPUTS = (f"{DATA}/published",)
+"""Inputs that users provide rather than a stage (a tracked README keeps the folder present for DVC)."""
+
 COMMON_CODE = ("viper/config.py", "viper/presets.py", "viper/paths.py")
 TOKENIZER_CODE = (
     "viper/models/vqgan.py",
@@ -72,9 +75,9 @@ STAGES: tuple[StageSpec, ...] = (
         "collect",
         ("collect",),
         ("viper/envs", "viper/experts", "viper/data"),
-        (f"{DATA}/experts",),
+        (f"{DATA}/experts", f"{DATA}/published"),
         (f"{DATA}/videos",),
-        "roll out expert policies into the Zarr video store",
+        "roll out expert policies (or import the published videos) into the Zarr video store",
     ),
     StageSpec(
         "train-tokenizer",

@@ -335,6 +335,8 @@ def train_experts(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     from viper.experts.policies import scripted_tasks
 
     tasks = [args.task] if args.task else [t for t in cfg.collect.tasks if t not in scripted_tasks()]
+    if cfg.collect.policy != "expert" and not args.task:
+        tasks = []  # collect rolls out another policy or imports the published videos: no expert needed
     seed = args.seed if args.seed is not None else cfg.agent.seeds[0]
     (Path(cfg.data_dir) / "experts").mkdir(parents=True, exist_ok=True)  # the stage's output, even when empty
     results: dict[str, Any] = {"experts_trained": len(tasks)}
@@ -344,7 +346,7 @@ def train_experts(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
         print(f"expert: {task}: eval task return {metrics['eval_task_return']:.1f} ({out})")
         results.update({f"{paths.slug(task)}/{k}": v for k, v in metrics.items()})
     if not tasks:
-        print("expert: every collect task has a scripted expert; nothing to train")
+        print(f"expert: collect.policy={cfg.collect.policy!r} needs no trained expert here; nothing to train")
     return results
 
 

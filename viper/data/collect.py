@@ -202,6 +202,26 @@ def _summary(group: TaskGroup, rolled_out: int, all_returns: np.ndarray | None =
     return out
 
 
+PUBLISHED = "published"
+"""``collect.policy`` that imports the published dataset instead of rolling out."""
+
+
+def import_published_tasks(cfg: Config, tasks: tuple[str, ...], url: str) -> dict[str, Any]:
+    """Import ``tasks`` from ``<published_dir>/<suite>`` (verified against ``collect.manifest`` when set)."""
+    from viper.data.importers import import_published
+
+    c = cfg.collect
+    root = paths.published_dir(cfg.data_dir) / c.suite
+    if not root.is_dir():
+        raise ViperError(
+            f"collect.policy=published: {root} does not exist; place the published dataset there as "
+            f"<task>/{{train,test}}/*.npz (README: 'Reproducing from the published datasets')"
+        )
+    store = open_store(url, "a", chunk_frames=c.chunk_frames, shard_frames=c.shard_frames)
+    summary = import_published(root, store, c.suite, list(tasks), c.manifest or None)
+    return {f"{task}/episodes": count for task, count in summary.items()}
+
+
 def expert_policy(cfg: Config, task: str) -> str:
     """``collect.policy`` for ``task``: ``expert`` means the scripted expert where one exists, otherwise the
     agent that ``viper expert`` trained on the task reward (``viper.paths.expert_dir``)."""
@@ -231,6 +251,8 @@ def run(cfg: Config, tasks: tuple[str, ...] | None = None, progress: bool = True
             raise ViperError(f"task {task!r} is not in suite {c.suite!r} (collect.suite); store would mix suites")
     url = str(paths.store(cfg.data_dir, c.suite))
     out: dict[str, Any] = {"store": url}
+    if c.policy == PUBLISHED:
+        return {**out, **import_published_tasks(cfg, tasks, url)}
     for task in tasks:
         for name, value in collect_task(replace(c, policy=expert_policy(cfg, task)), task, url, progress).items():
             out[f"{task}/{name}"] = value
