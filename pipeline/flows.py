@@ -139,8 +139,8 @@ def train_agents(
     tasks: list[str], seeds: list[int], preset: str = "", reward: str = "viper", project_dir: str = "."
 ) -> dict[str, int]:
     """Train one agent per (task, seed), in parallel through the flow's task runner; run label -> driver pid."""
-    futures = [
-        run_command.submit(
+    futures = {
+        f"{t}/seed{s}": run_command.submit(
             "train-agent",
             [*_preset_args(preset), "--task", t, "--seed", str(s), "-S", f"agent.reward={reward}"],
             f"{t.replace('/', '-')}-seed{s}",
@@ -148,17 +148,16 @@ def train_agents(
         )
         for t in tasks
         for s in seeds
-    ]
-    labels = [f"{t}/seed{s}" for t in tasks for s in seeds]
-    return {label: future.result() for label, future in zip(labels, futures, strict=True)}
+    }
+    return {label: future.result() for label, future in futures.items()}
 
 
 @flow(name="viper-collect-videos", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def collect_videos(tasks: list[str], preset: str = "", project_dir: str = ".") -> dict[str, int]:
     """Collect expert videos for each task in parallel (each task is its own group in the suite's store);
     returns task -> the pid of the process that drove it."""
-    futures = [
-        run_command.submit("collect", [*_preset_args(preset), "--task", t], t.replace("/", "-"), project_dir)
+    futures = {
+        t: run_command.submit("collect", [*_preset_args(preset), "--task", t], t.replace("/", "-"), project_dir)
         for t in tasks
-    ]
-    return {t: future.result() for t, future in zip(tasks, futures, strict=True)}
+    }
+    return {t: future.result() for t, future in futures.items()}

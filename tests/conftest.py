@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,9 @@ def prefect_api():
 
     with prefect_test_harness():
         yield
+
+
+@pytest.fixture
+def venv_on_path(monkeypatch):
+    """This interpreter's folder first on PATH, so flows that start `dvc` / `viper` get this environment's."""
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))

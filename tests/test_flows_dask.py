@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,17 +17,12 @@ TASKS = ["dmc/cartpole_balance", "dmc/cartpole_swingup"]
 
 
 @pytest.mark.slow
-def test_collect_flow_fans_out_over_a_two_worker_dask_cluster(tmp_path, prefect_api):
+def test_collect_flow_fans_out_over_a_two_worker_dask_cluster(tmp_path, prefect_api, venv_on_path):
     pytest.importorskip("prefect_dask", reason="the [dask] extra (in requirements.lock) is not installed")
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**params, "preset": "tiny", "data_dir": "data"}))
     runner = make_runner("dask", workers=2)
-    path_before = os.environ.get("PATH", "")
-    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + path_before
-    try:
-        drivers = collect_videos.with_options(task_runner=runner)(tasks=TASKS, preset="tiny", project_dir=str(tmp_path))
-    finally:
-        os.environ["PATH"] = path_before
+    drivers = collect_videos.with_options(task_runner=runner)(tasks=TASKS, preset="tiny", project_dir=str(tmp_path))
     # Each task was driven from a Dask worker process, not from a thread of this one.
     assert set(drivers) == set(TASKS) and os.getpid() not in drivers.values(), drivers
     store = open_store(paths.store(tmp_path / "data", "dmc"))

@@ -156,16 +156,11 @@ def test_prior_change_killed_mid_stage_resumes_and_reruns_only_downstream(projec
     assert agents and all(prior_hash in text for text in agents)
 
 
-def test_prefect_flow_runs_stale_stages_and_dvc_agrees(project, prefect_api):
+def test_prefect_flow_runs_stale_stages_and_dvc_agrees(project, prefect_api, venv_on_path):
     from pipeline.flows import reproduce
 
     _set_params(project, evaluate={"video_episodes": 0})
-    path_before = os.environ.get("PATH", "")
-    os.environ["PATH"] = BIN + os.pathsep + path_before
-    try:
-        results = reproduce(preset="tiny", project_dir=str(project))
-    finally:
-        os.environ["PATH"] = path_before
+    results = reproduce(preset="tiny", project_dir=str(project))
     assert set(results) == {s.name for s in dvc_yaml.active_stages()}
     assert results["report"]["tasks"] >= 1
     # The flow ran the stages through DVC, so DVC's record of what is stale agrees with it.

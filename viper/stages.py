@@ -17,9 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from viper import paths
+
 DATA = "data"
 
-EXTERNAL_INPUTS = (f"{DATA}/published",)
+EXTERNAL_INPUTS = (str(paths.published_dir(DATA)),)
 """Inputs that users provide rather than a stage (a tracked README keeps the folder present for DVC)."""
 
 COMMON_CODE = ("viper/config.py", "viper/presets.py", "viper/paths.py")
@@ -75,7 +77,7 @@ STAGES: tuple[StageSpec, ...] = (
         "collect",
         ("collect",),
         ("viper/envs", "viper/experts", "viper/data"),
-        (f"{DATA}/experts", f"{DATA}/published"),
+        (f"{DATA}/experts", *EXTERNAL_INPUTS),
         (f"{DATA}/videos",),
         "roll out expert policies (or import the published videos) into the Zarr video store",
     ),

@@ -89,10 +89,12 @@ def run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[s
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    # Render as the expert videos were rendered (collect.fast_render), so VIPER scores in-distribution frames.
+    fast_render = cfg.collect.fast_render
     ckpt = Checkpointer(
         out_dir / "checkpoints",
         keep=acfg.keep_checkpoints,
-        fingerprint=fingerprint(acfg, task, source, cfg.collect.fast_render),
+        fingerprint=fingerprint(acfg, task, source, fast_render),
     )
     loaded = ckpt.load_latest()
     counters = _new_counters(acfg)
@@ -107,8 +109,6 @@ def run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[s
         counters = state["counters"]
         counters["restarts"] += 1
     episode_steps = acfg.episode_env_steps or None
-    # Render as the expert videos were rendered (collect.fast_render), so VIPER scores in-distribution frames.
-    fast_render = cfg.collect.fast_render
     envs = EnvPool(
         task,
         seed,

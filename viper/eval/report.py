@@ -154,13 +154,17 @@ def read_series(log: Path, keys: Any) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
-def _agent_logs(data_dir: Path) -> list[tuple[str, str, str, Path]]:
-    """``(reward, task slug, seed folder, metrics.jsonl)`` of every agent run under ``data/agents``."""
+AgentSeries = dict[tuple[str, str, str], dict[str, list[tuple[int, float]]]]
+"""``(reward, task slug, seed folder)`` -> the run's plotted series (``PLOTTED_KEYS["agent"]``)."""
+
+
+def agent_series(data_dir: Path) -> AgentSeries:
+    """The plotted series of every agent run under ``data/agents``, each log read once."""
     logs = sorted((data_dir / "agents").glob("*/*/seed*/logs/metrics.jsonl"))
-    return [(log.parts[-5], log.parts[-4], log.parts[-3], log) for log in logs]
+    return {(log.parts[-5], log.parts[-4], log.parts[-3]): read_series(log, _plotted("agent")) for log in logs}
 
 
-def learning_curves(data_dir: Path, out: Path) -> list[Path]:
+def learning_curves(runs: AgentSeries, out: Path) -> list[Path]:
     """Plot ``episode/task_return`` against env steps for every agent run, one picture per task."""
     import matplotlib
 
@@ -168,14 +172,14 @@ def learning_curves(data_dir: Path, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     curves = defaultdict(list)
-    for reward, task, seed, log in _agent_logs(data_dir):
-        points = read_series(log, lambda key: key == "episode/task_return").get("episode/task_return")
+    for (reward, task, seed), series in runs.items():
+        points = series.get("episode/task_return")
         if points:
             curves[task].append((f"{reward} {seed}", points))
     written = []
-    for task, runs in curves.items():
+    for task, task_runs in curves.items():
         fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
-        for label, points in runs:
+        for label, points in task_runs:
             ax.plot(*zip(*points, strict=True), label=label)
         ax.set(title=task, xlabel="env steps", ylabel="task return")
         ax.legend(fontsize=7)
@@ -199,20 +203,23 @@ def _plotted(kind: str):
     return lambda key: any(key == k or (k.endswith("/") and key.startswith(k)) for k in PLOTTED_KEYS[kind])
 
 
-def plot_data(cfg: Config, data_dir: Path, out: Path) -> list[Path]:
+def plot_data(cfg: Config, data_dir: Path, agents: AgentSeries, out: Path) -> list[Path]:
     """One two-column TSV (``step``, value) per logged curve, for ``dvc plots show`` (dvc.yaml's top-level plots).
 
     Files are named ``<run>__<key>.tsv``: the agents' task/VIPER returns per (reward, task, seed), the
     tokenizer's eval losses and the prior's bits per token. The folder holds nothing but these files, so DVC
     renders each as a line plot with ``x: step`` and no parsing warnings.
     """
-    runs = [(f"agent_{r}_{t}_{s}", log, "agent") for r, t, s, log in _agent_logs(data_dir)]
     suite = cfg.collect.suite
-    runs.append((f"tokenizer_{suite}", paths.tokenizer_dir(data_dir, suite) / "logs" / "metrics.jsonl", "tokenizer"))
-    runs.append((f"prior_{suite}", paths.prior_dir(data_dir, suite) / "logs" / "metrics.jsonl", "prior"))
+    runs = {f"agent_{r}_{t}_{s}": series for (r, t, s), series in agents.items()}
+    for kind, run_dir in (
+        ("tokenizer", paths.tokenizer_dir(data_dir, suite)),
+        ("prior", paths.prior_dir(data_dir, suite)),
+    ):
+        runs[f"{kind}_{suite}"] = read_series(run_dir / "logs" / "metrics.jsonl", _plotted(kind))
     written = []
-    for name, log, kind in runs:
-        for key, points in read_series(log, _plotted(kind)).items():
+    for name, series in runs.items():
+        for key, points in series.items():
             column = key.rsplit("/", 1)[-1]
             path = out / f"{name}__{key.replace('/', '_')}.tsv"
             write_text(path, "".join([f"step\t{column}\n", *(f"{s}\t{v:.6g}\n" for s, v in points)]))
@@ -243,10 +250,11 @@ def run(cfg: Config) -> dict[str, Any]:
 
     rows = agent_rows(cfg, data_dir)
     report.blocks += [("h", "Agents: VIPER reward vs task-reward oracle"), ("table", rows)]
-    report.blocks += [("img", str(p.relative_to(out))) for p in learning_curves(data_dir, assets)]
+    agents = agent_series(data_dir)
+    report.blocks += [("img", str(p.relative_to(out))) for p in learning_curves(agents, assets)]
     plots = paths.report_plots(data_dir)
     shutil.rmtree(plots, ignore_errors=True)
-    plot_files = plot_data(cfg, data_dir, plots)
+    plot_files = plot_data(cfg, data_dir, agents, plots)
 
     report.blocks += [("h", "Reward model diagnostics"), ("table", reward_rows(cfg, data_dir))]
     stage_rows = []
