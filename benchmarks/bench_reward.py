@@ -106,8 +106,10 @@ def main() -> None:
     n_long, n_short = args.steps - first, args.naive_steps - first
     assert n_short > 0 and n_long > 0, f"episodes need more than {first} steps"
 
-    # Same numbers from both paths (a cheap guard that the benchmark compares equal work).
-    np.testing.assert_allclose(reward.score(short, TASK), score_per_window(reward, short, TASK), atol=5e-3)
+    # Same numbers from both paths (a cheap guard that the benchmark compares equal work). On CUDA the prior runs
+    # under bf16 autocast, whose different batching rounds differently: a relative tolerance there.
+    tol = {"rtol": 2e-3} if reward.device.type == "cuda" else {"atol": 5e-3}
+    np.testing.assert_allclose(reward.score(short, TASK), score_per_window(reward, short, TASK), **tol)
     tokens = reward.encode(torch.as_tensor(long[0])).reshape(1, args.steps, *reward.tokenizer.grid)
     task_id = torch.tensor([0], device=reward.device)
     best = interleaved(

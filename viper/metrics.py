@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,7 +34,11 @@ def _float(value: Any) -> float:
 
 
 class Logger:
-    """Fan scalars out to every sink; show a progress bar over ``total`` units (steps, frames, ...)."""
+    """Fan scalars out to every sink; show a progress bar over ``total`` units (steps, frames, ...).
+
+    ``VIPER_DVCLIVE=0`` in the environment drops the dvclive sink (metrics.jsonl and TensorBoard stay): for
+    machines without DVC's git stack, such as a bare GPU node.
+    """
 
     def __init__(
         self,
@@ -57,7 +62,7 @@ class Logger:
 
             self._tb = SummaryWriter(str(self.log_dir / "tensorboard"))
         self._live = None
-        if dvclive:
+        if dvclive and os.environ.get("VIPER_DVCLIVE", "1") != "0":
             from dvclive import Live
 
             # save_dvc_exp=False: the pipeline's own `dvc exp` handles experiments; dvclive only writes files.

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# One GPU session's benchmarks and learning runs, in one command (the device tool lends ~15 min per session).
+#
+#   bash benchmarks/gpu_session.sh OUT_DIR [RUN_SECONDS]
+#
+# Run on a CUDA machine from the repository root. It assumes a Python with torch (CUDA) and that the project's
+# other runtime packages are importable (on this workplace's device machine: wheels carried in .whl/, see
+# benchmarks/results/gpu.md for the exact call). Writes logs and a tarball of the agents' logs/plots to OUT_DIR.
+# RUN_SECONDS bounds the concurrent learning runs (default 360): they stop there, checkpointed, wherever they got.
+# SMOKE=1 shrinks every number so the script can be checked on a CPU machine first.
+set -u
+out=${1:?usage: gpu_session.sh OUT_DIR [RUN_SECONDS]}
+run_s=${2:-360}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 MUJOCO_GL=egl VIPER_DVCLIVE=${VIPER_DVCLIVE:-1} PYTHONPATH=$PWD:${PYTHONPATH:-}
+py=${PYTHON:-python3}
+dev=cuda
+frames=100000   # env frames per learning run (issue: 100k frames, size S, 3 seeds)
+bench_sizes="XS S"
+reward_steps=(--steps 512 --naive-steps 64)
+if [ "${SMOKE:-0}" = 1 ]; then dev=cpu; frames=400; bench_sizes=tiny; reward_steps=(--steps 24 --naive-steps 4); fi
+agent_steps=$((frames / 2))   # action repeat 2
+
+{
+  date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
+  $py -c "import torch, mujoco; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'mujoco', mujoco.__version__)"
+  nproc
+} 2>&1 | tee "$out/env.txt"
+
+# 1. Agent update speed (batch 16 x 64), bf16 autocast on CUDA.
+set -o pipefail
+timeout 120 $py benchmarks/bench_agent.py --device $dev --sizes $bench_sizes --repeats 3 --warmup 2 2>&1 \
+  | tee "$out/bench_agent.txt"
+rc=$?
+bf16=true
+if [ $rc != 0 ] && [ $rc != 124 ]; then  # the bf16 path broke: keep the learning runs alive in fp32
+  echo "bench_agent exit $rc: learning runs use agent.bf16=false" | tee -a "$out/bench_agent.txt"; bf16=false
+fi
+set +o pipefail
+
+# 2. Reward relabelling throughput, paper_dmc sizes (random weights).
+timeout 60 $py benchmarks/bench_reward.py --device $dev "${reward_steps[@]}" --windows-per-batch 64 \
+  --repeats 2 --output '' 2>&1 | tee "$out/bench_reward.txt"
+
+# 3. Concurrent learning runs on dmc/cartpole_balance, size S, 100k frames: task reward (oracle) x 3 seeds and
+#    the VIPER reward (demo reward model under data/) x 1 seed. Each stops at run_s seconds if not done.
+common=(--preset demo --task dmc/cartpole_balance -S agent.size=S -S agent.batch_size=16 -S agent.envs=3
+  -S agent.train_ratio=64 -S agent.env_steps=$agent_steps -S agent.eval_every_env_steps=5000
+  -S agent.eval_episodes=2 -S agent.log_every_env_steps=1000 -S agent.checkpoint_every_env_steps=1000000
+  -S agent.device=$dev -S reward.device=$dev -S agent.bf16=$bf16)
+if [ "${SMOKE:-0}" = 1 ]; then
+  common+=(-S agent.size=tiny -S agent.batch_size=4 -S agent.batch_length=16 -S agent.eval_every_env_steps=100
+    -S agent.log_every_env_steps=50)
+fi
+pids=()
+for seed in 0 1 2; do
+  timeout "$run_s" $py -m viper.cli train-agent "${common[@]}" --reward task --seed $seed \
+    >"$out/agent_task_$seed.log" 2>&1 &
+  pids+=($!)
+done
+timeout "$run_s" $py -m viper.cli train-agent "${common[@]}" --reward viper --seed 0 \
+  >"$out/agent_viper_0.log" 2>&1 &
+pids+=($!)
+for p in "${pids[@]}"; do wait "$p"; echo "pid $p exit $?" >>"$out/exits.txt"; done
+cat "$out/exits.txt"
+nvidia-smi --query-gpu=memory.used --format=csv 2>/dev/null | tee -a "$out/env.txt"
+tar czf "$out/agents.tgz" --exclude=checkpoints data/agents 2>/dev/null
+ls -la "$out"

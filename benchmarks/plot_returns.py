@@ -1,0 +1,55 @@
+"""Overlay the task-return curves of several agent runs (their ``logs/metrics.jsonl``) in one PNG.
+
+    .venv/bin/python benchmarks/plot_returns.py out.png data/agents/task/dmc-cartpole_balance/seed0 ... \
+        --title "cartpole_balance, size S" --random 340
+
+Training episodes are thin lines, evaluation episodes dots; x is env frames (agent steps x action repeat).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def series(run: Path, key: str, repeat: int) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"] * repeat, r[key]) for r in rows if r.get(key) is not None]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("output")
+    parser.add_argument("runs", nargs="+", type=Path, help="agent run folders (.../<reward>/<task>/seed<N>)")
+    parser.add_argument("--title", default="")
+    parser.add_argument("--action-repeat", type=int, default=2)
+    parser.add_argument("--random", type=float, default=None, help="draw a line at this random-policy return")
+    args = parser.parse_args()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for run in args.runs:
+        label = f"{run.parent.parent.name} reward, {run.name}"
+        style = "-" if run.parent.parent.name == "task" else "--"
+        train = series(run, "train/episode_task_return", args.action_repeat)
+        (line,) = ax.plot(*zip(*train, strict=True), style, alpha=0.35, lw=1) if train else ax.plot([], [])
+        evals = series(run, "episode/task_return", args.action_repeat)
+        if evals:
+            ax.plot(*zip(*evals, strict=True), "o" + style, color=line.get_color(), label=f"{label} (eval)")
+    if args.random is not None:
+        ax.axhline(args.random, color="grey", lw=0.8, ls=":", label=f"uniform random actions ({args.random:g})")
+    ax.set_xlabel("env frames")
+    ax.set_ylabel("task return")
+    ax.set_title(args.title, fontsize=9)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(args.output, dpi=90)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""The metrics Logger's sinks: metrics.jsonl always, TensorBoard and dvclive unless switched off."""
+
+from __future__ import annotations
+
+import json
+
+from viper.metrics import Logger
+
+
+def _log_two_steps(log_dir):
+    with Logger(log_dir, total=2, progress=False, resume=False) as log:
+        log.scalars({"loss/a": 1.5, "loss/b": float("nan")}, step=1)
+        log.scalars({"loss/a": 0.5}, step=2)
+
+
+def test_jsonl_and_dvclive_by_default(tmp_path, monkeypatch):
+    monkeypatch.delenv("VIPER_DVCLIVE", raising=False)
+    _log_two_steps(tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["loss/a"]) for r in rows] == [(1, 1.5), (2, 0.5)]
+    assert rows[0]["loss/b"] is None  # non-finite values become JSON null, not an unparsable NaN
+    tsv = (tmp_path / "dvclive" / "plots" / "metrics" / "loss" / "a.tsv").read_text().splitlines()
+    assert [line.split("\t") for line in tsv[1:]] == [["1", "1.5"], ["2", "0.5"]]
+
+
+def test_viper_dvclive_0_drops_only_dvclive(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIPER_DVCLIVE", "0")
+    _log_two_steps(tmp_path)
+    assert not (tmp_path / "dvclive").exists()
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    assert any((tmp_path / "tensorboard").iterdir())
