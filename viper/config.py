@@ -1,7 +1,10 @@
 """Typed, frozen configuration: one dataclass per stage, presets as partial overrides, strict loading.
 
+The stage sections (``CollectConfig`` ... ``EvaluateConfig``) and the task lists live in ``viper.sections`` and
+are re-exported here; this module holds the whole ``Config``, the loader and the validation.
+
 Resolution order (later wins):
-  1. the dataclass defaults below (the published code's settings: reference/viper-original.md),
+  1. the dataclass defaults in ``viper.sections`` (the published code's settings: reference/viper-original.md),
   2. the named preset(s) from ``viper.presets`` in the order given (``--preset demo`` or ``tiny,size_xs``),
   3. the per-section overrides written in ``params.yaml`` (besides its ``preset:`` key),
   4. ``-S section.key=value`` overrides from the command line (DVC's syntax; values parsed as YAML).
@@ -24,327 +27,34 @@ from typing import Any
 import yaml
 
 from viper.errors import ViperError
+from viper.sections import (
+    ATARI_TASKS,
+    DMC_TASKS,
+    AgentConfig,
+    CollectConfig,
+    EvaluateConfig,
+    PriorConfig,
+    RewardConfig,
+    TokenizerConfig,
+)
 
-DMC_TASKS = (
-    "dmc/acrobot_swingup",
-    "dmc/cartpole_balance",
-    "dmc/cartpole_swingup",
-    "dmc/cheetah_run",
-    "dmc/cup_catch",
-    "dmc/finger_spin",
-    "dmc/finger_turn_hard",
-    "dmc/hopper_stand",
-    "dmc/manipulator_bring_ball",
-    "dmc/pendulum_swingup",
-    "dmc/pointmass_easy",
-    "dmc/pointmass_hard",
-    "dmc/quadruped_run",
-    "dmc/quadruped_walk",
-    "dmc/reacher_easy",
-    "dmc/reacher_hard",
-    "dmc/walker_walk",
-)
-ATARI_TASKS = (
-    "atari/assault",
-    "atari/atlantis",
-    "atari/boxing",
-    "atari/defender",
-    "atari/freeway",
-    "atari/kangaroo",
-    "atari/pong",
-    "atari/zaxxon",
-)
+__all__ = [
+    "ATARI_TASKS",
+    "DMC_TASKS",
+    "AgentConfig",
+    "CollectConfig",
+    "Config",
+    "ConfigError",
+    "EvaluateConfig",
+    "PriorConfig",
+    "RewardConfig",
+    "TokenizerConfig",
+    "load",
+]
 
 
 class ConfigError(ViperError, ValueError):
     """A configuration key, value or preset that cannot be used; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class CollectConfig:
-    """Expert video collection into the Zarr store (stage ``collect``)."""
-
-    suite: str = "dmc"
-    """Environment suite: ``dmc`` or ``atari``; also names the store ``<data_dir>/videos/<suite>.zarr``."""
-    tasks: tuple[str, ...] = DMC_TASKS
-    """Tasks to collect, full names ``<suite>/<task>`` (e.g. ``dmc/cartpole_balance``)."""
-    policy: str = "expert"
-    """Behaviour policy: ``expert`` (scripted), ``random``, ``noisy:<epsilon>`` or ``checkpoint:<path>``; or
-    ``published``: import the published npz dataset placed in ``data/published/<suite>/`` instead of rolling out
-    (``viper.paths.published_dir``; preset ``published``)."""
-    episodes_per_task: int = 1000
-    """Episodes rolled out per task before filtering (paper: keep the top 50 of 1000)."""
-    episode_env_steps: int = 500
-    """Agent steps per episode, after action repeat (DMC: 1000 physics steps / repeat 2)."""
-    action_repeat: int = 2
-    """Environment steps per agent action (DMC 2, Atari frame skip 4); recorded in the store."""
-    workers: int = 2
-    """Parallel environment worker processes."""
-    seed: int = 0
-    """Base seed; episode i of task t is seeded deterministically from (seed, t, i)."""
-    keep_return_percentile: float = 90.0
-    """Keep episodes whose return is at or above this percentile of the collected returns (0 keeps all)."""
-    drop_first_frames: int = 50
-    """Frames dropped from the start of each kept episode (published DMC filter)."""
-    max_episodes_per_task: int = 500
-    """Cap on kept episodes per task."""
-    test_fraction: float = 0.05
-    """Fraction of kept episodes assigned to the test split (published: 95/5)."""
-    chunk_frames: int = 32
-    """Frames per compressed Zarr chunk, the unit of decoding (choice: benchmarks/results/store.md)."""
-    shard_frames: int = 4096
-    """Frames per Zarr shard file; few large files keep DVC hashing fast."""
-    manifest: str = ""
-    """With policy ``published``: sha256sum-format manifest every imported file must match (empty: no check)."""
-    fast_render: bool = True
-    """Turn off shadows/reflections and shrink the offscreen buffer (several times faster, same content). The
-    agents' envs, reward-eval and evaluate render the same way, so the reward model scores frames like its
-    training videos; set False with the published datasets (rendered with MuJoCo's defaults)."""
-
-
-@dataclass(frozen=True)
-class TokenizerConfig:
-    """VQ-GAN frame tokenizer (stages ``train-tokenizer`` and ``tokenize``)."""
-
-    base_channels: int = 128
-    """Channels of the first encoder level."""
-    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
-    """Channel multiplier per level; len-1 downsamplings (DMC 4 levels -> 8x8, Atari 3 -> 16x16)."""
-    res_blocks: int = 1
-    """Residual blocks per encoder level (the decoder uses one more)."""
-    embed_dim: int = 64
-    """Latent / codebook vector dimension."""
-    codebook_size: int = 256
-    """Number of codebook entries K (paper text: 1024 for DMC; released config: 256)."""
-    commitment_weight: float = 0.25
-    """Weight of the commitment term ||z - sg(e)||^2."""
-    kmeans_init: bool = False
-    """Initialise the codebook by k-means on the first batch (off in the published code)."""
-    dead_code_restart: bool = False
-    """Re-seed unused codes from encoder outputs (off in the published code)."""
-    dead_code_every_grad_steps: int = 200
-    """Window of updates over which a code must be used once, else it is re-seeded (with dead_code_restart)."""
-    recon_loss: str = "l1"
-    """Pixel loss: ``l1`` (published) or ``mse`` (CPU prototype; learns small objects sooner without GAN/LPIPS)."""
-    perceptual_weight: float = 0.1
-    """LPIPS(VGG16) weight; needs ``lpips_weights_path`` (no downloads here), otherwise switched off."""
-    lpips_weights_path: str = ""
-    """Local LPIPS-VGG weights file; empty disables the perceptual term with one log line."""
-    gan_weight: float = 0.1
-    """Non-saturating GAN generator loss weight."""
-    gan_start_grad_steps: int = 0
-    """Updates before the GAN terms switch on."""
-    r1_weight: float = 1.0
-    """R1 gamma: gamma/2 * batch-mean ||grad_x D(x)||^2 (batch-size free; published 1e8 at batch 128 = ~1.0)."""
-    r1_every_grad_steps: int = 1
-    """Lazy R1: penalise every N discriminator updates, scaled by N (StyleGAN2 uses 16; published code 1)."""
-    disc_base_channels: int = 32
-    """Discriminator channels at full resolution."""
-    disc_max_channels: int = 512
-    """Discriminator channel cap."""
-    lr: float = 1e-4
-    """AdamW learning rate (both networks)."""
-    weight_decay: float = 1e-4
-    """AdamW decoupled weight decay (optax.adamw's default, which the published code uses)."""
-    warmup_grad_steps: int = 1000
-    """Linear learning-rate warm-up updates."""
-    batch_size: int = 128
-    """Frames per update (over all processes)."""
-    train_grad_steps: int = 1_000_000
-    """Total optimiser updates."""
-    log_every_grad_steps: int = 100
-    """Updates between training-loss log lines (losses averaged over ranks at that update)."""
-    eval_every_grad_steps: int = 5000
-    """Updates between evaluations on the test split."""
-    eval_frames: int = 512
-    """Test-split frames (spread evenly over the test episodes) reconstructed at each evaluation."""
-    checkpoint_every_grad_steps: int = 5000
-    """Updates between checkpoints."""
-    keep_checkpoints: int = 3
-    """Checkpoint folders kept."""
-    bf16: bool = True
-    """bf16 autocast on CUDA (ignored on CPU)."""
-    compile: bool = False
-    """Wrap the model in torch.compile."""
-    seed: int = 0
-    """Seed for initialisation and batch sampling."""
-    tokenize_batch_frames: int = 256
-    """Frames encoded per forward pass by the ``tokenize`` stage."""
-
-
-@dataclass(frozen=True)
-class PriorConfig:
-    """VideoGPT prior over token videos (stage ``train-videogpt``)."""
-
-    d_model: int = 256
-    """Transformer width."""
-    layers: int = 8
-    """Transformer blocks."""
-    heads: int = 8
-    """Attention heads."""
-    mlp_dim: int = 1024
-    """Hidden units of each MLP."""
-    dropout: float = 0.1
-    """Dropout on attention and residual branches."""
-    seq_len: int = 16
-    """Frames per training window (after subsampling)."""
-    frame_skip: int = 1
-    """Stride between window frames in raw env steps; a window spans 1 + (seq_len-1)*frame_skip frames."""
-    class_conditional: bool = True
-    """Condition every LayerNorm on the one-hot task id (DMC yes, Atari no)."""
-    batch_size: int = 64
-    """Windows per update, split evenly over tasks."""
-    lr: float = 1e-4
-    """AdamW learning rate (constant)."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    ema_decay: float = 0.9999
-    """EMA decay of the weights used for scoring."""
-    train_grad_steps: int = 800_000
-    """Total optimiser updates."""
-    eval_every_grad_steps: int = 5000
-    """Updates between evaluations (bits per token on the test split)."""
-    checkpoint_every_grad_steps: int = 5000
-    """Updates between checkpoints."""
-    keep_checkpoints: int = 3
-    """Checkpoint folders kept (the best by eval NLL is kept besides)."""
-    log_every_grad_steps: int = 100
-    """Updates between training-loss log lines."""
-    eval_windows_per_task: int = 64
-    """Test-split windows per task in each evaluation (evenly spaced, the same ones every time)."""
-    picture_context_frames: int = 4
-    """Context frames of the open-loop prediction pictures (capped at seq_len - 1)."""
-    picture_windows_per_task: int = 1
-    """Test windows per task drawn as prediction-vs-truth pictures at each evaluation."""
-    bf16: bool = True
-    """bf16 autocast on CUDA (ignored on CPU)."""
-    compile: bool = False
-    """Wrap the model in torch.compile."""
-    seed: int = 0
-    """Seed for initialisation and window sampling."""
-
-
-@dataclass(frozen=True)
-class RewardConfig:
-    """The VIPER reward model: tokenizer + prior log-likelihoods as per-step rewards."""
-
-    mode: str = "joint"
-    """``joint`` (released code: sum of log p of every frame in the window) or ``conditional`` (paper)."""
-    windows_per_batch: int = 64
-    """Windows scored per forward pass (bounds memory)."""
-    encode_batch_frames: int = 256
-    """Frames per tokenizer call when encoding an episode (bounds memory)."""
-    checkpoint: str = "latest"
-    """Prior checkpoint to score with: ``latest`` (the released code's final weights) or ``best`` (eval NLL)."""
-    weights: str = "ema"
-    """Prior weights that score: ``ema`` (published) or ``raw`` (trained weights; short runs with a lagging EMA)."""
-    device: str = "auto"
-    """``auto`` (CUDA if present), ``cpu`` or ``cuda[:i]``."""
-    bf16: bool = True
-    """bf16 autocast on CUDA (ignored on CPU)."""
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    """DreamerV3 agent (stages ``expert`` and ``train-agent``)."""
-
-    tasks: tuple[str, ...] = DMC_TASKS
-    """Tasks to train agents on."""
-    seeds: tuple[int, ...] = (0, 1, 2)
-    """Seeds per task."""
-    reward: str = "viper"
-    """Reward source: ``task`` (environment reward, the oracle) or ``viper`` (video likelihood)."""
-    size: str = "S"
-    """Model size XS/S/M/L/XL (GRU 256/512/1024/2048/4096, CNN 24/32/48/64/96, MLP 256/512/640/768/1024);
-    ``tiny`` (GRU 128, CNN 8, 16x16 latents) is an unpublished CPU-test size."""
-    env_steps: int = 500_000
-    """Agent steps to train for, after action repeat (env frames = env_steps * action_repeat)."""
-    action_repeat: int = 2
-    """Environment steps per agent action."""
-    envs: int = 4
-    """Parallel environments."""
-    parallel_envs: bool = True
-    """Step the environments in worker processes (with envs > 1); False steps them in this process."""
-    episode_env_steps: int = 0
-    """Agent steps per episode; 0 takes the suite default (DMC 500, Atari 27000)."""
-    train_ratio: float = 64.0
-    """Replayed steps per env step: updates = env_steps * train_ratio / (batch_size * batch_length)."""
-    batch_size: int = 16
-    """Sequences per update."""
-    batch_length: int = 64
-    """Steps per replayed sequence."""
-    replay_capacity_steps: int = 1_000_000
-    """Replay buffer capacity in steps."""
-    model_lr: float = 1e-4
-    """World-model Adam learning rate."""
-    actor_lr: float = 3e-5
-    """Actor Adam learning rate."""
-    critic_lr: float = 3e-5
-    """Critic Adam learning rate."""
-    model_eps: float = 1e-8
-    """World-model Adam epsilon."""
-    actor_critic_eps: float = 1e-5
-    """Actor and critic Adam epsilon."""
-    model_grad_clip: float = 1000.0
-    """World-model gradient clipping by global norm."""
-    actor_critic_grad_clip: float = 100.0
-    """Actor and critic gradient clipping by global norm."""
-    imag_horizon: int = 15
-    """Imagination horizon in steps."""
-    discount_horizon: float = 333.0
-    """Discount = 1 - 1/discount_horizon."""
-    return_lambda: float = 0.95
-    """Lambda of the lambda-returns."""
-    actor_entropy: float = 3e-4
-    """Actor entropy regulariser."""
-    expl_weight: float = 1.0
-    """Weight beta of the Plan2Explore disagreement advantage with reward viper (published 1; 0 drops it)."""
-    density_weight: float = 1.0
-    """Weight of the VIPER (density) advantage; advantages are mixed as w_k / sum(w) (published 1 and 1)."""
-    disag_models: int = 8
-    """Plan2Explore ensemble members predicting the next stochastic state (published 8)."""
-    expl_lr: float = 1e-4
-    """Adam learning rate of the disagreement ensemble (published ``expl_opt``)."""
-    expl_eps: float = 1e-5
-    """Adam epsilon of the disagreement ensemble."""
-    expl_grad_clip: float = 100.0
-    """Gradient clipping (global norm) of the disagreement ensemble."""
-    context_steps: int = 15
-    """Published context steps per replay chunk (window 16 - 1); reward viper uses its model's window - 1."""
-    eval_every_env_steps: int = 10_000
-    """Agent steps between evaluation episodes."""
-    eval_episodes: int = 1
-    """Episodes per evaluation."""
-    eval_sample: bool = True
-    """Evaluation samples actions as the 2023 code does; False takes the policy's mode (mean)."""
-    log_every_env_steps: int = 1000
-    """Agent steps between logged averages of the training losses."""
-    checkpoint_every_env_steps: int = 10_000
-    """Agent steps between checkpoints."""
-    keep_checkpoints: int = 2
-    """Checkpoint folders kept."""
-    bf16: bool = True
-    """bf16 autocast on CUDA (ignored on CPU)."""
-    compile: bool = False
-    """Compile the batched networks with torch.compile (CUDA only; the loops over time stay eager)."""
-    device: str = "auto"
-    """``auto`` (CUDA if present), ``cpu`` or ``cuda[:i]``."""
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    """Reward diagnostics (``reward-eval``) and agent evaluation (``evaluate``)."""
-
-    reward_eval_episodes: int = 10
-    """Episodes per category (held-out expert, each noisy epsilon, random) scored per task."""
-    noisy_epsilons: tuple[float, ...] = (0.25, 0.5, 0.75)
-    """Random-action probabilities of the noisy-expert episodes."""
-    agent_episodes: int = 10
-    """Evaluation episodes per trained agent."""
-    video_episodes: int = 1
-    """Episodes saved as GIF per trained agent."""
-    seed: int = 1000
-    """Seed of evaluation episodes (kept apart from training seeds)."""
 
 
 @dataclass(frozen=True)
