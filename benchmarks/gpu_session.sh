@@ -6,11 +6,11 @@
 # Run on a CUDA machine from the repository root. It assumes a Python with torch (CUDA) and that the project's
 # other runtime packages are importable (on this workplace's device machine: wheels carried in .whl/, see
 # benchmarks/results/gpu.md for the exact call). Writes logs and a tarball of the agents' logs/plots to OUT_DIR.
-# RUN_SECONDS bounds the concurrent learning runs (default 360): they stop there, checkpointed, wherever they got.
+# RUN_SECONDS bounds the concurrent learning runs (default 300): they stop there, checkpointed, wherever they got.
 # SMOKE=1 shrinks every number so the script can be checked on a CPU machine first.
 set -u
 out=${1:?usage: gpu_session.sh OUT_DIR [RUN_SECONDS]}
-run_s=${2:-360}
+run_s=${2:-300}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 MUJOCO_GL=egl VIPER_DVCLIVE=${VIPER_DVCLIVE:-1} PYTHONPATH=$PWD:${PYTHONPATH:-}
 py=${PYTHON:-python3}
@@ -38,9 +38,15 @@ if [ $rc != 0 ] && [ $rc != 124 ]; then  # the bf16 path broke: keep the learnin
 fi
 set +o pipefail
 
-# 2. Reward relabelling throughput, paper_dmc sizes (random weights).
-timeout 60 $py benchmarks/bench_reward.py --device $dev "${reward_steps[@]}" --windows-per-batch 64 \
-  --repeats 2 --output '' 2>&1 | tee "$out/bench_reward.txt"
+# 1b. The same with torch.compile of the batched networks (agent.compile; first measured here).
+[ "$dev" = cuda ] && timeout 180 $py benchmarks/bench_agent.py --device $dev --sizes S --repeats 3 --warmup 2 \
+  --compile 2>&1 | tee -a "$out/bench_agent.txt"
+
+# 2. Reward relabelling throughput, paper_dmc sizes (random weights), 64 and 256 windows per prior forward.
+for wpb in 64 256; do
+  timeout 60 $py benchmarks/bench_reward.py --device $dev "${reward_steps[@]}" --windows-per-batch $wpb \
+    --repeats 2 --output '' 2>&1 | tee -a "$out/bench_reward.txt"
+done
 
 # 3. Concurrent learning runs on dmc/cartpole_balance, size S, 100k frames: task reward (oracle) x 3 seeds and
 #    the VIPER reward (demo reward model under data/) x 1 seed. Each stops at run_s seconds if not done.
