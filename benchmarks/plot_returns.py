@@ -9,7 +9,6 @@ Training episodes are thin lines, evaluation episodes dots; x is env frames (age
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import matplotlib
@@ -17,10 +16,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from viper.eval.report import read_series  # noqa: E402
 
-def series(run: Path, key: str, repeat: int) -> list[tuple[int, float]]:
-    rows = [json.loads(line) for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"] * repeat, r[key]) for r in rows if r.get(key) is not None]
+TRAIN, EVAL = "train/episode_task_return", "episode/task_return"
 
 
 def main() -> None:
@@ -35,9 +33,10 @@ def main() -> None:
     for run in args.runs:
         label = f"{run.parent.parent.name} reward, {run.name}"
         style = "-" if run.parent.parent.name == "task" else "--"
-        train = series(run, "train/episode_task_return", args.action_repeat)
+        # One read of the run's log; a line cut short by a killed run is skipped.
+        curves = read_series(run / "logs" / "metrics.jsonl", lambda key: key in (TRAIN, EVAL))
+        train, evals = ([(step * args.action_repeat, v) for step, v in curves.get(k, [])] for k in (TRAIN, EVAL))
         (line,) = ax.plot(*zip(*train, strict=True), style, alpha=0.35, lw=1) if train else ax.plot([], [])
-        evals = series(run, "episode/task_return", args.action_repeat)
         if evals:
             ax.plot(*zip(*evals, strict=True), "o" + style, color=line.get_color(), label=f"{label} (eval)")
     if args.random is not None:
