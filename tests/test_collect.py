@@ -144,6 +144,24 @@ def test_resume_after_sigkill_gives_the_same_store(collected, tmp_path):
     np.testing.assert_array_equal(a.read_frames(0, a.num_frames), b.read_frames(0, b.num_frames))
 
 
+def test_expert_settings_reach_only_their_task(collected, tmp_path):
+    """Another task's setting leaves this task's data alone (no re-collection); a bad one fails before rolling out."""
+    cfg, _ = collected
+    meta = paths.store(cfg.data_dir, "dmc") / "cartpole_balance" / "zarr.json"
+    before = meta.stat().st_mtime_ns
+    other = dataclasses.replace(cfg.collect, expert_settings=("dmc/cartpole_swingup:pump_gain=4.0",))
+    collect.run(dataclasses.replace(cfg, collect=other), progress=False)
+    assert meta.stat().st_mtime_ns == before
+    assert open_store(paths.store(cfg.data_dir, "dmc")).task(TASK).attrs["source"]["expert_settings"] == []
+    own = tiny(tmp_path, expert_settings=(f"{TASK}:centre_gain=3.0",))
+    assert collect.fingerprint(own.collect, collect.ROLLOUT_FIELDS) != collect.fingerprint(
+        cfg.collect, collect.ROLLOUT_FIELDS
+    )
+    with pytest.raises(ViperError, match="expert setting 'dmc/cartpole_balance:centre_gain=x'"):
+        collect.run(tiny(tmp_path, expert_settings=(f"{TASK}:centre_gain=x",)), progress=False)
+    assert not paths.store(tmp_path, "dmc").exists(), "a bad setting must fail before any store is written"
+
+
 def test_arguments_and_bad_tasks(tmp_path):
     cfg = tiny(tmp_path)
     args = argparse.Namespace(task="dmc/cartpole_swingup", policy="random", episodes=3, workers=2, seed=7)

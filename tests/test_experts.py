@@ -174,3 +174,55 @@ def test_task_without_expert_lists_the_ones_with(env):
     with pytest.raises(ViperError, match="unknown task"):
         make_policy("random", "dmc/walker_run", env, seed=0)
     assert {"dmc/cartpole_balance", "atari/pong"} <= set(scripted_tasks())
+
+
+SWINGUP = "dmc/cartpole_swingup"
+
+
+def test_expert_settings_retune_the_controller(monkeypatch):
+    """A setting acts as if the expert class had that value; other tasks' settings leave it alone."""
+    short = {"episode_env_steps": 60}
+    default = rollout(SWINGUP, "expert", seed=3, **short)
+    tuned = rollout(SWINGUP, "expert", seed=3, expert_settings=(f"{SWINGUP}:pump_gain=4.0",), **short)
+    assert not np.array_equal(default.actions, tuned.actions), "pump_gain 4.0 must change the swing-up actions"
+    other = rollout(SWINGUP, "expert", seed=3, expert_settings=("dmc/pendulum_swingup:pump_gain=1.0",), **short)
+    np.testing.assert_array_equal(other.actions, default.actions)
+    noisy = rollout(SWINGUP, "noisy:0", seed=3, expert_settings=(f"{SWINGUP}:pump_gain=4.0",), **short)
+    np.testing.assert_array_equal(noisy.actions, tuned.actions)
+    from viper.experts.dmc_scripted import CartpoleExpert
+
+    monkeypatch.setattr(CartpoleExpert, "pump_gain", 4.0)
+    np.testing.assert_array_equal(rollout(SWINGUP, "expert", seed=3, **short).actions, tuned.actions)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("pump_gain=4", "expected '<task>:<attribute>=<number>'"),
+        (f"{SWINGUP}:pump_gain", "expected '<task>:<attribute>=<number>'"),
+        (f"{SWINGUP}:pump=4", "no setting 'pump'; settings: catch_cosine, centre_damping, centre_gain, pump_gain"),
+        (f"{SWINGUP}:q_diag=4", "no setting 'q_diag'"),
+        (f"{SWINGUP}:pump_gain=fast", "'fast' is not a finite number"),
+        (f"{SWINGUP}:pump_gain=nan", "not a finite number"),
+        ("dmc/walker_walk:kp=1", "no scripted expert for 'dmc/walker_walk'"),
+    ],
+)
+def test_bad_expert_settings_are_clear_errors(env, entry, message):
+    from viper.experts.policies import parse_expert_settings
+
+    with pytest.raises(ViperError, match=f"expert setting {entry!r}: .*{message}"):
+        parse_expert_settings([entry])
+    with pytest.raises(ViperError, match=message):
+        make_policy("expert", "dmc/cartpole_balance", env, seed=0, expert_settings=(entry,))
+
+
+def test_parse_expert_settings_per_task():
+    from viper.experts.policies import parse_expert_settings
+
+    entries = [f"{SWINGUP}:pump_gain=4", f"{SWINGUP}:centre_gain=2.5", "dmc/pointmass_easy:kp=30"]
+    assert parse_expert_settings(entries) == {
+        SWINGUP: {"pump_gain": 4.0, "centre_gain": 2.5},
+        "dmc/pointmass_easy": {"kp": 30.0},
+    }
+    assert parse_expert_settings(entries, SWINGUP) == {SWINGUP: {"pump_gain": 4.0, "centre_gain": 2.5}}
+    assert parse_expert_settings(entries, "dmc/cartpole_balance") == {}

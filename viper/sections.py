@@ -51,6 +51,10 @@ class CollectConfig:
     """Behaviour policy: ``expert`` (scripted), ``random``, ``noisy:<epsilon>`` or ``checkpoint:<path>``; or
     ``published``: import the published npz dataset placed in ``data/published/<suite>/`` instead of rolling out
     (``viper.paths.published_dir``; preset ``published``)."""
+    expert_settings: tuple[str, ...] = ()
+    """Retune scripted experts for collection, ``<task>:<attribute>=<number>`` (e.g.
+    ``dmc/cartpole_swingup:pump_gain=4.0``; defaults in ``viper.experts.dmc_scripted``). Applies to ``expert`` and
+    ``noisy:<eps>`` here; reward-eval's noisy episodes keep the defaults, a fixed yardstick across datasets."""
     episodes_per_task: int = 1000
     """Episodes rolled out per task before filtering (paper: keep the top 50 of 1000)."""
     episode_env_steps: int = 500

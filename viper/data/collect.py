@@ -35,7 +35,15 @@ from viper.data.store import TaskGroup, VideoStore, open_store
 from viper.errors import ViperError
 
 COLLECTING, BUILDING = "collecting", "building"
-ROLLOUT_FIELDS = ("policy", "episodes_per_task", "episode_env_steps", "action_repeat", "seed", "fast_render")
+ROLLOUT_FIELDS = (
+    "policy",
+    "expert_settings",
+    "episodes_per_task",
+    "episode_env_steps",
+    "action_repeat",
+    "seed",
+    "fast_render",
+)
 FILTER_FIELDS = ("keep_return_percentile", "drop_first_frames", "max_episodes_per_task", "test_fraction")
 
 
@@ -76,6 +84,7 @@ class RolloutJob:
     action_repeat: int
     episode_env_steps: int
     fast_render: bool
+    expert_settings: tuple[str, ...] = ()
 
 
 def run_job(job: RolloutJob) -> tuple[int, dict[str, Any]]:
@@ -89,6 +98,7 @@ def run_job(job: RolloutJob) -> tuple[int, dict[str, Any]]:
         action_repeat=job.action_repeat,
         episode_env_steps=job.episode_env_steps,
         fast_render=job.fast_render,
+        expert_settings=job.expert_settings,
     )
     out = {"frames": ep.frames, "actions": ep.actions, "rewards": ep.rewards, "task_return": float(ep.task_return)}
     return job.index, out
@@ -134,6 +144,7 @@ def collect_task(cfg: CollectConfig, task: str, store_url: str, progress: bool =
             cfg.action_repeat,
             cfg.episode_env_steps,
             cfg.fast_render,
+            cfg.expert_settings,
         )
         for i in range(cfg.episodes_per_task)
         if i not in done
@@ -169,6 +180,7 @@ def _build(store: VideoStore, staging: TaskGroup, cfg: CollectConfig, task: str,
     source = {
         "fingerprint": key,
         "policy": cfg.policy,
+        "expert_settings": list(cfg.expert_settings),
         "seed": cfg.seed,
         "episodes_rolled_out": cfg.episodes_per_task,
         "episode_env_steps": cfg.episode_env_steps,
@@ -242,6 +254,7 @@ def run(cfg: Config, tasks: tuple[str, ...] | None = None, progress: bool = True
     """Collect every task of ``cfg.collect.tasks`` (or ``tasks``) into ``viper.paths.store``; returns
     ``{"store": path, "<task>/<metric>": value, ...}``."""
     from viper.envs import suites
+    from viper.experts.policies import parse_expert_settings
 
     c = cfg.collect
     tasks = tuple(tasks) if tasks is not None else tuple(c.tasks)
@@ -253,8 +266,12 @@ def run(cfg: Config, tasks: tuple[str, ...] | None = None, progress: bool = True
     out: dict[str, Any] = {"store": url}
     if c.policy == PUBLISHED:
         return {**out, **import_published_tasks(cfg, tasks, url)}
+    parse_expert_settings(c.expert_settings)  # every entry checked before any rollout
     for task in tasks:
-        for name, value in collect_task(replace(c, policy=expert_policy(cfg, task)), task, url, progress).items():
+        # Only the task's own settings enter its config, so they (not another task's) decide its fingerprint.
+        own = tuple(e for e in c.expert_settings if e.rpartition(":")[0].strip() == task)
+        task_cfg = replace(c, policy=expert_policy(cfg, task), expert_settings=own)
+        for name, value in collect_task(task_cfg, task, url, progress).items():
             out[f"{task}/{name}"] = value
     return out
 

@@ -3,11 +3,18 @@
 Specs: ``expert`` (the task's scripted expert), ``random``, ``noisy:<epsilon>`` (the expert, with a uniformly
 random action with probability epsilon), ``checkpoint:<path>`` (a trained agent, through
 ``viper.agent.policy.load_policy``).
+
+Expert settings (``collect.expert_settings``) retune a scripted expert's numeric class attributes for one task,
+written ``<task>:<attribute>=<value>``, e.g. ``dmc/cartpole_swingup:pump_gain=4.0``; they apply wherever that
+expert acts (``expert`` and ``noisy:<epsilon>``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+
+import numpy as np
 
 from viper.envs import suites
 from viper.errors import ViperError
@@ -18,6 +25,7 @@ from viper.experts.pong import PongExpert
 SCRIPTED = {**SCRIPTED_DMC, "atari/pong": PongExpert}
 """Task -> scripted expert class (constructed with the env it acts in)."""
 SPEC_FORMS = "'expert', 'random', 'noisy:<epsilon in [0, 1]>' or 'checkpoint:<path>'"
+SETTING_FORM = "'<task>:<attribute>=<number>', e.g. 'dmc/cartpole_swingup:pump_gain=4.0'"
 
 
 def scripted_tasks() -> tuple[str, ...]:
@@ -25,15 +33,65 @@ def scripted_tasks() -> tuple[str, ...]:
     return tuple(sorted(SCRIPTED))
 
 
-def make_expert(task: str, env) -> Policy:
-    """The scripted expert of ``task`` acting in ``env``; ``ViperError`` listing the tasks that have one."""
+def _check_scripted(task: str) -> None:
     suites.check_task(task)
     if task not in SCRIPTED:
         raise ViperError(
             f"no scripted expert for {task!r}; tasks with one: {', '.join(scripted_tasks())} "
             "(for other tasks collect with 'checkpoint:<path>' from an agent trained on the task reward)"
         )
-    return SCRIPTED[task](env)
+
+
+def tunable_attributes(task: str) -> tuple[str, ...]:
+    """Names of the numeric class attributes of ``task``'s scripted expert that expert settings may change."""
+    _check_scripted(task)
+    cls = SCRIPTED[task]
+    names = {n for klass in cls.__mro__ for n in vars(klass) if not n.startswith("_")}
+    numeric = [n for n in names if isinstance(getattr(cls, n), (int, float)) and not isinstance(getattr(cls, n), bool)]
+    return tuple(sorted(numeric))
+
+
+def parse_expert_settings(entries: Iterable[str], task: str | None = None) -> dict[str, dict[str, float]]:
+    """``["dmc/cartpole_swingup:pump_gain=4.0"]`` -> ``{"dmc/cartpole_swingup": {"pump_gain": 4.0}}``.
+
+    Every entry is checked (its task has a scripted expert that has the attribute, the value is a finite number);
+    with ``task``, only that task's settings are returned. ``ViperError`` names the entry and the expected form.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for entry in entries:
+        name, sep, assignment = str(entry).rpartition(":")
+        attribute, eq, raw = assignment.partition("=")
+        attribute = attribute.strip()
+        if not sep or not eq or not name or not attribute:
+            raise ViperError(f"expert setting {entry!r}: expected {SETTING_FORM}")
+        name = name.strip()
+        try:
+            allowed = tunable_attributes(name)
+        except ViperError as exc:
+            raise ViperError(f"expert setting {entry!r}: {exc}") from None
+        if attribute not in allowed:
+            raise ViperError(
+                f"expert setting {entry!r}: the {name} expert has no setting {attribute!r}; "
+                f"settings: {', '.join(allowed)}"
+            )
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+        if not np.isfinite(value):
+            raise ViperError(f"expert setting {entry!r}: {raw.strip()!r} is not a finite number")
+        out.setdefault(name, {})[attribute] = value
+    return out if task is None else {task: out[task]} if task in out else {}
+
+
+def make_expert(task: str, env, settings: dict[str, float] | None = None) -> Policy:
+    """The scripted expert of ``task`` acting in ``env``, with ``settings`` (attribute -> value, already checked
+    by ``parse_expert_settings``) set on it; ``ViperError`` listing the tasks that have one."""
+    _check_scripted(task)
+    expert = SCRIPTED[task](env)
+    for attribute, value in (settings or {}).items():
+        setattr(expert, attribute, value)
+    return expert
 
 
 def parse_epsilon(spec: str) -> float:
@@ -66,22 +124,24 @@ def load_checkpoint_policy(spec: str) -> Policy:
     return load_policy(path)
 
 
-def make_policy(spec: str, task: str, env, seed: int) -> Policy:
+def make_policy(spec: str, task: str, env, seed: int, expert_settings: Iterable[str] = ()) -> Policy:
     """Build the policy ``spec`` for ``task`` acting in ``env`` (see the module docstring for specs).
 
     Random choices (``random``, ``noisy``) are seeded from ``seed``, so a rollout is reproducible.
+    ``expert_settings`` (entries for any task; only ``task``'s apply) retune the scripted expert.
     """
     if not isinstance(spec, str):
         raise ViperError(f"policy {spec!r}: expected {SPEC_FORMS}")
     kind = spec.partition(":")[0]
+    settings = parse_expert_settings(expert_settings, task).get(task)
     if spec == "expert":
-        return make_expert(task, env)
+        return make_expert(task, env, settings)
     if spec == "random":
         suites.check_task(task)
         return RandomPolicy(env.action_space, seed)
     if kind == "noisy":
         epsilon = parse_epsilon(spec)
-        return NoisyPolicy(make_expert(task, env), epsilon, env.action_space, seed)
+        return NoisyPolicy(make_expert(task, env, settings), epsilon, env.action_space, seed)
     if kind == "checkpoint":
         suites.check_task(task)
         return load_checkpoint_policy(spec)

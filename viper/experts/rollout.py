@@ -59,15 +59,17 @@ def rollout(
     action_repeat: int | None = None,
     episode_env_steps: int | None = None,
     fast_render: bool = True,
+    expert_settings: tuple[str, ...] = (),
 ) -> Episode:
-    """Roll out one episode of ``policy`` (a spec, see ``make_policy``) in ``make(task, seed, ...)``.
+    """Roll out one episode of ``policy`` (a spec, see ``make_policy``, with its ``expert_settings``) in
+    ``make(task, seed, ...)``.
 
     Runs in the calling process; the env is closed before returning. The env and the policy's random
     choices are both seeded from ``seed``, so the same arguments give the same episode (bit-for-bit on CPU).
     """
     env = make(task, seed, action_repeat=action_repeat, episode_env_steps=episode_env_steps, fast_render=fast_render)
     try:
-        agent = make_policy(policy, task, env, seed)
+        agent = make_policy(policy, task, env, seed, expert_settings)
         obs, _ = env.reset(seed=seed)
         agent.reset()
         space = env.action_space
