@@ -96,7 +96,7 @@ def timed_update(agent: Agent, batch, device: torch.device) -> tuple[float, floa
 def bench_size(size: str, device: torch.device, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Median wall and CPU seconds per update for each variant (``current``, and ``dense`` with --baseline)."""
     torch.manual_seed(0)
-    cfg = AgentConfig(size=size, compile=args.compile)
+    cfg = AgentConfig(size=size, compile=args.compile, compile_loops=args.compile_loops)
     agent = Agent(cfg, 6, False, "reward", device)
     batch = agent.to_tensors(random_batch(cfg.batch_size, cfg.batch_length, 6))
     variants = {"current": contextlib.nullcontext}
@@ -142,7 +142,10 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--baseline", action="store_true", help="also time the dense one-hot layers, interleaved")
     parser.add_argument("--phases", action="store_true", help="cProfile breakdown of one update (CPU s)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile (CUDA only)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile of the batched networks (CUDA only)")
+    parser.add_argument(
+        "--compile-loops", action="store_true", help="torch.compile of the observe / imagination steps (any device)"
+    )
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else None
     device = device or torch.device(args.device)

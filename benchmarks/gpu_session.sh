@@ -38,9 +38,12 @@ if [ $rc != 0 ] && [ $rc != 124 ]; then  # the bf16 path broke: keep the learnin
 fi
 set +o pipefail
 
-# 1b. The same with torch.compile of the batched networks (agent.compile; first measured here).
+# 1b. The same with torch.compile of the observe / imagination steps (agent.compile_loops: the launch-bound
+#     part), then also of the batched networks (agent.compile).
 [ "$dev" = cuda ] && timeout 180 $py benchmarks/bench_agent.py --device $dev --sizes S --repeats 3 --warmup 2 \
-  --compile 2>&1 | tee -a "$out/bench_agent.txt"
+  --compile-loops 2>&1 | tee -a "$out/bench_agent.txt"
+[ "$dev" = cuda ] && timeout 180 $py benchmarks/bench_agent.py --device $dev --sizes S --repeats 3 --warmup 2 \
+  --compile-loops --compile 2>&1 | tee -a "$out/bench_agent.txt"
 
 # 2. Reward relabelling throughput, paper_dmc sizes (random weights), 64 and 256 windows per prior forward.
 for wpb in 64 256; do

@@ -298,3 +298,47 @@ def test_rssm_features_and_prior_input_use_the_gather_layer():
     assert isinstance(rssm.img_in.linear, OneHotLinear)
     head = MLP(rssm.feat_dim, 3, 1, 8)
     assert isinstance(head.hidden[0].linear, OneHotLinear) and rssm.feat_dim == 8 + 4 * 5
+
+
+def test_compiled_loop_steps_match_eager_values_and_gradients():
+    """``agent.compile_loops``: the observe and imagination steps traced by torch.compile (graph capture and
+    autograd; the ``aot_eager`` backend keeps the test fast and draws random numbers as eager code does, so
+    both runs see the same samples) compute what the eager steps do, values and gradients."""
+    from viper.agent.world_model import ModelSize, WorldModel
+
+    size = ModelSize(deter=16, units=16, cnn_depth=4, layers=1, stoch=4, classes=4)
+    wm = WorldModel(size, 2, {"reward": True})
+    gen = torch.Generator().manual_seed(0)
+    embed = torch.randn(3, 5, wm.encoder.out_dim, generator=gen)
+    prev_action = torch.rand(3, 5, 2, generator=gen) * 2 - 1
+    is_first = torch.zeros(3, 5, dtype=torch.bool)
+    is_first[:, 0] = is_first[1, 3] = True
+
+    def policy(feat):
+        action = torch.tanh(feat[..., :2] * 3.0)
+        return action, action
+
+    def run():
+        torch.manual_seed(1)
+        post, prior_logits = wm.rssm.observe(embed, prev_action, is_first)
+        start = post.map(lambda x: x.flatten(0, 1))
+        step = None
+        if "post_step" in wm.rssm.compiled:
+            step = torch.compile(lambda s: wm.imagine_step(policy, s), backend="aot_eager", dynamic=False)
+        traj, actions, _ = wm.imagine(policy, start, 3, step)
+        loss = post.deter.square().sum() + prior_logits.exp().mul(post.logits).sum() + traj.deter.sum()
+        grads = torch.autograd.grad(loss, list(wm.rssm.parameters()), allow_unused=True)
+        return [post.deter, post.stoch, post.logits, traj.deter, traj.stoch, actions], grads
+
+    eager_values, eager_grads = run()
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    wm.rssm.compile_steps(backend="aot_eager", dynamic=False)
+    values, grads = run()
+    assert counters["frames"]["ok"] >= 2, "both steps must have been compiled, not run eagerly"
+    for got, want in zip(values, eager_values, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    for got, want in zip(grads, eager_grads, strict=True):
+        if want is not None:
+            torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)

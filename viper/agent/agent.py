@@ -17,6 +17,7 @@ On CUDA the forward passes run under bf16 autocast and modules may be compiled; 
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,6 +113,11 @@ class Agent(nn.Module):
             # Compile the batched, shape-stable parts; the Python loops over time stay eager.
             for module in (self.wm.encoder, self.wm.decoder, self.wm.heads, self.wm.cont, self.ac.critics):
                 module.compile()
+        self.imagine_step = None
+        if cfg.compile_loops:
+            # Static shapes: a batch's (B, ...) step and the N = B*T imagination step each compile once.
+            self.wm.rssm.compile_steps(dynamic=False)
+            self.imagine_step = torch.compile(functools.partial(self.wm.imagine_step, self.ac.policy), dynamic=False)
 
     def _autocast(self):
         if self.cuda and self.cfg.bf16:
@@ -169,7 +175,7 @@ class Agent(nn.Module):
         start = post.map(lambda x: x.detach().flatten(0, 1))
         first_cont = (~is_terminal).flatten().float()
         with self._autocast():
-            traj, actions, outs = self.wm.imagine(self.ac.policy, start, self.cfg.imag_horizon)
+            traj, actions, outs = self.wm.imagine(self.ac.policy, start, self.cfg.imag_horizon, self.imagine_step)
             feat = traj.feat()
             rewards = self.imagined_rewards(feat, actions)
             with torch.no_grad():

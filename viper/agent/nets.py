@@ -95,8 +95,8 @@ def onehot_index(block: Tensor) -> Tensor | None:
 class OneHotLinear(nn.Linear):
     """``nn.Linear`` over an input of width ``OneHotWidth``: the same parameters and result, but on the CPU
     the one-hot span costs one gathered row per latent instead of a dense product (3x faster forward for the
-    16k x 1280 -> 256 first layers of the heads at size XS). Inputs whose span is not one-hot, and CUDA
-    tensors (where the dense product is fast and the check would synchronise), take the dense path."""
+    16k x 1280 -> 256 first layers of the heads at size XS). Inputs whose span is not one-hot, CUDA tensors
+    (where the dense product is fast and the check would synchronise) and compiled code take the dense path."""
 
     def __init__(self, d_in: OneHotWidth, d_out: int, bias: bool = True) -> None:
         super().__init__(int(d_in), d_out, bias=bias)
@@ -105,7 +105,10 @@ class OneHotLinear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         start, groups, classes = self.span
         end = start + groups * classes
-        if x.device.type != "cpu" or x.dtype != self.weight.dtype or x.numel() == 0:
+        dense = x.device.type != "cpu" or x.dtype != self.weight.dtype or x.numel() == 0
+        # Under torch.compile the data-dependent one-hot check would break the graph: the compiler fuses the
+        # dense product instead.
+        if dense or torch.compiler.is_compiling():
             return super().forward(x)
         # (..., F) -> (N, F): the gather works on rows.
         flat = x.reshape(-1, x.shape[-1])

@@ -84,6 +84,8 @@ class RSSM(nn.Module):
         self.obs_out = Dense(deter + embed_dim, units)
         self.obs_logits = Dense(units, flat, norm=False, act=False)
         self.initial_deter = nn.Parameter(torch.zeros(deter))
+        self.compiled: dict = {}
+        """Compiled step functions by name (``compile_steps``); empty: eager."""
 
     @property
     def feat_dim(self) -> OneHotWidth:
@@ -140,6 +142,23 @@ class RSSM(nn.Module):
         logits = self._logits(self.obs_logits, self.obs_out(torch.cat([deter, embed], -1)))
         return State(deter, sample_onehot(logits), logits)
 
+    def _post_step(
+        self, state: State, action: Tensor, is_first: Tensor, init: State, embed_proj: Tensor, w_deter: Tensor
+    ) -> State:
+        """``observe``'s step: reset, prior GRU step, posterior from ``embed_proj`` (B, units), the embedding's
+        precomputed share of ``obs_out`` (``w_deter`` is the deter's share of its weight)."""
+        state, action = self._reset(state, action, is_first, init)
+        x = self.img_in(torch.cat([state.stoch.flatten(-2), self._clip_action(action)], -1))
+        deter = self._gru_step(x, state.deter)
+        hidden = F.silu(self.obs_out.norm(F.linear(deter, w_deter) + embed_proj))
+        logits = self._logits(self.obs_logits, hidden)
+        return State(deter, sample_onehot(logits), logits)
+
+    def compile_steps(self, **options) -> None:
+        """Run ``observe``'s per-step function through ``torch.compile(**options)`` (fuses the step's small
+        kernels; the Python loop over time stays)."""
+        self.compiled["post_step"] = torch.compile(self._post_step, **options)
+
     def observe(self, embed: Tensor, prev_action: Tensor, is_first: Tensor) -> tuple[State, Tensor]:
         """Posterior states of a sequence and the prior's logits at the same steps.
 
@@ -156,16 +175,12 @@ class RSSM(nn.Module):
         init = self.initial(batch)
         state = init
         deters, stochs, logits_all = [], [], []
+        step = self.compiled.get("post_step", self._post_step)
         for t in range(length):
-            state, action = self._reset(state, prev_action[:, t], is_first[:, t], init)
-            x = self.img_in(torch.cat([state.stoch.flatten(-2), self._clip_action(action)], -1))
-            deter = self._gru_step(x, state.deter)
-            hidden = F.silu(self.obs_out.norm(F.linear(deter, w_deter) + embed_proj[:, t]))
-            logits = self._logits(self.obs_logits, hidden)
-            state = State(deter, sample_onehot(logits), logits)
-            deters.append(deter)
+            state = step(state, prev_action[:, t], is_first[:, t], init, embed_proj[:, t], w_deter)
+            deters.append(state.deter)
             stochs.append(state.stoch)
-            logits_all.append(logits)
+            logits_all.append(state.logits)
         post = State(torch.stack(deters, 1), torch.stack(stochs, 1), torch.stack(logits_all, 1))
         # The prior at every step depends only on h_t: one batched pass over (B, T, D).
         prior_logits = self._logits(self.img_logits, self.img_out(post.deter))

@@ -213,6 +213,7 @@ RESUMABLE_CHANGES = (
     "keep_checkpoints",
     "parallel_envs",
     "compile",
+    "compile_loops",
     "device",
 )
 """Agent settings that may change without invalidating a run (a longer ``env_steps`` continues it)."""

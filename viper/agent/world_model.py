@@ -10,6 +10,7 @@ it).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -129,19 +130,26 @@ class WorldModel(nn.Module):
         metrics["post_entropy"] = -(post.logits.exp() * post.logits).sum(-1).mean().detach()
         return total, post, metrics
 
-    def imagine(self, policy, start: State, horizon: int) -> tuple[State, Tensor, list]:
+    def imagine_step(self, policy, state: State) -> tuple[State, Tensor, Tensor]:
+        """One imagined step: the policy acts on stop-gradient features, the prior moves on. Returns (next
+        state, action, the policy's second output)."""
+        action, dist = policy(state.feat().detach())
+        return self.rssm.img_step(state, action), action, dist
+
+    def imagine(self, policy, start: State, horizon: int, step=None) -> tuple[State, Tensor, list]:
         """Roll the prior forward ``horizon`` steps from ``start`` (N, ...) with ``policy(feat) -> (action,
         dist)`` applied to stop-gradient features.
 
         Returns the trajectory State with fields (H+1, N, ...) (index 0 is ``start``), actions (H, N, A)
         taken at steps 0..H-1 and the H action distributions. Gradients flow from later states to earlier
-        actions through the dynamics (DreamerV3's continuous-action actor gradient).
+        actions through the dynamics (DreamerV3's continuous-action actor gradient). ``step(state) -> (next
+        state, action, dist)`` stands in for ``imagine_step(policy, .)`` (e.g. a compiled version of it).
         """
         states, actions, dists = [start], [], []
         state = start
+        step = step or functools.partial(self.imagine_step, policy)
         for _ in range(horizon):
-            action, dist = policy(state.feat().detach())
-            state = self.rssm.img_step(state, action)
+            state, action, dist = step(state)
             states.append(state)
             actions.append(action)
             dists.append(dist)
