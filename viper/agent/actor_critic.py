@@ -66,10 +66,12 @@ class PercentileNorm(nn.Module):
         self.decay, self.max_inv, self.q_low, self.q_high = decay, max_inv, low / 100.0, high / 100.0
         self.register_buffer("low", torch.zeros(()))
         self.register_buffer("high", torch.zeros(()))
+        # Created once: a fresh tensor per update would be a blocking host-to-device copy on CUDA.
+        self.register_buffer("levels", torch.tensor([self.q_low, self.q_high]), persistent=False)
 
     @torch.no_grad()
     def update(self, x: Tensor) -> None:
-        q = torch.quantile(x.detach().float().flatten(), torch.tensor([self.q_low, self.q_high], device=x.device))
+        q = torch.quantile(x.detach().float().flatten(), self.levels)
         self.low.mul_(self.decay).add_((1 - self.decay) * q[0])
         self.high.mul_(self.decay).add_((1 - self.decay) * q[1])
 

@@ -254,7 +254,7 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
     carry = agent.initial_carry(count)
     ep_return = np.zeros(count)
     ep_length = np.zeros(count, np.int64)
-    sums: dict[str, float] = {}
+    sums: dict[str, Any] = {}
     n_metrics = 0
     clock = time.time()
     while counters["env_steps"] < acfg.env_steps:
@@ -295,8 +295,9 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
             due = 1 + int((step - counters["train_start"]) * ratio) - counters["updates"]
             for _ in range(max(0, due)):
                 batch = agent.to_tensors(replay.sample(acfg.batch_size, acfg.batch_length))
+                # Summed as tensors (on CUDA a float() per metric would wait for the GPU after every update).
                 for key, value in agent.update(batch).items():
-                    sums[key] = sums.get(key, 0.0) + float(value)
+                    sums[key] = sums.get(key, 0.0) + value
                 n_metrics += 1
                 counters["updates"] += 1
         now = time.time()
@@ -305,7 +306,7 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
         log.advance(step)
         if step >= counters["next_log"]:
             counters["next_log"] += acfg.log_every_env_steps
-            row = {f"agent/{k}": v / n_metrics for k, v in sums.items()} if n_metrics else {}
+            row = {f"agent/{k}": float(v) / n_metrics for k, v in sums.items()} if n_metrics else {}
             row.update(
                 {
                     "agent/updates": counters["updates"],
