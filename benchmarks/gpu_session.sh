@@ -41,7 +41,14 @@ set +o pipefail
 # 1b. The same with torch.compile of the observe / imagination steps (agent.compile_loops: the launch-bound
 #     part), then also of the batched networks (agent.compile).
 [ "$dev" = cuda ] && timeout 180 $py benchmarks/bench_agent.py --device $dev --sizes S --repeats 3 --warmup 2 \
-  --compile-loops 2>&1 | tee -a "$out/bench_agent.txt"
+  --compile-loops 2>&1 | tee "$out/bench_loops.txt"
+# The learning runs compile the loops when that measured faster at size S (wall s/update, 6th table column).
+wall_s() { awk -F'|' '$2 ~ /^ *S *$/ {gsub(/ /, "", $7); print $7; exit}' "$1" 2>/dev/null; }
+eager=$(wall_s "$out/bench_agent.txt"); looped=$(wall_s "$out/bench_loops.txt")
+loops=$($py -c "import sys; a, b = sys.argv[1:]; print('true' if a and b and float(b) < float(a) else 'false')" \
+  "${eager:-}" "${looped:-}" 2>/dev/null || echo false)
+echo "S wall s/update: eager ${eager:-?}, compile_loops ${looped:-?} -> learning runs agent.compile_loops=$loops" \
+  | tee -a "$out/bench_loops.txt"
 [ "$dev" = cuda ] && timeout 180 $py benchmarks/bench_agent.py --device $dev --sizes S --repeats 3 --warmup 2 \
   --compile-loops --compile 2>&1 | tee -a "$out/bench_agent.txt"
 
@@ -56,7 +63,7 @@ done
 common=(--preset demo --task dmc/cartpole_balance -S agent.size=S -S agent.batch_size=16 -S agent.envs=3
   -S agent.train_ratio=64 -S agent.env_steps=$agent_steps -S agent.eval_every_env_steps=5000
   -S agent.eval_episodes=2 -S agent.log_every_env_steps=1000 -S agent.checkpoint_every_env_steps=1000000
-  -S agent.device=$dev -S reward.device=$dev -S agent.bf16=$bf16)
+  -S agent.device=$dev -S reward.device=$dev -S agent.bf16=$bf16 -S agent.compile_loops=${loops:-false})
 if [ "${SMOKE:-0}" = 1 ]; then
   common+=(-S agent.size=tiny -S agent.batch_size=4 -S agent.batch_length=16 -S agent.eval_every_env_steps=100
     -S agent.log_every_env_steps=50)
