@@ -270,6 +270,19 @@ def test_fuzzed_npz_never_escapes_as_a_traceback(tmp_path, cut, flips):
         assert frames.dtype == np.uint8 and frames.shape[1:] == (64, 64, 3)
 
 
+@pytest.mark.parametrize("bad", [b"'shape': )6, 64, 64, 3*,", b"'shape': (6, 64, 64, 3\n\n"])
+def test_corrupt_array_header_is_a_clear_error(tmp_path, bad):
+    """A header that numpy's parser rejects (SyntaxError / tokenize.TokenError, found by the fuzz test above)."""
+    path = tmp_path / "header.npz"
+    np.savez(path, np.zeros((6, 64, 64, 3), np.uint8))  # stored, not deflated: the header bytes are in the file
+    data = path.read_bytes()
+    good = b"'shape': (6, 64, 64, 3),"
+    assert good in data
+    path.write_bytes(data.replace(good, bad[: len(good)].ljust(len(good)), 1))
+    with pytest.raises(ViperError, match="header.npz: truncated or corrupt npz"):
+        load_npz_episode(path)
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     shape=st.lists(st.integers(0, 66), min_size=0, max_size=5),

@@ -18,6 +18,7 @@ import hashlib
 import io
 import pickle
 import re
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -68,7 +69,19 @@ def load_npz_episode(path: Path) -> np.ndarray:
             frames = data["arr_0"]
     except ViperError:
         raise
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as exc:
+    # A corrupt array header reaches numpy's header parser: SyntaxError or tokenize.TokenError; a corrupt shape can
+    # ask for an impossible allocation (MemoryError).
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        OSError,
+        ValueError,
+        KeyError,
+        SyntaxError,
+        tokenize.TokenError,
+        MemoryError,
+    ) as exc:
         raise ViperError(
             f"{path}: truncated or corrupt npz ({exc.__class__.__name__}: {exc}); expected a zip "
             "with arr_0 uint8 (T, 64, 64, 3)"
