@@ -7,10 +7,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 import viper  # noqa: F401  (runtime environment before anything imports MuJoCo or Prefect)
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Property tests draw the same examples on every run (``make test`` and CI are reproducible: a red run replays);
+# HYPOTHESIS_PROFILE=explore draws fresh random examples to hunt for new failures.
+settings.register_profile("repro", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repro"))
 
 
 @pytest.fixture(autouse=True)
