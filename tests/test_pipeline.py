@@ -88,6 +88,9 @@ def test_dvc_repro_runs_the_whole_tiny_pipeline(project):
         report = (project / "data" / "report" / "report.md").read_text()
         for task in yaml.safe_load(sh(project, "viper", "config").stdout)["agent"]["tasks"]:
             assert f"| {task} |" in report
+        # The reward diagnostics written by reward-eval reach the report (not "not run").
+        diagnostics = report.split("## Reward model diagnostics", 1)[1].split("\n## ", 1)[0]
+        assert "auroc_expert_vs_random" in diagnostics and "not run" not in diagnostics, diagnostics
         # dvc.yaml's top-level plots: the agents' return curves, the prior's bits per token, the pictures.
         shown = sh(project, "dvc", "plots", "show", "--json")
         plotted = json.loads(shown.stdout)["data"]

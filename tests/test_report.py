@@ -36,9 +36,15 @@ def test_report_rows_ratios_curves_and_html(tmp_path):
     _write(log, "\n".join([*lines, '{"step": 9'[:8]]))  # the last line cut short, as by a killed run
     prior_log = tmp_path / "prior" / "dmc" / "logs" / "metrics.jsonl"
     _write(prior_log, json.dumps({"step": 10, "time_s": 1.0, "prior/eval_bits_per_token": 2.5}) + "\n")
+    # As reward-eval writes it: flat keys per task, nested per-category means, the minimum over tasks.
     _write(
         tmp_path / "reward_eval" / "dmc" / "metrics.json",
-        {"tasks": {"dmc/cartpole_balance": {"auroc_expert_vs_random": 1.0, "spearman": 0.93}}},
+        {
+            "reward_eval/dmc-cartpole_balance/auroc_expert_vs_random": 1.0,
+            "reward_eval/dmc-cartpole_balance/spearman_reward_vs_return": 0.93,
+            "reward_eval/dmc-cartpole_balance/mean_reward/expert": -10.0,
+            "reward_eval/min/auroc_expert_vs_random": 1.0,
+        },
     )
     _write(tmp_path / "metrics" / "collect.json", {"episodes": 48})
 
@@ -61,6 +67,11 @@ def test_report_rows_ratios_curves_and_html(tmp_path):
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| dmc/cartpole_balance | 2 | 700 |" in md and "| dmc/cartpole_swingup | not run |" in md
     assert "auroc_expert_vs_random" in md and "| collect | episodes | 48 |" in md
+    diagnostics = {r["task"]: r for r in report.reward_rows(cfg, tmp_path)}
+    assert diagnostics["dmc/cartpole_balance"]["auroc_expert_vs_random"] == 1.0
+    assert diagnostics["dmc/cartpole_balance"]["spearman_reward_vs_return"] == 0.93
+    assert "mean_reward/expert" not in diagnostics["dmc/cartpole_balance"]
+    assert diagnostics["dmc/cartpole_swingup"]["status"] == "not run"
     assert (tmp_path / "report" / "assets" / "curve_dmc-cartpole_balance.png").stat().st_size > 1000
     page = (tmp_path / "report" / "report.html").read_text()
     assert page.count("<tr>") >= 6 and "curve_dmc-cartpole_balance.png" in page

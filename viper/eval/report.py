@@ -22,6 +22,7 @@ from typing import Any
 
 from viper import paths
 from viper.config import Config
+from viper.eval.keys import reward_eval_by_task
 from viper.eval.published import TARGET_RATIO, published
 from viper.metrics import write_json, write_text
 from viper.stages import STAGES, metrics_path
@@ -127,15 +128,14 @@ def agent_rows(cfg: Config, data_dir: Path) -> list[dict[str, Any]]:
 
 def reward_rows(cfg: Config, data_dir: Path) -> list[dict[str, Any]]:
     """Per-task reward diagnostics (AUROC, Spearman, ...) from the reward-eval metrics."""
-    metrics = _read_json(paths.reward_eval_dir(data_dir, cfg.collect.suite) / "metrics.json") or {}
-    tasks = metrics.get("tasks", metrics) if isinstance(metrics, dict) else {}
+    metrics = _read_json(paths.reward_eval_dir(data_dir, cfg.collect.suite) / "metrics.json")
+    by_task = reward_eval_by_task(metrics, cfg.collect.tasks) if isinstance(metrics, dict) else {}
     rows = []
     for task in cfg.collect.tasks:
-        values = tasks.get(task) if isinstance(tasks, dict) else None
-        if not isinstance(values, dict):
+        if task not in by_task:
             rows.append({"task": task, "status": "not run"})
             continue
-        rows.append({"task": task, **{k: v for k, v in values.items() if not isinstance(v, (dict, list))}})
+        rows.append({"task": task, **by_task[task]})
     keys = list(dict.fromkeys(k for row in rows for k in row))
     return [{k: row.get(k) for k in keys} for row in rows]
 

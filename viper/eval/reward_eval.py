@@ -29,6 +29,7 @@ import numpy as np
 from viper import paths
 from viper.config import Config
 from viper.errors import ViperError
+from viper.eval.keys import reward_eval_by_task, reward_eval_key
 from viper.eval.stats import auroc, spearman
 from viper.metrics import write_json
 from viper.reward.model import VideoReward
@@ -172,10 +173,9 @@ def scatter(per_task: dict[str, list[Scored]], metrics: dict[str, float], path: 
         for category in sorted(categories, key=lambda c: (c != "expert", c)):
             rs = [r for r in records if r.category == category]
             ax.scatter([r.task_return for r in rs], [r.mean_reward for r in rs], s=18, label=category, alpha=0.8)
-        key = f"reward_eval/{paths.slug(task)}/"
         ax.set_title(
-            f"{task}\nAUROC vs random {metrics[key + 'auroc_expert_vs_random']:.2f}, "
-            f"Spearman {metrics[key + 'spearman_reward_vs_return']:.2f}",
+            f"{task}\nAUROC vs random {metrics[reward_eval_key(task, 'auroc_expert_vs_random')]:.2f}, "
+            f"Spearman {metrics[reward_eval_key(task, 'spearman_reward_vs_return')]:.2f}",
             fontsize=9,
         )
         ax.set_xlabel("task return")
@@ -211,11 +211,11 @@ def run(cfg: Config) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for task, records in per_task.items():
         for key, value in task_metrics(records, cfg.evaluate.noisy_epsilons).items():
-            metrics[f"reward_eval/{paths.slug(task)}/{key}"] = value
+            metrics[reward_eval_key(task, key)] = value
     for key in ("auroc_expert_vs_random", "auroc_expert_vs_noisy_0.5", "spearman_reward_vs_return",
                 "auroc_expert_vs_shuffled"):  # fmt: skip
-        values = [metrics.get(f"reward_eval/{paths.slug(t)}/{key}", np.nan) for t in per_task]
-        metrics[f"reward_eval/min/{key}"] = float(np.min(values))
+        values = [metrics.get(reward_eval_key(t, key), np.nan) for t in per_task]
+        metrics[reward_eval_key("min", key)] = float(np.min(values))
     write_json(out_dir / "metrics.json", metrics)
     scatter(per_task, metrics, out_dir / "scatter.png")
     return metrics
@@ -223,11 +223,7 @@ def run(cfg: Config) -> dict[str, float]:
 
 def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, float]:
     metrics = run(cfg)
-    for task in cfg.collect.tasks:
-        prefix = f"reward_eval/{paths.slug(task)}/"
-        shown = {
-            k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix) and "/" not in k[len(prefix) :]
-        }
+    for task, shown in reward_eval_by_task(metrics, cfg.collect.tasks).items():
         print(task + ": " + "  ".join(f"{k} {v:.3f}" for k, v in shown.items()))
     print(f"details: {paths.reward_eval_dir(cfg.data_dir, cfg.collect.suite)}")
     return metrics
