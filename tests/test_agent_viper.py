@@ -231,7 +231,7 @@ def test_beta_zero_removes_the_disagreement_critics_influence():
         disag = torch.full((5, 40), 50.0) if len(losses) % 2 else torch.rand(5, 40, generator=torch.Generator())
         actor_loss, _, _ = ac.losses(feat, actions, ac.actor(feat[:-1]), {"density": density, "disag": disag}, cont)
         grads = torch.autograd.grad(actor_loss, list(ac.actor.parameters()), allow_unused=True)
-        losses.append((float(actor_loss), grads))
+        losses.append((float(actor_loss.detach()), grads))
     assert losses[0][0] != pytest.approx(losses[1][0])
     assert losses[2][0] == losses[3][0]
     for a, b in zip(losses[2][1], losses[3][1], strict=True):
