@@ -254,7 +254,7 @@ def run(cfg: Config, tasks: tuple[str, ...] | None = None, progress: bool = True
     """Collect every task of ``cfg.collect.tasks`` (or ``tasks``) into ``viper.paths.store``; returns
     ``{"store": path, "<task>/<metric>": value, ...}``."""
     from viper.envs import suites
-    from viper.experts.policies import parse_expert_settings
+    from viper.experts.policies import parse_expert_settings, settings_of_task
 
     c = cfg.collect
     tasks = tuple(tasks) if tasks is not None else tuple(c.tasks)
@@ -269,7 +269,7 @@ def run(cfg: Config, tasks: tuple[str, ...] | None = None, progress: bool = True
     parse_expert_settings(c.expert_settings)  # every entry checked before any rollout
     for task in tasks:
         # Only the task's own settings enter its config, so they (not another task's) decide its fingerprint.
-        own = tuple(e for e in c.expert_settings if e.rpartition(":")[0].strip() == task)
+        own = settings_of_task(c.expert_settings, task)
         task_cfg = replace(c, policy=expert_policy(cfg, task), expert_settings=own)
         for name, value in collect_task(task_cfg, task, url, progress).items():
             out[f"{task}/{name}"] = value

@@ -51,6 +51,18 @@ def tunable_attributes(task: str) -> tuple[str, ...]:
     return tuple(sorted(numeric))
 
 
+def _split_setting(entry: str) -> tuple[str, str, str, str]:
+    """``"<task>:<attribute>=<value>"`` -> (task, attribute, "=" or "", value), task and attribute stripped."""
+    name, _, assignment = str(entry).rpartition(":")
+    attribute, eq, raw = assignment.partition("=")
+    return name.strip(), attribute.strip(), eq, raw
+
+
+def settings_of_task(entries: Iterable[str], task: str) -> tuple[str, ...]:
+    """The entries of ``entries`` that name ``task`` (unparsed, in order)."""
+    return tuple(entry for entry in entries if _split_setting(entry)[0] == task)
+
+
 def parse_expert_settings(entries: Iterable[str], task: str | None = None) -> dict[str, dict[str, float]]:
     """``["dmc/cartpole_swingup:pump_gain=4.0"]`` -> ``{"dmc/cartpole_swingup": {"pump_gain": 4.0}}``.
 
@@ -59,12 +71,9 @@ def parse_expert_settings(entries: Iterable[str], task: str | None = None) -> di
     """
     out: dict[str, dict[str, float]] = {}
     for entry in entries:
-        name, sep, assignment = str(entry).rpartition(":")
-        attribute, eq, raw = assignment.partition("=")
-        attribute = attribute.strip()
-        if not sep or not eq or not name or not attribute:
+        name, attribute, eq, raw = _split_setting(entry)
+        if not name or not attribute or not eq:
             raise ViperError(f"expert setting {entry!r}: expected {SETTING_FORM}")
-        name = name.strip()
         try:
             allowed = tunable_attributes(name)
         except ViperError as exc:
