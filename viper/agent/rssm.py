@@ -84,8 +84,8 @@ class RSSM(nn.Module):
         self.obs_out = Dense(deter + embed_dim, units)
         self.obs_logits = Dense(units, flat, norm=False, act=False)
         self.initial_deter = nn.Parameter(torch.zeros(deter))
-        self.compiled: dict = {}
-        """Compiled step functions by name (``compile_steps``); empty: eager."""
+        self.post_step = self._post_step
+        """``observe``'s per-step function: ``_post_step`` itself, or its compiled version (``compile_steps``)."""
 
     @property
     def feat_dim(self) -> OneHotWidth:
@@ -157,7 +157,7 @@ class RSSM(nn.Module):
     def compile_steps(self, **options) -> None:
         """Run ``observe``'s per-step function through ``torch.compile(**options)`` (fuses the step's small
         kernels; the Python loop over time stays)."""
-        self.compiled["post_step"] = torch.compile(self._post_step, **options)
+        self.post_step = torch.compile(self._post_step, **options)
 
     def observe(self, embed: Tensor, prev_action: Tensor, is_first: Tensor) -> tuple[State, Tensor]:
         """Posterior states of a sequence and the prior's logits at the same steps.
@@ -175,9 +175,8 @@ class RSSM(nn.Module):
         init = self.initial(batch)
         state = init
         deters, stochs, logits_all = [], [], []
-        step = self.compiled.get("post_step", self._post_step)
         for t in range(length):
-            state = step(state, prev_action[:, t], is_first[:, t], init, embed_proj[:, t], w_deter)
+            state = self.post_step(state, prev_action[:, t], is_first[:, t], init, embed_proj[:, t], w_deter)
             deters.append(state.deter)
             stochs.append(state.stoch)
             logits_all.append(state.logits)
