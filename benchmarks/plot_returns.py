@@ -1,7 +1,7 @@
 """Overlay the task-return curves of several agent runs (their ``logs/metrics.jsonl``) in one PNG.
 
     .venv/bin/python benchmarks/plot_returns.py out.png data/agents/task/dmc-cartpole_balance/seed0 ... \
-        --title "cartpole_balance, size S" --random 340
+        --title "cartpole_balance, size S" --random 340 --zero 735
 
 Training episodes are thin lines, evaluation episodes dots; x is env frames (agent steps x action repeat).
 """
@@ -28,6 +28,9 @@ def main() -> None:
     parser.add_argument("--title", default="")
     parser.add_argument("--action-repeat", type=int, default=2)
     parser.add_argument("--random", type=float, default=None, help="draw a line at this random-policy return")
+    parser.add_argument(
+        "--zero", type=float, default=None, help="draw a line at this zero-action return (an agent that keeps still)"
+    )
     args = parser.parse_args()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for run in args.runs:
@@ -41,6 +44,8 @@ def main() -> None:
             ax.plot(*zip(*evals, strict=True), "o" + style, color=line.get_color(), label=f"{label} (eval)")
     if args.random is not None:
         ax.axhline(args.random, color="grey", lw=0.8, ls=":", label=f"uniform random actions ({args.random:g})")
+    if args.zero is not None:
+        ax.axhline(args.zero, color="black", lw=0.8, ls="-.", label=f"zero action ({args.zero:g})")
     ax.set_xlabel("env frames")
     ax.set_ylabel("task return")
     ax.set_title(args.title, fontsize=9)
