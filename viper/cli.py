@@ -20,6 +20,7 @@ import yaml
 from viper import config as config_lib
 from viper.errors import ViperError
 from viper.metrics import write_json
+from viper.presets import PRESETS
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preset",
         default=None,
-        help="preset(s) applied over the defaults, comma-separated (tiny, demo, paper_dmc, paper_atari, "
-        "size_xs, size_s); default: params.yaml's `preset:`, else demo",
+        help=f"preset(s) applied over the defaults, comma-separated ({', '.join(PRESETS)}); "
+        "default: params.yaml's `preset:`, else demo",
     )
     parser.add_argument(
         "-S",
