@@ -59,20 +59,19 @@ def episode(policy, task: str, kind: str, seed: int, steps: int, action_repeat: 
 
 
 @torch.no_grad()
-def imagined_return(agent, start: State, kind: str, horizon: int, discount: float, seed: int) -> float:
+def imagined_return(agent, start: State, kind: str, horizon: int, seed: int) -> float:
     """Mean discounted reward of ``horizon`` imagined steps of ``kind`` from every state in ``start``."""
     gen = torch.Generator().manual_seed(seed)
-    state, total = start, torch.zeros(start.deter.shape[0])
-    for t in range(horizon):
-        if kind == "actor":
-            action, _ = agent.ac.policy(state.feat(), True)
-        elif kind == "zero":
-            action = torch.zeros(start.deter.shape[0], agent.action_dim)
-        else:
-            action = torch.rand(start.deter.shape[0], agent.action_dim, generator=gen) * 2 - 1
-        state = agent.wm.rssm.img_step(state, action)
-        total += discount**t * agent.wm.reward(agent.reward_name, state.feat())
-    return float(total.mean())
+    shape = (start.deter.shape[0], agent.action_dim)
+    policies = {
+        "actor": agent.ac.policy,
+        "zero": lambda feat: (torch.zeros(shape),) * 2,
+        "random": lambda feat: (torch.rand(shape, generator=gen) * 2 - 1,) * 2,
+    }
+    traj, _, _ = agent.wm.imagine(policies[kind], start, horizon)
+    reward = agent.wm.reward(agent.reward_name, traj.feat()[1:])
+    discount = agent.ac.settings.discount ** torch.arange(horizon, dtype=reward.dtype)
+    return float((discount[:, None] * reward).sum(0).mean())
 
 
 def main() -> None:
@@ -89,7 +88,6 @@ def main() -> None:
     agent = policy.agent
     assert not agent.discrete, "diagnose_agent.py handles continuous-action agents"
     task = args.task or torch.load(checkpoint_folder(args.run) / "state.pt", weights_only=False)["meta"]["task"]
-    discount = 1.0 - 1.0 / agent.cfg.discount_horizon
     print(f"{args.run}: task {task}, reward head {agent.reward_name!r}, {args.steps}-step episodes")
     for kind in POLICIES:
         returns = []
@@ -101,7 +99,7 @@ def main() -> None:
             line = f"  {kind:6s} seed {seed}: real return {rewards.sum():7.1f}, reward prediction corr {corr:5.2f}"
             if i == 0:
                 start = State(*(torch.cat(x, 0) for x in zip(*states, strict=True)))
-                imagined = {k: imagined_return(agent, start, k, args.horizon, discount, seed) for k in POLICIES}
+                imagined = {k: imagined_return(agent, start, k, args.horizon, seed) for k in POLICIES}
                 line += "; imagined from these states: " + ", ".join(f"{k} {v:.2f}" for k, v in imagined.items())
             print(line)
         print(f"{kind}: mean real return {np.mean(returns):.1f} +- {np.std(returns):.1f}")
