@@ -185,7 +185,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "model_lr": 1e-3,
             "actor_lr": 3e-4,
             "critic_lr": 3e-4,
-            "imag_horizon": 15,
+            "imag_horizon": 15,  # the published default, restated: tiny sets 5 and tiny,cpu_agent must not keep it
             "eval_every_env_steps": 350,
             "eval_episodes": 4,
             "log_every_env_steps": 50,
