@@ -282,6 +282,36 @@ def test_onehot_linear_matches_dense_linear_values_and_gradients(deter, trailing
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
 
 
+def test_onehot_linear_backward_with_inputs_computes_only_the_requested_gradients():
+    # The agent's actor and critic passes call backward(inputs=...): the layer must give the requested
+    # gradients exactly and skip the products nobody asked for (one matmul each, not two).
+    from torch.profiler import ProfilerActivity, profile
+
+    from viper.agent.nets import OneHotLinear, OneHotWidth
+
+    width = OneHotWidth(4 + 3 * 5, 4, 3, 5)
+    layer = OneHotLinear(width, 6).double()
+    gen = torch.Generator().manual_seed(1)
+    weights = torch.randn(9, 6, generator=gen, dtype=torch.float64)
+    for target in ("weight", "input"):
+        feat, (logits, dense, _) = _straight_through_features(gen, 9, 4, 3, 5, 0)
+        layer.zero_grad(set_to_none=True)
+        inputs = [layer.weight] if target == "weight" else [logits, dense]
+        if target == "weight":
+            want = (weights.T @ feat.detach(),)
+        else:
+            want = torch.autograd.grad((feat @ layer.weight.detach().T * weights).sum(), inputs, retain_graph=True)
+        loss = (layer(feat) * weights).sum()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            loss.backward(inputs=inputs)
+        for tensor, w in zip(inputs, want, strict=True):
+            torch.testing.assert_close(tensor.grad, w, rtol=1e-12, atol=1e-12)
+        others = [logits, dense] if target == "weight" else [layer.weight, layer.bias]
+        assert all(t.grad is None for t in others)
+        matmuls = [e for e in prof.events() if e.name == "aten::mm"]
+        assert len(matmuls) == 1, f"{target}: {len(matmuls)} matmuls in the backward, expected 1"
+
+
 def test_onehot_linear_falls_back_to_dense_for_inputs_that_are_not_one_hot():
     from viper.agent.nets import OneHotLinear, OneHotWidth
 

@@ -158,15 +158,18 @@ class Agent(nn.Module):
         """Reward per critic on arriving at imagined states 1..H: feat (H+1, N, F), actions (H, N, A) -> (H, N).
 
         Head rewards come from the world model; the disagreement of state t needs the action taken there, so
-        the policy also acts in the last state (the published ``imagine`` samples H+1 actions)."""
+        the policy also acts in the last state (the published ``imagine`` samples H+1 actions).
+
+        The heads run over all H+1 states and the start's value is dropped afterwards: slicing the (H+1, N, F)
+        features instead would make the backward pass zero-fill and copy a gradient of their full size."""
         rewards = {}
         for name in self.ac.critics:
             if name == DISAG:
                 last, _ = self.ac.policy(feat[-1].detach())
-                taken = torch.cat([actions[1:], last[None].to(actions.dtype)], 0)
-                rewards[name] = self.expl.reward(feat[1:], taken)
+                taken = torch.cat([actions, last[None].to(actions.dtype)], 0)
+                rewards[name] = self.expl.reward(feat, taken)[1:]
             else:
-                rewards[name] = self.wm.reward(name, feat[1:])
+                rewards[name] = self.wm.reward(name, feat)[1:]
         return rewards
 
     def _behaviour(self, post: State, is_terminal: Tensor) -> dict[str, Tensor]:

@@ -75,11 +75,30 @@ class _OneHotLinearFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
-        grad_x = grad @ weight if ctx.needs_input_grad[0] else None
+        grad_x = grad @ weight if _engine_needs(ctx, 0) else None
         # A scatter-add over the one-hot rows was slower on the CPU than this dense product.
-        grad_w = grad.t() @ x if ctx.needs_input_grad[1] else None
-        grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        grad_w = grad.t() @ x if _engine_needs(ctx, 1) else None
+        grad_b = grad.sum(0) if ctx.has_bias and _engine_needs(ctx, 2) else None
         return grad_x, grad_w, grad_b, None, None, None
+
+
+def _engine_needs(ctx, i: int) -> bool:
+    """Whether this backward pass needs the gradient of a custom Function's ``i``-th input.
+
+    ``ctx.needs_input_grad`` only says whether the input required grad in the forward; a ``backward(inputs=...)``
+    that trains one module (the agent's actor and critic passes) needs far fewer gradients, and built-in ops skip
+    the others. This asks the engine whether it will run the node the gradient would flow into (the check that
+    ``torch.autograd.graph.register_multi_grad_hook`` uses). ``i`` counts tensor inputs only (non-tensor
+    arguments have no edge), so the tensor inputs must come first.
+    """
+    if not ctx.needs_input_grad[i]:
+        return False
+    node = ctx.next_functions[i][0]
+    try:
+        return node is not None and torch._C._will_engine_execute_node(node)
+    except RuntimeError:
+        # ``torch.autograd.grad`` with a leaf among its inputs: the engine cannot say, so compute it.
+        return True
 
 
 def onehot_index(block: Tensor) -> Tensor | None:
