@@ -328,6 +328,12 @@ def test_rssm_features_and_prior_input_use_the_gather_layer():
     assert isinstance(rssm.img_in.linear, OneHotLinear)
     head = MLP(rssm.feat_dim, 3, 1, 8)
     assert isinstance(head.hidden[0].linear, OneHotLinear) and rssm.feat_dim == 8 + 4 * 5
+    # Plan2Explore's heads read [feat, action]: the latents keep their span, the action columns come after it.
+    from viper.agent.exploration import Disagreement
+
+    disag = Disagreement(rssm.feat_dim, 2, 20, 1, 8, members=2)
+    first = disag.heads[0].hidden[0].linear
+    assert isinstance(first, OneHotLinear) and first.span == (8, 4, 5) and first.in_features == 8 + 20 + 2
 
 
 def test_compiled_loop_steps_match_eager_values_and_gradients():

@@ -260,6 +260,14 @@ def test_disagreement_reward_and_loss_match_a_loop_over_members():
     # Population std over members per dim, then the mean over the 12 predicted dims.
     expected = np.sqrt(((stacked - mean) ** 2).mean(0)).mean(-1)
     np.testing.assert_allclose(reward, expected, rtol=1e-5)
+    # The actor's dynamics gradient flows through the reward: it must equal torch.std's over stacked members.
+    disag64, feat64 = disag.double(), feat.double().requires_grad_()
+    inputs = torch.cat([feat64, action.double()], -1)
+    got = torch.autograd.grad(disag64.reward(feat64, action.double()).sum(), feat64)[0]
+    stacked_std = torch.stack([head(inputs) for head in disag64.heads]).std(0, unbiased=False).mean(-1)
+    # reward() computes in float32 (it casts bf16 predictions up): float32 tolerances.
+    torch.testing.assert_close(got, torch.autograd.grad(stacked_std.sum(), feat64)[0], rtol=1e-5, atol=1e-7)
+    disag.float()
     target = stoch.flatten(-2).numpy()
     expected_loss = sum(((p[:, :-1] - target[:, 1:]) ** 2).sum(-1).mean() for p in preds)
     assert loss == pytest.approx(expected_loss, rel=1e-5)

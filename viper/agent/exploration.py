@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from viper.agent.nets import MLP
+from viper.agent.nets import MLP, OneHotWidth
 
 
 class Disagreement(nn.Module):
@@ -23,7 +23,11 @@ class Disagreement(nn.Module):
     def __init__(self, feat_dim: int, action_dim: int, stoch_dim: int, layers: int, units: int, members: int = 8):
         super().__init__()
         assert members >= 2, "disagreement needs at least two ensemble members"
-        self.heads = nn.ModuleList(MLP(feat_dim + action_dim, stoch_dim, layers, units, 1.0) for _ in range(members))
+        width = feat_dim + action_dim
+        if isinstance(feat_dim, OneHotWidth):
+            # The action columns come after the features: the latents' one-hot span stays where it was.
+            width = OneHotWidth(width, feat_dim.start, feat_dim.groups, feat_dim.classes)
+        self.heads = nn.ModuleList(MLP(width, stoch_dim, layers, units, 1.0) for _ in range(members))
 
     def predict(self, feat: Tensor, action: Tensor) -> Tensor:
         """Every member's prediction: feat (..., F), action (..., A) -> (M, ..., S*K')."""
@@ -36,8 +40,12 @@ class Disagreement(nn.Module):
         Imagination passes the features of states 1..H with the actions the policy takes there, so the reward
         for arriving at state t measures disagreement about the transition out of t (the published ``[1:]``).
         """
-        preds = self.predict(feat, action).float()
-        return preds.std(0, unbiased=False).mean(-1)
+        inputs = torch.cat([feat, action.to(feat.dtype)], -1)
+        # Two passes over the members' outputs without stacking them: on the CPU ``torch.std`` over a stacked
+        # member axis took ~1 s for the (8, 4096, 1024) predictions of an XS update, this ~0.3 s.
+        preds = [head(inputs).float() for head in self.heads]
+        mean = sum(preds) / len(preds)
+        return (sum((p - mean).square() for p in preds) / len(preds)).sqrt().mean(-1)
 
     def loss(self, feat: Tensor, action: Tensor, stoch: Tensor) -> Tensor:
         """Training loss on posterior sequences, summed over members (published ``Disag._loss``).
