@@ -93,6 +93,8 @@ def main() -> None:
         returns = []
         for i in range(args.episodes):
             seed = 100 + i
+            # The actor's samples and the posterior's latents draw from torch's generator: seed it per episode.
+            torch.manual_seed(seed)
             rewards, predicted, states = episode(policy, task, kind, seed, args.steps, agent.cfg.action_repeat)
             returns.append(rewards.sum())
             corr = np.corrcoef(predicted[1:], rewards[:-1])[0, 1]
