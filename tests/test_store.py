@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,6 +152,10 @@ def test_bad_input_errors(tmp_path):
         store.append_episode(TASK, f, None, r)
     with pytest.raises(ViperError, match="unknown task 'dmc/walker_walk'.*dmc/cartpole_balance"):
         store.task("dmc/walker_walk")
+    # The folder above a suite's store (data/videos) names the stores it holds.
+    parent = Path(store.url).parent
+    with pytest.raises(ViperError, match=rf"folder of stores \({Path(store.url).name}\): pass e.g. {parent}/"):
+        open_store(parent).task(TASK)
     group = store.task(TASK)
     with pytest.raises(ViperError, match="episode 1 out of range.*1 episodes"):
         group.episode_range(1)

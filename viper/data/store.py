@@ -319,9 +319,12 @@ class VideoStore:
         """The group of ``task`` (full name, or the group name without the suite prefix)."""
         name = _short(task)
         if name.startswith(".") or not self.location.has_group(name):
-            raise ViperError(
-                f"{self.url}: unknown task {task!r}; the store holds: {', '.join(self.tasks) or 'no tasks'}"
-            )
+            held = ", ".join(self.tasks)
+            stores = [c for c in self.location.children() if c.endswith(".zarr")]
+            if not held and stores:
+                # The folder above the stores (e.g. data/videos) was given instead of a suite's store.
+                held = f"no tasks; it is a folder of stores ({', '.join(stores)}): pass e.g. {self.url}/{stores[0]}"
+            raise ViperError(f"{self.url}: unknown task {task!r}; the store holds: {held or 'no tasks'}")
         group = self._open(name)
         if "/" in task and group.task != task:
             raise ViperError(f"{self.url}/{name}: holds task {group.task!r}, not {task!r}")
