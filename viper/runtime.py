@@ -8,7 +8,7 @@ the environment win; a relative ``PREFECT_HOME`` is made absolute against the wo
 serves such blocks with their own ``mmap`` and unmaps them on free, so without it every large activation or
 gradient of a training step is page-faulted in again, 4 KiB at a time (~400k faults per agent update at size
 XS): filling a fresh 80 MB tensor takes 85 ms instead of 16 ms here. PyTorch reads the variable once, at its
-first allocation, which is why it is set here, before anything imports torch. Effect on an update:
+first CPU allocation, which is why it is set here, before any viper module creates a tensor. Effect on an update:
 ``benchmarks/results/agent.md``.
 """
 
