@@ -85,6 +85,42 @@ def test_killed_run_resumes_with_one_load_and_its_replay(tmp_path):
         env.close()
 
 
+def test_ctrl_c_saves_a_checkpoint_where_the_run_stopped_and_the_run_resumes_there(tmp_path):
+    # Ctrl-C in a terminal signals the whole process group: the main process and its two env workers.
+    data = tmp_path / "data"
+    stop_opts = ["agent.envs=2", "agent.parallel_envs=true", "agent.checkpoint_every_env_steps=10000"]
+    stop_opts += ["agent.eval_every_env_steps=10000", "agent.log_every_env_steps=10", "agent.env_steps=2000"]
+    args = ["train-agent", "--preset", "tiny", "--task", TASK, "--seed", "0", "--reward", "task"]
+    args += ["-S", f"data_dir={data}"] + [a for o in stop_opts for a in ("-S", o)]
+    run_dir = paths.agent_dir(data, "task", TASK, 0)
+    log = run_dir / "logs" / "metrics.jsonl"
+    proc = _viper(args, tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 240
+    # Wait until it trains (a logged update), then interrupt.
+    while not (log.exists() and '"agent/loss/image"' in log.read_text()):
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "no update within 240 s"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    stderr = stderr.decode()
+    assert proc.returncode == 130, stderr[-3000:]
+    message = stderr.strip().splitlines()[-1]
+    assert "stopped by SIGINT at env step" in message and "run the same command to resume" in message, message
+    stopped_at = int(message.split("at env step ")[1].split()[0])
+    assert 0 < stopped_at < 2000 and "Traceback" not in stderr
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    saved = torch.load(run_dir / "checkpoints" / latest / "state.pt", weights_only=False)["counters"]
+    assert saved["env_steps"] == stopped_at and saved["updates"] > 0
+
+    # The same run, a little longer (env_steps may change on resume), continues from the saved step.
+    opts = [o for o in stop_opts if not o.startswith("agent.env_steps")] + [f"agent.env_steps={stopped_at + 20}"]
+    cfg = C.load(preset="tiny", overrides=[f"data_dir={data}", *opts], params_path=None)
+    metrics = run(cfg, TASK, 0, "task", run_dir)
+    assert metrics["checkpoint_loads"] == 1 and metrics["start_env_steps"] == stopped_at
+    assert metrics["replay_steps_at_start"] == stopped_at and metrics["env_steps"] == stopped_at + 20
+
+
 def test_viper_reward_without_a_reward_model_is_a_clear_error(tmp_path):
     proc = _viper(
         ["train-agent", "--preset", "tiny", "--task", TASK, "--reward", "viper", "-S", f"data_dir={tmp_path}"],

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import threading
 
 import numpy as np
 import pytest
 import torch
 
-from viper.checkpoint import Checkpointer, rng_state, set_rng_state
+from viper.checkpoint import Checkpointer, StopSignals, rng_state, set_rng_state
 
 
 def test_save_load_keep_and_latest(tmp_path):
@@ -52,3 +55,25 @@ def test_rng_state_round_trip():
     first = (random.random(), np.random.rand(), torch.rand(1).item())
     set_rng_state(state)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == pytest.approx(first)
+
+
+def test_stop_signals_turn_sigterm_into_a_request_and_restore_the_handler():
+    before, before_int = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)  # would end the test process without the handler
+        assert stop.signum == signal.SIGTERM
+        # A second SIGTERM would act as usual: the handler gave way to the previous one.
+        assert signal.getsignal(signal.SIGTERM) is before
+    assert signal.getsignal(signal.SIGTERM) is before and signal.getsignal(signal.SIGINT) is before_int
+
+    # Off the main thread Python cannot install handlers: the context does nothing rather than fail.
+    seen = []
+
+    def worker():
+        with StopSignals() as stop:
+            seen.append(stop.signum)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == [None] and signal.getsignal(signal.SIGTERM) is before

@@ -8,7 +8,8 @@ Layout of ``<run>/checkpoints/``::
 
 A folder without ``done`` (a kill mid-write) is never loaded and is removed on the next save. ``latest`` is
 replaced atomically (``os.replace``), so it always names a complete folder. Resume is re-running the same
-command: ``load_latest()`` returns the newest complete checkpoint or ``None``.
+command: ``load_latest()`` returns the newest complete checkpoint or ``None``. ``StopSignals`` lets a loop turn
+Ctrl-C / SIGTERM into "save a checkpoint, then stop" instead of losing the work since the last one.
 
 A ``fingerprint`` (e.g. the stage's config section as a dict) is stored beside every checkpoint; checkpoints
 whose fingerprint differs from the current one are never resumed (DVC keeps a stage's persistent outputs when
@@ -21,6 +22,8 @@ import json
 import os
 import random
 import shutil
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -142,3 +145,32 @@ class Checkpointer:
         for path in complete[: max(0, len(complete) - self.keep)]:
             if path.name not in protect:
                 shutil.rmtree(path, ignore_errors=True)
+
+
+class StopSignals:
+    """Context manager: SIGINT and SIGTERM set ``signum`` instead of stopping the process, so a training loop can
+    finish its step, save a checkpoint and stop (``viper.errors.Stopped``). A second signal of the same kind acts
+    as it normally would (Ctrl-C twice interrupts at once). Outside the main thread (where Python cannot install
+    handlers, e.g. a flow's worker thread) it does nothing and ``signum`` stays None.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        self.signum = signum
+        signal.signal(signum, self._previous[signum])
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import yaml
 
 from viper import config as config_lib
-from viper.errors import ViperError
+from viper.errors import Stopped, ViperError
 from viper.metrics import write_json
 from viper.presets import PRESETS
 
@@ -180,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     except ViperError as exc:
         print(f"viper {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Stopped as exc:
+        print(f"viper {args.command}: {exc}", file=sys.stderr)
+        return 128 + exc.signum
 
 
 if __name__ == "__main__":

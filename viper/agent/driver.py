@@ -9,6 +9,7 @@ worker processes (spawned, so each owns its renderer); otherwise in this process
 from __future__ import annotations
 
 import functools
+import signal
 
 import gymnasium
 import numpy as np
@@ -19,6 +20,12 @@ import viper.envs
 def env_seed(seed: int, stream: int, restart: int) -> int:
     """Seed of env ``stream`` in the ``restart``-th (re)start of a run: distinct per run, stream and resume."""
     return int(np.random.SeedSequence([seed, stream, restart]).generate_state(1)[0] % (2**31 - 1))
+
+
+def _ignoring_sigint(make_env):
+    """Build an env in a worker process that ignores SIGINT."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return make_env()
 
 
 class EnvPool:
@@ -52,6 +59,9 @@ class EnvPool:
             for i in range(count)
         ]
         if parallel and count > 1:
+            # Ctrl-C in a terminal reaches the whole process group: the workers leave it to the main process,
+            # which saves a checkpoint and then closes them (train.py).
+            fns = [functools.partial(_ignoring_sigint, fn) for fn in fns]
             self.envs = gymnasium.vector.AsyncVectorEnv(fns, context="spawn")
         else:
             self.envs = gymnasium.vector.SyncVectorEnv(fns)

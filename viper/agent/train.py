@@ -7,9 +7,10 @@ owes: after training starts at step s0, the count by env step s is ``1 + floor((
 ``eval_episodes`` episodes (task return, VIPER return with reward viper, a GIF); every
 ``checkpoint_every_env_steps`` a checkpoint folder holds the agent, optimisers, return normalisers, counters,
 RNG states and the replay buffer. Re-running the same command resumes from the newest complete checkpoint
-(envs restart with fresh episodes). Checkpoints carry a fingerprint (the agent settings that shape the run,
-the task, and with reward viper the reward model's prior checkpoint, tokenizer hash and mode): a run whose
-settings or reward model changed starts afresh instead of resuming.
+(envs restart with fresh episodes); Ctrl-C or SIGTERM saves a checkpoint at the end of the current step and
+stops (exit status 130 / 143), a second Ctrl-C stops at once. Checkpoints carry a fingerprint (the agent
+settings that shape the run, the task, and with reward viper the reward model's prior checkpoint, tokenizer
+hash and mode): a run whose settings or reward model changed starts afresh instead of resuming.
 
 With reward ``viper`` (``viper.agent.viper_reward``), steps enter replay through the chunked relabelling of
 ``viper.agent.rewards.Inserter``; training episodes log both their task return and their VIPER return (the sum
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -33,9 +35,9 @@ from viper.agent.driver import EnvPool
 from viper.agent.evaluation import Evaluator
 from viper.agent.replay import Replay
 from viper.agent.rewards import Inserter, check_reward, make_reward_source
-from viper.checkpoint import Checkpointer, rng_state, set_rng_state
+from viper.checkpoint import Checkpointer, StopSignals, rng_state, set_rng_state
 from viper.config import AgentConfig, Config
-from viper.errors import ViperError
+from viper.errors import Stopped, ViperError
 from viper.metrics import Logger, write_json
 
 
@@ -152,9 +154,15 @@ def run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[s
 
     try:
         if counters["env_steps"] < acfg.env_steps:
-            with Logger(
-                out_dir / "logs", total=acfg.env_steps, desc=f"agent {task} seed {seed}", initial=counters["env_steps"]
-            ) as log:
+            with (
+                Logger(
+                    out_dir / "logs",
+                    total=acfg.env_steps,
+                    desc=f"agent {task} seed {seed}",
+                    initial=counters["env_steps"],
+                ) as log,
+                StopSignals() as stop,
+            ):
                 _loop(
                     acfg,
                     agent,
@@ -166,7 +174,15 @@ def run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[s
                     act_rng,
                     log,
                     save,
+                    stop,
                 )
+                if stop.signum is not None:
+                    save()
+                    raise Stopped(
+                        f"stopped by {signal.Signals(stop.signum).name} at env step {counters['env_steps']} of "
+                        f"{acfg.env_steps}; checkpoint saved in {ckpt.directory}; run the same command to resume",
+                        stop.signum,
+                    )
                 if not counters["eval_history"] or counters["eval_history"][-1][0] != counters["env_steps"]:
                     _evaluate(agent, evaluator, counters, log)
                 save()
@@ -242,7 +258,9 @@ def _evaluate(agent: Agent, evaluator, counters: dict, log: Logger) -> None:
     evaluator.plot(counters["eval_history"], counters["train_history"])
 
 
-def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, save) -> None:
+def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, save, stop: StopSignals) -> None:
+    """Act, insert and train until ``acfg.env_steps``, or until ``stop`` has caught a signal (checked after
+    each step's updates, logging, evaluation and checkpoint, so the state is whole when the caller saves)."""
     batch_steps = acfg.batch_size * acfg.batch_length
     ratio = acfg.train_ratio / batch_steps
     count = envs.count
@@ -322,6 +340,8 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
         if step >= counters["next_checkpoint"] and step < acfg.env_steps:
             counters["next_checkpoint"] += acfg.checkpoint_every_env_steps
             save()
+        if stop.signum is not None:
+            return
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
