@@ -176,7 +176,7 @@ def run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[s
                     save,
                     stop,
                 )
-                if stop.signum is not None:
+                if stop.signum is not None and counters["env_steps"] < acfg.env_steps:
                     save()
                     raise Stopped(
                         f"stopped by {signal.Signals(stop.signum).name} at env step {counters['env_steps']} of "
