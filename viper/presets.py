@@ -172,7 +172,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # An agent that learns on a laptop CPU (benchmarks/results/agent.md: dmc/cartpole_balance with the task reward
     # reaches 358-372 of 400 vs 184 for random actions after 4,000 agent steps, ~1.3 h on 2 cores). Not published:
     # 10x the published learning rates, size tiny, short sequences (16 x 16) and train ratio 512 (two updates per
-    # agent step), 200-step episodes. Combine with a data preset: demo,cpu_agent.
+    # agent step), 200-step episodes. Combine with a data preset: demo,cpu_agent. With size_xs these learning rates
+    # are too high (the posterior stays uniform); 3x the published ones learn there (agent.md):
+    # --preset demo,cpu_agent,size_xs -S agent.model_lr=3e-4 -S agent.actor_lr=1e-4 -S agent.critic_lr=1e-4
     "cpu_agent": {
         "agent": {
             "size": "tiny",
