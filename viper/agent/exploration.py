@@ -29,10 +29,14 @@ class Disagreement(nn.Module):
             width = OneHotWidth(width, feat_dim.start, feat_dim.groups, feat_dim.classes)
         self.heads = nn.ModuleList(MLP(width, stoch_dim, layers, units, 1.0) for _ in range(members))
 
-    def predict(self, feat: Tensor, action: Tensor) -> Tensor:
-        """Every member's prediction: feat (..., F), action (..., A) -> (M, ..., S*K')."""
+    def members(self, feat: Tensor, action: Tensor) -> list[Tensor]:
+        """Each member's prediction: feat (..., F), action (..., A) -> M tensors (..., S*K')."""
         inputs = torch.cat([feat, action.to(feat.dtype)], -1)
-        return torch.stack([head(inputs) for head in self.heads], 0)
+        return [head(inputs) for head in self.heads]
+
+    def predict(self, feat: Tensor, action: Tensor) -> Tensor:
+        """Every member's prediction stacked: (M, ..., S*K')."""
+        return torch.stack(self.members(feat, action), 0)
 
     def reward(self, feat: Tensor, action: Tensor) -> Tensor:
         """Intrinsic reward (...): std over members, mean over predicted dims (``preds.std(0).mean(-1)``).
@@ -40,10 +44,9 @@ class Disagreement(nn.Module):
         Imagination passes the features of states 1..H with the actions the policy takes there, so the reward
         for arriving at state t measures disagreement about the transition out of t (the published ``[1:]``).
         """
-        inputs = torch.cat([feat, action.to(feat.dtype)], -1)
         # Two passes over the members' outputs without stacking them: on the CPU ``torch.std`` over a stacked
         # member axis took ~1 s for the (8, 4096, 1024) predictions of an XS update, this ~0.3 s.
-        preds = [head(inputs).float() for head in self.heads]
+        preds = [p.float() for p in self.members(feat, action)]
         mean = sum(preds) / len(preds)
         return (sum((p - mean).square() for p in preds) / len(preds)).sqrt().mean(-1)
 
