@@ -12,7 +12,7 @@ import pytest
 
 from viper import config as config_lib
 from viper import paths
-from viper.agent import train as agent_stage
+from viper.agent import commands as agent_stage
 from viper.data import collect
 from viper.reward import score
 from viper.train import prior, tokenize, tokenizer

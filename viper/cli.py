@@ -47,7 +47,7 @@ STAGES: dict[str, Stage] = {
     "export": Stage("viper.data.importers", "export one task of the video store to HDF5", ("collect",)),
     "inspect": Stage("viper.data.inspect", "print a store's tasks, episodes, returns; write a preview", ()),
     "expert": Stage(
-        "viper.agent.train",
+        "viper.agent.commands",
         "train a DreamerV3 expert on the task reward for tasks without a scripted expert",
         ("agent",),
     ),
@@ -63,7 +63,7 @@ STAGES: dict[str, Stage] = {
         ("evaluate", "reward"),
     ),
     "train-agent": Stage(
-        "viper.agent.train",
+        "viper.agent.commands",
         "train a DreamerV3 agent on the VIPER (or task) reward",
         ("agent", "reward"),
     ),

@@ -1,4 +1,5 @@
-"""The ``train-agent`` and ``expert`` stages: the DreamerV3 training loop with checkpoints and evaluation.
+"""The DreamerV3 training loop of the ``train-agent`` and ``expert`` stages (their commands: ``commands.py``): one run
+with checkpoints and evaluation.
 
 Loop (per iteration, E envs step at once): act (random until replay holds one batch of steps, as the 2023
 code prefills), insert the step rows through the reward source, then run as many updates as ``train_ratio``
@@ -19,7 +20,6 @@ of the rewards inserted for them).
 
 from __future__ import annotations
 
-import argparse
 import random
 import signal
 import time
@@ -29,12 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from viper import paths
 from viper.agent.agent import Agent
 from viper.agent.driver import EnvPool
 from viper.agent.evaluation import Evaluator
 from viper.agent.replay import Replay
-from viper.agent.rewards import Inserter, check_reward, make_reward_source
+from viper.agent.rewards import Inserter, make_reward_source
 from viper.checkpoint import Checkpointer, StopSignals, rng_state, set_rng_state
 from viper.config import AgentConfig, Config
 from viper.errors import Stopped, ViperError
@@ -342,65 +341,3 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
             save()
         if stop.signum is not None:
             return
-
-
-def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("--task", help="task, e.g. dmc/cartpole_balance (default: every agent.tasks entry)")
-    parser.add_argument("--seed", type=int, help="seed (default: every agent.seeds entry; expert: the first)")
-    if command == "train-agent":
-        parser.add_argument("--reward", choices=("task", "viper"), help="reward source (default: agent.reward)")
-
-
-def train_experts(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
-    """``viper expert``: a task-reward agent for every collect task without a scripted expert (or ``--task``),
-    written to ``viper.paths.expert_dir``, where ``collect``'s ``expert`` policy finds it."""
-    from viper.experts.policies import scripted_tasks
-
-    tasks = [args.task] if args.task else [t for t in cfg.collect.tasks if t not in scripted_tasks()]
-    if cfg.collect.policy != "expert" and not args.task:
-        tasks = []  # collect rolls out another policy or imports the published videos: no expert needed
-    seed = args.seed if args.seed is not None else cfg.agent.seeds[0]
-    (Path(cfg.data_dir) / "experts").mkdir(parents=True, exist_ok=True)  # the stage's output, even when empty
-    results: dict[str, Any] = {"experts_trained": len(tasks)}
-    for task in tasks:
-        out = paths.expert_dir(cfg.data_dir, task)
-        metrics = run(cfg, task, seed, "task", out)
-        print(f"expert: {task}: eval task return {metrics['eval_task_return']:.1f} ({out})")
-        results.update({f"{paths.slug(task)}/{k}": v for k, v in metrics.items()})
-    if not tasks:
-        print(f"expert: collect.policy={cfg.collect.policy!r} needs no trained expert here; nothing to train")
-    return results
-
-
-def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, Any]:
-    """``viper train-agent`` / ``viper expert``: train every requested (task, seed) into its agent folder.
-
-    Returns flat summary metrics keyed ``<task slug>/seed<k>/<metric>``."""
-    reward = "task" if command == "expert" else (getattr(args, "reward", None) or cfg.agent.reward)
-    check_reward(reward)
-    if command == "expert":
-        return train_experts(cfg, args)
-    tasks = [args.task] if args.task else list(cfg.agent.tasks)
-    if reward == "viper":
-        from viper.agent.viper_reward import reward_model_dirs
-
-        for task in tasks:
-            reward_model_dirs(cfg, task)  # fail before any env starts
-    if args.seed is not None:
-        seeds = [args.seed]
-    else:
-        seeds = list(cfg.agent.seeds[:1]) if command == "expert" else list(cfg.agent.seeds)
-    results = {}
-    for task in tasks:
-        for seed in seeds:
-            out = paths.agent_dir(cfg.data_dir, reward, task, seed)
-            metrics = run(cfg, task, seed, reward, out)
-            viper_return = (
-                f", VIPER return {metrics['eval_viper_return']:.1f}" if "eval_viper_return" in metrics else ""
-            )
-            print(
-                f"{command}: {task} seed {seed}: eval task return {metrics['eval_task_return']:.1f}{viper_return} "
-                f"after {metrics['env_steps']} env steps ({out})"
-            )
-            results.update({f"{paths.slug(task)}/seed{seed}/{k}": v for k, v in metrics.items()})
-    return results
