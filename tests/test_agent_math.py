@@ -378,3 +378,45 @@ def test_compiled_loop_steps_match_eager_values_and_gradients():
     for got, want in zip(grads, eager_grads, strict=True):
         if want is not None:
             torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
+
+
+def test_observe_resets_state_and_previous_action_at_is_first():
+    """At an ``is_first`` step inside a sequence the RSSM restarts from its learned initial state with a zero
+    previous action, so the step's deterministic state equals the sequence's first step, exactly, whatever
+    action and state came before; the learned initial state gets gradient from both restarts."""
+    torch.manual_seed(0)
+    rssm = RSSM(deter=8, stoch=3, classes=4, units=8, action_dim=2, embed_dim=5)
+    embed = torch.randn(2, 6, 5)
+    prev_action = torch.rand(2, 6, 2) + 0.5  # never zero: a restart that kept the action would differ
+    is_first = torch.zeros(2, 6, dtype=torch.bool)
+    is_first[:, 0] = is_first[0, 4] = True
+    post, _ = rssm.observe(embed, prev_action, is_first)
+    torch.testing.assert_close(post.deter[0, 4], post.deter[0, 0], rtol=0, atol=0)
+    torch.testing.assert_close(post.deter[1, 0], post.deter[0, 0], rtol=0, atol=0)
+    assert not torch.allclose(post.deter[1, 4], post.deter[0, 0]), "no restart without is_first"
+    # The same step by hand: the initial state fed through the prior's GRU with a zero action.
+    init = rssm.initial(1)
+    x = rssm.img_in(torch.cat([init.stoch.flatten(-2), torch.zeros(1, 2)], -1))
+    torch.testing.assert_close(post.deter[0, 4], rssm._gru_step(x, init.deter)[0])
+    (grad,) = torch.autograd.grad(post.deter[0, 4].sum(), [rssm.initial_deter])
+    assert grad.abs().sum() > 0
+
+
+def test_onehot_and_twohot_scatter_match_reference_loops():
+    from viper.agent.dists import onehot
+
+    index = torch.tensor([[0, 3], [2, 2]])
+    want = torch.zeros(2, 2, 4, dtype=torch.float64)
+    for i in range(2):
+        for j in range(2):
+            want[i, j, index[i, j]] = 1.0
+    got = onehot(index, 4, torch.float64)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # Two-hot at the ends and on a bin: all the mass on one bin, weights still sum to 1.
+    bins = torch.linspace(-2.0, 2.0, 5)
+    weights = twohot_encode(torch.tensor([-5.0, 2.0, 0.0, 0.25, 7.0]), bins)
+    want = torch.zeros(5, 5)
+    want[0, 0] = want[1, 4] = want[2, 2] = want[4, 4] = 1.0
+    want[3, 2], want[3, 3] = 0.75, 0.25
+    torch.testing.assert_close(weights, want)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -46,6 +45,16 @@ class TwoHot:
         return (target * torch.log_softmax(self.logits, -1)).sum(-1)
 
 
+def onehot(index: Tensor, classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """One-hot vectors (..., classes) of integer ``index`` (...).
+
+    One scatter into zeros of the wanted dtype: ``F.one_hot(...).to(dtype)`` builds an int64 tensor and casts
+    it, and on the CPU first reads the index range back to the host. Indices here come from argmax, sampling or
+    clamped searches, so they are in range by construction."""
+    out = torch.zeros(index.shape + (classes,), dtype=dtype, device=index.device)
+    return out.scatter_(-1, index.unsqueeze(-1), 1.0)
+
+
 def twohot_encode(y: Tensor, bins: Tensor) -> Tensor:
     """Two-hot weights (..., K) of values ``y`` (...) on sorted ``bins`` (K,): the two neighbouring bins share
     the mass linearly, so ``sum(weights * bins) == clip(y, bins[0], bins[-1])``."""
@@ -63,7 +72,10 @@ def twohot_encode(y: Tensor, bins: Tensor) -> Tensor:
     total = dist_below + dist_above
     weight_below = dist_above / total
     weight_above = dist_below / total
-    return F.one_hot(below, k) * weight_below[..., None] + F.one_hot(above, k) * weight_above[..., None]
+    # Scatter the two weights (at an end bin both land on the same index and add up to 1).
+    out = torch.zeros(y.shape + (k,), dtype=weight_below.dtype, device=y.device)
+    out.scatter_(-1, below.unsqueeze(-1), weight_below.unsqueeze(-1))
+    return out.scatter_add_(-1, above.unsqueeze(-1), weight_above.unsqueeze(-1))
 
 
 def unimix_logits(logits: Tensor, unimix: float) -> Tensor:
@@ -88,13 +100,11 @@ class OneHotDist:
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
         flat = self.probs.detach().reshape(-1, self.probs.shape[-1])
         index = torch.multinomial(flat, 1, generator=generator).reshape(self.probs.shape[:-1])
-        onehot = F.one_hot(index, self.probs.shape[-1]).to(self.probs.dtype)
-        return onehot + self.probs - self.probs.detach()
+        return onehot(index, self.probs.shape[-1], self.probs.dtype) + self.probs - self.probs.detach()
 
     def mode(self) -> Tensor:
         index = self.probs.argmax(-1)
-        onehot = F.one_hot(index, self.probs.shape[-1]).to(self.probs.dtype)
-        return onehot + self.probs - self.probs.detach()
+        return onehot(index, self.probs.shape[-1], self.probs.dtype) + self.probs - self.probs.detach()
 
     def log_prob(self, onehot: Tensor) -> Tensor:
         return (onehot * torch.log_softmax(self.logits, -1)).sum(-1)

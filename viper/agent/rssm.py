@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from viper.agent.dists import kl_categorical, unimix_logits
+from viper.agent.dists import kl_categorical, onehot, unimix_logits
 from viper.agent.nets import Dense, OneHotWidth
 
 
@@ -47,15 +47,13 @@ def sample_onehot(logits: Tensor) -> Tensor:
     probs = torch.softmax(logits, -1)
     uniform = torch.rand(probs.shape[:-1] + (1,), device=probs.device, dtype=probs.dtype)
     index = (probs.detach().cumsum(-1) < uniform).sum(-1).clamp_(max=probs.shape[-1] - 1)
-    onehot = F.one_hot(index, probs.shape[-1]).to(probs.dtype)
-    return onehot + probs - probs.detach()
+    return onehot(index, probs.shape[-1], probs.dtype) + probs - probs.detach()
 
 
 def mode_onehot(logits: Tensor) -> Tensor:
     """Most likely one-hot of ``logits`` (..., K), straight-through."""
     probs = torch.softmax(logits, -1)
-    onehot = F.one_hot(probs.argmax(-1), probs.shape[-1]).to(probs.dtype)
-    return onehot + probs - probs.detach()
+    return onehot(probs.argmax(-1), probs.shape[-1], probs.dtype) + probs - probs.detach()
 
 
 class RSSM(nn.Module):
@@ -125,14 +123,15 @@ class RSSM(nn.Module):
 
     def _reset(self, state: State, action: Tensor, is_first: Tensor, init: State | None = None) -> tuple[State, Tensor]:
         """Where ``is_first`` (B,) is set: state <- initial state (``init`` if given), previous action <- 0."""
-        keep = (~is_first).to(action.dtype)[:, None]
         init = self.initial(is_first.shape[0]) if init is None else init
+        first = is_first[:, None]
+        # torch.where keeps both branches' gradients where selected: 4 kernels instead of 17 multiply-adds.
         state = State(
-            state.deter * keep + init.deter * (1 - keep),
-            state.stoch * keep[..., None] + init.stoch * (1 - keep[..., None]),
-            state.logits * keep[..., None] + init.logits * (1 - keep[..., None]),
+            torch.where(first, init.deter, state.deter),
+            torch.where(first[..., None], init.stoch, state.stoch),
+            torch.where(first[..., None], init.logits, state.logits),
         )
-        return state, action * keep
+        return state, action.masked_fill(first, 0.0)
 
     def obs_step(self, state: State, action: Tensor, embed: Tensor, is_first: Tensor) -> State:
         """One posterior step (acting): previous ``state``/``action``, ``embed`` (B, E), ``is_first`` (B,)."""
