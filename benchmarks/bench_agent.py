@@ -96,7 +96,7 @@ def timed_update(agent: Agent, batch, device: torch.device) -> tuple[float, floa
 def bench_size(size: str, device: torch.device, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Median wall and CPU seconds per update for each variant (``current``, and ``dense`` with --baseline)."""
     torch.manual_seed(0)
-    cfg = AgentConfig(size=size, compile=args.compile, compile_loops=args.compile_loops)
+    cfg = AgentConfig(size=size, compile=args.compile, compile_loops=args.compile_loops, compile_mode=args.compile_mode)
     agent = Agent(cfg, 6, False, "reward", device)
     batch = agent.to_tensors(random_batch(cfg.batch_size, cfg.batch_length, 6))
     variants = {"current": contextlib.nullcontext}
@@ -145,6 +145,11 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile of the batched networks (CUDA only)")
     parser.add_argument(
         "--compile-loops", action="store_true", help="torch.compile of the observe / imagination steps (any device)"
+    )
+    parser.add_argument(
+        "--compile-mode",
+        default="default",
+        help="torch.compile mode for --compile / --compile-loops (reduce-overhead: CUDA graphs on CUDA)",
     )
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else None

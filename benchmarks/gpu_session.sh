@@ -39,18 +39,22 @@ fi
 set +o pipefail
 
 # 1b. The same with torch.compile of the observe / imagination steps (agent.compile_loops: the launch-bound
-#     part), then also of the batched networks (agent.compile).
+#     part), in the default mode and with CUDA graphs (agent.compile_mode=reduce-overhead).
 [ "$dev" = cuda ] && timeout 180 $py benchmarks/bench_agent.py --device $dev --sizes S --repeats 3 --warmup 2 \
   --compile-loops 2>&1 | tee "$out/bench_loops.txt"
-# The learning runs compile the loops when that measured faster at size S (wall s/update, 6th table column).
+[ "$dev" = cuda ] && timeout 180 $py benchmarks/bench_agent.py --device $dev --sizes S --repeats 3 --warmup 3 \
+  --compile-loops --compile-mode reduce-overhead 2>&1 | tee "$out/bench_graphs.txt"
+# The learning runs take whichever measured fastest at size S (wall s/update, 6th table column).
 wall_s() { awk -F'|' '$2 ~ /^ *S *$/ {gsub(/ /, "", $7); print $7; exit}' "$1" 2>/dev/null; }
-eager=$(wall_s "$out/bench_agent.txt"); looped=$(wall_s "$out/bench_loops.txt")
-loops=$($py -c "import sys; a, b = sys.argv[1:]; print('true' if a and b and float(b) < float(a) else 'false')" \
-  "${eager:-}" "${looped:-}" 2>/dev/null || echo false)
-echo "S wall s/update: eager ${eager:-?}, compile_loops ${looped:-?} -> learning runs agent.compile_loops=$loops" \
-  | tee -a "$out/bench_loops.txt"
-[ "$dev" = cuda ] && timeout 180 $py benchmarks/bench_agent.py --device $dev --sizes S --repeats 3 --warmup 2 \
-  --compile-loops --compile 2>&1 | tee -a "$out/bench_agent.txt"
+eager=$(wall_s "$out/bench_agent.txt"); looped=$(wall_s "$out/bench_loops.txt"); graphs=$(wall_s "$out/bench_graphs.txt")
+read -r loops mode < <($py -c "
+import sys
+times = {('false', 'default'): sys.argv[1], ('true', 'default'): sys.argv[2], ('true', 'reduce-overhead'): sys.argv[3]}
+times = {k: float(v) for k, v in times.items() if v}
+print(*min(times, key=times.get) if times else ('false', 'default'))" "${eager:-}" "${looped:-}" "${graphs:-}" \
+  2>/dev/null || echo false default)
+echo "S wall s/update: eager ${eager:-?}, compile_loops ${looped:-?}, + CUDA graphs ${graphs:-?}" \
+  "-> learning runs agent.compile_loops=$loops agent.compile_mode=$mode" | tee -a "$out/bench_loops.txt"
 
 # 2. Reward relabelling throughput, paper_dmc sizes (random weights), 64 and 256 windows per prior forward.
 for wpb in 64 256; do
@@ -63,7 +67,8 @@ done
 common=(--preset demo --task dmc/cartpole_balance -S agent.size=S -S agent.batch_size=16 -S agent.envs=3
   -S agent.train_ratio=64 -S agent.env_steps=$agent_steps -S agent.eval_every_env_steps=5000
   -S agent.eval_episodes=2 -S agent.log_every_env_steps=1000 -S agent.checkpoint_every_env_steps=1000000
-  -S agent.device=$dev -S reward.device=$dev -S agent.bf16=$bf16 -S agent.compile_loops=${loops:-false})
+  -S agent.device=$dev -S reward.device=$dev -S agent.bf16=$bf16 -S agent.compile_loops=${loops:-false}
+  -S agent.compile_mode=${mode:-default})
 if [ "${SMOKE:-0}" = 1 ]; then
   common+=(-S agent.size=tiny -S agent.batch_size=4 -S agent.batch_length=16 -S agent.eval_every_env_steps=100
     -S agent.log_every_env_steps=50)

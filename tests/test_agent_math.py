@@ -336,6 +336,15 @@ def test_rssm_features_and_prior_input_use_the_gather_layer():
     assert isinstance(first, OneHotLinear) and first.span == (8, 4, 5) and first.in_features == 8 + 20 + 2
 
 
+def test_unknown_compile_mode_is_refused_naming_the_key():
+    from viper.agent.agent import Agent
+    from viper.config import AgentConfig
+    from viper.errors import ViperError
+
+    with pytest.raises(ViperError, match=r"agent.compile_mode='fast'.*reduce-overhead"):
+        Agent(AgentConfig(size="tiny", compile_loops=True, compile_mode="fast"), 1, False, "reward", "cpu")
+
+
 def test_compiled_loop_steps_match_eager_values_and_gradients():
     """``agent.compile_loops``: the observe and imagination steps traced by torch.compile (graph capture and
     autograd; the ``aot_eager`` backend keeps the test fast and draws random numbers as eager code does, so

@@ -314,6 +314,10 @@ class AgentConfig:
     """Compile the per-step functions of the observe (posterior) and imagination loops with torch.compile (any
     device; the Python loops stay, each step's many small kernels fuse). Same maths, other random streams. Meant
     for CUDA, where the loops are launch-bound; on this CPU it is no faster (tiny: 3.8 vs 3.4 CPU s/update)."""
+    compile_mode: str = "default"
+    """torch.compile mode for ``compile`` and ``compile_loops``: ``default``, ``reduce-overhead`` (adds CUDA
+    graphs on CUDA: each loop step replays as one launch; ignored on the CPU), ``max-autotune`` or
+    ``max-autotune-no-cudagraphs``."""
     device: str = "auto"
     """``auto`` (CUDA if present), ``cpu`` or ``cuda[:i]``."""
 

@@ -47,6 +47,8 @@ def _adam(params, opt: OptSettings) -> torch.optim.Adam:
 
 DISAG = "disag"
 """Critic name of the Plan2Explore disagreement reward."""
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""torch.compile modes ``agent.compile_mode`` accepts."""
 
 
 def critic_scales(cfg: AgentConfig, reward_name: str) -> dict[str, float]:
@@ -109,15 +111,19 @@ class Agent(nn.Module):
         self.expl_params = list(self.expl.parameters()) if self.expl is not None else []
         self.expl_opt = _adam(self.expl_params, self.expl_opt_settings) if self.expl is not None else None
         self.cuda = self.device.type == "cuda"
+        if cfg.compile_mode not in COMPILE_MODES:
+            raise ViperError(f"agent.compile_mode={cfg.compile_mode!r}: expected one of {', '.join(COMPILE_MODES)}")
+        mode = None if cfg.compile_mode == "default" else cfg.compile_mode
         if cfg.compile and self.cuda:
             # Compile the batched, shape-stable parts; the Python loops over time stay eager.
             for module in (self.wm.encoder, self.wm.decoder, self.wm.heads, self.wm.cont, self.ac.critics):
-                module.compile()
+                module.compile(mode=mode)
         self.imagine_step = None
         if cfg.compile_loops:
             # Static shapes: a batch's (B, ...) step and the N = B*T imagination step each compile once.
-            self.wm.rssm.compile_steps(dynamic=False)
-            self.imagine_step = torch.compile(functools.partial(self.wm.imagine_step, self.ac.policy), dynamic=False)
+            self.wm.rssm.compile_steps(dynamic=False, mode=mode)
+            step = functools.partial(self.wm.imagine_step, self.ac.policy)
+            self.imagine_step = torch.compile(step, dynamic=False, mode=mode)
 
     def _autocast(self):
         if self.cuda and self.cfg.bf16:
