@@ -1,0 +1,118 @@
+"""Which objective moves the actor? Per-critic shares of a trained agent's actor gradient.
+
+The actor's loss mixes one normalised advantage per critic (``sum_k w_k (R_k - v_k) / max(1, P95_k - P5_k)``,
+weights ``w_k / sum w``) with the entropy bonus. This loads an agent checkpoint and its replay, imagines from
+``--batches`` replay batches exactly as an update does (same horizon, policy, heads, continue flags, the
+checkpoint's return normalisers, which it does not update), and reports per term:
+
+- the spread (std over imagined states) of its contribution to the advantage;
+- the norm of the actor gradient that term alone gives, its cosine with the full actor gradient and with the
+  first critic's (the task or VIPER reward).
+
+A term whose gradient norm is orders of magnitude below another's does not steer the policy.
+
+    .venv/bin/python benchmarks/diagnose_advantages.py <run folder or checkpoint> --batches 4
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from viper.agent.actor_critic import imagined_cont, lambda_returns
+from viper.agent.agent import Agent
+from viper.agent.dists import TwoHot
+from viper.agent.policy import checkpoint_folder
+from viper.agent.replay import Replay
+from viper.agent.train import replay_spec
+from viper.config import AgentConfig
+
+
+def load(path: str) -> tuple[Agent, Replay, Path]:
+    folder = checkpoint_folder(path)
+    state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+    meta = state["meta"]
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["agent"].items()}
+    cfg = AgentConfig(**{k: v for k, v in fields.items() if k in AgentConfig.__dataclass_fields__})
+    agent = Agent(cfg, meta["action_dim"], meta["discrete"], meta["reward_name"], "cpu")
+    agent.load_state_dict(state["agent"])
+    spec = replay_spec((64, 64, 3), meta["action_dim"], meta["reward_name"])
+    replay = Replay(cfg.replay_capacity_steps, cfg.envs, spec, seed=0)
+    replay.load(folder / "replay")
+    return agent, replay, folder
+
+
+def actor_terms(agent: Agent, batch) -> dict[str, torch.Tensor]:
+    """Per-term actor losses (to be differentiated) and the advantage contributions, from one replay batch."""
+    with torch.no_grad():
+        _, post, _ = agent.wm.loss(batch)
+    start = post.map(lambda x: x.detach().flatten(0, 1))
+    first_cont = (~batch["is_terminal"]).flatten().float()
+    traj, actions, outs = agent.wm.imagine(agent.ac.policy, start, agent.cfg.imag_horizon, agent.imagine_step)
+    feat = traj.feat()
+    rewards = agent.imagined_rewards(feat, actions)
+    with torch.no_grad():
+        cont = imagined_cont(agent.wm.cont_prob(feat), first_cont)
+    ac, s = agent.ac, agent.ac.settings
+    weight = (torch.cumprod(s.discount * cont, 0) / s.discount).detach()[:-1]
+    disc = s.discount * cont[1:]
+    total = sum(ac.scales.values())
+    terms, spread = {}, {}
+    for name, critic in ac.critics.items():
+        value = TwoHot(critic(feat)).mean()
+        ret = lambda_returns(rewards[name], value, disc, s.return_lambda)
+        _, scale = ac.retnorms[name].stats()
+        part = (ret - value[:-1]) / scale * (ac.scales[name] / total)
+        if ac.discrete:
+            part = -ac.dist(torch.stack(outs)).log_prob(actions.detach()) * part.detach()
+            terms[name] = (part * weight).mean()
+        else:
+            terms[name] = -(part * weight).mean()
+        spread[name] = part.detach().std()
+    entropy = ac.dist(torch.stack(outs)).entropy()
+    terms["entropy"] = -(s.actor_entropy * entropy * weight).mean()
+    spread["entropy"] = (s.actor_entropy * entropy).detach().std()
+    return terms, spread
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(a @ b / (a.norm() * b.norm() + 1e-30))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="agent run folder, its checkpoints folder or one step_* folder")
+    parser.add_argument("--batches", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    agent, replay, folder = load(args.checkpoint)
+    replay.rng = np.random.default_rng(args.seed)
+    params = agent.actor_params
+    rows: dict[str, list[tuple[float, float, float]]] = {}
+    for _ in range(args.batches):
+        batch = agent.to_tensors(replay.sample(agent.cfg.batch_size, agent.cfg.batch_length))
+        terms, spread = actor_terms(agent, batch)
+        grads = {}
+        for name, loss in terms.items():
+            g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+            grads[name] = torch.cat(
+                [(x if x is not None else torch.zeros_like(p)).flatten() for x, p in zip(g, params, strict=True)]
+            )
+        full, main = sum(grads.values()), next(iter(grads.values()))
+        for name, g in grads.items():
+            rows.setdefault(name, []).append((float(spread[name]), float(g.norm()), cosine(g, full), cosine(g, main)))
+    print(f"checkpoint {folder}, {args.batches} batches of {agent.cfg.batch_size} x {agent.cfg.batch_length}")
+    main = next(iter(rows))
+    print(f"| term | advantage std over states | actor grad norm | cosine with the full grad | cosine with {main} |")
+    print("|---|---|---|---|---|")
+    for name, values in rows.items():
+        std, norm, cos_full, cos_main = np.mean(np.array(values), 0)
+        print(f"| {name} | {std:.3g} | {norm:.3g} | {cos_full:+.2f} | {cos_main:+.2f} |")
+
+
+if __name__ == "__main__":
+    main()
