@@ -25,22 +25,17 @@ import torch
 from viper.agent.actor_critic import imagined_cont, lambda_returns
 from viper.agent.agent import Agent
 from viper.agent.dists import TwoHot
-from viper.agent.policy import checkpoint_folder
+from viper.agent.policy import checkpoint_folder, load_policy
 from viper.agent.replay import Replay
 from viper.agent.train import replay_spec
-from viper.config import AgentConfig
 
 
 def load(path: str) -> tuple[Agent, Replay, Path]:
+    """The newest complete checkpoint under ``path``: (agent, its replay, the checkpoint folder)."""
     folder = checkpoint_folder(path)
-    state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
-    meta = state["meta"]
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["agent"].items()}
-    cfg = AgentConfig(**{k: v for k, v in fields.items() if k in AgentConfig.__dataclass_fields__})
-    agent = Agent(cfg, meta["action_dim"], meta["discrete"], meta["reward_name"], "cpu")
-    agent.load_state_dict(state["agent"])
-    spec = replay_spec((64, 64, 3), meta["action_dim"], meta["reward_name"])
-    replay = Replay(cfg.replay_capacity_steps, cfg.envs, spec, seed=0)
+    agent = load_policy(folder).agent
+    spec = replay_spec((64, 64, 3), agent.action_dim, agent.reward_name)
+    replay = Replay(agent.cfg.replay_capacity_steps, agent.cfg.envs, spec, seed=0)
     replay.load(folder / "replay")
     return agent, replay, folder
 
