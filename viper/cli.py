@@ -97,7 +97,9 @@ def _options_epilog(sections: tuple[str, ...]) -> str:
         lines.append(f"config options (-S {section}.KEY=VALUE; defaults before presets):")
         for key, default, doc in config_lib.describe_section(section):
             lines.append(f"  {key} = {default}")
-            lines.extend(textwrap.wrap(doc, 100, initial_indent="      ", subsequent_indent="      "))
+            lines.extend(
+                textwrap.wrap(doc, 100, initial_indent="      ", subsequent_indent="      ", break_on_hyphens=False)
+            )
     return "\n".join(lines)
 
 
