@@ -177,3 +177,47 @@ def test_arguments_and_bad_tasks(tmp_path):
         collect.run(tiny(tmp_path, tasks=("atari/pong",)), progress=False)
     assert collect.episode_seed(0, TASK, 1) != collect.episode_seed(0, TASK, 2) != collect.episode_seed(1, TASK, 2)
     assert collect.episode_seed(0, TASK, 1) == collect.episode_seed(0, TASK, 1)
+
+
+def _mount_tmpfs(path, size: str) -> None:
+    path.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {done.stderr.decode().strip()}")
+
+
+def test_disk_full_during_collection_is_a_clean_error_and_the_same_command_resumes(tmp_path):
+    """A real full disk (a 1 MiB tmpfs): collect stops with a one-line error, not a traceback; the store opens
+    with every committed rollout intact; with more space the same command rolls out only the missing ones."""
+    from viper.data.collect import COLLECTING
+
+    small = tmp_path / "small"
+    _mount_tmpfs(small, "1m")
+    try:
+        data = small / "data"
+        args = [sys.executable, "-m", "viper.cli", "collect", "--preset", "tiny", "-S", f"data_dir={data}"]
+        args += ["-S", "collect.episodes_per_task=60"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        full = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+        assert full.returncode == 2, full.stderr[-2000:]
+        assert "Traceback" not in full.stderr
+        assert "No space left on device" in full.stderr and "run the same command again" in full.stderr
+        store = open_store(paths.store(data, "dmc"))
+        assert store.tasks == [], "the task group must not be swapped in from an incomplete collection"
+        staged = store.staging(TASK, COLLECTING)
+        committed = staged.num_episodes
+        assert 0 < committed < 60
+        kept = [staged.read_episode(i)["frames"] for i in range(committed)]
+        # 40 steps: the reset frame and one frame per step.
+        assert all(f.shape == (41, 64, 64, 3) and f.std() > 0 for f in kept)
+
+        subprocess.run(["mount", "-o", "remount,size=32m", str(small)], check=True)
+        again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert f"{committed}/60" in again.stderr, "the re-run must start from the committed rollouts"
+        group = open_store(paths.store(data, "dmc")).task(TASK)
+        assert group.num_episodes == 60  # tiny keeps every rollout, in rollout order
+        for i, frames in enumerate(kept):
+            np.testing.assert_array_equal(group.read_episode(i)["frames"], frames)
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)

@@ -10,7 +10,10 @@ registry of commands (``viper/stages.py`` declares the DVC stages).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import importlib
+import shutil
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -161,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
+    cfg = None
     try:
         if args.command == "dvc-yaml":
             from viper import dvc_yaml
@@ -185,6 +189,25 @@ def main(argv: list[str] | None = None) -> int:
     except Stopped as exc:
         print(f"viper {args.command}: {exc}", file=sys.stderr)
         return 128 + exc.signum
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"viper {args.command}: error: {_disk_full(exc, cfg)}", file=sys.stderr)
+        return 2
+
+
+def _disk_full(exc: OSError, cfg) -> str:
+    """What a full disk (or quota) means for a stage: where, how much is free, and that re-running resumes."""
+    where = exc.filename or (cfg.data_dir if cfg is not None else None)
+    text = f"{exc.strerror or 'no space left on device'}"
+    if where is not None:
+        text += f" while writing under {where}"
+        with contextlib.suppress(OSError):
+            text += f" ({shutil.disk_usage(where).free / 2**20:.1f} MiB free there now)"
+    return (
+        f"{text}. Stores and checkpoints are written atomically, so everything this stage had committed is intact; "
+        "free some space and run the same command again to resume."
+    )
 
 
 if __name__ == "__main__":

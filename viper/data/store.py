@@ -370,8 +370,8 @@ class VideoStore:
         return group.append(frames, actions, rewards, split, task_return, episode_id)
 
     def staging(self, task: str, tag: str, attrs: dict | None = None) -> TaskGroup:
-        """A hidden working group ``.<name>.<tag>`` for ``task`` (opened if present, else created)."""
-        self._writable()
+        """A hidden working group ``.<name>.<tag>`` for ``task``: opened if present (read-only in a read-only
+        store), else created."""
         name = hidden(_short(task), tag)
         if self.location.has_group(name):
             return self._open(name)
