@@ -29,8 +29,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from viper import paths
 from viper.checkpoint import Checkpointer
 from viper.data.collect import COLLECTING
@@ -78,7 +76,8 @@ def progress(stage: str, data: Path) -> int:
         if not url.exists():
             return 0
         store = open_store(str(url))  # read-only: what a reader sees right after the kill, before any repair
-        if TASK in store.tasks:
+        finished = TASK in store.tasks
+        if finished:
             group = store.task(TASK)  # collection finished: the filtered episodes
         elif store.has_staging(TASK, COLLECTING):
             group = store.staging(TASK, COLLECTING)  # the rollouts committed so far
@@ -88,11 +87,11 @@ def progress(stage: str, data: Path) -> int:
             frames = group.read_episode(group.num_episodes - 1)["frames"]
             assert frames.ndim == 4 and frames.shape[1:] == (64, 64, 3), f"{url}: bad newest episode {frames.shape}"
         # Rollouts count until the swap; after it, count the configured rollouts as done.
-        return group.num_episodes if TASK not in store.tasks else ROLLOUTS
-    latest = Checkpointer(checkpoint_dir(stage, data)).latest_path()
-    if latest is None:
+        return ROLLOUTS if finished else group.num_episodes
+    loaded = Checkpointer(checkpoint_dir(stage, data)).load_latest()
+    if loaded is None:
         return 0
-    state = torch.load(latest / "state.pt", map_location="cpu", weights_only=False)
+    state, latest = loaded
     assert isinstance(state, dict) and state, f"{latest}: empty checkpoint state"
     return int(latest.name.split("_")[-1])
 
