@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from viper.agent.actor_critic import imagined_cont, lambda_returns
+from viper.agent.actor_critic import lambda_returns
 from viper.agent.agent import Agent
 from viper.agent.dists import TwoHot
 from viper.agent.policy import checkpoint_folder, load_policy
@@ -44,13 +44,7 @@ def actor_terms(agent: Agent, batch) -> dict[str, torch.Tensor]:
     """Per-term actor losses (to be differentiated) and the advantage contributions, from one replay batch."""
     with torch.no_grad():
         _, post, _ = agent.wm.loss(batch)
-    start = post.map(lambda x: x.detach().flatten(0, 1))
-    first_cont = (~batch["is_terminal"]).flatten().float()
-    traj, actions, outs = agent.wm.imagine(agent.ac.policy, start, agent.cfg.imag_horizon, agent.imagine_step)
-    feat = traj.feat()
-    rewards = agent.imagined_rewards(feat, actions)
-    with torch.no_grad():
-        cont = imagined_cont(agent.wm.cont_prob(feat), first_cont)
+    feat, actions, outs, rewards, cont = agent.imagine_from(post, batch["is_terminal"])
     ac, s = agent.ac, agent.ac.settings
     weight = (torch.cumprod(s.discount * cont, 0) / s.discount).detach()[:-1]
     disc = s.discount * cont[1:]
@@ -62,12 +56,12 @@ def actor_terms(agent: Agent, batch) -> dict[str, torch.Tensor]:
         _, scale = ac.retnorms[name].stats()
         part = (ret - value[:-1]) / scale * (ac.scales[name] / total)
         if ac.discrete:
-            part = -ac.dist(torch.stack(outs)).log_prob(actions.detach()) * part.detach()
+            part = -ac.dist(outs).log_prob(actions.detach()) * part.detach()
             terms[name] = (part * weight).mean()
         else:
             terms[name] = -(part * weight).mean()
         spread[name] = part.detach().std()
-    entropy = ac.dist(torch.stack(outs)).entropy()
+    entropy = ac.dist(outs).entropy()
     terms["entropy"] = -(s.actor_entropy * entropy * weight).mean()
     spread["entropy"] = (s.actor_entropy * entropy).detach().std()
     return terms, spread

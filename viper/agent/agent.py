@@ -178,18 +178,22 @@ class Agent(nn.Module):
                 rewards[name] = self.wm.reward(name, feat)[1:]
         return rewards
 
-    def _behaviour(self, post: State, is_terminal: Tensor) -> dict[str, Tensor]:
-        # Imagine from every posterior state of the batch: (B, T, ...) -> (N=B*T, ...), no gradient into the
-        # world model's observation path.
+    def imagine_from(self, post: State, is_terminal: Tensor) -> tuple[Tensor, Tensor, Tensor, dict, Tensor]:
+        """Imagine from every posterior state of a batch (B, T, ...) -> N = B*T starts, with no gradient into the
+        world model's observation path. Returns what ``ActorCritic.losses`` takes: features (H+1, N, F), actions
+        (H, N, A), the actor's outputs (H, N, *), rewards per critic (H, N) and continue flags (H+1, N)."""
         start = post.map(lambda x: x.detach().flatten(0, 1))
         first_cont = (~is_terminal).flatten().float()
+        traj, actions, outs = self.wm.imagine(self.ac.policy, start, self.cfg.imag_horizon, self.imagine_step)
+        feat = traj.feat()
+        rewards = self.imagined_rewards(feat, actions)
+        with torch.no_grad():
+            cont = imagined_cont(self.wm.cont_prob(feat), first_cont)
+        return feat, actions, torch.stack(outs), rewards, cont
+
+    def _behaviour(self, post: State, is_terminal: Tensor) -> dict[str, Tensor]:
         with self._autocast():
-            traj, actions, outs = self.wm.imagine(self.ac.policy, start, self.cfg.imag_horizon, self.imagine_step)
-            feat = traj.feat()
-            rewards = self.imagined_rewards(feat, actions)
-            with torch.no_grad():
-                cont = imagined_cont(self.wm.cont_prob(feat), first_cont)
-            actor_loss, critic_loss, metrics = self.ac.losses(feat, actions, torch.stack(outs), rewards, cont)
+            actor_loss, critic_loss, metrics = self.ac.losses(*self.imagine_from(post, is_terminal))
         self.actor_opt.zero_grad(set_to_none=True)
         self.critic_opt.zero_grad(set_to_none=True)
         # Separate backward passes: the actor loss also depends on the critics (returns, baseline) and the
