@@ -40,14 +40,56 @@ def test_torn_checkpoint_is_ignored_and_cleaned(tmp_path):
     assert not (tmp_path / "step_000000009").exists() and not (tmp_path / ".tmp_step_000000010").exists()
 
 
-def test_fingerprint_mismatch_starts_fresh(tmp_path):
+def test_fingerprint_mismatch_starts_fresh_and_keeps_the_old_run_in_superseded(tmp_path):
     Checkpointer(tmp_path, fingerprint={"layers": 2}).save(100, {"step": 100})
     assert Checkpointer(tmp_path, fingerprint={"layers": 2}).load_latest()[0]["step"] == 100
     changed = Checkpointer(tmp_path, fingerprint={"layers": 3})
     assert changed.load_latest() is None
+    assert "(layers: 2 -> 3)" in changed.stale_message("tokenizer")
     changed.save(1, {"step": 1})
-    assert [p.name for p in changed.complete()] == ["step_000000001"]
-    assert not (tmp_path / "step_000000100").exists()
+    assert [p.name for p in changed.complete()] == ["step_000000001"] and changed.stale() == []
+    # The old run is not deleted: it sits complete in superseded/, and an old-settings run can be restored by hand.
+    kept = tmp_path / "superseded" / "step_000000100"
+    assert (kept / "done").exists() and torch.load(kept / "state.pt")["step"] == 100
+    # A second change away supersedes the new run too, beside the first (same step name: suffixed, not replaced).
+    Checkpointer(tmp_path, fingerprint={"layers": 2}).save(1, {"step": 1})
+    assert (tmp_path / "superseded" / "step_000000001").exists() and kept.exists()
+    back = Checkpointer(tmp_path, fingerprint={"layers": 4})
+    back.save(5, {"step": 5})
+    assert (tmp_path / "superseded" / "step_000000001.1").exists()
+
+
+def test_a_setting_added_later_at_its_default_keeps_old_checkpoints_resumable(tmp_path):
+    """The seventh session added agent.compile_mode; a run checkpointed before it must resume, not start over."""
+    Checkpointer(tmp_path, fingerprint={"agent": {"lr": 1e-4}, "task": "t"}).save(7, {"step": 7})
+    defaults = {"agent": {"lr": 3e-4, "mode": "default"}}
+    same = Checkpointer(
+        tmp_path, fingerprint={"agent": {"lr": 1e-4, "mode": "default"}, "task": "t"}, defaults=defaults
+    )
+    assert same.load_latest()[0]["step"] == 7 and same.stale_message("agent") is None
+    off_default = Checkpointer(
+        tmp_path, fingerprint={"agent": {"lr": 1e-4, "mode": "fast"}, "task": "t"}, defaults=defaults
+    )
+    assert off_default.load_latest() is None
+    assert off_default.changes(tmp_path / "step_000000007") == ["agent.mode: (not recorded) -> 'fast'"]
+    # A setting the code no longer has is a change too (its old value cannot be reproduced).
+    removed = Checkpointer(tmp_path, fingerprint={"agent": {"mode": "default"}, "task": "t"}, defaults=defaults)
+    assert removed.changes(tmp_path / "step_000000007") == ["agent.lr: 0.0001 -> (no longer a setting)"]
+
+
+def test_agent_fingerprint_defaults_cover_every_run_shaping_setting():
+    from types import SimpleNamespace
+
+    from viper.agent.train import fingerprint, fingerprint_defaults
+    from viper.config import AgentConfig
+
+    source = SimpleNamespace(name="task")
+    current = fingerprint(AgentConfig(), "dmc/cartpole_balance", source)
+    assert set(fingerprint_defaults()["agent"]) == set(current["agent"])
+    # A checkpoint written before any one of them existed resumes under the defaults.
+    for key in current["agent"]:
+        old = {**current, "agent": {k: v for k, v in current["agent"].items() if k != key}}
+        assert Checkpointer("unused", fingerprint=current, defaults=fingerprint_defaults()).changes_from(old) == []
 
 
 def test_rng_state_round_trip():

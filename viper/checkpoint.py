@@ -13,7 +13,11 @@ Ctrl-C / SIGTERM into "save a checkpoint, then stop" instead of losing the work 
 
 A ``fingerprint`` (e.g. the stage's config section as a dict) is stored beside every checkpoint; checkpoints
 whose fingerprint differs from the current one are never resumed (DVC keeps a stage's persistent outputs when
-its params change, and an old run must not continue under new settings); they are removed on the next save.
+its params change, and an old run must not continue under new settings). They are not deleted either: the next
+save moves them into ``superseded/`` beside the live ones (``stale_message`` says so, with what changed), so a
+changed setting never costs a finished run. A setting added to the code after a checkpoint was written is absent
+from its fingerprint; with ``defaults`` (the fingerprint of the default config) such a checkpoint still resumes
+when the new setting is at its default, which by convention reproduces the behaviour from before it existed.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import torch
 
 DONE = "done"
 LATEST = "latest"
+SUPERSEDED = "superseded"
 
 
 def rng_state() -> dict[str, Any]:
@@ -63,10 +68,17 @@ def _fsync_dir(path: Path) -> None:
 class Checkpointer:
     """Save and load step folders under ``directory``, keeping the newest ``keep`` (and ``protect``)."""
 
-    def __init__(self, directory: str | Path, keep: int = 3, fingerprint: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        keep: int = 3,
+        fingerprint: dict[str, Any] | None = None,
+        defaults: dict[str, Any] | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self.keep = max(1, keep)
-        self.fingerprint = None if fingerprint is None else json.dumps(fingerprint, sort_keys=True, default=str)
+        self.fingerprint = None if fingerprint is None else _plain(fingerprint)
+        self.defaults = _plain(defaults or {})
         self.loads = 0
         """How many times a checkpoint was loaded by this object (resume tests assert exactly one)."""
 
@@ -75,17 +87,46 @@ class Checkpointer:
         return f"step_{step:09d}"
 
     def complete(self) -> list[Path]:
-        """Complete checkpoint folders, oldest first."""
+        """Complete checkpoint folders this run may resume, oldest first."""
+        return [p for p in self._done() if self._matches(p)]
+
+    def stale(self) -> list[Path]:
+        """Complete checkpoint folders made with other settings (moved to ``superseded/`` on the next save)."""
+        return [p for p in self._done() if not self._matches(p)]
+
+    def stale_message(self, what: str) -> str | None:
+        """One line for a log when checkpoints of other settings exist: how many, what changed, where they go."""
+        stale = self.stale()
+        if not stale:
+            return None
+        changes = self.changes(stale[-1])
+        shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
+        return (
+            f"{what}: {len(stale)} checkpoint(s) in {self.directory} were made with other settings ({shown}); "
+            f"starting anew, and they move to {self.directory / SUPERSEDED} at the first save"
+        )
+
+    def changes(self, folder: Path) -> list[str]:
+        """``key: stored -> current`` for each setting where ``folder``'s fingerprint differs from this run's."""
+        stored = _read_fingerprint(folder)
+        return ["no fingerprint stored"] if stored is None else self.changes_from(stored)
+
+    def changes_from(self, stored: dict[str, Any]) -> list[str]:
+        """``changes`` against a fingerprint dict (as a checkpoint stores it) rather than a folder."""
+        return _differences(_plain(stored), self.fingerprint, self.defaults, "")
+
+    def _done(self) -> list[Path]:
         if not self.directory.exists():
             return []
-        found = [p for p in self.directory.glob("step_*") if p.is_dir() and (p / DONE).exists() and self._matches(p)]
-        return sorted(found, key=lambda p: p.name)
+        return sorted(
+            (p for p in self.directory.glob("step_*") if p.is_dir() and (p / DONE).exists()), key=lambda p: p.name
+        )
 
     def _matches(self, folder: Path) -> bool:
         if self.fingerprint is None:
             return True
-        stored = folder / "fingerprint.json"
-        return stored.exists() and stored.read_text() == self.fingerprint
+        stored = _read_fingerprint(folder)
+        return stored is not None and not self.changes_from(stored)
 
     def latest_path(self) -> Path | None:
         """The folder ``latest`` points at, falling back to the newest complete folder."""
@@ -112,13 +153,16 @@ class Checkpointer:
         tmp.mkdir()
         torch.save(state, tmp / "state.pt")
         if self.fingerprint is not None:
-            (tmp / "fingerprint.json").write_text(self.fingerprint)
+            (tmp / "fingerprint.json").write_text(json.dumps(self.fingerprint, sort_keys=True))
         if extra is not None:
             extra(tmp)
         (tmp / DONE).write_text(str(step))
         _fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
+        if final.exists():  # the same step saved again, or another settings' run at this step: keep that one
+            if (final / DONE).exists() and not self._matches(final):
+                self._set_aside(final)
+            else:
+                shutil.rmtree(final)
         tmp.rename(final)
         pointer_tmp = self.directory / f".{LATEST}.tmp"
         pointer_tmp.write_text(final.name)
@@ -139,12 +183,55 @@ class Checkpointer:
         for leftover in self.directory.glob(".tmp_step_*"):
             shutil.rmtree(leftover, ignore_errors=True)
         for path in self.directory.glob("step_*"):
-            if path.is_dir() and not ((path / DONE).exists() and self._matches(path)):
+            if path.is_dir() and not (path / DONE).exists():  # a kill mid-rename: never complete, never loaded
                 shutil.rmtree(path, ignore_errors=True)
+        for path in self.stale():
+            self._set_aside(path)
         complete = self.complete()
         for path in complete[: max(0, len(complete) - self.keep)]:
             if path.name not in protect:
                 shutil.rmtree(path, ignore_errors=True)
+
+    def _set_aside(self, path: Path) -> None:
+        """Move a checkpoint of other settings into ``superseded/`` (renamed ``.1``, ``.2``... on a clash)."""
+        target_dir = self.directory / SUPERSEDED
+        target_dir.mkdir(exist_ok=True)
+        target, n = target_dir / path.name, 0
+        while target.exists():
+            n += 1
+            target = target_dir / f"{path.name}.{n}"
+        path.rename(target)
+
+
+def _plain(value: Any) -> Any:
+    """JSON's view of a fingerprint (tuples become lists, paths strings), so stored and live ones compare."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _read_fingerprint(folder: Path) -> Any:
+    try:
+        return json.loads((folder / "fingerprint.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _differences(stored: Any, current: Any, defaults: Any, prefix: str) -> list[str]:
+    """Where ``stored`` and ``current`` differ, as ``key: stored -> current``. A key missing from ``stored`` (a
+    setting added later) is no difference when ``current`` holds the value ``defaults`` gives it."""
+    if not (isinstance(stored, dict) and isinstance(current, dict)):
+        return [] if stored == current else [f"{prefix or 'fingerprint'}: {stored!r} -> {current!r}"]
+    defaults = defaults if isinstance(defaults, dict) else {}
+    out = []
+    for key in sorted(set(stored) | set(current)):
+        name = f"{prefix}.{key}" if prefix else key
+        if key not in current:
+            out.append(f"{name}: {stored[key]!r} -> (no longer a setting)")
+        elif key not in stored:
+            if key not in defaults or defaults[key] != current[key]:
+                out.append(f"{name}: (not recorded) -> {current[key]!r}")
+        else:
+            out += _differences(stored[key], current[key], defaults.get(key), name)
+    return out
 
 
 class StopSignals:

@@ -96,7 +96,11 @@ def run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[s
         out_dir / "checkpoints",
         keep=acfg.keep_checkpoints,
         fingerprint=fingerprint(acfg, task, source, fast_render),
+        defaults=fingerprint_defaults(),
     )
+    stale = ckpt.stale_message(f"train-agent {task} ({reward}, seed {seed})")
+    if stale:
+        print(stale, flush=True)
     loaded = ckpt.load_latest()
     counters = _new_counters(acfg)
     if loaded is not None:
@@ -229,6 +233,7 @@ RESUMABLE_CHANGES = (
     "parallel_envs",
     "compile",
     "compile_loops",
+    "compile_mode",
     "device",
 )
 """Agent settings that may change without invalidating a run (a longer ``env_steps`` continues it)."""
@@ -243,6 +248,11 @@ def fingerprint(acfg: AgentConfig, task: str, source, fast_render: bool = True) 
     if not fast_render:  # only recorded when off, so existing fast-render checkpoints keep resuming
         fp["fast_render"] = False
     return fp
+
+
+def fingerprint_defaults() -> dict[str, Any]:
+    """The default agent settings, for settings added after a checkpoint was written (``Checkpointer``)."""
+    return {"agent": {k: v for k, v in _config_dict(AgentConfig()).items() if k not in RESUMABLE_CHANGES}}
 
 
 def _evaluate(agent: Agent, evaluator, counters: dict, log: Logger) -> None:

@@ -231,8 +231,14 @@ def run(cfg: Config) -> dict[str, float]:
         ema = EMA(prior, pc.ema_decay)
         optimizer = torch.optim.AdamW(prior.parameters(), lr=pc.lr, weight_decay=pc.weight_decay)
         ckpt = Checkpointer(
-            run_dir / "checkpoints", pc.keep_checkpoints, fingerprint(pc, tasks, tokenizer.hash, ctx.world_size)
+            run_dir / "checkpoints",
+            pc.keep_checkpoints,
+            fingerprint(pc, tasks, tokenizer.hash, ctx.world_size),
+            defaults={"prior": fingerprint(PriorConfig(), tasks, tokenizer.hash, ctx.world_size)["prior"]},
         )
+        stale = ckpt.stale_message("prior")
+        if stale and ctx.is_main:
+            print(stale, flush=True)
         progress = Progress()
         loaded = ckpt.load_latest(map_location="cpu")
         if loaded is not None:

@@ -248,10 +248,12 @@ def _train(
         raise ViperError(f"tokenizer.batch_size={tcfg.batch_size} must be divisible by {ctx.world_size} ranks")
     source = frames if frames is not None else StoreFrames(store, log=say)
     trainer = TokenizerTrainer(tcfg, ctx, build_perceptual(tcfg.perceptual_weight, tcfg.lpips_weights_path, say))
-    ckpt = Checkpointer(run_dir / "checkpoints", keep=tcfg.keep_checkpoints, fingerprint=fingerprint(tcfg))
-    ignored = len(Checkpointer(ckpt.directory).complete()) - len(ckpt.complete())
-    if ignored:
-        say(f"tokenizer: {ignored} checkpoint(s) in {ckpt.directory} were made with other settings; starting anew")
+    ckpt = Checkpointer(
+        run_dir / "checkpoints", tcfg.keep_checkpoints, fingerprint(tcfg), defaults=fingerprint(TokenizerConfig())
+    )
+    stale = ckpt.stale_message("tokenizer")
+    if stale:
+        say(stale)
     start = 0
     # On the CPU first: RNG states must stay CPU tensors; load_state_dict moves weights to their device.
     loaded = ckpt.load_latest(map_location="cpu")
