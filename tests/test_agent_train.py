@@ -85,8 +85,10 @@ def test_killed_run_resumes_with_one_load_and_its_replay(tmp_path):
         env.close()
 
 
-def test_ctrl_c_saves_a_checkpoint_where_the_run_stopped_and_the_run_resumes_there(tmp_path):
-    # Ctrl-C in a terminal signals the whole process group: the main process and its two env workers.
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stop_signal_saves_a_checkpoint_where_the_run_stopped_and_the_run_resumes_there(tmp_path, signum):
+    # Ctrl-C in a terminal, `timeout` and cluster schedulers signal the whole process group: the main process
+    # and its two env workers.
     data = tmp_path / "data"
     stop_opts = ["agent.envs=2", "agent.parallel_envs=true", "agent.checkpoint_every_env_steps=10000"]
     stop_opts += ["agent.eval_every_env_steps=10000", "agent.log_every_env_steps=10", "agent.env_steps=2000"]
@@ -101,12 +103,15 @@ def test_ctrl_c_saves_a_checkpoint_where_the_run_stopped_and_the_run_resumes_the
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
         assert time.time() < deadline, "no update within 240 s"
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, signum)
     _, stderr = proc.communicate(timeout=120)
     stderr = stderr.decode()
-    assert proc.returncode == 130, stderr[-3000:]
+    assert proc.returncode == 128 + signum, stderr[-3000:]
     message = stderr.strip().splitlines()[-1]
-    assert "stopped by SIGINT at env step" in message and "run the same command to resume" in message, message
+    assert (
+        f"stopped by {signal.Signals(signum).name} at env step" in message
+        and "run the same command to resume" in message
+    ), message
     stopped_at = int(message.split("at env step ")[1].split()[0])
     assert 0 < stopped_at < 2000 and "Traceback" not in stderr
     latest = (run_dir / "checkpoints" / "latest").read_text().strip()

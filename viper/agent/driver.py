@@ -22,9 +22,12 @@ def env_seed(seed: int, stream: int, restart: int) -> int:
     return int(np.random.SeedSequence([seed, stream, restart]).generate_state(1)[0] % (2**31 - 1))
 
 
-def _ignoring_sigint(make_env):
-    """Build an env in a worker process that ignores SIGINT."""
+def _ignoring_stop_signals(make_env):
+    """Build an env in a worker process that ignores SIGINT and SIGTERM. Ctrl-C in a terminal, ``timeout``,
+    ``kill -- -PGID`` and cluster schedulers signal the whole process group; the main process then saves a
+    checkpoint and closes the workers itself (a worker whose main process is gone ends at its pipe's EOF)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return make_env()
 
 
@@ -59,9 +62,9 @@ class EnvPool:
             for i in range(count)
         ]
         if parallel and count > 1:
-            # Ctrl-C in a terminal reaches the whole process group: the workers leave it to the main process,
-            # which saves a checkpoint and then closes them (train.py).
-            fns = [functools.partial(_ignoring_sigint, fn) for fn in fns]
+            # Stop signals reach the whole process group: the workers leave them to the main process, which saves
+            # a checkpoint and then closes them (train.py).
+            fns = [functools.partial(_ignoring_stop_signals, fn) for fn in fns]
             self.envs = gymnasium.vector.AsyncVectorEnv(fns, context="spawn")
         else:
             self.envs = gymnasium.vector.SyncVectorEnv(fns)
@@ -99,7 +102,10 @@ class EnvPool:
         return rng.uniform(-1.0, 1.0, (self.count, self.action_dim)).astype(np.float32)
 
     def close(self) -> None:
-        self.envs.close()
+        try:
+            self.envs.close()
+        except (BrokenPipeError, EOFError, ConnectionError):  # a worker already gone (killed from outside)
+            self.envs.close(terminate=True)
 
 
 def run_episode(env: gymnasium.Env, act, max_steps: int | None = None) -> tuple[float, np.ndarray, int]:
