@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # One GPU session's benchmarks and learning runs, in one command (the device tool lends ~15 min per session).
 #
-#   bash benchmarks/gpu_session.sh OUT_DIR [RUN_SECONDS]
+#   bash benchmarks/gpu_session.sh OUT_DIR [BUDGET_SECONDS]
 #
 # Run on a CUDA machine from the repository root. It assumes a Python with torch (CUDA) and that the project's
 # other runtime packages are importable (on this workplace's device machine: wheels carried in .whl/, see
 # benchmarks/results/gpu.md for the exact call). Writes logs and a tarball of the agents' logs/plots to OUT_DIR.
-# RUN_SECONDS bounds the concurrent learning runs (default 300): they stop there, checkpointed, wherever they got.
+# BUDGET_SECONDS bounds the whole script (default 540): the benchmarks run first, each under its own timeout, and
+# the concurrent learning runs get what is left less 20 s (skipped under 60 s); they stop there, wherever they got.
 # SMOKE=1 shrinks every number so the script can be checked on a CPU machine first.
 set -u
-out=${1:?usage: gpu_session.sh OUT_DIR [RUN_SECONDS]}
-run_s=${2:-300}
+out=${1:?usage: gpu_session.sh OUT_DIR [BUDGET_SECONDS]}
+budget_s=${2:-540}
+t0=$(date +%s)
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 MUJOCO_GL=egl VIPER_DVCLIVE=${VIPER_DVCLIVE:-1} PYTHONPATH=$PWD:${PYTHONPATH:-}
 py=${PYTHON:-python3}
@@ -18,7 +20,7 @@ dev=cuda
 frames=100000   # env frames per learning run (issue: 100k frames, size S, 3 seeds)
 bench_sizes="XS S"
 reward_steps=(--steps 512 --naive-steps 64)
-if [ "${SMOKE:-0}" = 1 ]; then dev=cpu; frames=400; bench_sizes=tiny; reward_steps=(--steps 24 --naive-steps 4); fi
+if [ "${SMOKE:-0}" = 1 ]; then dev=cpu; frames=400; bench_sizes=tiny; reward_steps=(--steps 40 --naive-steps 18); fi
 agent_steps=$((frames / 2))   # action repeat 2
 
 {
@@ -29,7 +31,7 @@ agent_steps=$((frames / 2))   # action repeat 2
 
 # 1. Agent update speed (batch 16 x 64), bf16 autocast on CUDA.
 set -o pipefail
-timeout 120 $py benchmarks/bench_agent.py --device $dev --sizes $bench_sizes --repeats 3 --warmup 2 2>&1 \
+timeout 100 $py benchmarks/bench_agent.py --device $dev --sizes $bench_sizes --repeats 3 --warmup 2 2>&1 \
   | tee "$out/bench_agent.txt"
 rc=$?
 bf16=true
@@ -40,9 +42,9 @@ set +o pipefail
 
 # 1b. The same with torch.compile of the observe / imagination steps (agent.compile_loops: the launch-bound
 #     part), in the default mode and with CUDA graphs (agent.compile_mode=reduce-overhead).
-[ "$dev" = cuda ] && timeout 180 $py benchmarks/bench_agent.py --device $dev --sizes S --repeats 3 --warmup 2 \
+[ "$dev" = cuda ] && timeout 170 $py benchmarks/bench_agent.py --device $dev --sizes S --repeats 3 --warmup 2 \
   --compile-loops 2>&1 | tee "$out/bench_loops.txt"
-[ "$dev" = cuda ] && timeout 180 $py benchmarks/bench_agent.py --device $dev --sizes S --repeats 3 --warmup 3 \
+[ "$dev" = cuda ] && timeout 170 $py benchmarks/bench_agent.py --device $dev --sizes S --repeats 3 --warmup 3 \
   --compile-loops --compile-mode reduce-overhead 2>&1 | tee "$out/bench_graphs.txt"
 # The learning runs take whichever measured fastest at size S (wall s/update, 6th table column).
 wall_s() { awk -F'|' '$2 ~ /^ *S *$/ {gsub(/ /, "", $7); print $7; exit}' "$1" 2>/dev/null; }
@@ -58,12 +60,15 @@ echo "S wall s/update: eager ${eager:-?}, compile_loops ${looped:-?}, + CUDA gra
 
 # 2. Reward relabelling throughput, paper_dmc sizes (random weights), 64 and 256 windows per prior forward.
 for wpb in 64 256; do
-  timeout 60 $py benchmarks/bench_reward.py --device $dev "${reward_steps[@]}" --windows-per-batch $wpb \
+  timeout 50 $py benchmarks/bench_reward.py --device $dev "${reward_steps[@]}" --windows-per-batch $wpb \
     --repeats 2 --output '' 2>&1 | tee -a "$out/bench_reward.txt"
 done
 
 # 3. Concurrent learning runs on dmc/cartpole_balance, size S, 100k frames: task reward (oracle) x 3 seeds and
 #    the VIPER reward (demo reward model under data/) x 1 seed. Each stops at run_s seconds if not done.
+run_s=$((budget_s - ($(date +%s) - t0) - 20))
+echo "learning runs: ${run_s} s of the ${budget_s} s budget left" | tee -a "$out/env.txt"
+if [ "$run_s" -lt 60 ]; then echo "too little time left: no learning runs" | tee -a "$out/env.txt"; ls -la "$out"; exit 0; fi
 common=(--preset demo --task dmc/cartpole_balance -S agent.size=S -S agent.batch_size=16 -S agent.envs=3
   -S agent.train_ratio=64 -S agent.env_steps=$agent_steps -S agent.eval_every_env_steps=5000
   -S agent.eval_episodes=2 -S agent.log_every_env_steps=1000 -S agent.checkpoint_every_env_steps=1000000
@@ -75,11 +80,11 @@ if [ "${SMOKE:-0}" = 1 ]; then
 fi
 pids=()
 for seed in 0 1 2; do
-  timeout "$run_s" $py -m viper.cli train-agent "${common[@]}" --reward task --seed $seed \
+  timeout -k 30 "$run_s" $py -m viper.cli train-agent "${common[@]}" --reward task --seed $seed \
     >"$out/agent_task_$seed.log" 2>&1 &
   pids+=($!)
 done
-timeout "$run_s" $py -m viper.cli train-agent "${common[@]}" --reward viper --seed 0 \
+timeout -k 30 "$run_s" $py -m viper.cli train-agent "${common[@]}" --reward viper --seed 0 \
   >"$out/agent_viper_0.log" 2>&1 &
 pids+=($!)
 for p in "${pids[@]}"; do wait "$p"; echo "pid $p exit $?" >>"$out/exits.txt"; done
