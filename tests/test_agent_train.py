@@ -126,6 +126,28 @@ def test_a_stop_signal_saves_a_checkpoint_where_the_run_stopped_and_the_run_resu
     assert metrics["replay_steps_at_start"] == stopped_at and metrics["env_steps"] == stopped_at + 20
 
 
+def test_a_diverging_agent_stops_with_a_clear_error_and_keeps_its_last_finite_checkpoint(tmp_path):
+    """A real divergence (learning rates of 1e30): the run stops at the first non-finite action or loss with a
+    message naming the step and the checkpoint to resume from, and never saves the NaN weights over it."""
+    data = tmp_path / "data"
+    opts = ["agent.model_lr=1e30", "agent.actor_lr=1e30", "agent.critic_lr=1e30", "agent.env_steps=400"]
+    opts += ["agent.checkpoint_every_env_steps=20", "agent.log_every_env_steps=10", f"data_dir={data}"]
+    args = ["train-agent", "--preset", "tiny", "--task", TASK, "--seed", "0", "--reward", "task"]
+    proc = _viper(args + [a for o in opts for a in ("-S", o)], tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, err = proc.communicate(timeout=300)
+    err = err.decode()
+    assert proc.returncode == 2 and "Traceback" not in err and "BADCTRL" not in err, err[-3000:]
+    message = err.strip().splitlines()[-1]
+    assert "not finite" in message and "the agent diverged" in message and "non-finite weights in" in message, message
+    diverged_at = int(message.split("at env step ")[1].split(":")[0].split()[0])
+    checkpoints = paths.agent_dir(data, "task", TASK, 0) / "checkpoints"
+    latest = checkpoints / (checkpoints / "latest").read_text().strip()
+    assert str(latest) in message
+    state = torch.load(latest / "state.pt", weights_only=False)
+    assert state["counters"]["env_steps"] < diverged_at
+    assert all(torch.isfinite(v).all() for v in state["agent"].values() if v.is_floating_point())
+
+
 def test_viper_reward_without_a_reward_model_is_a_clear_error(tmp_path):
     proc = _viper(
         ["train-agent", "--preset", "tiny", "--task", TASK, "--reward", "viper", "-S", f"data_dir={tmp_path}"],

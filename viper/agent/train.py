@@ -146,6 +146,8 @@ def run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[s
     evaluator = Evaluator(task, seed, acfg, out_dir, counters["restarts"], score, fast_render=fast_render)
 
     def save() -> None:
+        if not all(torch.isfinite(p).all() for p in agent.parameters()):  # never overwrite good state with NaNs
+            raise Diverged(f"the agent's weights are not finite at env step {counters['env_steps']}")
         state = {
             "agent": agent.state_dict(),
             "optim": agent.optimizer_state(),
@@ -189,6 +191,15 @@ def run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[s
                 if not counters["eval_history"] or counters["eval_history"][-1][0] != counters["env_steps"]:
                     _evaluate(agent, evaluator, counters, log)
                 save()
+    except Diverged as exc:
+        latest = ckpt.latest_path()
+        raise ViperError(
+            f"train-agent {task} ({reward}, seed {seed}): {exc} ({_nonfinite_weights(agent)}): the agent diverged. "
+            "Nothing is saved after a "
+            f"divergence, so the newest checkpoint ({latest or 'none yet'}) holds finite weights and re-running "
+            "the command resumes from it; if it diverges again, try agent.compile_mode=default, agent.bf16=false "
+            "or lower learning rates (agent.model_lr, agent.actor_lr, agent.critic_lr)"
+        ) from None
     finally:
         envs.close()
         evaluator.close()
@@ -267,6 +278,22 @@ def _evaluate(agent: Agent, evaluator, counters: dict, log: Logger) -> None:
     evaluator.plot(counters["eval_history"], counters["train_history"])
 
 
+def _nonfinite_weights(agent: Agent) -> str:
+    """Which of the agent's modules hold non-finite weights, e.g. ``non-finite weights in actor (4 tensors)``."""
+    bad: dict[str, int] = {}
+    for name, param in agent.named_parameters():
+        if not torch.isfinite(param).all():
+            module = ".".join(name.split(".")[:2])
+            bad[module] = bad.get(module, 0) + 1
+    if not bad:
+        return "every weight is finite"
+    return "non-finite weights in " + ", ".join(f"{m} ({n} tensors)" for m, n in sorted(bad.items()))
+
+
+class Diverged(ViperError):
+    """The agent's numbers went non-finite (a NaN action, loss or weight); caught in ``run`` for the message."""
+
+
 def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, save, stop: StopSignals) -> None:
     """Act, insert and train until ``acfg.env_steps``, or until ``stop`` has caught a signal (checked after
     each step's updates, logging, evaluation and checkpoint, so the state is whole when the caller saves)."""
@@ -289,6 +316,8 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
             action = envs.random_actions(rng)
         else:
             action, carry = agent.act(obs, is_first, carry)
+            if not np.isfinite(action).all():  # MuJoCo would stop with an opaque mjWARN_BADCTRL
+                raise Diverged(f"the policy's action is not finite at env step {counters['env_steps']}")
         inserter.add(
             {
                 "image": obs,
@@ -343,6 +372,9 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
             )
             log.scalars(row, step)
             sums, n_metrics = {}, 0
+            bad = sorted(k for k, v in row.items() if not np.isfinite(v))
+            if bad:
+                raise Diverged(f"{', '.join(bad[:5])} not finite in the updates up to env step {step}")
         if step >= counters["next_eval"]:
             counters["next_eval"] += acfg.eval_every_env_steps
             _evaluate(agent, evaluator, counters, log)
