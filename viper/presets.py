@@ -195,8 +195,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # are too high (the posterior stays uniform): use cpu_agent_xs.
     "cpu_agent": {"agent": CPU_AGENT},
     # cpu_agent at size XS with 3x (not 10x) the published learning rates: one seed learned cartpole_balance from
-    # the task reward in 4,000 agent steps, ~3.7 h on 2 cores (benchmarks/results/agent.md). Combine:
-    # demo,cpu_agent_xs.
+    # the task reward within 3,855 agent steps (311 at 3,500), ~3.5 h on 2 cores (benchmarks/results/agent.md).
+    # Combine: demo,cpu_agent_xs.
     "cpu_agent_xs": {"agent": {**CPU_AGENT, "size": "XS", "model_lr": 3e-4, "actor_lr": 1e-4, "critic_lr": 1e-4}},
     "size_xs": {"agent": {"size": "XS"}},
     "size_s": {"agent": {"size": "S"}},
