@@ -246,6 +246,28 @@ def test_beta_zero_removes_the_disagreement_critics_influence():
         critic_scales(AgentConfig(expl_weight=0.0, density_weight=0.0), "density")
 
 
+def test_disagreement_reward_gradient_is_finite_where_members_agree_exactly():
+    """Tied members (all heads equal, as bf16 rounding makes them in some dims) have std 0: the actor's gradient
+    through the reward must be 0 there, not NaN (a plain sqrt(var) gave NaN and killed GPU runs)."""
+    torch.manual_seed(0)
+    disag = Disagreement(feat_dim=6, action_dim=2, stoch_dim=5, layers=1, units=8, members=4)  # exact mean
+    for head in disag.heads[1:]:
+        head.load_state_dict(disag.heads[0].state_dict())
+    feat, action = torch.randn(4, 6, requires_grad=True), torch.rand(4, 2, requires_grad=True)
+    reward = disag.reward(feat, action)
+    assert torch.equal(reward, torch.zeros(4))
+    grads = torch.autograd.grad(reward.sum(), [feat, action])
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
+    # One head apart: a finite gradient equal to torch.std's, from the dims where they differ.
+    with torch.no_grad():
+        disag.heads[3].out.linear.weight.add_(0.1 * torch.randn_like(disag.heads[2].out.linear.weight))
+    got = torch.autograd.grad(disag.reward(feat, action).sum(), feat)[0]
+    reference = torch.stack([h(torch.cat([feat, action], -1)) for h in disag.heads]).std(0, unbiased=False)
+    # float32 with the small std of a 0.1 perturbation: the two summation orders agree to ~1e-4.
+    torch.testing.assert_close(got, torch.autograd.grad(reference.mean(-1).sum(), feat)[0], rtol=1e-3, atol=1e-4)
+    assert torch.isfinite(got).all() and got.abs().sum() > 0
+
+
 def test_disagreement_reward_and_loss_match_a_loop_over_members():
     torch.manual_seed(0)
     disag = Disagreement(feat_dim=10, action_dim=2, stoch_dim=12, layers=1, units=16, members=4)

@@ -48,7 +48,7 @@ class Disagreement(nn.Module):
         # member axis took ~1 s for the (8, 4096, 1024) predictions of an XS update, this ~0.3 s.
         preds = [p.float() for p in self.members(feat, action)]
         mean = sum(preds) / len(preds)
-        return (sum((p - mean).square() for p in preds) / len(preds)).sqrt().mean(-1)
+        return _std_from_var(sum((p - mean).square() for p in preds) / len(preds)).mean(-1)
 
     def loss(self, feat: Tensor, action: Tensor, stoch: Tensor) -> Tensor:
         """Training loss on posterior sequences, summed over members (published ``Disag._loss``).
@@ -62,3 +62,14 @@ class Disagreement(nn.Module):
         preds = self.predict(inputs, action[:, :-1].detach()).float()
         # (M, B, T-1, S*K'): squared error summed over dims, mean over (B, T-1), sum over members.
         return (preds - target[None]).square().sum(-1).mean((1, 2)).sum()
+
+
+def _std_from_var(var: Tensor) -> Tensor:
+    """``sqrt(var)`` with gradient 0 where ``var`` is exactly 0, as ``torch.std`` (and the published ``std``) has.
+
+    A plain ``var.sqrt()`` back-propagates 0 * inf = NaN there. Members agree exactly in some dimension far more
+    often than it seems under bf16 autocast (8 mantissa bits): on an H100 the size-S VIPER agent's actor went NaN
+    after 4-6k agent steps in every seed-0 run until this (benchmarks/results/gpu.md). The value is unchanged.
+    """
+    positive = var > 0
+    return torch.where(positive, torch.where(positive, var, torch.ones_like(var)).sqrt(), torch.zeros_like(var))
