@@ -155,8 +155,11 @@ def test_prior_change_killed_mid_stage_resumes_and_reruns_only_downstream(projec
     # The agents were retrained on the new prior: their checkpoints carry its latest weights' content hash.
     latest = checkpoints / "dmc" / "checkpoints" / (checkpoints / "dmc" / "checkpoints" / "latest").read_text().strip()
     prior_hash = hashlib.sha256((latest / "state.pt").read_bytes()).hexdigest()[:16]
-    agents = [f.read_text() for f in (project / "data" / "agents").rglob("step_*/fingerprint.json")]
+    agents = [f.read_text() for f in (project / "data" / "agents").rglob("checkpoints/step_*/fingerprint.json")]
     assert agents and all(prior_hash in text for text in agents)
+    # The runs on the old prior are not deleted: each agent's checkpoints moved to checkpoints/superseded/.
+    old = [f.read_text() for f in (project / "data" / "agents").rglob("superseded/step_*/fingerprint.json")]
+    assert len(old) >= len(agents) and not any(prior_hash in text for text in old)
 
 
 def test_prefect_flow_runs_stale_stages_and_dvc_agrees(project, prefect_api, venv_on_path):
