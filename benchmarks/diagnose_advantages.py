@@ -22,9 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from viper.agent.actor_critic import lambda_returns
 from viper.agent.agent import Agent
-from viper.agent.dists import TwoHot
 from viper.agent.policy import checkpoint_folder, load_policy
 from viper.agent.replay import Replay
 from viper.agent.train import replay_spec
@@ -41,29 +39,23 @@ def load(path: str) -> tuple[Agent, Replay, Path]:
 
 
 def actor_terms(agent: Agent, batch) -> dict[str, torch.Tensor]:
-    """Per-term actor losses (to be differentiated) and the advantage contributions, from one replay batch."""
+    """Per-term actor losses (to be differentiated) and the spread of each critic's advantage part, from one
+    replay batch: the update's own imagination (``Agent.imagine_from``) and advantages (``ActorCritic``)."""
     with torch.no_grad():
         _, post, _ = agent.wm.loss(batch)
     feat, actions, outs, rewards, cont = agent.imagine_from(post, batch["is_terminal"])
-    ac, s = agent.ac, agent.ac.settings
-    weight = (torch.cumprod(s.discount * cont, 0) / s.discount).detach()[:-1]
-    disc = s.discount * cont[1:]
-    total = sum(ac.scales.values())
-    terms, spread = {}, {}
-    for name, critic in ac.critics.items():
-        value = TwoHot(critic(feat)).mean()
-        ret = lambda_returns(rewards[name], value, disc, s.return_lambda)
-        _, scale = ac.retnorms[name].stats()
-        part = (ret - value[:-1]) / scale * (ac.scales[name] / total)
-        if ac.discrete:
-            part = -ac.dist(outs).log_prob(actions.detach()) * part.detach()
-            terms[name] = (part * weight).mean()
-        else:
-            terms[name] = -(part * weight).mean()
-        spread[name] = part.detach().std()
+    ac = agent.ac
+    parts, weight = ac.advantages(feat, rewards, cont, update_norms=False)
     entropy = ac.dist(outs).entropy()
-    terms["entropy"] = -(s.actor_entropy * entropy * weight).mean()
-    spread["entropy"] = (s.actor_entropy * entropy).detach().std()
+    bonus = (ac.settings.actor_entropy * entropy * weight).mean()
+    terms, spread = {}, {}
+    for name, part in parts.items():
+        # The actor loss of this critic's part alone: the real loss, its entropy bonus taken out again (the bonus
+        # is its own term), so the terms' gradients sum to the update's actor gradient.
+        loss, _ = ac.actor_loss(part["part"], actions, outs, weight)
+        terms[name] = loss + bonus
+        spread[name] = part["part"].detach().std()
+    terms["entropy"], spread["entropy"] = -bonus, (ac.settings.actor_entropy * entropy).detach().std()
     return terms, spread
 
 

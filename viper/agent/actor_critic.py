@@ -125,6 +125,45 @@ class ActorCritic(nn.Module):
             for slow, fast in zip(self.slow_critics[name].parameters(), critic.parameters(), strict=True):
                 slow.lerp_(fast, self.settings.slow_critic_fraction)
 
+    def advantages(
+        self, traj_feat: Tensor, rewards: dict[str, Tensor], cont: Tensor, update_norms: bool = True
+    ) -> tuple[dict[str, dict[str, Tensor]], Tensor]:
+        """Each critic's part of the mixed advantage, and the states' weights.
+
+        Per reward name: ``logits`` (H+1, N, BINS) of the critic, ``value`` (H+1, N), ``ret`` (H, N) the
+        lambda-return, ``scale`` the return normaliser's range and ``part`` (H, N) its share of the advantage,
+        ``(ret - value) / scale * w / sum(w)``. ``update_norms`` first moves the normalisers' EMAs with these
+        returns (training does; a diagnostic reading a checkpoint need not). ``weight`` (H, N): the discounted
+        probability that the imagined episode is still running at each state. Shapes as in ``losses``.
+        """
+        s = self.settings
+        weight = (torch.cumprod(s.discount * cont, 0) / s.discount).detach()[:-1]
+        disc = s.discount * cont[1:]
+        total_scale = sum(self.scales.values())
+        parts: dict[str, dict[str, Tensor]] = {}
+        for name, critic in self.critics.items():
+            logits = critic(traj_feat)
+            value = TwoHot(logits).mean()
+            ret = lambda_returns(rewards[name], value, disc, s.return_lambda)
+            if update_norms:
+                self.retnorms[name].update(ret)
+            _, scale = self.retnorms[name].stats()
+            # The percentile offset cancels in ret - value; only the scale matters for the advantage.
+            part = (ret - value[:-1]) / scale * (self.scales[name] / total_scale)
+            parts[name] = {"logits": logits, "value": value, "ret": ret, "scale": scale, "part": part}
+        return parts, weight
+
+    def actor_loss(
+        self, advantage: Tensor, actions: Tensor, actor_out: Tensor, weight: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """(loss, entropy (H, N)). Discrete: REINFORCE with the advantage as a constant; continuous: backprop
+        through the dynamics (the advantage carries the gradient). Minus the entropy bonus; weighted mean."""
+        dist = self.dist(actor_out)
+        entropy = dist.entropy()
+        reinforce = -dist.log_prob(actions.detach()) * advantage.detach() if self.discrete else None
+        loss = reinforce if reinforce is not None else -advantage
+        return ((loss - self.settings.actor_entropy * entropy) * weight).mean(), entropy
+
     def losses(
         self, traj_feat: Tensor, actions: Tensor, actor_out: Tensor, rewards: dict[str, Tensor], cont: Tensor
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
@@ -136,38 +175,24 @@ class ActorCritic(nn.Module):
         start). Returns (actor loss, critic loss, metrics).
         """
         s = self.settings
-        # Weight of each state: the discounted probability that the imagined episode is still running.
-        weight = (torch.cumprod(s.discount * cont, 0) / s.discount).detach()
-        disc = s.discount * cont[1:]
+        parts, weight = self.advantages(traj_feat, rewards, cont)
         advantage = torch.zeros_like(cont[:-1])
         critic_loss = torch.zeros((), device=traj_feat.device)
         metrics: dict[str, Tensor] = {}
-        total_scale = sum(self.scales.values())
-        for name, critic in self.critics.items():
-            logits = critic(traj_feat)
-            value = TwoHot(logits).mean()
-            ret = lambda_returns(rewards[name], value, disc, s.return_lambda)
-            self.retnorms[name].update(ret)
-            _, scale = self.retnorms[name].stats()
-            # The percentile offset cancels in ret - value; only the scale matters for the advantage.
-            advantage = advantage + (ret - value[:-1]) / scale * (self.scales[name] / total_scale)
+        for name, part in parts.items():
+            advantage = advantage + part["part"]
             # Critic: two-hot regression to sg(lambda-return) plus the slow critic's mean (regulariser).
             with torch.no_grad():
                 slow_value = TwoHot(self.slow_critics[name](traj_feat[:-1].detach())).mean()
-            dist = TwoHot(logits[:-1])
-            loss = -dist.log_prob(ret.detach()) - s.slowreg * dist.log_prob(slow_value)
-            critic_loss = critic_loss + (loss * weight[:-1]).mean()
-            metrics[f"{name}/return"] = ret.detach().mean()
-            metrics[f"{name}/value"] = value.detach().mean()
+            dist = TwoHot(part["logits"][:-1])
+            loss = -dist.log_prob(part["ret"].detach()) - s.slowreg * dist.log_prob(slow_value)
+            critic_loss = critic_loss + (loss * weight).mean()
+            metrics[f"{name}/return"] = part["ret"].detach().mean()
+            metrics[f"{name}/value"] = part["value"].detach().mean()
             metrics[f"{name}/imag_reward"] = rewards[name].detach().mean()
-            metrics[f"{name}/return_scale"] = scale
+            metrics[f"{name}/return_scale"] = part["scale"]
             metrics[f"loss/critic_{name}"] = loss.detach().mean()
-        dist = self.dist(actor_out)
-        entropy = dist.entropy()
-        # Discrete: REINFORCE with the advantage as a constant; continuous: backprop through the dynamics.
-        reinforce = -dist.log_prob(actions.detach()) * advantage.detach() if self.discrete else None
-        actor_loss = reinforce if reinforce is not None else -advantage
-        actor_loss = ((actor_loss - s.actor_entropy * entropy) * weight[:-1]).mean()
+        actor_loss, entropy = self.actor_loss(advantage, actions, actor_out, weight)
         metrics["loss/actor"] = actor_loss.detach()
         metrics["actor_entropy"] = entropy.detach().mean()
         metrics["advantage"] = advantage.detach().mean()
