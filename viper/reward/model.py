@@ -186,8 +186,10 @@ class VideoReward:
             windows = tokens[b[:, None], t[:, None] + offsets[None]]
             ids = torch.full((windows.shape[0],), task_id, device=self.device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                values.append(self._reduce(self.prior, windows.to(self.device), ids).float().cpu())
-        out[b_idx, t_idx] = torch.cat(values).numpy()
+                values.append(self._reduce(self.prior, windows.to(self.device), ids).float())
+        # One copy to the host at the end: a copy per chunk would make the CPU wait for each chunk on a GPU
+        # before it could queue the next.
+        out[b_idx, t_idx] = torch.cat(values).cpu().numpy()
         return out
 
     def score(self, frames: np.ndarray | torch.Tensor, task: str) -> np.ndarray:
