@@ -96,7 +96,13 @@ def timed_update(agent: Agent, batch, device: torch.device) -> tuple[float, floa
 def bench_size(size: str, device: torch.device, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Median wall and CPU seconds per update for each variant (``current``, and ``dense`` with --baseline)."""
     torch.manual_seed(0)
-    cfg = AgentConfig(size=size, compile=args.compile, compile_loops=args.compile_loops, compile_mode=args.compile_mode)
+    cfg = AgentConfig(
+        size=size,
+        compile=args.compile,
+        compile_loops=args.compile_loops,
+        compile_mode=args.compile_mode,
+        cuda_graph=args.cuda_graph,
+    )
     agent = Agent(cfg, 6, False, "reward", device)
     batch = agent.to_tensors(random_batch(cfg.batch_size, cfg.batch_length, 6))
     variants = {"current": contextlib.nullcontext}
@@ -110,6 +116,9 @@ def bench_size(size: str, device: torch.device, args: argparse.Namespace) -> dic
         for name, ctx in variants.items():
             with ctx():
                 times[name].append(timed_update(agent, batch, device))
+    if agent.graphed is not None:
+        state = "failed: eager updates" if agent.graphed.failed else "captured and replayed"
+        print(f"<!-- {size}: whole-update CUDA graph {state} -->")
     params = sum(p.numel() for p in agent.parameters() if p.requires_grad) / 1e6
     out = {}
     for name, rows in times.items():
@@ -151,7 +160,12 @@ def main() -> None:
         default="default",
         help="torch.compile mode for --compile / --compile-loops (reduce-overhead: CUDA graphs on CUDA)",
     )
+    parser.add_argument(
+        "--cuda-graph", action="store_true", help="agent.cuda_graph: replay whole updates from one CUDA graph"
+    )
     args = parser.parse_args()
+    if args.cuda_graph and args.warmup < 4:
+        parser.error("--cuda-graph needs --warmup 4 or more (3 eager warm-up updates, then the capture)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else None
     device = device or torch.device(args.device)
     print(

@@ -46,17 +46,23 @@ set +o pipefail
   --compile-loops 2>&1 | tee "$out/bench_loops.txt"
 [ "$dev" = cuda ] && timeout 170 $py benchmarks/bench_agent.py --device $dev --sizes S --repeats 3 --warmup 3 \
   --compile-loops --compile-mode reduce-overhead 2>&1 | tee "$out/bench_graphs.txt"
+# 1c. The whole update replayed from one CUDA graph (agent.cuda_graph), at XS and S.
+[ "$dev" = cuda ] && timeout 150 $py benchmarks/bench_agent.py --device $dev --sizes XS S --repeats 3 --warmup 5 \
+  --cuda-graph 2>&1 | tee "$out/bench_cuda_graph.txt"
 # The learning runs take whichever measured fastest at size S (wall s/update, 6th table column).
 wall_s() { awk -F'|' '$2 ~ /^ *S *$/ {gsub(/ /, "", $7); print $7; exit}' "$1" 2>/dev/null; }
 eager=$(wall_s "$out/bench_agent.txt"); looped=$(wall_s "$out/bench_loops.txt"); graphs=$(wall_s "$out/bench_graphs.txt")
-read -r loops mode < <($py -c "
+whole=$(grep -q "graph captured" "$out/bench_cuda_graph.txt" 2>/dev/null && wall_s "$out/bench_cuda_graph.txt")
+read -r loops mode cgraph < <($py -c "
 import sys
-times = {('false', 'default'): sys.argv[1], ('true', 'default'): sys.argv[2], ('true', 'reduce-overhead'): sys.argv[3]}
+times = {('false', 'default', 'false'): sys.argv[1], ('true', 'default', 'false'): sys.argv[2],
+         ('true', 'reduce-overhead', 'false'): sys.argv[3], ('false', 'default', 'true'): sys.argv[4]}
 times = {k: float(v) for k, v in times.items() if v}
-print(*min(times, key=times.get) if times else ('false', 'default'))" "${eager:-}" "${looped:-}" "${graphs:-}" \
-  2>/dev/null || echo false default)
-echo "S wall s/update: eager ${eager:-?}, compile_loops ${looped:-?}, + CUDA graphs ${graphs:-?}" \
-  "-> learning runs agent.compile_loops=$loops agent.compile_mode=$mode" | tee -a "$out/bench_loops.txt"
+print(*min(times, key=times.get) if times else ('false', 'default', 'false'))" "${eager:-}" "${looped:-}" \
+  "${graphs:-}" "${whole:-}" 2>/dev/null || echo false default false)
+echo "S wall s/update: eager ${eager:-?}, compile_loops ${looped:-?}, + CUDA graphs ${graphs:-?}," \
+  "whole-update graph ${whole:-?} -> learning runs agent.compile_loops=$loops agent.compile_mode=$mode" \
+  "agent.cuda_graph=$cgraph" | tee -a "$out/bench_loops.txt"
 
 # 2. Reward relabelling throughput, paper_dmc sizes (random weights), 64 and 256 windows per prior forward.
 for wpb in 64 256; do
@@ -73,7 +79,7 @@ common=(--preset demo --task dmc/cartpole_balance -S agent.size=S -S agent.batch
   -S agent.train_ratio=64 -S agent.env_steps=$agent_steps -S agent.eval_every_env_steps=5000
   -S agent.eval_episodes=2 -S agent.log_every_env_steps=1000 -S agent.checkpoint_every_env_steps=1000000
   -S agent.device=$dev -S reward.device=$dev -S agent.bf16=$bf16 -S agent.compile_loops=${loops:-false}
-  -S agent.compile_mode=${mode:-default})
+  -S agent.compile_mode=${mode:-default} -S agent.cuda_graph=${cgraph:-false})
 if [ "${SMOKE:-0}" = 1 ]; then
   common+=(-S agent.size=tiny -S agent.batch_size=4 -S agent.batch_length=16 -S agent.eval_every_env_steps=100
     -S agent.log_every_env_steps=50)

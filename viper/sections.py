@@ -318,6 +318,11 @@ class AgentConfig:
     """torch.compile mode for ``compile`` and ``compile_loops``: ``default``, ``reduce-overhead`` (adds CUDA
     graphs on CUDA: each loop step replays as one launch; ignored on the CPU), ``max-autotune`` or
     ``max-autotune-no-cudagraphs``."""
+    cuda_graph: bool = False
+    """Replay each whole update (world model, ensemble, imagination, actor and critic steps) from one CUDA graph,
+    captured after 3 eager warm-up updates (CUDA only; ignored on the CPU). Same maths; Adam runs with
+    ``capturable=True`` and autocast without its weight cache. Combines with ``compile`` (default mode), not with
+    ``compile_mode=reduce-overhead``. Not yet measured on a GPU: a capture that fails warns and stays eager."""
     device: str = "auto"
     """``auto`` (CUDA if present), ``cpu`` or ``cuda[:i]``."""
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,8 +43,64 @@ class OptSettings:
     clip: float
 
 
-def _adam(params, opt: OptSettings) -> torch.optim.Adam:
-    return torch.optim.Adam(params, lr=opt.lr, eps=opt.eps)
+def _adam(params, opt: OptSettings, capturable: bool = False) -> torch.optim.Adam:
+    return torch.optim.Adam(params, lr=opt.lr, eps=opt.eps, capturable=capturable)
+
+
+class GraphedUpdate:
+    """``update`` replayed from one CUDA graph (``agent.cuda_graph``).
+
+    The first ``warmup`` calls run eagerly on a side stream (they create the optimisers' states and let cuDNN
+    pick its algorithms); the next call captures one whole update reading its batch from static device buffers,
+    then replays it; every later call copies its batch into those buffers and replays. Parameters, gradients and
+    optimiser states keep their addresses (in-place updates, capturable Adam), so acting, evaluation and
+    checkpoints between replays see the current weights. Returned metrics are copies: the next replay
+    overwrites the graph's outputs. A capture that fails (a host synchronisation or a dynamic shape inside the
+    update) warns once and leaves every later update eager.
+    """
+
+    def __init__(self, update: Callable[[dict[str, Tensor]], dict[str, Tensor]], warmup: int = 3) -> None:
+        self.update, self.warmup, self.calls = update, warmup, 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.inputs: dict[str, Tensor] = {}
+        self.outputs: dict[str, Tensor] = {}
+        self.failed = False
+
+    def __call__(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        if self.failed:
+            return self.update(batch)
+        if self.graph is None and self.calls < self.warmup:
+            self.calls += 1
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                out = self.update(batch)
+            torch.cuda.current_stream().wait_stream(side)
+            return out
+        if self.graph is None:
+            return self._capture(batch)
+        if batch.keys() != self.inputs.keys() or any(batch[k].shape != v.shape for k, v in self.inputs.items()):
+            raise ViperError("agent.cuda_graph: the update's batch changed shape or keys; a graph needs them fixed")
+        for key, buffer in self.inputs.items():
+            buffer.copy_(batch[key], non_blocking=True)
+        self.graph.replay()
+        return {k: v.clone() for k, v in self.outputs.items()}
+
+    def _capture(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        self.inputs = {k: v.clone() for k, v in batch.items()}
+        graph = torch.cuda.CUDAGraph()
+        torch.cuda.synchronize()
+        try:
+            with torch.cuda.graph(graph):
+                self.outputs = self.update(self.inputs)
+        except RuntimeError as exc:
+            torch.cuda.synchronize()
+            warnings.warn(f"agent.cuda_graph: capturing the update failed, updates stay eager: {exc}", stacklevel=2)
+            self.failed, self.inputs, self.outputs = True, {}, {}
+            return self.update(batch)
+        self.graph = graph
+        graph.replay()  # capture records kernels without running them: this runs the update on the batch
+        return {k: v.clone() for k, v in self.outputs.items()}
 
 
 DISAG = "disag"
@@ -104,13 +162,14 @@ class Agent(nn.Module):
         self.model_params = list(self.wm.parameters())
         self.actor_params = list(self.ac.actor.parameters())
         self.critic_params = list(self.ac.critics.parameters())
-        self.model_opt = _adam(self.model_params, self.model_opt_settings)
-        self.actor_opt = _adam(self.actor_params, self.actor_opt_settings)
-        self.critic_opt = _adam(self.critic_params, self.critic_opt_settings)
+        self.cuda = self.device.type == "cuda"
+        graphed = cfg.cuda_graph and self.cuda
+        self.model_opt = _adam(self.model_params, self.model_opt_settings, graphed)
+        self.actor_opt = _adam(self.actor_params, self.actor_opt_settings, graphed)
+        self.critic_opt = _adam(self.critic_params, self.critic_opt_settings, graphed)
         self.expl_opt_settings = OptSettings(cfg.expl_lr, cfg.expl_eps, cfg.expl_grad_clip)
         self.expl_params = list(self.expl.parameters()) if self.expl is not None else []
-        self.expl_opt = _adam(self.expl_params, self.expl_opt_settings) if self.expl is not None else None
-        self.cuda = self.device.type == "cuda"
+        self.expl_opt = _adam(self.expl_params, self.expl_opt_settings, graphed) if self.expl is not None else None
         if cfg.compile_mode not in COMPILE_MODES:
             raise ViperError(f"agent.compile_mode={cfg.compile_mode!r}: expected one of {', '.join(COMPILE_MODES)}")
         mode = None if cfg.compile_mode == "default" else cfg.compile_mode
@@ -124,19 +183,28 @@ class Agent(nn.Module):
             self.wm.rssm.compile_steps(dynamic=False, mode=mode)
             step = functools.partial(self.wm.imagine_step, self.ac.policy)
             self.imagine_step = torch.compile(step, dynamic=False, mode=mode)
+        if graphed and mode == "reduce-overhead" and (cfg.compile or cfg.compile_loops):
+            raise ViperError("agent.cuda_graph graphs the whole update: use agent.compile_mode=default with it")
+        self.graphed = GraphedUpdate(self._update) if graphed else None
 
     def _autocast(self):
         if self.cuda and self.cfg.bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            # A graph capture must not see autocast's cache of cast weights (PyTorch's CUDA-graph rules).
+            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=self.graphed is None)
         return contextlib.nullcontext()
 
     def to_tensors(self, batch: dict[str, np.ndarray]) -> dict[str, Tensor]:
         """Replay batch (numpy) -> tensors on the agent's device (images stay uint8)."""
+        if "is_first" in batch and not np.all(batch["is_first"][:, 0]):
+            raise ValueError("replay batch: every sequence must start at is_first (RSSM.observe resets there)")
         return {k: torch.as_tensor(v).to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """One full update on a batch (B, T, ...); returns detached scalar metrics."""
         self.train()
+        return self.graphed(batch) if self.graphed is not None else self._update(batch)
+
+    def _update(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         with self._autocast():
             wm_loss, post, metrics = self.wm.loss(batch)
         self.model_opt.zero_grad(set_to_none=True)

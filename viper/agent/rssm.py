@@ -166,7 +166,8 @@ class RSSM(nn.Module):
         first step is irrelevant: replay sequences start with ``is_first`` set.
         """
         batch, length = embed.shape[:2]
-        assert is_first[:, 0].all(), "observe(): sequences must start at is_first (replay sets it)"
+        if is_first.device.type == "cpu":  # on CUDA the check would wait for the GPU (Agent.to_tensors checks)
+            assert is_first[:, 0].all(), "observe(): sequences must start at is_first (replay sets it)"
         assert prev_action.shape[:2] == (batch, length), "prev_action (B, T, A) expected"
         # The embedding's part of obs_out's linear map, for all steps at once: (B, T, units).
         w_deter, w_embed = self.obs_out.linear.weight.split([self.deter, embed.shape[-1]], dim=1)

@@ -245,6 +245,7 @@ RESUMABLE_CHANGES = (
     "compile",
     "compile_loops",
     "compile_mode",
+    "cuda_graph",
     "device",
 )
 """Agent settings that may change without invalidating a run (a longer ``env_steps`` continues it)."""
