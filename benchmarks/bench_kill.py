@@ -43,10 +43,10 @@ STAGES = {
     "collect": ([], [f"collect.episodes_per_task={ROLLOUTS}"]),
     "train-tokenizer": ([], ["tokenizer.train_grad_steps=600", "tokenizer.checkpoint_every_grad_steps=10"]),
     "tokenize": ([], []),
-    "train-videogpt": ([], ["prior.train_grad_steps=1000", "prior.checkpoint_every_grad_steps=10"]),
+    "train-videogpt": ([], ["prior.train_grad_steps=4000", "prior.checkpoint_every_grad_steps=10"]),
     "train-agent": (
         ["--task", TASK, "--seed", "0", "--reward", "task"],
-        ["agent.env_steps=3000", "agent.checkpoint_every_env_steps=50", "agent.eval_every_env_steps=1000"],
+        ["agent.env_steps=6000", "agent.checkpoint_every_env_steps=50", "agent.eval_every_env_steps=1000"],
     ),
 }
 """Stages in pipeline order; ``tokenize`` only runs (uninterrupted) to feed ``train-videogpt``."""
