@@ -65,7 +65,7 @@ class Disagreement(nn.Module):
 
 
 def _std_from_var(var: Tensor) -> Tensor:
-    """``sqrt(var)`` with gradient 0 where ``var`` is exactly 0, as ``torch.std`` (and the published ``std``) has.
+    """``sqrt(var)`` with gradient 0 where ``var`` is exactly 0, as ``torch.std`` has.
 
     A plain ``var.sqrt()`` back-propagates 0 * inf = NaN there. Members agree exactly in some dimension far more
     often than it seems under bf16 autocast (8 mantissa bits): on an H100 the size-S VIPER agent's actor went NaN

@@ -146,7 +146,7 @@ def run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[s
     evaluator = Evaluator(task, seed, acfg, out_dir, counters["restarts"], score, fast_render=fast_render)
 
     def save() -> None:
-        if not all(torch.isfinite(p).all() for p in agent.parameters()):  # never overwrite good state with NaNs
+        if _nonfinite_modules(agent):  # never overwrite good state with NaNs
             raise Diverged(f"the agent's weights are not finite at env step {counters['env_steps']}")
         state = {
             "agent": agent.state_dict(),
@@ -254,7 +254,7 @@ RESUMABLE_CHANGES = (
 def fingerprint(acfg: AgentConfig, task: str, source, fast_render: bool = True) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: the run-shaping agent settings, task, rendering mode and
     reward source."""
-    shaping = {k: v for k, v in _config_dict(acfg).items() if k not in RESUMABLE_CHANGES}
+    shaping = _run_shaping(acfg)
     reward = source.fingerprint() if hasattr(source, "fingerprint") else {}
     fp = {"agent": shaping, "task": task, "reward_source": source.name, "reward_model": reward}
     if not fast_render:  # only recorded when off, so existing fast-render checkpoints keep resuming
@@ -264,7 +264,12 @@ def fingerprint(acfg: AgentConfig, task: str, source, fast_render: bool = True) 
 
 def fingerprint_defaults() -> dict[str, Any]:
     """The default agent settings, for settings added after a checkpoint was written (``Checkpointer``)."""
-    return {"agent": {k: v for k, v in _config_dict(AgentConfig()).items() if k not in RESUMABLE_CHANGES}}
+    return {"agent": _run_shaping(AgentConfig())}
+
+
+def _run_shaping(acfg: AgentConfig) -> dict[str, Any]:
+    """The agent settings a checkpoint must share to be resumed: all but ``RESUMABLE_CHANGES``."""
+    return {k: v for k, v in _config_dict(acfg).items() if k not in RESUMABLE_CHANGES}
 
 
 def _evaluate(agent: Agent, evaluator, counters: dict, log: Logger) -> None:
@@ -279,13 +284,19 @@ def _evaluate(agent: Agent, evaluator, counters: dict, log: Logger) -> None:
     evaluator.plot(counters["eval_history"], counters["train_history"])
 
 
-def _nonfinite_weights(agent: Agent) -> str:
-    """Which of the agent's modules hold non-finite weights, e.g. ``non-finite weights in actor (4 tensors)``."""
+def _nonfinite_modules(agent: Agent) -> dict[str, int]:
+    """How many non-finite weight tensors each of the agent's modules holds (``ac.actor``: 4); empty if none."""
     bad: dict[str, int] = {}
     for name, param in agent.named_parameters():
         if not torch.isfinite(param).all():
             module = ".".join(name.split(".")[:2])
             bad[module] = bad.get(module, 0) + 1
+    return bad
+
+
+def _nonfinite_weights(agent: Agent) -> str:
+    """``_nonfinite_modules`` in words, e.g. ``non-finite weights in ac.actor (4 tensors)``."""
+    bad = _nonfinite_modules(agent)
     if not bad:
         return "every weight is finite"
     return "non-finite weights in " + ", ".join(f"{m} ({n} tensors)" for m, n in sorted(bad.items()))
