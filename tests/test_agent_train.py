@@ -21,7 +21,7 @@ from viper import paths
 from viper.agent.driver import EnvPool
 from viper.agent.policy import load_policy
 from viper.agent.rewards import make_reward_source
-from viper.agent.train import fingerprint, run
+from viper.agent.train import _divergence_advice, fingerprint, run
 
 TASK = "dmc/cartpole_balance"
 RESUME = ["agent.env_steps=300", "agent.checkpoint_every_env_steps=100", "agent.eval_every_env_steps=150"]
@@ -139,6 +139,8 @@ def test_a_diverging_agent_stops_with_a_clear_error_and_keeps_its_last_finite_ch
     assert proc.returncode == 2 and "Traceback" not in err and "BADCTRL" not in err, err[-3000:]
     message = err.strip().splitlines()[-1]
     assert "not finite" in message and "the agent diverged" in message and "non-finite weights in" in message, message
+    # Advice names only settings in effect: on the CPU bf16 autocast is off, so only the learning rates remain.
+    assert message.endswith("try lower learning rates (agent.model_lr, agent.actor_lr, agent.critic_lr)"), message
     diverged_at = int(message.split("at env step ")[1].split(":")[0].split()[0])
     checkpoints = paths.agent_dir(data, "task", TASK, 0) / "checkpoints"
     latest = checkpoints / (checkpoints / "latest").read_text().strip()
@@ -180,3 +182,12 @@ def test_agent_envs_render_like_the_expert_videos():
     cfg = C.load(preset="tiny", overrides=[], params_path=None)
     source = make_reward_source("task", cfg, TASK)
     assert fingerprint(cfg.agent, TASK, source, True) != fingerprint(cfg.agent, TASK, source, False)
+
+
+def test_divergence_advice_names_the_numerics_settings_in_effect_on_the_device():
+    cfg = C.AgentConfig(bf16=True, cuda_graph=True, compile_loops=True)
+    assert _divergence_advice(cfg, cuda=True).startswith(
+        "agent.bf16=false, agent.cuda_graph=false, agent.compile_loops"
+    )
+    assert _divergence_advice(cfg, cuda=False).startswith("agent.compile_loops=false, lower learning rates")
+    assert _divergence_advice(C.AgentConfig(bf16=False), cuda=True).startswith("lower learning rates")

@@ -197,8 +197,7 @@ def run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[s
             f"train-agent {task} ({reward}, seed {seed}): {exc} ({_nonfinite_weights(agent)}): the agent diverged. "
             "Nothing is saved after a "
             f"divergence, so the newest checkpoint ({latest or 'none yet'}) holds finite weights and re-running "
-            "the command resumes from it; if it diverges again, try agent.compile_mode=default, agent.bf16=false "
-            "or lower learning rates (agent.model_lr, agent.actor_lr, agent.critic_lr)"
+            f"the command resumes from it; if it diverges again, try {_divergence_advice(acfg, agent.cuda)}"
         ) from None
     finally:
         envs.close()
@@ -300,6 +299,19 @@ def _nonfinite_weights(agent: Agent) -> str:
     if not bad:
         return "every weight is finite"
     return "non-finite weights in " + ", ".join(f"{m} ({n} tensors)" for m, n in sorted(bad.items()))
+
+
+def _divergence_advice(acfg: AgentConfig, cuda: bool) -> str:
+    """What to change after a divergence: the numerics settings this run has in effect (all but
+    ``compile_loops`` act on CUDA only), then lower learning rates."""
+    in_effect = {
+        "agent.bf16=false": acfg.bf16 and cuda,
+        "agent.cuda_graph=false": acfg.cuda_graph and cuda,
+        "agent.compile=false": acfg.compile and cuda,
+        "agent.compile_loops=false": acfg.compile_loops,
+    }
+    changes = [setting for setting, active in in_effect.items() if active]
+    return ", ".join(changes + ["lower learning rates (agent.model_lr, agent.actor_lr, agent.critic_lr)"])
 
 
 class Diverged(ViperError):
