@@ -25,6 +25,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from viper import paths
 from viper.config import Config
@@ -84,10 +85,14 @@ def _mean_reward(reward: VideoReward, frames: np.ndarray, task: str) -> float:
 def evaluate_task(
     cfg: Config, reward: VideoReward, task: str, done: dict[tuple, Scored], out: Path, pool
 ) -> list[Scored]:
-    """Score every category of ``task`` (reusing ``done``), appending new records to ``out``."""
+    """Score every category of ``task`` (reusing ``done``), appending new records to ``out``; a progress bar
+    counts the episodes, reused ones included."""
     model = _model_key(reward)
     n = cfg.evaluate.reward_eval_episodes
     policies = [f"noisy:{eps:g}" for eps in cfg.evaluate.noisy_epsilons] + ["random"]
+    experts = _expert_episodes(cfg, task)
+    total = 3 * len(experts) + len(policies) * n
+    bar = tqdm(total=total, desc=f"reward-eval {task}", unit="ep", dynamic_ncols=True)
     records: list[Scored] = []
 
     def keep(category: str, index: int, frames: np.ndarray, task_return: float) -> None:
@@ -95,13 +100,16 @@ def evaluate_task(
         records.append(record)
         with out.open("a") as fh:  # one line per episode: a killed run keeps what it scored
             fh.write(json.dumps(asdict(record)) + "\n")
+        bar.update(1)
+        bar.set_postfix(category=category, reward=f"{record.mean_reward:.1f}")
 
     shuffle = np.random.default_rng([cfg.evaluate.seed, zlib.crc32(task.encode())])
-    for index, frames, task_return in _expert_episodes(cfg, task):
+    for index, frames, task_return in experts:
         order = shuffle.permutation(len(frames))  # drawn even when cached, so later episodes get the same order
         for category, view in (("expert", frames), ("shuffled", frames[order]), ("reversed", frames[::-1])):
             if (task, category, index) in done:
                 records.append(done[(task, category, index)])
+                bar.update(1)
             else:
                 keep(category, index, np.ascontiguousarray(view), task_return)
     jobs = {}
@@ -109,12 +117,14 @@ def evaluate_task(
         for i in range(n):
             if (task, policy, i) in done:
                 records.append(done[(task, policy, i)])
+                bar.update(1)
             else:
                 args = (task, policy, cfg.evaluate.seed + i, cfg)
                 jobs[(policy, i)] = pool.submit(_rollout, *args) if pool is not None else args
     for (policy, i), job in jobs.items():
         frames, task_return = job.result() if pool is not None else _rollout(*job)
         keep(policy, i, frames, task_return)
+    bar.close()
     return records
 
 
