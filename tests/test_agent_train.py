@@ -18,10 +18,11 @@ import viper.envs
 import viper.errors
 from viper import config as C
 from viper import paths
+from viper.agent.divergence import divergence_advice
 from viper.agent.driver import EnvPool
 from viper.agent.policy import load_policy
 from viper.agent.rewards import make_reward_source
-from viper.agent.train import _divergence_advice, fingerprint, run
+from viper.agent.train import fingerprint, run
 
 TASK = "dmc/cartpole_balance"
 RESUME = ["agent.env_steps=300", "agent.checkpoint_every_env_steps=100", "agent.eval_every_env_steps=150"]
@@ -186,8 +187,6 @@ def test_agent_envs_render_like_the_expert_videos():
 
 def test_divergence_advice_names_the_numerics_settings_in_effect_on_the_device():
     cfg = C.AgentConfig(bf16=True, cuda_graph=True, compile_loops=True)
-    assert _divergence_advice(cfg, cuda=True).startswith(
-        "agent.bf16=false, agent.cuda_graph=false, agent.compile_loops"
-    )
-    assert _divergence_advice(cfg, cuda=False).startswith("agent.compile_loops=false, lower learning rates")
-    assert _divergence_advice(C.AgentConfig(bf16=False), cuda=True).startswith("lower learning rates")
+    assert divergence_advice(cfg, cuda=True).startswith("agent.bf16=false, agent.cuda_graph=false, agent.compile_loops")
+    assert divergence_advice(cfg, cuda=False).startswith("agent.compile_loops=false, lower learning rates")
+    assert divergence_advice(C.AgentConfig(bf16=False), cuda=True).startswith("lower learning rates")

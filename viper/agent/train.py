@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from viper.agent.agent import Agent
+from viper.agent.divergence import Diverged, divergence_advice, nonfinite_modules, nonfinite_weights
 from viper.agent.driver import EnvPool
 from viper.agent.evaluation import Evaluator
 from viper.agent.replay import Replay
@@ -146,7 +147,7 @@ def run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[s
     evaluator = Evaluator(task, seed, acfg, out_dir, counters["restarts"], score, fast_render=fast_render)
 
     def save() -> None:
-        if _nonfinite_modules(agent):  # never overwrite good state with NaNs
+        if nonfinite_modules(agent):  # never overwrite good state with NaNs
             raise Diverged(f"the agent's weights are not finite at env step {counters['env_steps']}")
         state = {
             "agent": agent.state_dict(),
@@ -194,10 +195,10 @@ def run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[s
     except Diverged as exc:
         latest = ckpt.latest_path()
         raise ViperError(
-            f"train-agent {task} ({reward}, seed {seed}): {exc} ({_nonfinite_weights(agent)}): the agent diverged. "
+            f"train-agent {task} ({reward}, seed {seed}): {exc} ({nonfinite_weights(agent)}): the agent diverged. "
             "Nothing is saved after a "
             f"divergence, so the newest checkpoint ({latest or 'none yet'}) holds finite weights and re-running "
-            f"the command resumes from it; if it diverges again, try {_divergence_advice(acfg, agent.cuda)}"
+            f"the command resumes from it; if it diverges again, try {divergence_advice(acfg, agent.cuda)}"
         ) from None
     finally:
         envs.close()
@@ -281,41 +282,6 @@ def _evaluate(agent: Agent, evaluator, counters: dict, log: Logger) -> None:
         row["episode/viper_return"] = np.mean(result.viper_returns)
     log.scalars(row, step)
     evaluator.plot(counters["eval_history"], counters["train_history"])
-
-
-def _nonfinite_modules(agent: Agent) -> dict[str, int]:
-    """How many non-finite weight tensors each of the agent's modules holds (``ac.actor``: 4); empty if none."""
-    bad: dict[str, int] = {}
-    for name, param in agent.named_parameters():
-        if not torch.isfinite(param).all():
-            module = ".".join(name.split(".")[:2])
-            bad[module] = bad.get(module, 0) + 1
-    return bad
-
-
-def _nonfinite_weights(agent: Agent) -> str:
-    """``_nonfinite_modules`` in words, e.g. ``non-finite weights in ac.actor (4 tensors)``."""
-    bad = _nonfinite_modules(agent)
-    if not bad:
-        return "every weight is finite"
-    return "non-finite weights in " + ", ".join(f"{m} ({n} tensors)" for m, n in sorted(bad.items()))
-
-
-def _divergence_advice(acfg: AgentConfig, cuda: bool) -> str:
-    """What to change after a divergence: the numerics settings this run has in effect (all but
-    ``compile_loops`` act on CUDA only), then lower learning rates."""
-    in_effect = {
-        "agent.bf16=false": acfg.bf16 and cuda,
-        "agent.cuda_graph=false": acfg.cuda_graph and cuda,
-        "agent.compile=false": acfg.compile and cuda,
-        "agent.compile_loops=false": acfg.compile_loops,
-    }
-    changes = [setting for setting, active in in_effect.items() if active]
-    return ", ".join(changes + ["lower learning rates (agent.model_lr, agent.actor_lr, agent.critic_lr)"])
-
-
-class Diverged(ViperError):
-    """The agent's numbers went non-finite (a NaN action, loss or weight); caught in ``run`` for the message."""
 
 
 def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, save, stop: StopSignals) -> None:
