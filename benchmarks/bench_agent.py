@@ -185,7 +185,7 @@ def main() -> None:
             for variant, r in result.items():
                 ref = REFERENCE_S_PER_UPDATE.get(size, "-")
                 print(
-                    f"| {size} | {threads} | {variant} | {r['params_m']:.1f} | {r['cpu_s']:.2f} | {r['wall_s']:.2f} | "
+                    f"| {size} | {threads} | {variant} | {r['params_m']:.1f} | {r['cpu_s']:.3g} | {r['wall_s']:.3g} | "
                     f"{ref} |"
                 )
     for (size, threads), rows in phases.items():

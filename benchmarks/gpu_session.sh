@@ -8,8 +8,12 @@
 # benchmarks/results/gpu.md for the exact call). Writes logs and a tarball of the agents' logs/plots to OUT_DIR.
 # BUDGET_SECONDS bounds the whole script (default 540): the benchmarks run first, each under its own timeout, and
 # the concurrent learning runs get what is left less 20 s (skipped under 60 s); they stop there, wherever they got.
-# SMOKE=1 shrinks every number so the script can be checked on a CPU machine first.
+# SMOKE=1 shrinks every number so the script can be checked on a CPU machine first. SKIP lists steps already
+# measured on this card to leave their time to the learning runs ("loops": plain compile_loops, "graphs": compiled
+# loops with CUDA graphs, "reward": relabelling throughput); TASK_SEEDS (default "0 1 2") and VIPER_SEEDS (default
+# "0") choose the concurrent learning runs.
 set -u
+skip() { [[ " ${SKIP:-} " == *" $1 "* ]]; }
 out=${1:?usage: gpu_session.sh OUT_DIR [BUDGET_SECONDS]}
 budget_s=${2:-540}
 t0=$(date +%s)
@@ -42,10 +46,10 @@ set +o pipefail
 
 # 1b. The same with torch.compile of the observe / imagination steps (agent.compile_loops: the launch-bound
 #     part), in the default mode and with CUDA graphs (agent.compile_mode=reduce-overhead).
-[ "$dev" = cuda ] && timeout 170 $py benchmarks/bench_agent.py --device $dev --sizes S --repeats 3 --warmup 2 \
-  --compile-loops 2>&1 | tee "$out/bench_loops.txt"
-[ "$dev" = cuda ] && timeout 170 $py benchmarks/bench_agent.py --device $dev --sizes S --repeats 3 --warmup 3 \
-  --compile-loops --compile-mode reduce-overhead 2>&1 | tee "$out/bench_graphs.txt"
+[ "$dev" = cuda ] && ! skip loops && timeout 170 $py benchmarks/bench_agent.py --device $dev --sizes S --repeats 3 \
+  --warmup 2 --compile-loops 2>&1 | tee "$out/bench_loops.txt"
+[ "$dev" = cuda ] && ! skip graphs && timeout 170 $py benchmarks/bench_agent.py --device $dev --sizes S --repeats 3 \
+  --warmup 3 --compile-loops --compile-mode reduce-overhead 2>&1 | tee "$out/bench_graphs.txt"
 # 1c. The whole update replayed from one CUDA graph (agent.cuda_graph), at XS and S.
 [ "$dev" = cuda ] && timeout 150 $py benchmarks/bench_agent.py --device $dev --sizes XS S --repeats 3 --warmup 5 \
   --cuda-graph 2>&1 | tee "$out/bench_cuda_graph.txt"
@@ -66,6 +70,7 @@ echo "S wall s/update: eager ${eager:-?}, compile_loops ${looped:-?}, + CUDA gra
 
 # 2. Reward relabelling throughput, paper_dmc sizes (random weights), 64 and 256 windows per prior forward.
 for wpb in 64 256; do
+  skip reward && break
   timeout 50 $py benchmarks/bench_reward.py --device $dev "${reward_steps[@]}" --windows-per-batch $wpb \
     --repeats 2 --output '' 2>&1 | tee -a "$out/bench_reward.txt"
 done
@@ -85,14 +90,16 @@ if [ "${SMOKE:-0}" = 1 ]; then
     -S agent.log_every_env_steps=50)
 fi
 pids=()
-for seed in 0 1 2; do
+for seed in ${TASK_SEEDS:-0 1 2}; do
   timeout -k 30 "$run_s" $py -m viper.cli train-agent "${common[@]}" --reward task --seed $seed \
     >"$out/agent_task_$seed.log" 2>&1 &
   pids+=($!)
 done
-timeout -k 30 "$run_s" $py -m viper.cli train-agent "${common[@]}" --reward viper --seed 0 \
-  >"$out/agent_viper_0.log" 2>&1 &
-pids+=($!)
+for seed in ${VIPER_SEEDS:-0}; do
+  timeout -k 30 "$run_s" $py -m viper.cli train-agent "${common[@]}" --reward viper --seed $seed \
+    >"$out/agent_viper_$seed.log" 2>&1 &
+  pids+=($!)
+done
 for p in "${pids[@]}"; do wait "$p"; echo "pid $p exit $?" >>"$out/exits.txt"; done
 cat "$out/exits.txt"
 nvidia-smi --query-gpu=memory.used --format=csv 2>/dev/null | tee -a "$out/env.txt"

@@ -16,7 +16,9 @@ lock() { grep -i "^$1==" requirements.lock | head -1; }
 
 rm -rf .whl.tmp && mkdir -p .whl.tmp
 pkgs=()
-for name in mujoco dm-env dm-tree gymnasium Farama-Notifications PyOpenGL glfw zarr numcodecs donfig google-crc32c; do
+# pytest and its dependencies run the GPU-only tests on the device machine (`pytest --noconftest tests/test_cuda_graph.py`).
+for name in mujoco dm-env dm-tree gymnasium Farama-Notifications PyOpenGL glfw zarr numcodecs donfig google-crc32c \
+  pytest pluggy iniconfig packaging; do
   spec=$(lock "$name") || { echo "requirements.lock has no pin for $name" >&2; exit 1; }
   pkgs+=("$spec")
 done

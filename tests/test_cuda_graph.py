@@ -1,0 +1,60 @@
+"""``agent.cuda_graph``: the update replayed from one CUDA graph reads each new batch, updates the weights the
+agent acts with, and learns like the eager update. Runs only where CUDA is (a GPU session), skipped elsewhere."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from viper.agent.agent import Agent
+from viper.config import AgentConfig
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="agent.cuda_graph needs a CUDA device")
+
+B, T, ACTIONS, UPDATES = 4, 16, 2, 24
+
+
+def _batch(images: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    is_first = np.zeros((B, T), bool)
+    is_first[:, 0] = True
+    return {
+        "image": images,
+        "action": rng.uniform(-1, 1, (B, T, ACTIONS)).astype(np.float32),
+        "reward": rng.normal(size=(B, T)).astype(np.float32),
+        "is_first": is_first,
+        "is_terminal": np.zeros((B, T), bool),
+    }
+
+
+def train(graphed: bool, device: str) -> tuple[Agent, list[float], list[bool]]:
+    """UPDATES updates alternating a black-image batch and a noise-image batch; (agent, image losses, moved) where
+    moved[i] says whether update i changed the encoder's first weight the agent acts with."""
+    torch.manual_seed(0)
+    cfg = AgentConfig(size="tiny", batch_size=B, batch_length=T, cuda_graph=graphed)
+    agent = Agent(cfg, ACTIONS, False, "reward", device)
+    noise = np.random.default_rng(1).integers(0, 256, (B, T, 64, 64, 3), dtype=np.uint8)
+    batches = [agent.to_tensors(_batch(np.zeros_like(noise), 2)), agent.to_tensors(_batch(noise, 3))]
+    weight = next(agent.wm.encoder.parameters())
+    losses, moved = [], []
+    for i in range(UPDATES):
+        before = weight.detach().clone()
+        losses.append(float(agent.update(batches[i % 2])["loss/image"]))
+        moved.append(not torch.equal(before, weight.detach()))
+    return agent, losses, moved
+
+
+@needs_cuda
+def test_graphed_update_reads_each_batch_moves_the_weights_and_learns_like_eager():
+    graphed, g_losses, g_moved = train(True, "cuda")
+    assert graphed.graphed.graph is not None and not graphed.graphed.failed
+    _, e_losses, _ = train(False, "cuda")
+    assert all(g_moved), "a replay left the weights the agent acts with unchanged"
+    replays = range(graphed.graphed.warmup + 1, UPDATES - 1)  # after the capture
+    for i in replays:  # the two batches' losses differ by ~2x: a replay of a stale input would show no gap
+        assert abs(np.log(g_losses[i] / g_losses[i + 1])) > np.log(1.5), (i, g_losses)
+    for start in (0, 1):  # each batch's loss falls at least half as much as eagerly, and ends near it
+        g, e = g_losses[start::2], e_losses[start::2]
+        assert g[-1] / g[0] < 1 - 0.5 * (1 - e[-1] / e[0]), (g, e)
+        assert 0.8 < g[-1] / e[-1] < 1.25, (g, e)
