@@ -8,7 +8,7 @@ export PYTHONUNBUFFERED=1 MUJOCO_GL=egl VIPER_DVCLIVE=${VIPER_DVCLIVE:-1}
 c="--preset demo --task dmc/cartpole_balance --reward viper --seed 0 -S agent.size=S -S agent.batch_size=16
  -S agent.envs=3 -S agent.train_ratio=64 -S agent.env_steps=50000 -S agent.eval_every_env_steps=100000
  -S agent.log_every_env_steps=500 -S agent.checkpoint_every_env_steps=1000000 -S agent.device=cuda
- -S reward.device=cuda -S agent.bf16=true"
+ -S reward.device=cuda -S agent.bf16=true -S agent.cuda_graph=false"
 i=0
 for v in "agent.compile_loops=true -S agent.compile_mode=reduce-overhead" "agent.compile_loops=true" \
   "agent.compile_loops=false"; do

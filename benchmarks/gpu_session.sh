@@ -9,9 +9,10 @@
 # BUDGET_SECONDS bounds the whole script (default 540): the benchmarks run first, each under its own timeout, and
 # the concurrent learning runs get what is left less 20 s (skipped under 60 s); they stop there, wherever they got.
 # SMOKE=1 shrinks every number so the script can be checked on a CPU machine first. SKIP lists steps already
-# measured on this card to leave their time to the learning runs ("loops": plain compile_loops, "graphs": compiled
-# loops with CUDA graphs, "reward": relabelling throughput); TASK_SEEDS (default "0 1 2") and VIPER_SEEDS (default
-# "0") choose the concurrent learning runs.
+# measured on this card to leave their time to the learning runs ("bench": every agent-update benchmark, the runs
+# then take agent.cuda_graph=true, fastest on the H100; "loops": plain compile_loops, "graphs": compiled loops with
+# CUDA graphs, "reward": relabelling throughput); TASK_SEEDS (default "0 1 2") and VIPER_SEEDS (default
+# "0"; empty: none) choose the concurrent learning runs; ENVS (default 4, published) their parallel envs.
 set -u
 skip() { [[ " ${SKIP:-} " == *" $1 "* ]]; }
 out=${1:?usage: gpu_session.sh OUT_DIR [BUDGET_SECONDS]}
@@ -34,39 +35,43 @@ agent_steps=$((frames / 2))   # action repeat 2
 } 2>&1 | tee "$out/env.txt"
 
 # 1. Agent update speed (batch 16 x 64), bf16 autocast on CUDA.
-set -o pipefail
-timeout 100 $py benchmarks/bench_agent.py --device $dev --sizes $bench_sizes --repeats 3 --warmup 2 2>&1 \
-  | tee "$out/bench_agent.txt"
-rc=$?
 bf16=true
-if [ $rc != 0 ] && [ $rc != 124 ]; then  # the bf16 path broke: keep the learning runs alive in fp32
-  echo "bench_agent exit $rc: learning runs use agent.bf16=false" | tee -a "$out/bench_agent.txt"; bf16=false
-fi
-set +o pipefail
+if ! skip bench; then
+  set -o pipefail
+  timeout 100 $py benchmarks/bench_agent.py --device $dev --sizes $bench_sizes --repeats 3 --warmup 2 2>&1 \
+    | tee "$out/bench_agent.txt"
+  rc=$?
+  if [ $rc != 0 ] && [ $rc != 124 ]; then  # the bf16 path broke: keep the learning runs alive in fp32
+    echo "bench_agent exit $rc: learning runs use agent.bf16=false" | tee -a "$out/bench_agent.txt"; bf16=false
+  fi
+  set +o pipefail
 
-# 1b. The same with torch.compile of the observe / imagination steps (agent.compile_loops: the launch-bound
-#     part), in the default mode and with CUDA graphs (agent.compile_mode=reduce-overhead).
-[ "$dev" = cuda ] && ! skip loops && timeout 170 $py benchmarks/bench_agent.py --device $dev --sizes S --repeats 3 \
-  --warmup 2 --compile-loops 2>&1 | tee "$out/bench_loops.txt"
-[ "$dev" = cuda ] && ! skip graphs && timeout 170 $py benchmarks/bench_agent.py --device $dev --sizes S --repeats 3 \
-  --warmup 3 --compile-loops --compile-mode reduce-overhead 2>&1 | tee "$out/bench_graphs.txt"
-# 1c. The whole update replayed from one CUDA graph (agent.cuda_graph), at XS and S.
-[ "$dev" = cuda ] && timeout 150 $py benchmarks/bench_agent.py --device $dev --sizes XS S --repeats 3 --warmup 5 \
-  --cuda-graph 2>&1 | tee "$out/bench_cuda_graph.txt"
-# The learning runs take whichever measured fastest at size S (wall s/update, 6th table column).
-wall_s() { awk -F'|' '$2 ~ /^ *S *$/ {gsub(/ /, "", $7); print $7; exit}' "$1" 2>/dev/null; }
-eager=$(wall_s "$out/bench_agent.txt"); looped=$(wall_s "$out/bench_loops.txt"); graphs=$(wall_s "$out/bench_graphs.txt")
-whole=$(grep -q "graph captured" "$out/bench_cuda_graph.txt" 2>/dev/null && wall_s "$out/bench_cuda_graph.txt")
-read -r loops mode cgraph < <($py -c "
-import sys
-times = {('false', 'default', 'false'): sys.argv[1], ('true', 'default', 'false'): sys.argv[2],
-         ('true', 'reduce-overhead', 'false'): sys.argv[3], ('false', 'default', 'true'): sys.argv[4]}
-times = {k: float(v) for k, v in times.items() if v}
-print(*min(times, key=times.get) if times else ('false', 'default', 'false'))" "${eager:-}" "${looped:-}" \
-  "${graphs:-}" "${whole:-}" 2>/dev/null || echo false default false)
-echo "S wall s/update: eager ${eager:-?}, compile_loops ${looped:-?}, + CUDA graphs ${graphs:-?}," \
-  "whole-update graph ${whole:-?} -> learning runs agent.compile_loops=$loops agent.compile_mode=$mode" \
-  "agent.cuda_graph=$cgraph" | tee -a "$out/bench_loops.txt"
+  # 1b. The same with torch.compile of the observe / imagination steps (agent.compile_loops: the launch-bound
+  #     part), in the default mode and with CUDA graphs (agent.compile_mode=reduce-overhead).
+  [ "$dev" = cuda ] && ! skip loops && timeout 170 $py benchmarks/bench_agent.py --device $dev --sizes S --repeats 3 \
+    --warmup 2 --compile-loops 2>&1 | tee "$out/bench_loops.txt"
+  [ "$dev" = cuda ] && ! skip graphs && timeout 170 $py benchmarks/bench_agent.py --device $dev --sizes S --repeats 3 \
+    --warmup 3 --compile-loops --compile-mode reduce-overhead 2>&1 | tee "$out/bench_graphs.txt"
+  # 1c. The whole update replayed from one CUDA graph (agent.cuda_graph), at XS and S.
+  [ "$dev" = cuda ] && timeout 150 $py benchmarks/bench_agent.py --device $dev --sizes XS S --repeats 3 --warmup 5 \
+    --cuda-graph 2>&1 | tee "$out/bench_cuda_graph.txt"
+  # The learning runs take whichever measured fastest at size S (wall s/update, 6th table column).
+  wall_s() { awk -F'|' '$2 ~ /^ *S *$/ {gsub(/ /, "", $7); print $7; exit}' "$1" 2>/dev/null; }
+  eager=$(wall_s "$out/bench_agent.txt"); looped=$(wall_s "$out/bench_loops.txt"); graphs=$(wall_s "$out/bench_graphs.txt")
+  whole=$(grep -q "graph captured" "$out/bench_cuda_graph.txt" 2>/dev/null && wall_s "$out/bench_cuda_graph.txt")
+  read -r loops mode cgraph < <($py -c "
+  import sys
+  times = {('false', 'default', 'false'): sys.argv[1], ('true', 'default', 'false'): sys.argv[2],
+           ('true', 'reduce-overhead', 'false'): sys.argv[3], ('false', 'default', 'true'): sys.argv[4]}
+  times = {k: float(v) for k, v in times.items() if v}
+  print(*min(times, key=times.get) if times else ('false', 'default', 'false'))" "${eager:-}" "${looped:-}" \
+    "${graphs:-}" "${whole:-}" 2>/dev/null || echo false default false)
+  echo "S wall s/update: eager ${eager:-?}, compile_loops ${looped:-?}, + CUDA graphs ${graphs:-?}," \
+    "whole-update graph ${whole:-?} -> learning runs agent.compile_loops=$loops agent.compile_mode=$mode" \
+    "agent.cuda_graph=$cgraph" | tee -a "$out/bench_loops.txt"
+else
+  loops=false mode=default cgraph=$([ "$dev" = cuda ] && echo true || echo false)
+fi
 
 # 2. Reward relabelling throughput, paper_dmc sizes (random weights), 64 and 256 windows per prior forward.
 for wpb in 64 256; do
@@ -80,7 +85,7 @@ done
 run_s=$((budget_s - ($(date +%s) - t0) - 20))
 echo "learning runs: ${run_s} s of the ${budget_s} s budget left" | tee -a "$out/env.txt"
 if [ "$run_s" -lt 60 ]; then echo "too little time left: no learning runs" | tee -a "$out/env.txt"; ls -la "$out"; exit 0; fi
-common=(--preset demo --task dmc/cartpole_balance -S agent.size=S -S agent.batch_size=16 -S agent.envs=3
+common=(--preset demo --task dmc/cartpole_balance -S agent.size=S -S agent.batch_size=16 -S agent.envs=${ENVS:-4}
   -S agent.train_ratio=64 -S agent.env_steps=$agent_steps -S agent.eval_every_env_steps=5000
   -S agent.eval_episodes=2 -S agent.log_every_env_steps=1000 -S agent.checkpoint_every_env_steps=1000000
   -S agent.device=$dev -S reward.device=$dev -S agent.bf16=$bf16 -S agent.compile_loops=${loops:-false}
@@ -90,12 +95,12 @@ if [ "${SMOKE:-0}" = 1 ]; then
     -S agent.log_every_env_steps=50)
 fi
 pids=()
-for seed in ${TASK_SEEDS:-0 1 2}; do
+for seed in ${TASK_SEEDS-0 1 2}; do
   timeout -k 30 "$run_s" $py -m viper.cli train-agent "${common[@]}" --reward task --seed $seed \
     >"$out/agent_task_$seed.log" 2>&1 &
   pids+=($!)
 done
-for seed in ${VIPER_SEEDS:-0}; do
+for seed in ${VIPER_SEEDS-0}; do
   timeout -k 30 "$run_s" $py -m viper.cli train-agent "${common[@]}" --reward viper --seed $seed \
     >"$out/agent_viper_$seed.log" 2>&1 &
   pids+=($!)

@@ -3,12 +3,15 @@ agent acts with, and learns like the eager update. Runs only where CUDA is (a GP
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from viper.agent.agent import Agent
 from viper.config import AgentConfig
+from viper.errors import ViperError
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="agent.cuda_graph needs a CUDA device")
 
@@ -58,3 +61,11 @@ def test_graphed_update_reads_each_batch_moves_the_weights_and_learns_like_eager
         g, e = g_losses[start::2], e_losses[start::2]
         assert g[-1] / g[0] < 1 - 0.5 * (1 - e[-1] / e[0]), (g, e)
         assert 0.8 < g[-1] / e[-1] < 1.25, (g, e)
+
+
+@needs_cuda
+def test_cuda_graph_by_default_refuses_compile_mode_reduce_overhead_and_names_the_switch():
+    cfg = AgentConfig(size="tiny", compile_loops=True, compile_mode="reduce-overhead")
+    with pytest.raises(ViperError, match="agent.cuda_graph=false"):
+        Agent(cfg, ACTIONS, False, "reward", "cuda")
+    Agent(replace(cfg, cuda_graph=False), ACTIONS, False, "reward", "cuda")  # the named switch works

@@ -184,7 +184,10 @@ class Agent(nn.Module):
             step = functools.partial(self.wm.imagine_step, self.ac.policy)
             self.imagine_step = torch.compile(step, dynamic=False, mode=mode)
         if graphed and mode == "reduce-overhead" and (cfg.compile or cfg.compile_loops):
-            raise ViperError("agent.cuda_graph graphs the whole update: use agent.compile_mode=default with it")
+            raise ViperError(
+                "agent.cuda_graph=true (the default) graphs the whole update, so agent.compile_mode=reduce-overhead "
+                "cannot add its own CUDA graphs: use agent.compile_mode=default, or agent.cuda_graph=false"
+            )
         self.graphed = GraphedUpdate(self._update) if graphed else None
 
     def _autocast(self):
