@@ -103,28 +103,30 @@ def evaluate_task(
         bar.update(1)
         bar.set_postfix(category=category, reward=f"{record.mean_reward:.1f}")
 
-    shuffle = np.random.default_rng([cfg.evaluate.seed, zlib.crc32(task.encode())])
-    for index, frames, task_return in experts:
-        order = shuffle.permutation(len(frames))  # drawn even when cached, so later episodes get the same order
-        for category, view in (("expert", frames), ("shuffled", frames[order]), ("reversed", frames[::-1])):
-            if (task, category, index) in done:
-                records.append(done[(task, category, index)])
-                bar.update(1)
-            else:
-                keep(category, index, np.ascontiguousarray(view), task_return)
-    jobs = {}
-    for policy in policies:
-        for i in range(n):
-            if (task, policy, i) in done:
-                records.append(done[(task, policy, i)])
-                bar.update(1)
-            else:
-                args = (task, policy, cfg.evaluate.seed + i, cfg)
-                jobs[(policy, i)] = pool.submit(_rollout, *args) if pool is not None else args
-    for (policy, i), job in jobs.items():
-        frames, task_return = job.result() if pool is not None else _rollout(*job)
-        keep(policy, i, frames, task_return)
-    bar.close()
+    try:
+        shuffle = np.random.default_rng([cfg.evaluate.seed, zlib.crc32(task.encode())])
+        for index, frames, task_return in experts:
+            order = shuffle.permutation(len(frames))  # drawn even when cached, so later episodes get the same order
+            for category, view in (("expert", frames), ("shuffled", frames[order]), ("reversed", frames[::-1])):
+                if (task, category, index) in done:
+                    records.append(done[(task, category, index)])
+                    bar.update(1)
+                else:
+                    keep(category, index, np.ascontiguousarray(view), task_return)
+        jobs = {}
+        for policy in policies:
+            for i in range(n):
+                if (task, policy, i) in done:
+                    records.append(done[(task, policy, i)])
+                    bar.update(1)
+                else:
+                    args = (task, policy, cfg.evaluate.seed + i, cfg)
+                    jobs[(policy, i)] = pool.submit(_rollout, *args) if pool is not None else args
+        for (policy, i), job in jobs.items():
+            frames, task_return = job.result() if pool is not None else _rollout(*job)
+            keep(policy, i, frames, task_return)
+    finally:  # a scoring error leaves no stray bar line
+        bar.close()
     return records
 
 
