@@ -12,7 +12,8 @@
 # measured on this card to leave their time to the learning runs ("bench": every agent-update benchmark, the runs
 # then take agent.cuda_graph=true, fastest on the H100; "loops": plain compile_loops, "graphs": compiled loops with
 # CUDA graphs, "reward": relabelling throughput); TASK_SEEDS (default "0 1 2") and VIPER_SEEDS (default
-# "0"; empty: none) choose the concurrent learning runs; ENVS (default 4, published) their parallel envs.
+# "0"; empty: none) choose the concurrent learning runs; ENVS (default 4, published) their parallel envs; TASK
+# (default dmc/cartpole_balance) their task.
 set -u
 skip() { [[ " ${SKIP:-} " == *" $1 "* ]]; }
 out=${1:?usage: gpu_session.sh OUT_DIR [BUDGET_SECONDS]}
@@ -80,12 +81,14 @@ for wpb in 64 256; do
     --repeats 2 --output '' 2>&1 | tee -a "$out/bench_reward.txt"
 done
 
-# 3. Concurrent learning runs on dmc/cartpole_balance, size S, 100k frames: task reward (oracle) x 3 seeds and
-#    the VIPER reward (demo reward model under data/) x 1 seed. Each stops at run_s seconds if not done.
+# 3. Concurrent learning runs on TASK (the demo reward model knows both cartpoles), size S, 100k frames: task reward
+#    (oracle) x TASK_SEEDS and the VIPER reward (demo reward model under data/) x VIPER_SEEDS. Each stops at run_s
+#    seconds if not done.
 run_s=$((budget_s - ($(date +%s) - t0) - 20))
 echo "learning runs: ${run_s} s of the ${budget_s} s budget left" | tee -a "$out/env.txt"
 if [ "$run_s" -lt 60 ]; then echo "too little time left: no learning runs" | tee -a "$out/env.txt"; ls -la "$out"; exit 0; fi
-common=(--preset demo --task dmc/cartpole_balance -S agent.size=S -S agent.batch_size=16 -S agent.envs=${ENVS:-4}
+common=(--preset demo --task "${TASK:-dmc/cartpole_balance}" -S agent.size=S -S agent.batch_size=16
+  -S agent.envs="${ENVS:-4}"
   -S agent.train_ratio=64 -S agent.env_steps=$agent_steps -S agent.eval_every_env_steps=5000
   -S agent.eval_episodes=2 -S agent.log_every_env_steps=1000 -S agent.checkpoint_every_env_steps=1000000
   -S agent.device=$dev -S reward.device=$dev -S agent.bf16=$bf16 -S agent.compile_loops=${loops:-false}
