@@ -9,11 +9,12 @@
 # BUDGET_SECONDS bounds the whole script (default 540): the benchmarks run first, each under its own timeout, and
 # the concurrent learning runs get what is left less 20 s (skipped under 60 s); they stop there, wherever they got.
 # SMOKE=1 shrinks every number so the script can be checked on a CPU machine first. SKIP lists steps already
-# measured on this card to leave their time to the learning runs ("bench": every agent-update benchmark, the runs
-# then take agent.cuda_graph=true, fastest on the H100; "loops": plain compile_loops, "graphs": compiled loops with
-# CUDA graphs, "reward": relabelling throughput); TASK_SEEDS (default "0 1 2") and VIPER_SEEDS (default
-# "0"; empty: none) choose the concurrent learning runs; ENVS (default 4, published) their parallel envs; TASK
-# (default dmc/cartpole_balance) their task.
+# measured on this card, to leave their time to the learning runs: "bench" (every agent-update benchmark; the runs
+# then take agent.cuda_graph=true, fastest on the H100), or one of them: "loops" (compile_loops), "graphs"
+# (compile_loops with CUDA-graph trees), "cuda_graph" (the whole-update graph), "fused" (that graph over compiled
+# loops); "reward" (relabelling throughput). TASK_SEEDS (default "0 1 2") and VIPER_SEEDS (default "0"; empty:
+# none) choose the concurrent learning runs, ENVS (default 4, published) their parallel envs, TASK (default
+# dmc/cartpole_balance) their task.
 set -u
 skip() { [[ " ${SKIP:-} " == *" $1 "* ]]; }
 out=${1:?usage: gpu_session.sh OUT_DIR [BUDGET_SECONDS]}
@@ -53,23 +54,27 @@ if ! skip bench; then
     --warmup 2 --compile-loops 2>&1 | tee "$out/bench_loops.txt"
   [ "$dev" = cuda ] && ! skip graphs && timeout 170 $py benchmarks/bench_agent.py --device $dev --sizes S --repeats 3 \
     --warmup 3 --compile-loops --compile-mode reduce-overhead 2>&1 | tee "$out/bench_graphs.txt"
-  # 1c. The whole update replayed from one CUDA graph (agent.cuda_graph), at XS and S.
-  [ "$dev" = cuda ] && timeout 150 $py benchmarks/bench_agent.py --device $dev --sizes XS S --repeats 3 --warmup 5 \
-    --cuda-graph 2>&1 | tee "$out/bench_cuda_graph.txt"
+  # 1c. The whole update replayed from one CUDA graph (agent.cuda_graph), at XS and S; 1d. the same with the
+  #     observe / imagination steps compiled (fewer, fused kernels inside the graph).
+  [ "$dev" = cuda ] && ! skip cuda_graph && timeout 150 $py benchmarks/bench_agent.py --device $dev --sizes XS S \
+    --repeats 3 --warmup 5 --cuda-graph 2>&1 | tee "$out/bench_cuda_graph.txt"
+  [ "$dev" = cuda ] && ! skip fused && timeout 200 $py benchmarks/bench_agent.py --device $dev --sizes S --repeats 3 \
+    --warmup 5 --cuda-graph --compile-loops 2>&1 | tee "$out/bench_fused_graph.txt"
   # The learning runs take whichever measured fastest at size S (wall s/update, 6th table column).
   wall_s() { awk -F'|' '$2 ~ /^ *S *$/ {gsub(/ /, "", $7); print $7; exit}' "$1" 2>/dev/null; }
+  graphed() { grep -q "graph captured" "$1" 2>/dev/null && wall_s "$1"; }
   eager=$(wall_s "$out/bench_agent.txt"); looped=$(wall_s "$out/bench_loops.txt"); graphs=$(wall_s "$out/bench_graphs.txt")
-  whole=$(grep -q "graph captured" "$out/bench_cuda_graph.txt" 2>/dev/null && wall_s "$out/bench_cuda_graph.txt")
+  whole=$(graphed "$out/bench_cuda_graph.txt"); fused=$(graphed "$out/bench_fused_graph.txt")
   read -r loops mode cgraph < <($py -c "
-  import sys
-  times = {('false', 'default', 'false'): sys.argv[1], ('true', 'default', 'false'): sys.argv[2],
-           ('true', 'reduce-overhead', 'false'): sys.argv[3], ('false', 'default', 'true'): sys.argv[4]}
-  times = {k: float(v) for k, v in times.items() if v}
-  print(*min(times, key=times.get) if times else ('false', 'default', 'false'))" "${eager:-}" "${looped:-}" \
-    "${graphs:-}" "${whole:-}" 2>/dev/null || echo false default false)
+import sys
+configs = [('false', 'default', 'false'), ('true', 'default', 'false'), ('true', 'reduce-overhead', 'false'),
+           ('false', 'default', 'true'), ('true', 'default', 'true')]
+times = {k: float(v) for k, v in zip(configs, sys.argv[1:]) if v}
+print(*min(times, key=times.get) if times else configs[0])" "${eager:-}" "${looped:-}" "${graphs:-}" "${whole:-}" \
+    "${fused:-}" 2>/dev/null || echo false default false)
   echo "S wall s/update: eager ${eager:-?}, compile_loops ${looped:-?}, + CUDA graphs ${graphs:-?}," \
-    "whole-update graph ${whole:-?} -> learning runs agent.compile_loops=$loops agent.compile_mode=$mode" \
-    "agent.cuda_graph=$cgraph" | tee -a "$out/bench_loops.txt"
+    "whole-update graph ${whole:-?}, with compiled loops ${fused:-?} -> learning runs" \
+    "agent.compile_loops=$loops agent.compile_mode=$mode agent.cuda_graph=$cgraph" | tee -a "$out/bench_loops.txt"
 else
   loops=false mode=default cgraph=$([ "$dev" = cuda ] && echo true || echo false)
 fi
