@@ -9,7 +9,16 @@ import pytest
 import torch
 
 from viper.agent.actor_critic import PercentileNorm, lambda_returns
-from viper.agent.dists import NormalActor, TwoHot, symexp, symlog, twohot_encode, unimix_logits
+from viper.agent.dists import (
+    NormalActor,
+    OneHotDist,
+    TwoHot,
+    categorical_index,
+    symexp,
+    symlog,
+    twohot_encode,
+    unimix_logits,
+)
 from viper.agent.replay import Replay
 from viper.agent.rssm import RSSM, sample_onehot
 
@@ -84,6 +93,27 @@ def test_straight_through_sample_is_onehot_with_probability_gradient_and_right_f
     ref_logits = logits.detach().clone().requires_grad_()
     (torch.softmax(ref_logits, -1) * weights).sum().backward()
     torch.testing.assert_close(logits.grad, ref_logits.grad)
+
+
+def test_categorical_index_is_the_inverse_cdf_of_its_uniform_draw_and_onehotdist_samples_the_right_frequencies():
+    probs = torch.softmax(torch.randn(6, 5, 7, generator=torch.Generator().manual_seed(1)), -1)
+    index = categorical_index(probs, torch.Generator().manual_seed(2))
+    uniform = torch.rand(6, 5, 1, generator=torch.Generator().manual_seed(2))
+    for i in range(6):  # slow reference: the first class whose running sum exceeds the uniform number
+        for j in range(5):
+            total, expected = 0.0, 6
+            for k in range(7):
+                total += float(probs[i, j, k])
+                if total >= float(uniform[i, j, 0]):
+                    expected = k
+                    break
+            assert int(index[i, j]) == expected
+    target = torch.tensor([0.05, 0.15, 0.3, 0.5])
+    dist = OneHotDist(torch.log(target).expand(40000, 4))
+    samples = dist.sample(torch.Generator().manual_seed(0))
+    torch.testing.assert_close(samples.sum(-1), torch.ones(40000))
+    torch.testing.assert_close(samples, samples.round().clamp(0, 1), rtol=0, atol=1e-6)  # one-hot up to rounding
+    torch.testing.assert_close(samples.mean(0), target, rtol=0, atol=0.01)
 
 
 def _lambda_slow(reward, value, disc, lam):

@@ -87,6 +87,14 @@ def unimix_logits(logits: Tensor, unimix: float) -> Tensor:
     return torch.log(probs)
 
 
+def categorical_index(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One class index (...) drawn from each categorical ``probs`` (..., K), by inverse CDF: one uniform number per
+    variable (``torch.multinomial`` draws K exponentials, and some releases read its checks back to the host,
+    which a CUDA graph cannot capture)."""
+    uniform = torch.rand(probs.shape[:-1] + (1,), device=probs.device, dtype=probs.dtype, generator=generator)
+    return (probs.cumsum(-1) < uniform).sum(-1).clamp_(max=probs.shape[-1] - 1)
+
+
 class OneHotDist:
     """Categorical over the last axis of ``logits`` (log-probabilities) with one-hot, straight-through samples.
 
@@ -98,8 +106,7 @@ class OneHotDist:
         self.probs = torch.softmax(logits, -1)
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        flat = self.probs.detach().reshape(-1, self.probs.shape[-1])
-        index = torch.multinomial(flat, 1, generator=generator).reshape(self.probs.shape[:-1])
+        index = categorical_index(self.probs.detach(), generator)
         return onehot(index, self.probs.shape[-1], self.probs.dtype) + self.probs - self.probs.detach()
 
     def mode(self) -> Tensor:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from viper.agent.dists import kl_categorical, onehot, unimix_logits
+from viper.agent.dists import categorical_index, kl_categorical, onehot, unimix_logits
 from viper.agent.nets import Dense, OneHotWidth
 
 
@@ -45,9 +45,7 @@ def sample_onehot(logits: Tensor) -> Tensor:
     Inverse-CDF sampling: one uniform number per variable instead of K Gumbel draws (8x faster on CPU).
     """
     probs = torch.softmax(logits, -1)
-    uniform = torch.rand(probs.shape[:-1] + (1,), device=probs.device, dtype=probs.dtype)
-    index = (probs.detach().cumsum(-1) < uniform).sum(-1).clamp_(max=probs.shape[-1] - 1)
-    return onehot(index, probs.shape[-1], probs.dtype) + probs - probs.detach()
+    return onehot(categorical_index(probs.detach()), probs.shape[-1], probs.dtype) + probs - probs.detach()
 
 
 def mode_onehot(logits: Tensor) -> Tensor:
