@@ -1,5 +1,7 @@
 """``agent.cuda_graph``: the update replayed from one CUDA graph reads each new batch, updates the weights the
-agent acts with, and learns like the eager update. Runs only where CUDA is (a GPU session), skipped elsewhere."""
+agent acts with, and learns like the eager update - for continuous actions, for the discrete (Atari) actor, and
+with the observe / imagination steps compiled inside the graph (``agent.compile_loops``). Runs only where CUDA is
+(a GPU session), skipped elsewhere."""
 
 from __future__ import annotations
 
@@ -18,27 +20,34 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="agent.cud
 B, T, ACTIONS, UPDATES = 4, 16, 2, 24
 
 
-def _batch(images: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+def _batch(images: np.ndarray, seed: int, discrete: bool) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     is_first = np.zeros((B, T), bool)
     is_first[:, 0] = True
+    if discrete:
+        actions = np.eye(ACTIONS, dtype=np.float32)[rng.integers(0, ACTIONS, (B, T))]
+    else:
+        actions = rng.uniform(-1, 1, (B, T, ACTIONS)).astype(np.float32)
     return {
         "image": images,
-        "action": rng.uniform(-1, 1, (B, T, ACTIONS)).astype(np.float32),
+        "action": actions,
         "reward": rng.normal(size=(B, T)).astype(np.float32),
         "is_first": is_first,
         "is_terminal": np.zeros((B, T), bool),
     }
 
 
-def train(graphed: bool, device: str) -> tuple[Agent, list[float], list[bool]]:
+def train(
+    graphed: bool, device: str, discrete: bool = False, compile_loops: bool = False
+) -> tuple[Agent, list[float], list[bool]]:
     """UPDATES updates alternating a black-image batch and a noise-image batch; (agent, image losses, moved) where
     moved[i] says whether update i changed the encoder's first weight the agent acts with."""
     torch.manual_seed(0)
-    cfg = AgentConfig(size="tiny", batch_size=B, batch_length=T, cuda_graph=graphed)
-    agent = Agent(cfg, ACTIONS, False, "reward", device)
+    cfg = AgentConfig(size="tiny", batch_size=B, batch_length=T, cuda_graph=graphed, compile_loops=compile_loops)
+    agent = Agent(cfg, ACTIONS, discrete, "reward", device)
     noise = np.random.default_rng(1).integers(0, 256, (B, T, 64, 64, 3), dtype=np.uint8)
-    batches = [agent.to_tensors(_batch(np.zeros_like(noise), 2)), agent.to_tensors(_batch(noise, 3))]
+    black = np.zeros_like(noise)
+    batches = [agent.to_tensors(_batch(black, 2, discrete)), agent.to_tensors(_batch(noise, 3, discrete))]
     weight = next(agent.wm.encoder.parameters())
     losses, moved = [], []
     for i in range(UPDATES):
@@ -49,10 +58,13 @@ def train(graphed: bool, device: str) -> tuple[Agent, list[float], list[bool]]:
 
 
 @needs_cuda
-def test_graphed_update_reads_each_batch_moves_the_weights_and_learns_like_eager():
-    graphed, g_losses, g_moved = train(True, "cuda")
+@pytest.mark.parametrize(
+    "discrete, compile_loops", [(False, False), (True, False), (False, True)], ids=["continuous", "discrete", "fused"]
+)
+def test_graphed_update_reads_each_batch_moves_the_weights_and_learns_like_eager(discrete, compile_loops):
+    graphed, g_losses, g_moved = train(True, "cuda", discrete, compile_loops)
     assert graphed.graphed.graph is not None and not graphed.graphed.failed
-    _, e_losses, _ = train(False, "cuda")
+    _, e_losses, _ = train(False, "cuda", discrete)
     assert all(g_moved), "a replay left the weights the agent acts with unchanged"
     replays = range(graphed.graphed.warmup + 1, UPDATES - 1)  # after the capture
     for i in replays:  # the two batches' losses differ by ~2x: a replay of a stale input would show no gap
