@@ -33,7 +33,8 @@ from viper.agent.world_model import WorldModel
 from viper.config import AgentConfig
 
 REFERENCE_S_PER_UPDATE = {"XS": 5.4, "S": 9.95}
-"""dreamerv3-torch on this machine class (2 cores, fp32, compile off): shared/TARGETS.md."""
+"""dreamerv3-torch on this machine class (2 cores, fp32, compile off): shared/TARGETS.md. Those were taken on
+another day's host; for a ratio, time the port on this machine with bench_reference.py, alternating with this."""
 
 PHASES = {
     "world-model forward (encoder, RSSM, decoder, heads, KL)": WorldModel.loss,
@@ -172,7 +173,7 @@ def main() -> None:
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
         f"device {device}, load average {os.getloadavg()[0]:.1f}"
     )
-    print("| size | threads | variant | params (M) | CPU s/update | s/update (wall) | reference s/update (wall) |")
+    print("| size | threads | variant | params (M) | CPU s/update | s/update (wall) | TARGETS.md ref. (other host) |")
     print("|---|---|---|---|---|---|---|")
     phases = {}
     for threads in args.threads:
