@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 import torch
+from batches import random_batch
 from torch import nn
 
 from viper.agent import nets
@@ -59,19 +60,6 @@ def gflops_probe(device: torch.device, n: int = 1024, repeats: int = 10) -> floa
     if device.type == "cuda":
         torch.cuda.synchronize()
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
-
-
-def random_batch(batch: int, length: int, action_dim: int, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    is_first = np.zeros((batch, length), bool)
-    is_first[:, 0] = True
-    return {
-        "image": rng.integers(0, 256, (batch, length, 64, 64, 3), dtype=np.uint8),
-        "action": rng.uniform(-1, 1, (batch, length, action_dim)).astype(np.float32),
-        "reward": rng.normal(size=(batch, length)).astype(np.float32),
-        "is_first": is_first,
-        "is_terminal": np.zeros((batch, length), bool),
-    }
 
 
 @contextlib.contextmanager

@@ -35,6 +35,7 @@ import types
 from pathlib import Path
 
 import numpy as np
+from batches import random_batch
 
 PORT_FILES = ("dreamer.py", "models.py", "networks.py", "tools.py", "exploration.py", "configs.yaml")
 XS_ONE_LAYER = ("reward_layers", "cont_layers", "value_layers", "actor_layers", "dyn_input_layers", "dyn_output_layers")
@@ -91,22 +92,6 @@ def merge(base: dict, update: dict) -> None:
             base[key] = value
 
 
-def random_batch(batch: int, length: int, actions: int) -> dict[str, np.ndarray]:
-    """The batch bench_agent.py uses, in the port's keys (discount, is_last)."""
-    rng = np.random.default_rng(0)
-    is_first = np.zeros((batch, length), bool)
-    is_first[:, 0] = True
-    return {
-        "image": rng.integers(0, 256, (batch, length, 64, 64, 3), dtype=np.uint8),
-        "action": rng.uniform(-1, 1, (batch, length, actions)).astype(np.float32),
-        "reward": rng.normal(size=(batch, length)).astype(np.float32),
-        "discount": np.ones((batch, length), np.float32),
-        "is_first": is_first,
-        "is_last": np.zeros((batch, length), bool),
-        "is_terminal": np.zeros((batch, length), bool),
-    }
-
-
 def bench_size(folder: Path, dreamer, tools, size: str, args: argparse.Namespace) -> dict:
     import torch
 
@@ -119,7 +104,8 @@ def bench_size(folder: Path, dreamer, tools, size: str, args: argparse.Namespace
         with contextlib.redirect_stdout(sys.stderr):  # the port prints its layer shapes
             agent = dreamer.Dreamer(obs_space, Space((6,), np.float32, -1, 1), config, None, None)
         agent.requires_grad_(requires_grad=False)  # as the port's main() does; its optimisers enable their own
-        batch = random_batch(config.batch_size, config.batch_length, 6)
+        batch = random_batch(config.batch_size, config.batch_length, 6)  # bench_agent.py's, plus the port's keys
+        batch.update(discount=np.ones(batch["reward"].shape, np.float32), is_last=batch["is_terminal"].copy())
         rows = []
         for i in range(args.warmup + args.repeats):
             data = {k: v.copy() for k, v in batch.items()}  # the port's preprocess scales discount in place
