@@ -11,7 +11,7 @@ include viper/runtime.env
 export $(shell sed -n 's/^\([A-Z_][A-Z0-9_]*\)=.*/\1/p' viper/runtime.env)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test lint format venv sysdeps lock clean
+.PHONY: run test learn-check lint format venv sysdeps lock clean
 
 run: venv sysdeps
 	dvc repro
@@ -20,6 +20,10 @@ test: venv sysdeps
 	ruff check .
 	ruff format --check .
 	pytest -x -q
+
+# Does the agent still learn? ~1.3 h on 2 cores, so a nightly job rather than CI (benchmarks/learning_check.py).
+learn-check: venv sysdeps
+	python benchmarks/learning_check.py data/learning_check
 
 lint: venv
 	ruff check . && ruff format --check .
