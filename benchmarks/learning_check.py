@@ -37,7 +37,8 @@ def train(out: Path, args: argparse.Namespace) -> float:
     cmd += ["--task", args.task, "--reward", "task", "--seed", str(args.seed), *sum((["-S", s] for s in args.set), [])]
     print("+", " ".join(cmd), flush=True)
     start = time.perf_counter()
-    subprocess.run(cmd, check=True)
+    if subprocess.run(cmd).returncode != 0:
+        raise SystemExit(f"learning check: training failed (the command above; its run folder is under {out})")
     return time.perf_counter() - start
 
 
