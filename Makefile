@@ -21,7 +21,7 @@ test: venv sysdeps
 	ruff format --check .
 	pytest -x -q
 
-# Does the agent still learn? ~1.3 h on 2 cores, so a nightly job rather than CI (benchmarks/learning_check.py).
+# Does the agent still learn? ~1.5 h on 2 cores, so a nightly job rather than CI (benchmarks/learning_check.py).
 learn-check: venv sysdeps
 	python benchmarks/learning_check.py data/learning_check
 
