@@ -13,9 +13,9 @@
 # then take agent.cuda_graph=true, fastest on the H100), or one of them: "loops" (compile_loops), "graphs"
 # (compile_loops with CUDA-graph trees), "cuda_graph" (the whole-update graph), "fused" (that graph over compiled
 # loops); "reward" (relabelling throughput). With "bench" skipped, LOOPS=true gives the runs the fused graph
-# (agent.compile_loops=true inside agent.cuda_graph: 0.035 s/update at S on the H100 vs 0.050 without). TASK_SEEDS (default "0 1 2") and VIPER_SEEDS (default "0"; empty:
-# none) choose the concurrent learning runs, ENVS (default 4, published) their parallel envs, TASK (default
-# dmc/cartpole_balance) their task.
+# (agent.compile_loops=true inside agent.cuda_graph: 0.035 s/update at S on the H100 vs 0.050 without).
+# TASK_SEEDS (default "0 1 2") and VIPER_SEEDS (default "0"; empty: none) choose the concurrent learning runs,
+# ENVS (default 4, published) their parallel envs, TASK (default dmc/cartpole_balance) their task.
 set -u
 skip() { [[ " ${SKIP:-} " == *" $1 "* ]]; }
 out=${1:?usage: gpu_session.sh OUT_DIR [BUDGET_SECONDS]}

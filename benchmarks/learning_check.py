@@ -18,7 +18,6 @@ OUT/learning_check.json with the returns and the verdict.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
@@ -26,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diagnose_agent import episode
+from diagnose_agent import POLICIES, episode
 
 from viper.agent.policy import load_policy
-
-POLICIES = ("actor", "zero", "random")
+from viper.metrics import write_json
+from viper.paths import agent_dir
 
 
 def train(out: Path, args: argparse.Namespace) -> float:
@@ -77,7 +76,7 @@ def main() -> None:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     wall = None if args.skip_training else train(out, args)
-    run = out / "data" / "agents" / "task" / args.task.replace("/", "-") / f"seed{args.seed}"
+    run = agent_dir(out / "data", "task", args.task, args.seed)
     if not run.is_dir():
         raise SystemExit(f"{run}: no agent run there (train first, without --skip-training)")
     torch.set_num_threads(args.threads)
@@ -93,7 +92,7 @@ def main() -> None:
         "train_wall_s": wall,
         "run": str(run),
     }
-    (out / "learning_check.json").write_text(json.dumps(verdict, indent=2))
+    write_json(out / "learning_check.json", verdict)
     state = "PASSED" if passed else "FAILED"
     print(
         f"{state}: actor {mean['actor']:.1f} vs random {mean['random']:.1f} (needs +{args.margin:g}) "
