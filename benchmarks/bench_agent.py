@@ -26,6 +26,7 @@ import torch
 from batches import random_batch
 from torch import nn
 
+from viper import runtime
 from viper.agent import nets
 from viper.agent.actor_critic import ActorCritic
 from viper.agent.agent import Agent
@@ -152,14 +153,24 @@ def main() -> None:
     parser.add_argument(
         "--cuda-graph", action="store_true", help="agent.cuda_graph: replay whole updates from one CUDA graph"
     )
+    parser.add_argument(
+        "--allocator",
+        choices=["runtime", "default"],
+        default="runtime",
+        help="runtime: restart with viper/runtime.env's GLIBC_TUNABLES as the viper command does (the default); "
+        "default: glibc as this process started",
+    )
     args = parser.parse_args()
+    if args.allocator == "runtime":
+        runtime.restart_if_needed()
     if args.cuda_graph and args.warmup < 4:
         parser.error("--cuda-graph needs --warmup 4 or more (3 eager warm-up updates, then the capture)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else None
     device = device or torch.device(args.device)
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
-        f"device {device}, load average {os.getloadavg()[0]:.1f}"
+        f"device {device}, load average {os.getloadavg()[0]:.1f}, "
+        f"GLIBC_TUNABLES at start: {'none' if runtime.missing_at_start() else os.environ.get('GLIBC_TUNABLES')}"
     )
     print("| size | threads | variant | params (M) | CPU s/update | s/update (wall) | TARGETS.md ref. (other host) |")
     print("|---|---|---|---|---|---|---|")

@@ -1,32 +1,43 @@
-"""Process setup done on ``import viper`` (viper/runtime.py): huge pages for large CPU tensors."""
+"""Process setup done on ``import viper`` (viper/runtime.py): huge pages for large CPU tensors, glibc's allocator
+keeping freed memory, and the ``viper`` command's restart that applies the latter."""
 
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from viper import cli, runtime
+
 PROBE = """
 import resource
 import viper  # before torch, as every entry point does
 import torch
-faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+faults = []
 for _ in range(10):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     torch.empty(20_000_000).fill_(1.0)  # 80 MB, freed at once
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) // 10)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(faults[0], sum(faults[1:]) // 9)
 """
+
 
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
-def _faults_per_tensor(**env) -> int:
-    environ = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+def _faults_per_tensor(**env) -> tuple[int, int]:
+    """Minor page faults of a process's first fresh 80 MB tensor and the mean of the next nine."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("THP_MEM_ALLOC_ENABLE", "GLIBC_TUNABLES")}
+    # glibc's defaults unless a test names GLIBC_TUNABLES: these tests measure one setting at a time.
+    env.setdefault("GLIBC_TUNABLES", "")
     out = subprocess.run([sys.executable, "-c", PROBE], env={**environ, **env}, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    return int(out.stdout)
+    first, rest = map(int, out.stdout.split())
+    return first, rest
 
 
 # With "[always]" every large mapping gets huge pages anyway and with "[never]" none does: the setting matters (and
@@ -34,7 +45,52 @@ def _faults_per_tensor(**env) -> int:
 @pytest.mark.skipif(not THP.exists() or "[madvise]" not in THP.read_text(), reason="transparent huge pages not madvise")
 def test_large_cpu_tensors_use_huge_pages_unless_the_environment_says_otherwise():
     # 80 MB is ~20k pages of 4 KiB: each fresh tensor faults them all in; with huge pages it is ~40.
-    default = _faults_per_tensor()
-    opted_out = _faults_per_tensor(THP_MEM_ALLOC_ENABLE="0")
+    _, default = _faults_per_tensor()
+    _, opted_out = _faults_per_tensor(THP_MEM_ALLOC_ENABLE="0")
     assert opted_out > 15_000, opted_out
     assert default < opted_out / 10, (default, opted_out)
+
+
+@pytest.mark.skipif(not THP.exists() or "[madvise]" not in THP.read_text(), reason="transparent huge pages not madvise")
+def test_glibc_tunables_make_freed_tensors_reuse_their_memory():
+    # With glibc's defaults each fresh 80 MB tensor faults its pages in again (hundreds of huge-page faults); with
+    # runtime.env's tunables (and its huge pages, whose 2 MiB-aligned blocks glibc can hand out again) the first
+    # tensor faults and the next nine reuse its memory.
+    tunables = runtime.settings()["GLIBC_TUNABLES"]
+    _, plain = _faults_per_tensor()
+    first, kept = _faults_per_tensor(GLIBC_TUNABLES=tunables)
+    assert plain > 100, plain
+    assert first > 20, first
+    assert kept < 10, (kept, plain)
+
+
+RESTART_PROBE = """
+import os, sys
+print("started with", os.environ.get("GLIBC_TUNABLES"), flush=True)
+from viper import cli
+sys.argv = ["viper", "config", "--preset", "tiny"]
+sys.exit(cli.main())
+"""
+
+
+def _starts(env: dict[str, str]) -> list[str]:
+    out = subprocess.run([sys.executable, "-c", RESTART_PROBE], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "preset: tiny" in out.stdout, out.stdout
+    return [line.removeprefix("started with ") for line in out.stdout.splitlines() if line.startswith("started with")]
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="GLIBC_TUNABLES matters only with glibc")
+def test_viper_command_restarts_once_to_apply_glibc_tunables():
+    environ = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    assert _starts(environ) == ["None", runtime.settings()["GLIBC_TUNABLES"]]
+    # Started with the variable (any value: the user's wins), the command runs in its first process.
+    assert _starts({**environ, "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}) == ["glibc.malloc.arena_max=2"]
+
+
+def test_cli_main_called_in_process_never_restarts(monkeypatch, capsys):
+    # A caller's process (tests, notebooks) runs main(argv) where it is: no exec even if the variable was missing.
+    monkeypatch.setattr(runtime, "_missing_at_start", ["GLIBC_TUNABLES"])
+    monkeypatch.setattr(os, "execv", lambda *a: pytest.fail(f"execv{a}"))
+    assert cli.main(["config", "--preset", "tiny"]) == 0
+    assert "preset: tiny" in capsys.readouterr().out

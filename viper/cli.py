@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import yaml
 
 from viper import config as config_lib
+from viper import runtime
 from viper.errors import Stopped, ViperError
 from viper.metrics import write_json
 from viper.presets import PRESETS
@@ -161,9 +162,14 @@ def _command_of(argv: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; ``argv=None`` means this process's command line (the ``viper`` entry point)."""
+    own_process = argv is None
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
+    if own_process:
+        # The allocator settings of viper/runtime.env apply only from a process's start (a no-op when they did).
+        runtime.restart_if_needed()
     cfg = None
     try:
         if args.command == "dvc-yaml":

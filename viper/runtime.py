@@ -10,14 +10,31 @@ gradient of a training step is page-faulted in again, 4 KiB at a time (~400k fau
 XS): filling a fresh 80 MB tensor takes 85 ms instead of 16 ms here. PyTorch reads the variable once, at its
 first CPU allocation, which is why it is set here, before any viper module creates a tensor. Effect on an update:
 ``benchmarks/results/agent.md``.
+
+``GLIBC_TUNABLES`` raises glibc's mmap and trim thresholds so that a freed tensor's memory stays in the heap and
+the next tensor reuses it. By default glibc maps every block above 32 MiB on its own and unmaps it on free, and
+on these VMs touching a fresh page is expensive (a fresh 80 MB tensor took 16 ms to fill, a reused one 8 ms;
+inside an agent update, where the machine's memory is busy, 58 vs 3 ms for a 32 MB one). The reuse needs the
+huge-page setting above too: glibc hands the 2 MiB-aligned blocks PyTorch then asks for out again, but not the
+64-byte-aligned ones it asks for otherwise. The cost is that a process keeps the memory of its largest step until
+it exits. Effect on an agent update: ``benchmarks/results/agent.md``. glibc reads the variable only when a
+process starts, so ``restart_if_needed`` re-executes the ``viper`` command once when it was started without it
+(``make``, Prefect flows and the stage commands that ``viper`` or ``dvc`` spawn inherit it).
 """
 
 from __future__ import annotations
 
 import os
+import platform
+import sys
 from pathlib import Path
 
 ENV_FILE = Path(__file__).with_name("runtime.env")
+
+READ_AT_START = ("GLIBC_TUNABLES",)
+"""runtime.env variables that take effect only in a process started with them (the C library reads them)."""
+
+_missing_at_start: list[str] = []
 
 
 def settings() -> dict[str, str]:
@@ -36,4 +53,23 @@ def configure() -> None:
     for key, value in settings().items():
         if key == "PREFECT_HOME":
             value = str(Path(value).absolute())
+        if key in READ_AT_START and key not in os.environ and platform.libc_ver()[0] == "glibc":
+            _missing_at_start.append(key)
         os.environ.setdefault(key, value)
+
+
+def missing_at_start() -> list[str]:
+    """The ``READ_AT_START`` variables this process started without (empty after ``restart_if_needed``)."""
+    return list(_missing_at_start)
+
+
+def restart_if_needed() -> None:
+    """Re-execute this process with the same command line if it started without a ``READ_AT_START`` variable.
+
+    ``configure()`` has put the variable into ``os.environ`` by now, so the new process starts with it and does
+    not restart again. Only for a command's own process (the ``viper`` entry point), never inside a caller's.
+    """
+    if _missing_at_start:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])

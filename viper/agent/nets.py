@@ -62,12 +62,13 @@ class _OneHotLinearFn(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, index: Tensor, start: int, end: int):
         # (U, S*K) one-hot block -> (S*K, U) rows; embedding_bag sums the S rows of each sample: (N, U).
         out = F.embedding_bag(index, weight[:, start:end].t().contiguous(), mode="sum")
+        # In place: ``out`` is this function's own tensor, and a fresh one per term costs a copy of it each.
         if bias is not None:
-            out = out + bias
+            out.add_(bias)
         if start > 0:
-            out = torch.addmm(out, x[:, :start], weight[:, :start].t())
+            out.addmm_(x[:, :start], weight[:, :start].t())
         if end < x.shape[1]:
-            out = torch.addmm(out, x[:, end:], weight[:, end:].t())
+            out.addmm_(x[:, end:], weight[:, end:].t())
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         return out
