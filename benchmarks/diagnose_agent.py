@@ -59,6 +59,14 @@ def episode(policy, task: str, kind: str, seed: int, steps: int, action_repeat: 
 
 
 @torch.no_grad()
+def seeded_episode(policy, task: str, kind: str, index: int, steps: int):
+    """``episode`` number ``index`` (0, 1, ...) of a policy kind, on seed 100 + index for the environment and for
+    torch's generator (the actor's samples and the posterior's latents draw from it), so every kind meets the same
+    episodes. Returns ``episode``'s (rewards, predicted rewards, posterior states)."""
+    torch.manual_seed(100 + index)
+    return episode(policy, task, kind, 100 + index, steps, policy.agent.cfg.action_repeat)
+
+
 def imagined_return(agent, start: State, kind: str, horizon: int, seed: int) -> float:
     """Mean discounted reward of ``horizon`` imagined steps of ``kind`` from every state in ``start``."""
     gen = torch.Generator().manual_seed(seed)
@@ -93,9 +101,7 @@ def main() -> None:
         returns = []
         for i in range(args.episodes):
             seed = 100 + i
-            # The actor's samples and the posterior's latents draw from torch's generator: seed it per episode.
-            torch.manual_seed(seed)
-            rewards, predicted, states = episode(policy, task, kind, seed, args.steps, agent.cfg.action_repeat)
+            rewards, predicted, states = seeded_episode(policy, task, kind, i, args.steps)
             returns.append(rewards.sum())
             corr = np.corrcoef(predicted[1:], rewards[:-1])[0, 1]
             line = f"  {kind:6s} seed {seed}: real return {rewards.sum():7.1f}, reward prediction corr {corr:5.2f}"

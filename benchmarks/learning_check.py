@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diagnose_agent import POLICIES, episode
+from diagnose_agent import POLICIES, seeded_episode
 
 from viper.agent.policy import load_policy
 from viper.metrics import write_json
@@ -51,8 +51,7 @@ def returns(run: Path, task: str, episodes: int, steps: int) -> dict[str, list[f
     for kind in POLICIES:
         out[kind] = []
         for i in range(episodes):
-            torch.manual_seed(100 + i)  # the actor's samples and the posterior's latents use torch's generator
-            rewards, _, _ = episode(policy, task, kind, 100 + i, steps, policy.agent.cfg.action_repeat)
+            rewards, _, _ = seeded_episode(policy, task, kind, i, steps)
             out[kind].append(float(rewards.sum()))
         print(f"{kind:6s}: {np.mean(out[kind]):6.1f} +- {np.std(out[kind]):5.1f}  {np.round(out[kind], 1).tolist()}")
     return out
