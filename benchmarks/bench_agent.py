@@ -8,6 +8,8 @@ machine shared with other jobs) beside wall-clock seconds, the load average and 
 numbers only within one run). ``--baseline`` also times the same model with the dense first layers over the
 one-hot latents (the state before ``nets.OneHotLinear``), interleaved with the current code so that both see
 the same load. ``--phases`` prints a cProfile breakdown in CPU seconds. On CUDA it also reports updates/s.
+Like the ``viper`` command, it restarts itself once to run under viper/runtime.env's ``GLIBC_TUNABLES`` (freed
+memory kept for reuse; ``--allocator default`` times glibc's defaults instead).
 """
 
 from __future__ import annotations
