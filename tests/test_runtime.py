@@ -44,7 +44,7 @@ def _faults_per_tensor(**env) -> tuple[int, int]:
 # this test means something) only under "[madvise]", the usual default.
 @pytest.mark.skipif(not THP.exists() or "[madvise]" not in THP.read_text(), reason="transparent huge pages not madvise")
 def test_large_cpu_tensors_use_huge_pages_unless_the_environment_says_otherwise():
-    # 80 MB is ~20k pages of 4 KiB: each fresh tensor faults them all in; with huge pages it is ~40.
+    # 80 MB is ~20k pages of 4 KiB: each fresh tensor faults them all in; with huge pages a few hundred (~600 here).
     _, default = _faults_per_tensor()
     _, opted_out = _faults_per_tensor(THP_MEM_ALLOC_ENABLE="0")
     assert opted_out > 15_000, opted_out
