@@ -28,6 +28,9 @@ from viper.agent.rssm import State
 
 POLICIES = ("actor", "zero", "random")
 
+FIRST_SEED = 100
+"""Seed of the first evaluation episode (``seeded_episode``); episode ``i`` uses FIRST_SEED + i."""
+
 
 def episode(policy, task: str, kind: str, seed: int, steps: int, action_repeat: int):
     """Real episode driven by ``kind`` while the agent observes it: (rewards (T,), predicted (T,), states)."""
@@ -58,15 +61,15 @@ def episode(policy, task: str, kind: str, seed: int, steps: int, action_repeat: 
     return np.array(rewards), np.array(predicted), states
 
 
-@torch.no_grad()
 def seeded_episode(policy, task: str, kind: str, index: int, steps: int):
-    """``episode`` number ``index`` (0, 1, ...) of a policy kind, on seed 100 + index for the environment and for
-    torch's generator (the actor's samples and the posterior's latents draw from it), so every kind meets the same
-    episodes. Returns ``episode``'s (rewards, predicted rewards, posterior states)."""
-    torch.manual_seed(100 + index)
-    return episode(policy, task, kind, 100 + index, steps, policy.agent.cfg.action_repeat)
+    """``episode`` number ``index`` (0, 1, ...) of a policy kind, on seed FIRST_SEED + index for the environment and
+    for torch's generator (the actor's samples and the posterior's latents draw from it), so every kind meets the
+    same episodes. Returns ``episode``'s (rewards, predicted rewards, posterior states)."""
+    torch.manual_seed(FIRST_SEED + index)
+    return episode(policy, task, kind, FIRST_SEED + index, steps, policy.agent.cfg.action_repeat)
 
 
+@torch.no_grad()
 def imagined_return(agent, start: State, kind: str, horizon: int, seed: int) -> float:
     """Mean discounted reward of ``horizon`` imagined steps of ``kind`` from every state in ``start``."""
     gen = torch.Generator().manual_seed(seed)
@@ -100,7 +103,7 @@ def main() -> None:
     for kind in POLICIES:
         returns = []
         for i in range(args.episodes):
-            seed = 100 + i
+            seed = FIRST_SEED + i
             rewards, predicted, states = seeded_episode(policy, task, kind, i, args.steps)
             returns.append(rewards.sum())
             corr = np.corrcoef(predicted[1:], rewards[:-1])[0, 1]

@@ -28,6 +28,12 @@ print(faults[0], sum(faults[1:]) // 9)
 
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
+# With "[always]" every large mapping gets huge pages anyway and with "[never]" none does: the setting matters (and
+# the tests that use it mean something) only under "[madvise]", the usual default.
+needs_madvise_thp = pytest.mark.skipif(
+    not THP.exists() or "[madvise]" not in THP.read_text(), reason="transparent huge pages not madvise"
+)
+
 
 def _faults_per_tensor(**env) -> tuple[int, int]:
     """Minor page faults of a process's first fresh 80 MB tensor and the mean of the next nine."""
@@ -40,9 +46,7 @@ def _faults_per_tensor(**env) -> tuple[int, int]:
     return first, rest
 
 
-# With "[always]" every large mapping gets huge pages anyway and with "[never]" none does: the setting matters (and
-# this test means something) only under "[madvise]", the usual default.
-@pytest.mark.skipif(not THP.exists() or "[madvise]" not in THP.read_text(), reason="transparent huge pages not madvise")
+@needs_madvise_thp
 def test_large_cpu_tensors_use_huge_pages_unless_the_environment_says_otherwise():
     # 80 MB is ~20k pages of 4 KiB: each fresh tensor faults them all in; with huge pages a few hundred (~600 here).
     _, default = _faults_per_tensor()
@@ -51,7 +55,7 @@ def test_large_cpu_tensors_use_huge_pages_unless_the_environment_says_otherwise(
     assert default < opted_out / 10, (default, opted_out)
 
 
-@pytest.mark.skipif(not THP.exists() or "[madvise]" not in THP.read_text(), reason="transparent huge pages not madvise")
+@needs_madvise_thp
 def test_glibc_tunables_make_freed_tensors_reuse_their_memory():
     # With glibc's defaults each fresh 80 MB tensor faults its pages in again (hundreds of huge-page faults); with
     # runtime.env's tunables (and its huge pages, whose 2 MiB-aligned blocks glibc can hand out again) the first
