@@ -279,6 +279,37 @@ def test_one_update_runs_and_improves_world_model_loss(discrete):
     assert any(not torch.equal(a, b) for a, b in zip(actor_before, agent.actor_params, strict=True))
 
 
+def test_a_cuda_graph_runs_optimizer_state_resumes_on_the_cpu():
+    """``device`` and ``cuda_graph`` may change on resume; a CUDA-graph run saves capturable Adam states."""
+    from viper.agent.agent import Agent
+    from viper.config import AgentConfig
+
+    torch.manual_seed(0)
+    cfg = AgentConfig(size="tiny", imag_horizon=4)
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.integers(0, 255, (2, 8, 64, 64, 3), dtype=np.uint8),
+        "action": rng.uniform(-1, 1, (2, 8, 1)).astype(np.float32),
+        "reward": rng.normal(size=(2, 8)).astype(np.float32),
+        "is_first": np.eye(1, 8, dtype=bool).repeat(2, 0),
+        "is_terminal": np.zeros((2, 8), bool),
+    }
+    agent = Agent(cfg, 1, False, "reward", "cpu")
+    agent.update(agent.to_tensors(batch))
+    saved = agent.optimizer_state()
+    for opt in saved.values():  # what the same run writes with agent.cuda_graph on CUDA
+        for group in opt["param_groups"]:
+            group["capturable"] = True
+    resumed = Agent(cfg, 1, False, "reward", "cpu")
+    resumed.load_state_dict(agent.state_dict())
+    resumed.load_optimizer_state(saved)
+    assert not any(g["capturable"] for opt in (resumed.model_opt, resumed.actor_opt) for g in opt.param_groups)
+    metrics = resumed.update(resumed.to_tensors(batch))  # a capturable Adam on CPU tensors raises here
+    assert all(math.isfinite(float(v)) for v in metrics.values())
+    steps = {float(s["step"]) for s in resumed.model_opt.state.values()}
+    assert steps == {2.0}  # the saved step count continued
+
+
 def test_onehot_and_twohot_scatter_match_reference_loops():
     from viper.agent.dists import onehot
 

@@ -127,6 +127,18 @@ def test_a_stop_signal_saves_a_checkpoint_where_the_run_stopped_and_the_run_resu
     assert metrics["replay_steps_at_start"] == stopped_at and metrics["env_steps"] == stopped_at + 20
 
 
+def test_more_envs_than_sequences_per_batch_trains_once_a_stream_holds_a_sequence(tmp_path):
+    # 4 envs, batch 2 x 16: replay holds one batch of steps (32) when each stream has only 8, too few to sample.
+    opts = ["agent.envs=4", "agent.env_steps=120", "agent.eval_every_env_steps=10000", "agent.log_every_env_steps=40"]
+    cfg = C.load(preset="tiny", overrides=[f"data_dir={tmp_path}", *opts], params_path=None)
+    assert cfg.agent.batch_size * cfg.agent.batch_length == 32 and cfg.agent.batch_length == 16
+    metrics = run(cfg, TASK, 0, "task", tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    # Training starts at 64 replayed steps (16 per stream), not at 32.
+    first = min(r["step"] for r in rows if r.get("agent/updates", 0) > 0)
+    assert metrics["updates"] > 0 and first >= 64
+
+
 def test_a_diverging_agent_stops_with_a_clear_error_and_keeps_its_last_finite_checkpoint(tmp_path):
     """A real divergence (learning rates of 1e30): the run stops at the first non-finite action or loss with a
     message naming the step and the checkpoint to resume from, and never saves the NaN weights over it."""

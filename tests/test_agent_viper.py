@@ -8,21 +8,25 @@ so a step scored with the wrong window cannot pass.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from viper import config as C
+from viper import paths
 from viper.agent.actor_critic import ACSettings, ActorCritic
 from viper.agent.agent import Agent, critic_scales
 from viper.agent.dists import TwoHot
 from viper.agent.exploration import Disagreement
 from viper.agent.replay import Replay
-from viper.agent.rewards import Inserter
-from viper.agent.train import replay_spec
-from viper.agent.viper_reward import ViperReward
+from viper.agent.rewards import Inserter, TaskReward
+from viper.agent.train import replay_spec, sequence_length
+from viper.agent.viper_reward import ViperReward, check_action_repeat
 from viper.config import AgentConfig, RewardConfig, TokenizerConfig
+from viper.data.store import open_store
 from viper.errors import ViperError
 from viper.models.videogpt import LoadedPrior, PriorSpec, VideoGPT
 from viper.models.vqgan import VQGAN, Tokenizer, VQGANArch, weights_hash
@@ -154,6 +158,48 @@ def test_density_head_target_is_the_reward_models_score(model):
         logits = agent.wm.heads["density"](post.feat())
         expected = -TwoHot(logits).log_prob(torch.as_tensor(full[None], dtype=torch.float32)).mean()
     assert float(metrics["loss/density"]) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_reward_fingerprint_tells_raw_weights_from_ema():
+    """state.pt holds both weight sets, so its hash alone would let a resumed run mix EMA- and raw-scored replay."""
+    ema = reward_model(4, 1)
+    raw = reward_model(4, 1)
+    raw.cfg = dataclasses.replace(raw.cfg, weights="raw")
+    ema_fp, raw_fp = ViperReward(ema, TASK, 16).fingerprint(), ViperReward(raw, TASK, 16).fingerprint()
+    assert "weights" not in ema_fp  # the published default leaves existing checkpoints' fingerprints as they were
+    assert raw_fp == {**ema_fp, "weights": "raw"}
+
+
+@pytest.mark.parametrize("recorded", [2, None], ids=["collected", "imported"])
+def test_agent_action_repeat_must_match_the_expert_videos(tmp_path, recorded):
+    store = paths.store(tmp_path, "dmc")
+    frames_ = frames(6, 0)
+    open_store(store, "a").append_episode(
+        TASK, frames_, np.zeros((6, 1), np.float32), np.zeros(6, np.float32), attrs={"action_repeat": recorded}
+    )
+    same = C.load(preset="tiny", overrides=[f"data_dir={tmp_path}", "agent.action_repeat=2"], params_path=None)
+    check_action_repeat(same, TASK)
+    other = C.load(preset="tiny", overrides=[f"data_dir={tmp_path}", "agent.action_repeat=4"], params_path=None)
+    if recorded is None:  # imported videos record no repeat: nothing to compare
+        check_action_repeat(other, TASK)
+        return
+    with pytest.raises(
+        ViperError,
+        match=r"dmc\.zarr: the expert videos of dmc/cartpole_balance were recorded at "
+        r"action repeat 2, but agent.action_repeat=4.*-S agent.action_repeat=2",
+    ):
+        check_action_repeat(other, TASK)
+    check_action_repeat(C.load(preset="tiny", overrides=[f"data_dir={tmp_path / 'none'}"], params_path=None), TASK)
+
+
+def test_viper_agents_replay_the_released_relabelling_replays_sequence_length():
+    source = ViperReward(reward_model(16, 1), TASK, 64)  # the published 16-step window: 15 context steps
+    assert sequence_length(AgentConfig(), source) == 49  # the released items: 64 - 16 + 1 scored steps
+    assert sequence_length(AgentConfig(viper_batch_length=64), source) == 64
+    assert sequence_length(AgentConfig(), TaskReward()) == 64  # the oracle replays batch_length
+    assert sequence_length(AgentConfig(batch_length=16), ViperReward(reward_model(4, 1), TASK, 16)) == 13
+    with pytest.raises(ViperError, match="viper_batch_length=-1"):
+        sequence_length(AgentConfig(viper_batch_length=-1), source)
 
 
 def _lambda_return_loop(reward, value, disc, lam):

@@ -76,6 +76,27 @@ def test_graphed_update_reads_each_batch_moves_the_weights_and_learns_like_eager
 
 
 @needs_cuda
+def test_a_cpu_runs_optimizer_state_resumes_into_a_captured_cuda_graph():
+    """``device`` may change on resume: Adam states saved without capturable still let the update be captured."""
+    torch.manual_seed(0)
+    cfg = AgentConfig(size="tiny", batch_size=B, batch_length=T)
+    images = np.random.default_rng(1).integers(0, 256, (B, T, 64, 64, 3), dtype=np.uint8)
+    cpu = Agent(replace(cfg, cuda_graph=False), ACTIONS, False, "reward", "cpu")
+    cpu.update(cpu.to_tensors(_batch(images, 2, False)))
+    gpu = Agent(cfg, ACTIONS, False, "reward", "cuda")
+    gpu.load_state_dict(cpu.state_dict())
+    optim = {
+        k: {**v, "state": {i: {n: t.cuda() for n, t in s.items()} for i, s in v["state"].items()}}
+        for k, v in cpu.optimizer_state().items()
+    }
+    gpu.load_optimizer_state(optim)
+    batch = gpu.to_tensors(_batch(images, 2, False))
+    for _ in range(gpu.graphed.warmup + 2):
+        gpu.update(batch)
+    assert gpu.graphed.graph is not None and not gpu.graphed.failed
+
+
+@needs_cuda
 def test_cuda_graph_by_default_refuses_compile_mode_reduce_overhead_and_names_the_switch():
     cfg = AgentConfig(size="tiny", compile_loops=True, compile_mode="reduce-overhead")
     with pytest.raises(ViperError, match="agent.cuda_graph=false"):

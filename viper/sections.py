@@ -255,7 +255,13 @@ class AgentConfig:
     batch_size: int = 16
     """Sequences per update."""
     batch_length: int = 64
-    """Steps per replayed sequence."""
+    """Steps per replayed sequence (with reward viper: see ``viper_batch_length``); the train ratio counts it."""
+    viper_batch_length: int = 0
+    """Steps per replayed sequence with reward viper; 0: the released code's, chunk - context (49 = 64 - 15).
+
+    The released relabelling replay stores every (64 - 16 + 1)-step run of scored steps as one item, so VIPER
+    agents train on 16 x 49 batches while the train ratio still counts 16 x 64 (as here). Set it to
+    ``batch_length`` to replay full-length sequences instead."""
     replay_capacity_steps: int = 1_000_000
     """Replay buffer capacity in steps."""
     model_lr: float = 1e-4

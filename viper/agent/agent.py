@@ -47,6 +47,21 @@ def _adam(params, opt: OptSettings, capturable: bool = False) -> torch.optim.Ada
     return torch.optim.Adam(params, lr=opt.lr, eps=opt.eps, capturable=capturable)
 
 
+def _load_adam(opt: torch.optim.Adam, saved: dict) -> None:
+    """``load_state_dict`` that keeps this run's ``capturable`` (``device`` and ``cuda_graph`` may change on
+    resume): torch takes every group setting from the saved state, so a CUDA-graph run resumed on the CPU would
+    fail its first step, and a CPU run resumed on CUDA could not be captured. Step counters move to where the
+    setting wants them (the parameter's device when capturable, the CPU otherwise)."""
+    capturable = [group["capturable"] for group in opt.param_groups]
+    opt.load_state_dict(saved)
+    for group, flag in zip(opt.param_groups, capturable, strict=True):
+        group["capturable"] = flag
+        for param in group["params"]:
+            state = opt.state.get(param, {})
+            if "step" in state:
+                state["step"] = state["step"].to(param.device if flag else "cpu")
+
+
 class GraphedUpdate:
     """``update`` replayed from one CUDA graph (``agent.cuda_graph``).
 
@@ -320,8 +335,8 @@ class Agent(nn.Module):
         return state
 
     def load_optimizer_state(self, state: dict) -> None:
-        self.model_opt.load_state_dict(state["model"])
-        self.actor_opt.load_state_dict(state["actor"])
-        self.critic_opt.load_state_dict(state["critic"])
+        _load_adam(self.model_opt, state["model"])
+        _load_adam(self.actor_opt, state["actor"])
+        _load_adam(self.critic_opt, state["critic"])
         if self.expl_opt is not None:
-            self.expl_opt.load_state_dict(state["expl"])
+            _load_adam(self.expl_opt, state["expl"])

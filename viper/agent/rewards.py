@@ -13,7 +13,8 @@ Chunking with context (VIPER; chunk C = 64, context K = 15 as published), per en
   replay (as in the released code). The first step that does enter replay is marked ``is_first``, so the
   world model restarts its state there (the released code copies the episode's ``is_first`` onto it too).
 * Within an episode, chunks of C steps overlap by K: each scores C - K new steps, which are appended to the
-  replay stream in order (the replay samples every window of the stream, i.e. inserts with stride 1).
+  replay stream in order. The replay samples every window of C - K steps of the stream (49; the released
+  replay's items: every such run of scored steps, inserted with stride 1; ``agent.viper_batch_length``).
 * When an episode ends (``is_last``), its remaining steps are scored at once (a shorter chunk), so no scored
   step of the episode is lost; an episode of K steps or fewer inserts nothing.
 

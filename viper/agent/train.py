@@ -272,6 +272,22 @@ def _run_shaping(acfg: AgentConfig) -> dict[str, Any]:
     return {k: v for k, v in _config_dict(acfg).items() if k not in RESUMABLE_CHANGES}
 
 
+def sequence_length(acfg: AgentConfig, source) -> int:
+    """Steps per replayed sequence: ``batch_length``, or with a chunked reward source (viper) the released
+    relabelling replay's item length, chunk - context (``agent.viper_batch_length`` overrides it)."""
+    if source.context_steps == 0:
+        return acfg.batch_length
+    if acfg.viper_batch_length < 0:
+        raise ViperError(f"agent.viper_batch_length={acfg.viper_batch_length}: expected 0 (released) or a length")
+    return acfg.viper_batch_length or source.chunk_steps - source.context_steps
+
+
+def _can_train(replay: Replay, batch_steps: int, length: int) -> bool:
+    """Whether replay holds one batch of steps (the 2023 prefill) and a whole sequence in some env's stream
+    (with more envs than sequences per batch, the first condition alone comes before either)."""
+    return len(replay) >= batch_steps and bool((replay.sizes() >= length).any())
+
+
 def _evaluate(agent: Agent, evaluator, counters: dict, log: Logger) -> None:
     result = evaluator(agent, counters["env_steps"])
     step = counters["env_steps"]
@@ -289,6 +305,7 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
     each step's updates, logging, evaluation and checkpoint, so the state is whole when the caller saves)."""
     batch_steps = acfg.batch_size * acfg.batch_length
     ratio = acfg.train_ratio / batch_steps
+    length = sequence_length(acfg, inserter.source)
     count = envs.count
     obs = envs.reset()
     reward = np.zeros(count, np.float32)
@@ -302,7 +319,7 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
     n_metrics = 0
     clock = time.time()
     while counters["env_steps"] < acfg.env_steps:
-        if len(replay) < batch_steps:
+        if not _can_train(replay, batch_steps, length):
             action = envs.random_actions(rng)
         else:
             action, carry = agent.act(obs, is_first, carry)
@@ -335,12 +352,12 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
         obs, reward, is_first, is_last, is_terminal = envs.step(action)
         counters["env_steps"] += count
         step = counters["env_steps"]
-        if len(replay) >= batch_steps:
+        if _can_train(replay, batch_steps, length):
             if counters["train_start"] < 0:
                 counters["train_start"] = step
             due = 1 + int((step - counters["train_start"]) * ratio) - counters["updates"]
             for _ in range(max(0, due)):
-                batch = agent.to_tensors(replay.sample(acfg.batch_size, acfg.batch_length))
+                batch = agent.to_tensors(replay.sample(acfg.batch_size, length))
                 # Summed as tensors (on CUDA a float() per metric would wait for the GPU after every update).
                 for key, value in agent.update(batch).items():
                     sums[key] = sums.get(key, 0.0) + value

@@ -2,7 +2,8 @@
 
 Published mechanics (reference/viper-original.md, "Reward"): rewards are computed once, on real data, when
 chunks of an env stream enter replay: 64-step chunks (the released replay's stream length, its batch length),
-of which the first 15 are context. The context is the reward model's window minus one step
+of which the first 15 are context; the agent replays 49-step sequences of the scored steps, as the released
+replay does (``viper.agent.train.sequence_length``). The context is the reward model's window minus one step
 (``window_frames - 1``: 15 for every released (seq_len, frame_skip) pair); a prior with another window (e.g. the
 CPU presets' 4-frame windows) gets its own context, and a note is printed when that differs from
 ``agent.context_steps``. Steps are scored in raw nats (``reward.mode``: joint by default), with no scaling: the
@@ -72,13 +73,43 @@ class ViperReward:
     def fingerprint(self) -> dict[str, str | int]:
         """What identifies the reward values: the prior checkpoint, its tokenizer and the reward definition."""
         model = self.model
-        return {
+        fp: dict[str, str | int] = {
             # The checkpoint's content, not its folder name: a retrained prior reuses names like step_000000020.
             "prior": _file_hash(Path(str(getattr(model, "prior_path", ""))) / "state.pt"),
             "tokenizer": str(getattr(getattr(model, "tokenizer", None), "hash", "")),
             "mode": str(getattr(model, "mode", "")),
             "window_frames": int(model.window_frames),
         }
+        # state.pt holds both the EMA and the raw weights, so the file hash does not tell them apart. Recorded
+        # only when not the published ``ema``, so that existing checkpoints keep resuming.
+        weights = str(getattr(getattr(model, "cfg", None), "weights", "ema"))
+        if weights != "ema":
+            fp["weights"] = weights
+        return fp
+
+
+def check_action_repeat(cfg: Config, task: str) -> None:
+    """ViperError unless the agent steps at the frame rate of ``task``'s expert videos.
+
+    The prior learned windows of frames ``collect.action_repeat`` env steps apart, as the store records per task
+    (``action_repeat`` attribute); an agent at another repeat would be scored on windows spanning another stretch
+    of time. Imported videos record no repeat (None) and are not checked; neither is a missing store.
+    """
+    from viper.data.store import open_store
+
+    store = paths.store(cfg.data_dir, task.split("/", 1)[0])
+    if not store.is_dir():
+        return
+    videos = open_store(store)
+    if task not in videos.tasks:
+        return
+    recorded = videos.task(task).attrs.get("action_repeat")
+    if recorded is not None and int(recorded) != cfg.agent.action_repeat:
+        raise ViperError(
+            f"{store}: the expert videos of {task} were recorded at action repeat {recorded}, but "
+            f"agent.action_repeat={cfg.agent.action_repeat}; the VIPER reward scores frames at the videos' rate: "
+            f"set -S agent.action_repeat={recorded} (or re-collect with -S collect.action_repeat=...)"
+        )
 
 
 def _file_hash(path: Path) -> str:
@@ -97,6 +128,7 @@ def load_viper_reward(cfg: Config, task: str) -> ViperReward:
     from viper.reward import VideoReward
 
     tokenizer, prior = reward_model_dirs(cfg, task)
+    check_action_repeat(cfg, task)
     model = VideoReward.load(tokenizer, prior, cfg.reward)
     source = ViperReward(model, task, cfg.agent.batch_length)
     if source.context_steps != cfg.agent.context_steps:
