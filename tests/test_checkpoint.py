@@ -48,7 +48,7 @@ def test_fingerprint_mismatch_starts_fresh_and_keeps_the_old_run_in_superseded(t
     assert "(layers: 2 -> 3)" in changed.stale_message("tokenizer")
     changed.save(1, {"step": 1})
     assert [p.name for p in changed.complete()] == ["step_000000001"] and changed.stale() == []
-    # The old run is not deleted: it sits complete in superseded/, and an old-settings run can be restored by hand.
+    # The old run is not deleted: it sits complete in superseded/ (the next test resumes it from there).
     kept = tmp_path / "superseded" / "step_000000100"
     assert (kept / "done").exists() and torch.load(kept / "state.pt")["step"] == 100
     # A second change away supersedes the new run too, beside the first (same step name: suffixed, not replaced).
@@ -57,6 +57,26 @@ def test_fingerprint_mismatch_starts_fresh_and_keeps_the_old_run_in_superseded(t
     back = Checkpointer(tmp_path, fingerprint={"layers": 4})
     back.save(5, {"step": 5})
     assert (tmp_path / "superseded" / "step_000000001.1").exists()
+
+
+def test_settings_changed_back_resume_the_superseded_run(tmp_path):
+    """A mistyped setting supersedes a run at its first save; the right settings again must not start over."""
+    Checkpointer(tmp_path, fingerprint={"layers": 2}).save(100, {"step": 100})
+    Checkpointer(tmp_path, fingerprint={"layers": 2}).save(200, {"step": 200})
+    Checkpointer(tmp_path, fingerprint={"layers": 3}).save(10, {"step": 10})
+    assert not list(tmp_path.glob("step_0000001*")) and not list(tmp_path.glob("step_0000002*"))
+    back = Checkpointer(tmp_path, fingerprint={"layers": 2})
+    message = back.stale_message("agent")
+    assert "(layers: 3 -> 2); resuming superseded/step_000000200, made with these settings" in message
+    state, folder = back.load_latest()
+    assert state["step"] == 200 and folder == tmp_path / "step_000000200" and back.loads == 1
+    assert (tmp_path / "latest").read_text() == "step_000000200"
+    # The other settings' run is set aside in its turn; the older matching one stays where it was.
+    assert (tmp_path / "superseded" / "step_000000010" / "done").exists()
+    assert (tmp_path / "superseded" / "step_000000100" / "done").exists()
+    assert [p.name for p in back.complete()] == ["step_000000200"] and back.stale() == []
+    # Nothing of these settings anywhere: a fresh start, as before.
+    assert Checkpointer(tmp_path, fingerprint={"layers": 4}).load_latest() is None
 
 
 def test_a_setting_added_later_at_its_default_keeps_old_checkpoints_resumable(tmp_path):

@@ -54,6 +54,19 @@ def test_unimplemented_or_failing_stage_never_pretends(tmp_path, capsys):
     assert code == 2 and "no_such_task" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["train-agent", "expert"])
+def test_a_short_task_name_is_refused_before_anything_runs(tmp_path, capsys, command):
+    # Read as a suite, "cartpole_balance" used to send users after a reward model under data/tokenizer/cartpole_balance.
+    code = main([command, "--preset", "tiny", "--task", "cartpole_balance", "-S", f"data_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert (
+        code == 2
+        and "unknown task 'cartpole_balance': expected '<suite>/<task>'" in err
+        and "dmc/cartpole_balance" in err
+    )
+    assert not (tmp_path / "agents").exists()
+
+
 def test_config_prints_resolved_yaml(tmp_path):
     out = viper("config", "--preset", "tiny", "-S", "prior.layers=3", cwd=tmp_path)
     assert out.returncode == 0, out.stderr

@@ -97,7 +97,11 @@ def test_unknown_key_in_params_file_names_the_file(tmp_path):
         ("agent.seeds=3", "agent.seeds=3: expected list of int, got int"),
         ("agent.seeds=[0, x]", "agent.seeds[1]='x': expected int, got str"),
         ("prior.layers=true", "prior.layers=True: expected int, got bool"),
-        ("reward.mode=3", "reward.mode=3: expected str, got int"),
+        ("reward.device=3", "reward.device=3: expected str, got int"),
+        ("reward.mode=3", "reward.mode=3: expected one of joint, conditional"),
+        # Fixed sets of values are checked on load, before a stage sees (and supersedes) its old checkpoints.
+        ("agent.size=xs", "agent.size='xs': expected one of tiny, XS, S, M, L, XL"),
+        ("agent.reward=viperr", "agent.reward='viperr': expected one of task, viper"),
     ],
 )
 def test_type_error_text(override, expected):

@@ -217,6 +217,25 @@ def test_hdf5_round_trip_and_errors(tmp_path):
         f["frames"] = np.zeros((1, 64, 64, 3), np.uint8)
     with pytest.raises(ViperError, match="y.h5: not a viper task-group HDF5 file"):
         hdf5.import_task(tmp_path / "y.h5", other)
+    # Hand-made files: a missing or unknown task and broken group attributes are errors naming the file.
+    good = tmp_path / "out" / "cheetah_again.h5"
+    hdf5.export_task(open_store(tmp_path / "a.zarr"), "dmc/cheetah_run", good)
+    for attr, value, message in [
+        ("task", None, "cheetah_again.h5: missing root attribute 'task'"),
+        ("task", "dmc/my_robot", "cheetah_again.h5: attribute task='dmc/my_robot' is not a known task; known: dmc/"),
+        ("suite", "atari", "cheetah_again.h5: attribute suite='atari' disagrees with task='dmc/cheetah_run'"),
+        ("group_attrs", "{not json", "cheetah_again.h5: attribute group_attrs is not a JSON object"),
+    ]:
+        bad = tmp_path / f"bad_{attr}.h5"
+        bad.write_bytes(good.read_bytes())
+        with h5py.File(bad, "r+") as f:
+            if value is None:
+                del f.attrs[attr]
+            else:
+                f.attrs[attr] = value
+        with pytest.raises(ViperError, match=message.replace("cheetah_again", f"bad_{attr}")):
+            hdf5.import_task(bad, other)
+    assert open_store(tmp_path / "b.zarr").task("dmc/cheetah_run").num_episodes == 3  # the store kept its task
 
 
 def test_inspect_and_cli(tmp_path, capsys):
@@ -244,6 +263,9 @@ def test_inspect_and_cli(tmp_path, capsys):
     assert cli.main(["export", "--task", "dmc/walker_walk", "--output", str(tmp_path / "w.h5"), *base]) == 0
     assert cli.main(["import", str(tmp_path / "w.h5"), "--store", str(tmp_path / "c.zarr"), *base]) == 0
     assert open_store(tmp_path / "c.zarr").tasks == ["dmc/walker_walk"]
+    assert "dmc/walker_walk: 4 episodes\n" in capsys.readouterr().out
+    assert cli.main(["import", str(tmp_path / "w.h5"), "--store", str(tmp_path / "c.zarr"), *base]) == 0
+    assert "dmc/walker_walk: 4 episodes (replacing the 4 episodes it held)" in capsys.readouterr().out
     assert cli.main(["import", str(root / "missing"), *base]) == 2
     assert "not a folder" in capsys.readouterr().err
     assert cli.main(["export", "--task", "dmc/hopper_stand", "--output", str(tmp_path / "h.h5"), *base]) == 2

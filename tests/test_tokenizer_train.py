@@ -134,6 +134,53 @@ def test_tokenize_writes_tokens_and_refuses_stale_ones(tmp_path):
     assert read_tokens(out, TASKS[0], expected_hash=new_hash).tokenizer_hash == new_hash
 
 
+def test_extended_or_replaced_videos_retrain_the_tokenizer_and_prior_and_are_encoded_again(tmp_path):
+    from viper.train import prior
+
+    write_store(tmp_path)
+    cfg = tiny_cfg(
+        tmp_path,
+        "tokenizer.train_grad_steps=3",
+        f"collect.tasks={json.dumps(TASKS)}",
+        "prior.train_grad_steps=2",
+        "prior.eval_every_grad_steps=2",
+        "prior.checkpoint_every_grad_steps=2",
+    )
+    store = open_store(paths.store(tmp_path, "dmc"), "a")
+    identity = store.task(TASKS[0]).identity
+    assert open_store(paths.store(tmp_path, "dmc")).task(TASKS[0]).identity == identity  # reading changes nothing
+    tokenizer.run(cfg, progress=False)
+    tokenize.run(cfg, device="cpu")
+    prior.run(cfg)
+    prior_ckpts = paths.prior_dir(tmp_path, "dmc") / "checkpoints"
+    # Nothing changed: everything resumes or is up to date.
+    assert tokenizer.run(cfg, progress=False)["checkpoint_loads"] == 1
+    assert tokenize.run(cfg, device="cpu")["tasks_up_to_date"] == 2
+    prior.run(cfg)
+    assert not (prior_ckpts / "superseded").exists()
+
+    # One more episode of the first task: a different training set.
+    store.append_episode(TASKS[0], synthetic_frames(12, seed=999), split="train")
+    assert store.task(TASKS[0]).identity != identity
+    again = tokenizer.run(cfg, progress=False)
+    assert again["checkpoint_loads"] == 0 and again["start_step"] == 0 and again["step"] == 3
+    assert list((paths.tokenizer_dir(tmp_path, "dmc") / "checkpoints" / "superseded").iterdir())
+    assert tokenize.run(cfg, device="cpu")["tasks_encoded"] == 2  # a new tokenizer: both tasks again
+    prior.run(cfg)
+    assert list((prior_ckpts / "superseded").iterdir())
+
+    # The task replaced whole (as `viper import` and `viper collect` do) by the very same episodes: a new group.
+    group = store.task(TASKS[1])
+    staged = store.staging(TASKS[1], "importing", attrs=dict(group.attrs))
+    for i in range(group.num_episodes):
+        ep = group.read_episode(i)
+        staged.append(ep["frames"], None, None, "test" if group.split[i] else "train")
+    store.promote(TASKS[1], "importing")
+    assert store.task(TASKS[1]).identity != group.identity
+    assert tokenize.run(cfg, device="cpu")["tasks_encoded"] == 1  # same tokenizer, one task's store changed
+    assert tokenizer.run(cfg, progress=False)["checkpoint_loads"] == 0
+
+
 def cli_command(data_dir: Path) -> list[str]:
     return [
         sys.executable,

@@ -15,9 +15,11 @@ A ``fingerprint`` (e.g. the stage's config section as a dict) is stored beside e
 whose fingerprint differs from the current one are never resumed (DVC keeps a stage's persistent outputs when
 its params change, and an old run must not continue under new settings). They are not deleted either: the next
 save moves them into ``superseded/`` beside the live ones (``stale_message`` says so, with what changed), so a
-changed setting never costs a finished run. A setting added to the code after a checkpoint was written is absent
-from its fingerprint; with ``defaults`` (the fingerprint of the default config) such a checkpoint still resumes
-when the new setting is at its default, which by convention reproduces the behaviour from before it existed.
+changed setting never costs a finished run: when the settings change back, ``load_latest`` moves the newest
+``superseded/`` checkpoint made with them back into place and resumes it. A setting added to the code after a
+checkpoint was written is absent from its fingerprint; with ``defaults`` (the fingerprint of the default config)
+such a checkpoint still resumes when the new setting is at its default, which by convention reproduces the
+behaviour from before it existed.
 """
 
 from __future__ import annotations
@@ -101,10 +103,41 @@ class Checkpointer:
             return None
         changes = self.changes(stale[-1])
         shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
+        match = None if self.complete() else self.superseded_match()
+        plan = f"resuming {SUPERSEDED}/{match.name}, made with these settings" if match else "starting anew"
         return (
             f"{what}: {len(stale)} checkpoint(s) in {self.directory} were made with other settings ({shown}); "
-            f"starting anew, and they move to {self.directory / SUPERSEDED} at the first save"
+            f"{plan}, and they move to {self.directory / SUPERSEDED}"
         )
+
+    def superseded_match(self) -> Path | None:
+        """The newest complete checkpoint in ``superseded/`` made with this run's settings, or ``None``."""
+        folder = self.directory / SUPERSEDED
+        if self.fingerprint is None or not folder.is_dir():
+            return None
+        found = [p for p in folder.iterdir() if p.is_dir() and (p / DONE).exists() and self._matches(p)]
+        return max(found, key=_saved_step, default=None)
+
+    def _restore_superseded(self) -> Path | None:
+        """Move ``superseded_match()`` back beside the live checkpoints (setting those of other settings aside)
+        and point ``latest`` at it; ``None`` when there is none."""
+        found = self.superseded_match()
+        if found is None:
+            return None
+        for path in self.stale():
+            self._set_aside(path)
+        target = self.directory / self.name(_saved_step(found))
+        shutil.rmtree(target, ignore_errors=True)  # only an incomplete leftover can be there now
+        found.rename(target)
+        self._point_latest(target.name)
+        return target
+
+    def _point_latest(self, name: str) -> None:
+        """Replace the ``latest`` pointer atomically."""
+        pointer_tmp = self.directory / f".{LATEST}.tmp"
+        pointer_tmp.write_text(name)
+        os.replace(pointer_tmp, self.directory / LATEST)
+        _fsync_dir(self.directory)
 
     def changes(self, folder: Path) -> list[str]:
         """``key: stored -> current`` for each setting where ``folder``'s fingerprint differs from this run's."""
@@ -164,16 +197,14 @@ class Checkpointer:
             else:
                 shutil.rmtree(final)
         tmp.rename(final)
-        pointer_tmp = self.directory / f".{LATEST}.tmp"
-        pointer_tmp.write_text(final.name)
-        os.replace(pointer_tmp, self.directory / LATEST)
-        _fsync_dir(self.directory)
+        self._point_latest(final.name)
         self._prune(protect + (final.name,))
         return final
 
     def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path] | None:
-        """``(state, folder)`` of the newest complete checkpoint, or ``None`` when there is none."""
-        path = self.latest_path()
+        """``(state, folder)`` of the newest complete checkpoint, or ``None`` when there is none. Without one of
+        this run's settings beside the live ones, a superseded one made with them is moved back and loaded."""
+        path = self.latest_path() or self._restore_superseded()
         if path is None:
             return None
         self.loads += 1
@@ -206,6 +237,14 @@ class Checkpointer:
 def _plain(value: Any) -> Any:
     """JSON's view of a fingerprint (tuples become lists, paths strings), so stored and live ones compare."""
     return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _saved_step(folder: Path) -> int:
+    """The step a complete checkpoint folder was saved at (its ``done`` marker holds it)."""
+    try:
+        return int((folder / DONE).read_text().strip())
+    except (OSError, ValueError):
+        return -1
 
 
 def _read_fingerprint(folder: Path) -> Any:

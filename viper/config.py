@@ -223,6 +223,8 @@ def _nest(dotted: str, value: Any) -> dict[str, Any]:
 
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is typing.Literal:
+        return "one of " + ", ".join(str(v) for v in typing.get_args(tp))
     if typing.get_origin(tp) is tuple:
         return f"list of {typing.get_args(tp)[0].__name__}"
     return getattr(tp, "__name__", str(tp))
@@ -234,6 +236,10 @@ def _check(key: str, value: Any, tp: Any) -> Any:
     def fail() -> typing.NoReturn:
         raise ConfigError(f"{key}={value!r}: expected {_type_name(tp)}, got {type(value).__name__}")
 
+    if typing.get_origin(tp) is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}={value!r}: expected {_type_name(tp)}")
+        return value
     if typing.get_origin(tp) is tuple:
         if not isinstance(value, (list, tuple)):
             fail()

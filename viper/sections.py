@@ -1,12 +1,15 @@
 """The configuration's sections: one frozen dataclass per pipeline stage, with the published defaults.
 
-Each field's docstring is its documentation (``viper <stage> --help`` and ``viper config`` print it). Loading,
-presets and validation live in ``viper.config``, which re-exports every name here.
+Each field's docstring is its documentation (``viper <stage> --help`` and ``viper config`` print it). A field
+with a fixed set of values is typed ``Literal[...]``, so a mistyped value is refused when the configuration
+loads, before any stage touches its outputs. Loading, presets and validation live in ``viper.config``, which
+re-exports every name here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 DMC_TASKS = (
     "dmc/acrobot_swingup",
@@ -43,7 +46,7 @@ ATARI_TASKS = (
 class CollectConfig:
     """Expert video collection into the Zarr store (stage ``collect``)."""
 
-    suite: str = "dmc"
+    suite: Literal["dmc", "atari"] = "dmc"
     """Environment suite: ``dmc`` or ``atari``; also names the store ``<data_dir>/videos/<suite>.zarr``."""
     tasks: tuple[str, ...] = DMC_TASKS
     """Tasks to collect, full names ``<suite>/<task>`` (e.g. ``dmc/cartpole_balance``)."""
@@ -107,7 +110,7 @@ class TokenizerConfig:
     """Re-seed unused codes from encoder outputs (off in the published code)."""
     dead_code_every_grad_steps: int = 200
     """Window of updates over which a code must be used once, else it is re-seeded (with dead_code_restart)."""
-    recon_loss: str = "l1"
+    recon_loss: Literal["l1", "mse"] = "l1"
     """Pixel loss: ``l1`` (published) or ``mse`` (CPU prototype; learns small objects sooner without GAN/LPIPS)."""
     perceptual_weight: float = 0.1
     """LPIPS(VGG16) weight; needs ``lpips_weights_path`` (no downloads here), otherwise switched off."""
@@ -211,15 +214,15 @@ class PriorConfig:
 class RewardConfig:
     """The VIPER reward model: tokenizer + prior log-likelihoods as per-step rewards."""
 
-    mode: str = "joint"
+    mode: Literal["joint", "conditional"] = "joint"
     """``joint`` (released code: sum of log p of every frame in the window) or ``conditional`` (paper)."""
     windows_per_batch: int = 64
     """Windows scored per forward pass (bounds memory)."""
     encode_batch_frames: int = 256
     """Frames per tokenizer call when encoding an episode (bounds memory)."""
-    checkpoint: str = "latest"
+    checkpoint: Literal["latest", "best"] = "latest"
     """Prior checkpoint to score with: ``latest`` (the released code's final weights) or ``best`` (eval NLL)."""
-    weights: str = "ema"
+    weights: Literal["ema", "raw"] = "ema"
     """Prior weights that score: ``ema`` (published) or ``raw`` (trained weights; short runs with a lagging EMA)."""
     device: str = "auto"
     """``auto`` (CUDA if present), ``cpu`` or ``cuda[:i]``."""
@@ -235,9 +238,9 @@ class AgentConfig:
     """Tasks to train agents on."""
     seeds: tuple[int, ...] = (0, 1, 2)
     """Seeds per task."""
-    reward: str = "viper"
+    reward: Literal["task", "viper"] = "viper"
     """Reward source: ``task`` (environment reward, the oracle) or ``viper`` (video likelihood)."""
-    size: str = "S"
+    size: Literal["tiny", "XS", "S", "M", "L", "XL"] = "S"
     """Model size XS/S/M/L/XL (GRU 256/512/1024/2048/4096, CNN 24/32/48/64/96, MLP 256/512/640/768/1024);
     ``tiny`` (GRU 128, CNN 8, 16x16 latents) is an unpublished CPU-test size."""
     env_steps: int = 500_000
@@ -320,7 +323,7 @@ class AgentConfig:
     """Compile the per-step functions of the observe (posterior) and imagination loops with torch.compile (any
     device; the Python loops stay, each step's many small kernels fuse). Same maths, other random streams. Meant
     for CUDA, where the loops are launch-bound; on this CPU it is no faster (tiny: 3.8 vs 3.4 CPU s/update)."""
-    compile_mode: str = "default"
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     """torch.compile mode for ``compile`` and ``compile_loops``: ``default``, ``reduce-overhead`` (adds CUDA
     graphs on CUDA: each loop step replays as one launch; ignored on the CPU), ``max-autotune`` or
     ``max-autotune-no-cudagraphs``."""

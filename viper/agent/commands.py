@@ -11,6 +11,7 @@ from viper import paths
 from viper.agent.rewards import check_reward
 from viper.agent.train import run
 from viper.config import Config
+from viper.envs.suites import check_task
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
@@ -47,9 +48,13 @@ def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, Any]:
     Returns flat summary metrics keyed ``<task slug>/seed<k>/<metric>``."""
     reward = "task" if command == "expert" else (getattr(args, "reward", None) or cfg.agent.reward)
     check_reward(reward)
+    if args.task:
+        check_task(args.task)  # a short name would otherwise be read as a suite (and name a missing reward model)
     if command == "expert":
         return train_experts(cfg, args)
     tasks = [args.task] if args.task else list(cfg.agent.tasks)
+    for task in tasks:
+        check_task(task)
     if reward == "viper":
         from viper.agent.viper_reward import reward_model_dirs
 

@@ -92,7 +92,24 @@ def _check(f: h5py.File, path: Path) -> tuple[str, np.ndarray, np.ndarray, int]:
     for key in ("actions", "rewards"):
         if key in f and f[key].shape[0] != n:
             raise ViperError(f"{path}: /{key} has {f[key].shape[0]} rows, expected N={n}")
-    return str(f.attrs["task"]), ends, split, n
+    return _task(f, path), ends, split, n
+
+
+def _task(f: h5py.File, path: Path) -> str:
+    """The file's ``task`` attribute, a known ``<suite>/<task>`` name (as the npz import requires)."""
+    from viper.envs.suites import check_task
+
+    if "task" not in f.attrs:
+        raise ViperError(f"{path}: missing root attribute 'task' (the full task name, e.g. 'dmc/cartpole_balance')")
+    task = str(f.attrs["task"])
+    try:
+        check_task(task)
+    except ViperError as exc:
+        raise ViperError(f"{path}: attribute task: {exc}") from None
+    suite = task.split("/", 1)[0]
+    if "suite" in f.attrs and str(f.attrs["suite"]) != suite:
+        raise ViperError(f"{path}: attribute suite={f.attrs['suite']!r} disagrees with task={task!r}")
+    return task
 
 
 def import_task(path: str | Path, store: VideoStore, task: str | None = None) -> str:
@@ -108,7 +125,12 @@ def import_task(path: str | Path, store: VideoStore, task: str | None = None) ->
         stored, ends, split, _ = _check(f, path)
         if task is not None and task != stored:
             raise ViperError(f"{path}: holds task {stored!r}, not {task!r}")
-        attrs = json.loads(f.attrs.get("group_attrs", "{}"))
+        try:
+            attrs = json.loads(f.attrs.get("group_attrs", "{}"))
+        except (TypeError, ValueError) as exc:
+            raise ViperError(f"{path}: attribute group_attrs is not a JSON object ({exc})") from exc
+        if not isinstance(attrs, dict):
+            raise ViperError(f"{path}: attribute group_attrs is not a JSON object, got {type(attrs).__name__}")
         keep = {k: attrs[k] for k in ("action_repeat", "source") if k in attrs}
         keep["source"] = {**keep.get("source", {}), "imported_from": str(path)}
         store.discard_staging(stored, IMPORTING)

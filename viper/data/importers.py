@@ -224,6 +224,7 @@ def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, Any]:
         print(f"wrote {args.output}: {info['episodes']} episodes, {info['frames']} frames of {args.task}")
         return info
     store = open_store(url, "a", chunk_frames=cfg.collect.chunk_frames, shard_frames=cfg.collect.shard_frames)
+    before = {task: store.task(task).num_episodes for task in store.tasks}
     source = Path(args.source)
     if source.suffix in (".h5", ".hdf5"):
         task = hdf5.import_task(source, store, task=(args.task or [None])[0])
@@ -231,5 +232,6 @@ def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, Any]:
     else:
         summary = import_published(source, store, cfg.collect.suite, args.task, args.manifest)
     for task, count in summary.items():
-        print(f"{url}: {task}: {count} episodes")
+        replaced = f" (replacing the {before[task]} episodes it held)" if task in before else ""
+        print(f"{url}: {task}: {count} episodes{replaced}")
     return {f"{task}/episodes": n for task, n in summary.items()}

@@ -12,7 +12,9 @@ Group ``<root>/<name>`` (``name`` = task without the suite prefix, e.g. ``cartpo
     episode_ids   (E,) int64             provenance: rollout index (collect) or file order (import)
 
 Group attributes: ``schema_version``, ``suite``, ``task``, ``action_repeat``, ``source`` (policy, seed,
-checksums, ...), ``created`` (UTC ISO time) and the commit record ``num_episodes`` / ``num_frames``.
+checksums, ...), ``created`` (UTC ISO time), ``uid`` (random, per created group) and the commit record
+``num_episodes`` / ``num_frames``. A group is append-only, so ``uid`` plus the commit record and the episode
+index identify its content (``TaskGroup.identity``: what trained models record to notice replaced data).
 
 Atomic append: the frame rows (and actions/rewards) are written first, then the per-episode rows, and last the
 commit record in the group's ``zarr.json`` (one atomic file replace). Readers trust only the commit record, so
@@ -23,6 +25,9 @@ Any number of readers may run beside one writer per task group (two concurrent w
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +111,16 @@ class TaskGroup:
         ends_ok = self.num_episodes == 0 or self.episode_ends[-1] == self.num_frames
         if not ends_ok or not np.array_equal(np.diff(self.episode_ends, prepend=0), self.lengths):
             raise ViperError(f"{self.where}: corrupt store, episode_ends disagree with lengths/num_frames")
+
+    @property
+    def identity(self) -> str:
+        """16 hex digits naming the committed content: changes when episodes are appended or the task is
+        replaced (re-collected, re-imported), not when the store is only read or repaired."""
+        record = {k: self.attrs.get(k) for k in ("task", "uid", "created", "num_episodes", "num_frames", "source")}
+        digest = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode())
+        for array in (self.episode_ends, self.split, self.episode_ids):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()[:16]
 
     @property
     def has_actions(self) -> bool:
@@ -348,6 +363,7 @@ class VideoStore:
         )
         meta = {"action_repeat": None, "source": {}, **(attrs or {})}
         meta.update(schema_version=SCHEMA_VERSION, suite=task.split("/")[0], task=task, created=_now())
+        meta["uid"] = uuid.uuid4().hex
         group.update_attributes({**meta, "num_episodes": 0, "num_frames": 0})
         return self._open(name)
 

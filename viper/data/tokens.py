@@ -2,7 +2,8 @@
 
 Group ``<root>/<name>`` (same names as the video store) holds ``tokens`` (N, h, w) int16, ``episode_ends``
 (E,) int64 and ``split`` (E,) uint8 (0 train, 1 test), with attributes ``tokenizer_hash`` (the hash of the
-weights that produced them), ``grid`` ([h, w]), ``codebook_size``, ``task``, ``suite``, ``schema_version``.
+weights that produced them), ``store_identity`` (the video store group's ``TaskGroup.identity`` they encode),
+``grid`` ([h, w]), ``codebook_size``, ``task``, ``suite``, ``schema_version``.
 A task's tokens are written whole into a hidden group and swapped in, so a reader sees the old tokens or the
 new ones. Reading with ``expected_hash`` refuses tokens made by another tokenizer (``StaleTokensError``).
 """
@@ -36,6 +37,8 @@ class TokenGroup:
     split: np.ndarray
     tokenizer_hash: str
     codebook_size: int | None
+    store_identity: str = ""
+    """``TaskGroup.identity`` of the video store group these tokens encode ("" when not recorded)."""
 
     @property
     def lengths(self) -> np.ndarray:
@@ -62,6 +65,7 @@ def write_tokens(
     tokenizer_hash: str,
     codebook_size: int | None = None,
     chunk_frames: int = 1024,
+    store_identity: str = "",
 ) -> None:
     """Write (or replace) ``task``'s tokens: int16 (N, h, w), episode_ends (E,), split uint8 (E,) 0/1."""
     tokens = np.asarray(tokens)
@@ -103,6 +107,7 @@ def write_tokens(
             "tokenizer_hash": tokenizer_hash,
             "grid": [int(h), int(w)],
             "codebook_size": codebook_size,
+            "store_identity": store_identity,
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
     )
@@ -118,6 +123,16 @@ def token_tasks(path: str | Path) -> list[str]:
         if meta is not None and "task" in meta.get("attributes", {}):
             tasks.append(meta["attributes"]["task"])
     return sorted(tasks)
+
+
+def store_identities(path: str | Path, tasks: tuple[str, ...]) -> dict[str, str]:
+    """``store_identity`` of each task's tokens, from their attributes alone ("" when absent or not recorded)."""
+    location = Location(path)
+    out = {}
+    for task in tasks:
+        meta = location.read_json(f"{_name(task)}/zarr.json") or {}
+        out[task] = str(meta.get("attributes", {}).get("store_identity", ""))
+    return out
 
 
 def read_tokens(path: str | Path, task: str, expected_hash: str | None = None) -> TokenGroup:
@@ -145,4 +160,5 @@ def read_tokens(path: str | Path, task: str, expected_hash: str | None = None) -
         split=group["split"][:],
         tokenizer_hash=found,
         codebook_size=attrs.get("codebook_size"),
+        store_identity=str(attrs.get("store_identity", "")),
     )

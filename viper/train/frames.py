@@ -77,6 +77,10 @@ class StoreFrames:
         self.masks = {task: task_mask(task) for task in self.tasks}
         self.log = log
 
+    def identity(self) -> dict[str, str]:
+        """``TaskGroup.identity`` per task: the tokenizer's checkpoints record it to notice replaced data."""
+        return {task: self.store.task(task).identity for task in self.tasks}
+
     def batches(self, batch_size: int, seed: int, rank: int, start_step: int) -> Iterator[np.ndarray]:
         from viper.data.windows import RandomFrames
 

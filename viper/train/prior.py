@@ -24,6 +24,7 @@ import torch
 from viper import paths
 from viper.checkpoint import Checkpointer, rng_state, set_rng_state
 from viper.config import Config, PriorConfig
+from viper.data.tokens import store_identities
 from viper.metrics import Logger, write_json
 from viper.models.videogpt import BEST, CHECKPOINT_FORMAT, PriorSpec, VideoGPT
 from viper.train import common
@@ -153,11 +154,17 @@ RESUMABLE_FIELDS = (
 )
 
 
-def fingerprint(pc: PriorConfig, tasks: tuple[str, ...], tokenizer_hash: str, world_size: int) -> dict:
+def fingerprint(
+    pc: PriorConfig, tasks: tuple[str, ...], tokenizer_hash: str, world_size: int, data: dict[str, str] | None = None
+) -> dict:
     """What a checkpoint must share with this run to be resumed (``Checkpointer`` drops the others): every
-    setting that shapes the weights' trajectory, the task map and the tokenizer whose tokens it models."""
+    setting that shapes the weights' trajectory, the task map, the tokenizer whose tokens it models and the video
+    store groups those tokens encode (``data``: ``TaskGroup.identity`` per task), so replaced videos retrain."""
     fields = {k: v for k, v in dataclasses.asdict(pc).items() if k not in RESUMABLE_FIELDS}
-    return {"prior": fields, "tasks": list(tasks), "tokenizer_hash": tokenizer_hash, "world_size": world_size}
+    fp = {"prior": fields, "tasks": list(tasks), "tokenizer_hash": tokenizer_hash, "world_size": world_size}
+    if data is not None:
+        fp["data"] = data
+    return fp
 
 
 @dataclass
@@ -223,7 +230,8 @@ def run(cfg: Config) -> dict[str, float]:
     ctx = common.setup_distributed()
     try:
         tokenizer = load_tokenizer(paths.tokenizer_dir(cfg.data_dir, suite), device=ctx.device)
-        splits = load_splits(paths.tokens(cfg.data_dir, suite), tasks, tokenizer.hash, tokenizer.grid)
+        tokens_path = paths.tokens(cfg.data_dir, suite)
+        splits = load_splits(tokens_path, tasks, tokenizer.hash, tokenizer.grid)
         codebook = tokenizer.codebook.cpu()
         spec = spec_for(pc, tokenizer.grid, codebook, len(tasks))
         common.seed_torch(pc.seed)
@@ -233,7 +241,7 @@ def run(cfg: Config) -> dict[str, float]:
         ckpt = Checkpointer(
             run_dir / "checkpoints",
             pc.keep_checkpoints,
-            fingerprint(pc, tasks, tokenizer.hash, ctx.world_size),
+            fingerprint(pc, tasks, tokenizer.hash, ctx.world_size, store_identities(tokens_path, tasks)),
             defaults={"prior": fingerprint(PriorConfig(), tasks, tokenizer.hash, ctx.world_size)["prior"]},
         )
         stale = ckpt.stale_message("prior")

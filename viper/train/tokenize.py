@@ -3,8 +3,9 @@
 Writes ``viper.paths.tokens(data_dir, suite)``: per task, ``tokens`` int16 (N, h, w) aligned with the store's
 frames, its ``episode_ends`` and ``split``, and the tokenizer's weights hash (``viper.data.tokens``), so readers
 refuse tokens from another tokenizer. Atari frames are masked first (score area blanked), exactly as the reward
-model masks the frames it scores. A task whose tokens already carry the current hash and frame count is
-skipped, so re-running after a kill only encodes what is missing (each task is swapped in whole).
+model masks the frames it scores. A task whose tokens already carry the current hash and encode the store
+group as it is now (``TaskGroup.identity``) is skipped, so re-running after a kill only encodes what is
+missing (each task is swapped in whole), and a replaced or extended task is encoded again.
 """
 
 from __future__ import annotations
@@ -48,14 +49,16 @@ def encode_task(tokenizer: Tokenizer, group: Any, keep: np.ndarray | None) -> np
     return out
 
 
-def up_to_date(tokens_path, task: str, tokenizer_hash: str, num_frames: int) -> bool:
-    """Whether ``task``'s tokens exist, carry ``tokenizer_hash`` and cover ``num_frames`` frames."""
+def up_to_date(tokens_path, task: str, tokenizer_hash: str, num_frames: int, store_identity: str) -> bool:
+    """Whether ``task``'s tokens exist, carry ``tokenizer_hash``, cover ``num_frames`` frames and encode the
+    store group ``store_identity``."""
     from viper.data.tokens import StaleTokensError, read_tokens, token_tasks
 
     if task not in token_tasks(tokens_path):
         return False
     try:
-        return len(read_tokens(tokens_path, task, expected_hash=tokenizer_hash).tokens) == num_frames
+        group = read_tokens(tokens_path, task, expected_hash=tokenizer_hash)
+        return len(group.tokens) == num_frames and group.store_identity == store_identity
     except StaleTokensError:
         return False
 
@@ -79,12 +82,21 @@ def run(cfg: Config, suite: str | None = None, device: str = "auto") -> dict[str
     for task in store.tasks:
         group = store.task(task)
         frames += group.num_frames
-        if up_to_date(out, task, tokenizer.hash, group.num_frames):
+        if up_to_date(out, task, tokenizer.hash, group.num_frames, group.identity):
             skipped += 1
             continue
         with torch.inference_mode():
             tokens = encode_task(tokenizer, group, task_mask(task))
-        write_tokens(out, task, tokens, group.episode_ends, group.split, tokenizer.hash, tokenizer.codebook_size)
+        write_tokens(
+            out,
+            task,
+            tokens,
+            group.episode_ends,
+            group.split,
+            tokenizer.hash,
+            tokenizer.codebook_size,
+            store_identity=group.identity,
+        )
         encoded += 1
         print(f"tokenize: {task}: {group.num_frames} frames -> {tokens.shape[1]}x{tokens.shape[2]} tokens")
     return {

@@ -185,9 +185,13 @@ RESUMABLE_FIELDS = (
 )
 
 
-def fingerprint(cfg: TokenizerConfig) -> dict[str, Any]:
-    """The config fields a checkpoint must share with the current run to be resumed (viper.checkpoint)."""
-    return {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_FIELDS}
+def fingerprint(cfg: TokenizerConfig, data: dict[str, str] | None = None) -> dict[str, Any]:
+    """The config fields a checkpoint must share with the current run to be resumed (viper.checkpoint), and the
+    training data's identity per task (``StoreFrames.identity``), so replaced or extended videos retrain."""
+    fp = {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_FIELDS}
+    if data is not None:
+        fp["data"] = data
+    return fp
 
 
 def recon_grid(originals: np.ndarray, recons: np.ndarray, columns: int = GRID_COLUMNS) -> np.ndarray:
@@ -248,8 +252,9 @@ def _train(
         raise ViperError(f"tokenizer.batch_size={tcfg.batch_size} must be divisible by {ctx.world_size} ranks")
     source = frames if frames is not None else StoreFrames(store, log=say)
     trainer = TokenizerTrainer(tcfg, ctx, build_perceptual(tcfg.perceptual_weight, tcfg.lpips_weights_path, say))
+    data = source.identity() if hasattr(source, "identity") else None
     ckpt = Checkpointer(
-        run_dir / "checkpoints", tcfg.keep_checkpoints, fingerprint(tcfg), defaults=fingerprint(TokenizerConfig())
+        run_dir / "checkpoints", tcfg.keep_checkpoints, fingerprint(tcfg, data), defaults=fingerprint(TokenizerConfig())
     )
     stale = ckpt.stale_message("tokenizer")
     if stale:
