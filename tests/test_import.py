@@ -222,7 +222,7 @@ def test_hdf5_round_trip_and_errors(tmp_path):
     hdf5.export_task(open_store(tmp_path / "a.zarr"), "dmc/cheetah_run", good)
     for attr, value, message in [
         ("task", None, "cheetah_again.h5: missing root attribute 'task'"),
-        ("task", "dmc/my_robot", "cheetah_again.h5: attribute task='dmc/my_robot' is not a known task; known: dmc/"),
+        ("task", "dmc/my_robot", "cheetah_again.h5: attribute task: unknown task 'dmc/my_robot': expected '<suite>/"),
         ("suite", "atari", "cheetah_again.h5: attribute suite='atari' disagrees with task='dmc/cheetah_run'"),
         ("group_attrs", "{not json", "cheetah_again.h5: attribute group_attrs is not a JSON object"),
     ]:

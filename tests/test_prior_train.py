@@ -166,3 +166,15 @@ def test_score_command_prints_a_summary_and_plots_the_curve(data_dir, tmp_path, 
     assert summary["score/scored_steps"] == 6 and np.isfinite(summary["score/mean"])
     assert cli.main(["score", str(episode), "--task", "dmc/walker_walk", *common]) == 2
     assert "not in the prior's task map" in capsys.readouterr().err
+    # Too short for one window: it says why nothing was scored.
+    np.savez_compressed(tmp_path / "short.npz", arr_0=square_video(2, offset=5))
+    assert cli.main(["score", str(tmp_path / "short.npz"), "--task", TASKS[1], *common]) == 0
+    assert "2 steps, 0 scored" in (out := capsys.readouterr().out) and "window spans 4 steps" in out
+    # Frames channels first (or any other layout): an error naming the file and the expected layout.
+    np.savez_compressed(tmp_path / "chw.npz", frames=square_video(9, offset=5).transpose(0, 3, 1, 2))
+    assert cli.main(["score", str(tmp_path / "chw.npz"), "--task", TASKS[1], *common]) == 2
+    err = capsys.readouterr().err
+    assert "chw.npz: 'frames' is uint8 (9, 3, 64, 64); expected uint8 (T, 64, 64, 3)" in err
+    np.savez(tmp_path / "objects.npz", arr_0=np.array([None, 1], dtype=object))
+    assert cli.main(["score", str(tmp_path / "objects.npz"), "--task", TASKS[1], *common]) == 2
+    assert "objects.npz: not a readable .npz of uint8 frames" in capsys.readouterr().err

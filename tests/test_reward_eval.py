@@ -61,7 +61,7 @@ def test_scatter_writes_a_png(tmp_path):
     assert png.stat().st_size > 1000 and np.isfinite(list(metrics.values())).all()
 
 
-def test_stage_end_to_end_on_real_rollouts(tmp_path):
+def test_stage_end_to_end_on_real_rollouts(tmp_path, capsys):
     """Expert rollouts in a real store, a tokenizer checkpoint, tokenize, a briefly trained prior, reward-eval."""
     from viper import config as config_lib
     from viper import paths
@@ -101,6 +101,13 @@ def test_stage_end_to_end_on_real_rollouts(tmp_path):
     (out / "episodes.jsonl").write_text("\n".join(lines[:4]) + '\n{"task": "dmc/cart')
     assert reward_eval.run(cfg) == pytest.approx(metrics)
     assert len((out / "episodes.jsonl").read_text().splitlines()) == 10
+    # The command prints each task's numbers, and says so when the reward cannot guide an agent.
+    capsys.readouterr()
+    reward_eval.cli(cfg, None, "reward-eval")
+    printed = capsys.readouterr().out
+    auroc = metrics[key + "auroc_expert_vs_random"]
+    assert f"{TASK}: auroc_expert_vs_random {auroc:.3f}" in printed
+    assert ("does not tell expert from random episodes" in printed) == (auroc < reward_eval.WEAK_AUROC), printed
     # `viper score` reads an episode straight from the store.
     from viper.reward import score
 

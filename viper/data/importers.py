@@ -207,7 +207,12 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     """``import SOURCE [--manifest M] [--task T]...`` or ``export --task T --output F``."""
     parser.add_argument("--store", help="video store path or URL (default: <data_dir>/videos/<suite>.zarr)")
     if command == "import":
-        parser.add_argument("source", help="published dataset folder <root>/<task>/{train,test}/*.npz, or an .h5 file")
+        parser.add_argument(
+            "source",
+            help="npz folder <root>/<task>/{train,test}/*.npz (one episode per file, key arr_0, uint8 (T, 64, 64, 3)), "
+            "or one task's HDF5 file as `viper export` writes it (schema: viper/data/hdf5.py; README: 'Your own "
+            "expert videos'); the imported tasks replace those in the store",
+        )
         parser.add_argument("--manifest", help="sha256sum-format manifest that every imported file must match")
         parser.add_argument("--task", action="append", help="import only this task (repeatable; full name)")
     else:

@@ -85,7 +85,10 @@ def run(cfg: Config) -> dict[str, Any]:
                 out = evaluate_dir(cfg.data_dir) / reward / paths.slug(task) / f"seed{seed}"
                 summary = evaluate_run(cfg, run_dir, task, reward_model, out)
                 records.append({"task": task, "seed": seed, "reward": reward, **summary})
-                print(f"evaluate: {reward:5s} {task} seed {seed}: task return {summary['task_return_mean']:.1f}")
+                viper = summary["viper_return_mean"]
+                line = f"task return {summary['task_return_mean']:.1f} +- {summary['task_return_std']:.1f}"
+                line += f", VIPER return {viper:.4g}" if viper is not None else ""
+                print(f"evaluate: {reward:5s} {task} seed {seed}: {line} ({summary['episodes']} episodes)")
     if not records:
         raise ViperError(
             f"no trained agent under {Path(cfg.data_dir) / 'agents'} for tasks {list(cfg.agent.tasks)} and seeds "

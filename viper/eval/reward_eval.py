@@ -233,9 +233,19 @@ def run(cfg: Config) -> dict[str, float]:
     return metrics
 
 
+WEAK_AUROC = 0.9
+"""Below this expert-vs-random AUROC, ``viper reward-eval`` says the reward is not ready (the demo model has 1.0)."""
+
+
 def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, float]:
     metrics = run(cfg)
     for task, shown in reward_eval_by_task(metrics, cfg.collect.tasks).items():
         print(task + ": " + "  ".join(f"{k} {v:.3f}" for k, v in shown.items()))
+        auroc = metrics.get(reward_eval_key(task, "auroc_expert_vs_random"), np.nan)
+        if not auroc >= WEAK_AUROC:
+            print(
+                f"{task}: the reward does not tell expert from random episodes (AUROC {auroc:.3f}, 1 is perfect, "
+                "0.5 chance): an agent trained on it learns little; train the prior longer or on more videos"
+            )
     print(f"details: {paths.reward_eval_dir(cfg.data_dir, cfg.collect.suite)}")
     return metrics

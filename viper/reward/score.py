@@ -8,6 +8,7 @@ The episode comes from an ``.npz`` file (uint8 (T, 64, 64, 3) frames under ``fra
 from __future__ import annotations
 
 import argparse
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +27,22 @@ def load_episode(source: str | Path, task: str, episode: int | None) -> tuple[np
             raise ViperError(f"{source}: --episode selects an episode of a video store, not of an .npz file")
         if not source.is_file():
             raise ViperError(f"{source}: no such episode file")
-        with np.load(source) as data:
-            key = next((k for k in ("frames", "arr_0") if k in data.files), None)
-            if key is None:
-                raise ViperError(f"{source}: expected frames under key 'frames' or 'arr_0', found {data.files}")
-            return data[key], source.stem
+        try:
+            with np.load(source, allow_pickle=False) as data:
+                key = next((k for k in ("frames", "arr_0") if k in data.files), None)
+                if key is None:
+                    raise ViperError(f"{source}: expected frames under key 'frames' or 'arr_0', found {data.files}")
+                frames = data[key]
+        except ViperError:
+            raise
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:  # not a zip; a pickled (object) array
+            raise ViperError(f"{source}: not a readable .npz of uint8 frames ({exc})") from exc
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (64, 64, 3):
+            raise ViperError(
+                f"{source}: {key!r} is {frames.dtype} {frames.shape}; expected uint8 (T, 64, 64, 3) RGB frames "
+                "(channels last, already resized to 64x64)"
+            )
+        return frames, source.stem
     if episode is None:
         raise ViperError(f"{source}: pass an episode .npz file, or a video store path with --episode I")
     from viper.data.store import open_store
@@ -102,7 +114,8 @@ def run(
         folder = source.parent if source.suffix == ".npz" else paths.reward_eval_dir(cfg.data_dir, suite) / "score"
         output = folder / f"{label}.reward.png"
     title = f"{task} {label}: {reward.mode} reward, window {reward.window_frames} steps (NaN before)"
-    return summarize(rewards), rewards, plot(frames, rewards, Path(output), title)
+    summary = {**summarize(rewards), "score/window_steps": float(reward.window_frames)}
+    return summary, rewards, plot(frames, rewards, Path(output), title)
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
@@ -117,6 +130,9 @@ def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, float]
     summary, rewards, png = run(cfg, args.source, args.task, args.episode, args.output)
     scored = int(summary["score/scored_steps"])
     print(f"{args.task}: {int(summary['score/steps'])} steps, {scored} scored ({cfg.reward.mode} reward, nats)")
+    if not scored:
+        window = int(summary["score/window_steps"])
+        print(f"  no step has a full window of history: the reward model's window spans {window} steps")
     if scored:
         print(
             "  mean {score/mean:.2f}  std {score/std:.2f}  min {score/min:.2f}  max {score/max:.2f}".format(**summary)
