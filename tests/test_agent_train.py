@@ -72,6 +72,18 @@ def test_killed_run_resumes_with_one_load_and_its_replay(tmp_path):
     again = run(cfg, TASK, 0, "task", run_dir)
     assert again["checkpoint_loads"] == 1 and again["updates"] == metrics["updates"]
 
+    # A checkpoint policy's episode depends on its seed alone (evaluate and collect reproduce), and leaves the
+    # caller's torch RNG where it was.
+    from viper.experts import rollout
+
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    episodes = [rollout(TASK, f"checkpoint:{run_dir}", seed, episode_env_steps=30) for seed in (5, 5, 6)]
+    assert torch.equal(torch.get_rng_state(), before)
+    np.testing.assert_array_equal(episodes[0].actions, episodes[1].actions)
+    np.testing.assert_array_equal(episodes[0].frames, episodes[1].frames)
+    assert not np.array_equal(episodes[0].frames, episodes[2].frames)
+
     # The collector's checkpoint policy loads the run and acts on real frames.
     policy = load_policy(run_dir)
     env = viper.envs.make(TASK, seed=3, episode_env_steps=5)
@@ -137,6 +149,10 @@ def test_more_envs_than_sequences_per_batch_trains_once_a_stream_holds_a_sequenc
     # Training starts at 64 replayed steps (16 per stream), not at 32.
     first = min(r["step"] for r in rows if r.get("agent/updates", 0) > 0)
     assert metrics["updates"] > 0 and first >= 64
+    # train_ratio 0 acts and fills replay without training (the 2023 Ratio would otherwise owe one update).
+    idle = C.load(preset="tiny", overrides=[f"data_dir={tmp_path}", *opts, "agent.train_ratio=0"], params_path=None)
+    metrics = run(idle, TASK, 0, "task", tmp_path / "idle")
+    assert metrics["updates"] == 0 and metrics["replay_steps"] == 120
 
 
 def test_a_diverging_agent_stops_with_a_clear_error_and_keeps_its_last_finite_checkpoint(tmp_path):

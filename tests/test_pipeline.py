@@ -112,6 +112,10 @@ def test_dvc_exp_run_sets_a_param_reruns_downstream_and_is_listed(project):
     assert yaml.safe_load((project / "params.yaml").read_text())["evaluate"]["agent_episodes"] == 2
     results = json.loads((project / "data" / "evaluate" / "results.json").read_text())
     assert results and all(r["episodes"] == 2 for r in results), results
+    # Each evaluated task's random-action baseline, on the same episode seeds.
+    baselines = json.loads((project / "data" / "evaluate" / "baselines.json").read_text())
+    assert sorted(b["task"] for b in baselines) == sorted({r["task"] for r in results}), baselines
+    assert all(b["policy"] == "random" and b["episodes"] == 2 for b in baselines), baselines
     assert "two-episodes" in sh(project, "dvc", "exp", "ls").stdout
     assert "up to date" in sh(project, "dvc", "status").stdout
 

@@ -31,6 +31,8 @@ def test_report_rows_ratios_curves_and_html(tmp_path):
         {"task": "dmc/cartpole_balance", "seed": 0, "reward": "task", "task_return_mean": 875.0},
     ]
     _write(tmp_path / "evaluate" / "results.json", results)
+    baselines = [{"task": "dmc/cartpole_balance", "policy": "random", "task_return_mean": 150.0, "episodes": 1}]
+    _write(tmp_path / "evaluate" / "baselines.json", baselines)
     log = tmp_path / "agents" / "viper" / "dmc-cartpole_balance" / "seed0" / "logs" / "metrics.jsonl"
     lines = [json.dumps({"step": s, "episode/task_return": r, "agent/loss": 1.0}) for s, r in [(0, 10), (500, 300)]]
     _write(log, "\n".join([*lines, '{"step": 9'[:8]]))  # the last line cut short, as by a killed run
@@ -61,7 +63,8 @@ def test_report_rows_ratios_curves_and_html(tmp_path):
     rows = {r["task"]: r for r in report.agent_rows(cfg, tmp_path)}
     balance = rows["dmc/cartpole_balance"]
     assert balance["VIPER return (ours)"] == 700.0 and balance["seeds"] == 2
-    assert balance["VIPER/oracle (ours)"] == 700.0 / 875.0
+    assert balance["VIPER/oracle (ours)"] == 700.0 / 875.0 and balance["random actions (ours)"] == 150.0
+    assert rows["dmc/cartpole_swingup"]["random actions (ours)"] is None
     assert balance["VIPER/oracle (paper)"] == 0.85 and balance["oracle (paper)"] == 1000
     assert rows["dmc/cartpole_swingup"]["seeds"] == "not run"
     md = (tmp_path / "report" / "report.md").read_text()

@@ -248,6 +248,8 @@ def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
 
 
 def test_unknown_recon_loss_is_a_clear_error():
-    cfg = tiny_cfg(Path("unused"), "tokenizer.recon_loss=l2")
+    with pytest.raises(ViperError, match="tokenizer.recon_loss='l2': expected one of l1, mse"):
+        tiny_cfg(Path("unused"), "tokenizer.recon_loss=l2")  # refused when the configuration loads
+    cfg = config.TokenizerConfig(recon_loss="l2")  # and by the trainer, built from code
     with pytest.raises(ViperError, match="tokenizer.recon_loss='l2'"):
-        tokenizer.TokenizerTrainer(cfg.tokenizer, common.setup_distributed())
+        tokenizer.TokenizerTrainer(cfg, common.setup_distributed())

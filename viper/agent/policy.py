@@ -34,11 +34,14 @@ class CheckpointPolicy:
     """A trained agent acting in one env: ``reset()`` at episode start, ``act(frame uint8 (64, 64, 3))``.
 
     Actions: float32 (A,) in [-1, 1] for continuous tasks, the action index (int) for discrete ones.
-    ``sample=False`` (default) takes the policy's mode, the agent's best guess for expert videos.
+    ``sample=False`` (default) takes the policy's mode, the agent's best guess for expert videos. The agent
+    samples its latent state (and with ``sample`` its action) from torch's RNG: the policy runs it from its own
+    stream seeded by ``seed``, so the same seed plays the same episode and the caller's RNG is left as it was.
     """
 
-    def __init__(self, agent: Agent, sample: bool = False) -> None:
-        self.agent, self.sample = agent, sample
+    def __init__(self, agent: Agent, sample: bool = False, seed: int = 0) -> None:
+        self.agent, self.sample, self.seed = agent, sample, seed
+        self._rng: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -48,14 +51,23 @@ class CheckpointPolicy:
     def act(self, obs: np.ndarray):
         obs = np.asarray(obs)
         assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8, "frame uint8 (64, 64, 3) expected"
-        action, self._carry = self.agent.act(obs[None], np.array([self._first]), self._carry, self.sample)
+        cuda = [self.agent.device] if self.agent.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            if self._rng is None:
+                torch.manual_seed(self.seed)
+            else:
+                torch.set_rng_state(self._rng[0])
+                if cuda:
+                    torch.cuda.set_rng_state(self._rng[1], cuda[0])
+            action, self._carry = self.agent.act(obs[None], np.array([self._first]), self._carry, self.sample)
+            self._rng = (torch.get_rng_state(), torch.cuda.get_rng_state(cuda[0]) if cuda else None)
         self._first = False
         if self.agent.discrete:
             return int(np.argmax(action[0]))
         return action[0]
 
 
-def load_policy(path: str | Path, sample: bool = False, device: str = "cpu") -> CheckpointPolicy:
+def load_policy(path: str | Path, sample: bool = False, device: str = "cpu", seed: int = 0) -> CheckpointPolicy:
     """Load the newest complete agent checkpoint under ``path`` as a policy (see the module docstring)."""
     folder = checkpoint_folder(path)
     state = torch.load(folder / "state.pt", map_location=device, weights_only=False)
@@ -64,7 +76,8 @@ def load_policy(path: str | Path, sample: bool = False, device: str = "cpu") -> 
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
     known = AgentConfig.__dataclass_fields__
     acfg = AgentConfig(**{k: v for k, v in fields.items() if k in known})
-    agent = Agent(acfg, meta["action_dim"], meta["discrete"], meta["reward_name"], device)
+    with torch.random.fork_rng(devices=[]):  # the initial weights, overwritten below, draw from torch's RNG
+        agent = Agent(acfg, meta["action_dim"], meta["discrete"], meta["reward_name"], device)
     agent.load_state_dict(state["agent"])
     agent.eval()
-    return CheckpointPolicy(agent, sample)
+    return CheckpointPolicy(agent, sample, seed)

@@ -1,17 +1,17 @@
 """The DreamerV3 training loop of the ``train-agent`` and ``expert`` stages (their commands: ``commands.py``): one run
 with checkpoints and evaluation.
 
-Loop (per iteration, E envs step at once): act (random until replay holds one batch of steps, as the 2023
-code prefills), insert the step rows through the reward source, then run as many updates as ``train_ratio``
-owes: after training starts at step s0, the count by env step s is ``1 + floor((s - s0) * train_ratio /
-(batch_size * batch_length))`` (the 2023 ``Ratio``). Every ``eval_every_env_steps`` an evaluation env plays
-``eval_episodes`` episodes (task return, VIPER return with reward viper, a GIF); every
-``checkpoint_every_env_steps`` a checkpoint folder holds the agent, optimisers, return normalisers, counters,
-RNG states and the replay buffer. Re-running the same command resumes from the newest complete checkpoint
-(envs restart with fresh episodes); Ctrl-C or SIGTERM saves a checkpoint at the end of the current step and
-stops (exit status 130 / 143), a second Ctrl-C stops at once. Checkpoints carry a fingerprint (the agent
-settings that shape the run, the task, and with reward viper the reward model's prior checkpoint, tokenizer
-hash and mode): a run whose settings or reward model changed starts afresh instead of resuming.
+Loop (per iteration, E envs step at once): act (random until replay holds one batch of steps, as the 2023 code
+prefills), insert the step rows through the reward source, then run as many updates as ``train_ratio`` owes: after
+training starts at step s0, the count by env step s is ``1 + floor((s - s0) * train_ratio / (batch_size *
+batch_length))`` (the 2023 ``Ratio``; ``train_ratio`` 0 never trains). Every ``eval_every_env_steps`` an
+evaluation env plays ``eval_episodes`` episodes (task return, VIPER return with reward viper, a GIF); every
+``checkpoint_every_env_steps`` a checkpoint folder holds the agent, optimisers, return normalisers, counters, RNG
+states and the replay buffer. Re-running the same command resumes from the newest complete checkpoint (envs
+restart with fresh episodes); Ctrl-C or SIGTERM saves a checkpoint at the end of the current step and stops (exit
+status 130 / 143), a second Ctrl-C stops at once. Checkpoints carry a fingerprint (the agent settings that shape
+the run, the task, and with reward viper the reward model's prior checkpoint, tokenizer hash and mode): a run
+whose settings or reward model changed starts afresh instead of resuming.
 
 With reward ``viper`` (``viper.agent.viper_reward``), steps enter replay through the chunked relabelling of
 ``viper.agent.rewards.Inserter``; training episodes log both their task return and their VIPER return (the sum
@@ -355,7 +355,8 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
         if _can_train(replay, batch_steps, length):
             if counters["train_start"] < 0:
                 counters["train_start"] = step
-            due = 1 + int((step - counters["train_start"]) * ratio) - counters["updates"]
+            # train_ratio 0 trains never (the 2023 Ratio's special case), e.g. to only act and fill replay.
+            due = 1 + int((step - counters["train_start"]) * ratio) - counters["updates"] if ratio > 0 else 0
             for _ in range(max(0, due)):
                 batch = agent.to_tensors(replay.sample(acfg.batch_size, length))
                 # Summed as tensors (on CUDA a float() per metric would wait for the GPU after every update).

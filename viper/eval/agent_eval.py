@@ -3,9 +3,11 @@
 For each (task, seed) of ``cfg.agent`` and each reward source with a trained run (``viper`` and, when present,
 the ``task`` oracle), ``cfg.evaluate.agent_episodes`` episodes are rolled out with seeds from
 ``cfg.evaluate.seed`` (kept apart from training seeds). Each episode's frames are scored by the VIPER reward
-model when one has been trained, so every run reports both returns. Results go to
-``<data>/evaluate/results.json`` (one record per run) and GIFs with the reward curve under the frames to
-``<data>/evaluate/<reward>/<task>/seed<k>/episode<i>.gif``.
+model when one has been trained, so every run reports both returns. Every evaluated task is also played by
+uniform random actions on the same episode seeds, the baseline a return needs beside it. Results go to
+``<data>/evaluate/results.json`` (one record per run), ``<data>/evaluate/baselines.json`` (one per task) and
+GIFs with the reward curve under the frames to ``<data>/evaluate/<reward>/<task>/seed<k>/episode<i>.gif``
+(``<data>/evaluate/random/<task>/`` for the baseline).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from viper.eval.video import reward_video, write_gif
 from viper.metrics import write_json, write_text
 
 REWARDS = ("viper", "task")
+BASELINE = "random"
+"""Policy every evaluated task is also rolled out with (``viper.experts`` uniform random actions)."""
 
 
 def evaluate_dir(data_dir: str | Path) -> Path:
@@ -44,13 +48,18 @@ def load_reward_model(cfg: Config):
 
 def evaluate_run(cfg: Config, run_dir: Path, task: str, reward_model, out_dir: Path) -> dict[str, Any]:
     """Roll out the agent in ``run_dir``; returns per-run summary numbers."""
+    return evaluate_policy(cfg, f"checkpoint:{run_dir}", task, reward_model, out_dir)
+
+
+def evaluate_policy(cfg: Config, policy: str, task: str, reward_model, out_dir: Path) -> dict[str, Any]:
+    """Roll out ``policy`` (a ``viper collect --policy`` name) on the evaluation seeds; summary numbers."""
     from viper.experts import rollout
 
     task_returns, viper_returns = [], []
     for episode in range(cfg.evaluate.agent_episodes):
         result = rollout(
             task,
-            f"checkpoint:{run_dir}",
+            policy,
             seed=cfg.evaluate.seed + episode,
             action_repeat=cfg.agent.action_repeat,
             episode_env_steps=cfg.collect.episode_env_steps,
@@ -85,25 +94,37 @@ def run(cfg: Config) -> dict[str, Any]:
                 out = evaluate_dir(cfg.data_dir) / reward / paths.slug(task) / f"seed{seed}"
                 summary = evaluate_run(cfg, run_dir, task, reward_model, out)
                 records.append({"task": task, "seed": seed, "reward": reward, **summary})
-                viper = summary["viper_return_mean"]
-                line = f"task return {summary['task_return_mean']:.1f} +- {summary['task_return_std']:.1f}"
-                line += f", VIPER return {viper:.4g}" if viper is not None else ""
-                print(f"evaluate: {reward:5s} {task} seed {seed}: {line} ({summary['episodes']} episodes)")
+                _say(f"{reward:6s} {task} seed {seed}", summary)
     if not records:
         raise ViperError(
             f"no trained agent under {Path(cfg.data_dir) / 'agents'} for tasks {list(cfg.agent.tasks)} and seeds "
             f"{list(cfg.agent.seeds)}; run `viper train-agent` first"
         )
     out = evaluate_dir(cfg.data_dir)
+    baselines = []
+    for task in dict.fromkeys(record["task"] for record in records):
+        summary = evaluate_policy(cfg, BASELINE, task, reward_model, out / BASELINE / paths.slug(task))
+        baselines.append({"task": task, "policy": BASELINE, **summary})
+        _say(f"{BASELINE:6s} {task} (baseline)", summary)
     write_json(out / "summary.json", {"runs": len(records)})
     write_text(out / "results.json", json.dumps(records, indent=2) + "\n")
+    write_text(out / "baselines.json", json.dumps(baselines, indent=2) + "\n")
     metrics: dict[str, Any] = {"runs": len(records)}
     for record in records:
         key = f"{record['reward']}/{paths.slug(record['task'])}/seed{record['seed']}"
         metrics[f"{key}/task_return"] = record["task_return_mean"]
         if record["viper_return_mean"] is not None:
             metrics[f"{key}/viper_return"] = record["viper_return_mean"]
+    for record in baselines:
+        metrics[f"{BASELINE}/{paths.slug(record['task'])}/task_return"] = record["task_return_mean"]
     return metrics
+
+
+def _say(what: str, summary: dict[str, Any]) -> None:
+    viper = summary["viper_return_mean"]
+    line = f"task return {summary['task_return_mean']:.1f} +- {summary['task_return_std']:.1f}"
+    line += f", VIPER return {viper:.4g}" if viper is not None else ""
+    print(f"evaluate: {what}: {line} ({summary['episodes']} episodes)", flush=True)
 
 
 def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, Any]:

@@ -96,6 +96,7 @@ def _read_json(path: Path) -> Any:
 def agent_rows(cfg: Config, data_dir: Path) -> list[dict[str, Any]]:
     """One row per configured task: our VIPER and oracle returns (mean over seeds) beside the paper's."""
     results = _read_json(data_dir / "evaluate" / "results.json") or []
+    baselines = {b["task"]: b for b in _read_json(data_dir / "evaluate" / "baselines.json") or []}
     by_key: dict[tuple[str, str], list[float]] = defaultdict(list)
     viper_scores: dict[str, list[float]] = defaultdict(list)
     for record in results:
@@ -113,6 +114,7 @@ def agent_rows(cfg: Config, data_dir: Path) -> list[dict[str, Any]]:
             "VIPER return (ours)": statistics.fmean(ours) if ours else None,
             "std": statistics.pstdev(ours) if len(ours) > 1 else None,
             "oracle (ours)": statistics.fmean(oracle) if oracle else None,
+            "random actions (ours)": baselines[task]["task_return_mean"] if task in baselines else None,
             "VIPER/oracle (ours)": statistics.fmean(ours) / statistics.fmean(oracle)
             if ours and oracle and statistics.fmean(oracle) > 0
             else None,

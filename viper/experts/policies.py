@@ -115,8 +115,9 @@ def parse_epsilon(spec: str) -> float:
     return epsilon
 
 
-def load_checkpoint_policy(spec: str) -> Policy:
-    """A trained agent from ``checkpoint:<path>``; clear errors for a missing path or a missing agent module."""
+def load_checkpoint_policy(spec: str, seed: int = 0) -> Policy:
+    """A trained agent from ``checkpoint:<path>`` (its sampling seeded by ``seed``); clear errors for a missing
+    path or a missing agent module."""
     path = Path(spec.partition(":")[2])
     if not str(path) or str(path) == ".":
         raise ViperError(f"policy {spec!r}: expected 'checkpoint:<path to an agent run or checkpoint folder>'")
@@ -130,13 +131,14 @@ def load_checkpoint_policy(spec: str) -> Policy:
             f"policy {spec!r}: checkpoint policies need viper.agent.policy.load_policy, which cannot be "
             f"imported ({exc}); use 'expert', 'random' or 'noisy:<epsilon>' until the agent is available"
         ) from exc
-    return load_policy(path)
+    return load_policy(path, seed=seed)
 
 
 def make_policy(spec: str, task: str, env, seed: int, expert_settings: Iterable[str] = ()) -> Policy:
     """Build the policy ``spec`` for ``task`` acting in ``env`` (see the module docstring for specs).
 
-    Random choices (``random``, ``noisy``) are seeded from ``seed``, so a rollout is reproducible.
+    Random choices (``random``, ``noisy``, a checkpoint agent's sampling) are seeded from ``seed``, so a rollout
+    is reproducible.
     ``expert_settings`` (entries for any task; only ``task``'s apply) retune the scripted expert.
     """
     if not isinstance(spec, str):
@@ -153,5 +155,5 @@ def make_policy(spec: str, task: str, env, seed: int, expert_settings: Iterable[
         return NoisyPolicy(make_expert(task, env, settings), epsilon, env.action_space, seed)
     if kind == "checkpoint":
         suites.check_task(task)
-        return load_checkpoint_policy(spec)
+        return load_checkpoint_policy(spec, seed)
     raise ViperError(f"policy {spec!r}: unknown policy; expected {SPEC_FORMS}")
