@@ -163,7 +163,7 @@ def fingerprint(
     fields = {k: v for k, v in dataclasses.asdict(pc).items() if k not in RESUMABLE_FIELDS}
     fp = {"prior": fields, "tasks": list(tasks), "tokenizer_hash": tokenizer_hash, "world_size": world_size}
     if data is not None:
-        fp["data"] = data
+        fp["videos"] = data  # read in stale messages as "videos.<task>: <old> -> <new>"
     return fp
 
 

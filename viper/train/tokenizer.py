@@ -190,7 +190,7 @@ def fingerprint(cfg: TokenizerConfig, data: dict[str, str] | None = None) -> dic
     training data's identity per task (``StoreFrames.identity``), so replaced or extended videos retrain."""
     fp = {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_FIELDS}
     if data is not None:
-        fp["data"] = data
+        fp["videos"] = data  # read in stale messages as "videos.<task>: <old> -> <new>"
     return fp
 
 
