@@ -149,6 +149,11 @@ def test_more_envs_than_sequences_per_batch_trains_once_a_stream_holds_a_sequenc
     # Training starts at 64 replayed steps (16 per stream), not at 32.
     first = min(r["step"] for r in rows if r.get("agent/updates", 0) > 0)
     assert metrics["updates"] > 0 and first >= 64
+    # Replay keeps the actor's samples as drawn (the env clips them), as the released driver records them: the
+    # Gaussian at its initial std leaves [-1, 1] for about a quarter of the samples.
+    latest = tmp_path / "run" / "checkpoints" / (tmp_path / "run" / "checkpoints" / "latest").read_text().strip()
+    stored = np.load(latest / "replay" / "action.npy")
+    assert np.isfinite(stored).all() and np.abs(stored).max() > 1.0
     # train_ratio 0 acts and fills replay without training (the 2023 Ratio would otherwise owe one update).
     idle = C.load(preset="tiny", overrides=[f"data_dir={tmp_path}", *opts, "agent.train_ratio=0"], params_path=None)
     metrics = run(idle, TASK, 0, "task", tmp_path / "idle")

@@ -97,6 +97,28 @@ def clustered_latents(n_clusters: int = 5, seed: int = 0) -> torch.Tensor:
     return flat.view(6, 8, 8, 4).permute(0, 3, 1, 2).contiguous()
 
 
+def test_conv_and_dense_layers_start_as_flax_defaults_as_released():
+    """LeCun-normal kernels (variance 1 / fan_in, cut at 2 sigma), zero biases; the discriminator's block convs
+    N(0, 0.01). Checked on the published DMC widths, where each kernel has enough entries to measure."""
+    from torch import nn
+
+    from viper.models.vqgan import VQGANArch
+
+    torch.manual_seed(0)
+    model = VQGAN(VQGANArch.from_config(config.load("paper_dmc", [], params_path=None).tokenizer))
+    disc = Discriminator()
+    default = [disc.from_rgb, disc.final_conv, disc.fc, disc.out]
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))] + default
+    for layer in layers:
+        w, fan_in = layer.weight.detach(), layer.weight[0].numel()
+        assert torch.all(layer.bias == 0)
+        assert w.abs().max() <= 2 / fan_in**0.5 / 0.87962566103423978 + 1e-6  # truncated at 2 sigma
+        if w.numel() >= 4096:
+            assert abs(w.std().item() * fan_in**0.5 - 1.0) < 0.05, (layer, w.std().item() * fan_in**0.5)
+    blocks = [m for m in disc.blocks.modules() if isinstance(m, nn.Conv2d)]
+    assert blocks and all(abs(b.weight.std().item() - 0.01) < 0.002 and torch.all(b.bias == 0) for b in blocks)
+
+
 def test_kmeans_init_uses_the_data_clusters():
     torch.manual_seed(0)
     z = clustered_latents()

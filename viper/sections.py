@@ -182,8 +182,9 @@ class PriorConfig:
     """Windows per update, split evenly over tasks."""
     lr: float = 1e-4
     """AdamW learning rate (constant)."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay: 1e-4 as released (its ``get_optimizer`` always builds ``optax.adamw``, whose default
+    this is, whatever the config's ``optimizer`` says)."""
     ema_decay: float = 0.9999
     """EMA decay of the weights used for scoring."""
     train_grad_steps: int = 800_000
@@ -243,8 +244,9 @@ class AgentConfig:
     size: Literal["tiny", "XS", "S", "M", "L", "XL"] = "S"
     """Model size XS/S/M/L/XL (GRU 256/512/1024/2048/4096, CNN 24/32/48/64/96, MLP 256/512/640/768/1024);
     ``tiny`` (GRU 128, CNN 8, 16x16 latents) is an unpublished CPU-test size."""
-    env_steps: int = 500_000
-    """Agent steps to train for, after action repeat (env frames = env_steps * action_repeat)."""
+    env_steps: int = 5_000_000
+    """Agent steps to train for, after action repeat (env frames = env_steps * action_repeat): 10M frames, the
+    length of the published DMC curves (the released run has no end, ``run.steps: 1e10``)."""
     action_repeat: int = 2
     """Environment steps per agent action."""
     envs: int = 4
@@ -316,7 +318,8 @@ class AgentConfig:
     keep_checkpoints: int = 2
     """Checkpoint folders kept."""
     bf16: bool = True
-    """bf16 autocast on CUDA (ignored on CPU)."""
+    """bf16 autocast on CUDA (ignored on CPU). The released agent computes in float16 with a dynamic loss scale
+    that skips non-finite updates; bf16 has float32's range, so no loss scale is needed."""
     compile: bool = False
     """Compile the batched networks with torch.compile (CUDA only; the loops over time stay eager)."""
     compile_loops: bool = False

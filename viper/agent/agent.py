@@ -309,7 +309,11 @@ class Agent(nn.Module):
         """Actions for a batch of observations.
 
         obs uint8 (E, H, W, C); is_first bool (E,) (resets those envs' recurrent state). Returns actions
-        float32 (E, A) (continuous: clipped to [-1, 1]; discrete: one-hot) and the new carry.
+        float32 (E, A) (continuous: as sampled, not clipped; discrete: one-hot) and the new carry.
+
+        Continuous samples can leave [-1, 1]: as released, replay keeps them so (the env clips: ``driver.clip_action``),
+        the world model clamps them on input, and the Plan2Explore ensemble learns on the actions the actor
+        imagines with (which are never clipped).
         """
         self.eval()
         state, prev_action = carry
@@ -319,8 +323,6 @@ class Agent(nn.Module):
             state = self.wm.rssm.obs_step(state, prev_action, embed, first)
             action, _ = self.ac.policy(state.feat(), sample)
         action = action.float()
-        if not self.discrete:
-            action = action.clamp(-1.0, 1.0)
         state = state.map(lambda x: x.float())
         return action.cpu().numpy(), (state, action)
 

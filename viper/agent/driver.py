@@ -87,7 +87,7 @@ class EnvPool:
         Returns frames uint8 (E, H, W, C), rewards float32 (E,), is_first, is_last, is_terminal bool (E,).
         An env whose previous step ended its episode returns its reset frame (is_first, reward 0).
         """
-        env_action = action.argmax(-1) if self.discrete else action.astype(np.float32)
+        env_action = action.argmax(-1) if self.discrete else clip_action(action).astype(np.float32)
         is_first = self.done.copy()
         obs, reward, terminated, truncated, _ = self.envs.step(env_action)
         terminated = np.asarray(terminated, bool) & ~is_first
@@ -106,6 +106,11 @@ class EnvPool:
             self.envs.close()
         except (BrokenPipeError, EOFError, ConnectionError):  # a worker already gone (killed from outside)
             self.envs.close(terminate=True)
+
+
+def clip_action(action: np.ndarray) -> np.ndarray:
+    """A sampled continuous action clipped into the env's [-1, 1] (the released ``ClipAction`` wrapper)."""
+    return np.clip(action, -1.0, 1.0)
 
 
 def run_episode(env: gymnasium.Env, act, max_steps: int | None = None) -> tuple[float, np.ndarray, int]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 import viper.envs
-from viper.agent.driver import env_seed, run_episode
+from viper.agent.driver import clip_action, env_seed, run_episode
 from viper.config import AgentConfig
 from viper.eval.video import reward_video, write_gif
 
@@ -75,7 +75,7 @@ class Evaluator:
 
             def act(obs, is_first, carry=carry):
                 action, carry[0] = agent.act(obs[None], np.array([is_first]), carry[0], self.acfg.eval_sample)
-                return action[0]
+                return action[0] if agent.discrete else clip_action(action[0])
 
             total, frames, steps = run_episode(self.env, act)
             returns.append(total)

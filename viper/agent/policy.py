@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from viper.agent.agent import Agent
+from viper.agent.driver import clip_action
 from viper.checkpoint import Checkpointer
 from viper.config import AgentConfig
 from viper.errors import ViperError
@@ -64,7 +65,7 @@ class CheckpointPolicy:
         self._first = False
         if self.agent.discrete:
             return int(np.argmax(action[0]))
-        return action[0]
+        return clip_action(action[0])
 
 
 def load_policy(path: str | Path, sample: bool = False, device: str = "cpu", seed: int = 0) -> CheckpointPolicy:

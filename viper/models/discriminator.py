@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from viper.models.layers import flax_init_
+
 MBSTD_GROUP = 4
 LEAKY_SLOPE = 0.01
 BLUR_TAPS = (1.0, 3.0, 3.0, 1.0)
@@ -117,6 +119,8 @@ class Discriminator(nn.Module):
         self.final_conv = nn.Conv2d(width + 1, widths[-2], 3)
         self.fc = nn.Linear(widths[-2] * 2 * 2, widths[-1])
         self.out = nn.Linear(widths[-1], 1)
+        # The blocks' convs are N(0, 0.01) as released; these layers keep flax's defaults there.
+        flax_init_(self.from_rgb, self.final_conv, self.fc, self.out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.leaky_relu(self.from_rgb(x), LEAKY_SLOPE)

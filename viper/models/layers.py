@@ -14,6 +14,24 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+
+def lecun_normal_(weight: torch.Tensor) -> None:
+    """flax's default Dense / Conv kernel init: truncated normal (+-2 sigma) with variance 1 / fan_in."""
+    std = math.sqrt(1.0 / weight[0].numel()) / 0.87962566103423978  # the std of N(0,1) cut at +-2
+    nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+
+
+def flax_init_(*modules: nn.Module) -> None:
+    """Every Conv2d / Linear inside ``modules`` as flax initialises them by default (the released models':
+    LeCun-normal kernels, zero biases), instead of PyTorch's kaiming-uniform ones."""
+    for module in modules:
+        for layer in module.modules():
+            if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                lecun_normal_(layer.weight)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
+
+
 PUBLISHED_GROUPS = 32
 
 

@@ -18,7 +18,6 @@ dimension, d model width.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from einops import rearrange
 from torch import nn
 
 from viper.errors import ViperError
+from viper.models.layers import lecun_normal_
 
 LN_EPS = 1e-6
 """LayerNorm epsilon of the released code."""
@@ -91,12 +91,6 @@ class QuickGELU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(1.702 * x)
-
-
-def lecun_normal_(weight: torch.Tensor) -> None:
-    """flax's default Dense init: truncated normal (+-2 sigma) with variance 1 / fan_in."""
-    std = math.sqrt(1.0 / weight.shape[1]) / 0.87962566103423978  # the std of N(0,1) cut at +-2
-    nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
 
 
 def axis_channels(d_model: int, axes: int = 3) -> list[int]:

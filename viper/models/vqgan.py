@@ -24,7 +24,7 @@ from torch import nn
 
 from viper.config import TokenizerConfig
 from viper.errors import ViperError
-from viper.models.layers import Decoder, Encoder
+from viper.models.layers import Decoder, Encoder, flax_init_
 from viper.models.quantizer import Quantized, VectorQuantizer
 
 IMAGE_SIZE = 64
@@ -109,6 +109,7 @@ class VQGAN(nn.Module):
         )
         self.post_quant_conv = nn.Conv2d(arch.embed_dim, z, 1)
         self.decoder = Decoder(arch.base_channels, arch.channel_mult, arch.res_blocks, z)
+        flax_init_(self.encoder, self.quant_conv, self.post_quant_conv, self.decoder)
 
     @classmethod
     def from_config(cls, cfg: TokenizerConfig) -> VQGAN:

@@ -141,7 +141,7 @@ class VideoReward:
         keep = self._masks[task]
         if keep is None:
             return frames
-        return frames * torch.from_numpy(keep)[:, :, None].to(frames.dtype)
+        return frames * torch.from_numpy(keep)[:, :, None].to(frames.device, frames.dtype)
 
     @torch.inference_mode()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
