@@ -79,7 +79,7 @@ def data_dir(tmp_path_factory) -> Path:
     return root
 
 
-def test_training_writes_checkpoints_metrics_and_pictures(data_dir):
+def test_training_writes_checkpoints_metrics_and_pictures(data_dir, capsys):
     cfg = tiny_cfg(data_dir, steps=8)
     metrics = prior_stage.run(cfg)
     run_dir = paths.prior_dir(data_dir, "dmc")
@@ -93,6 +93,22 @@ def test_training_writes_checkpoints_metrics_and_pictures(data_dir):
     assert [r["step"] for r in logged if "prior/train_bits_per_token" in r] == [2, 4, 6, 8]
     loaded = load_prior(run_dir)
     assert loaded.step == 8 and loaded.tasks == tuple(TASKS) and not loaded.model.training
+    # The released script's rule: at each checkpoint step, keep it if the raw weights' latest eval was a new best.
+    raw = [(r["step"], r["prior/eval_bits_per_token_raw"]) for r in logged if "prior/eval_bits_per_token_raw" in r]
+    assert [step for step, _ in raw] == [4, 8]  # the checkpoint steps
+    expected = max(step for i, (step, value) in enumerate(raw) if all(value < v for _, v in raw[:i]))
+    assert metrics["prior/released_step"] == expected
+    assert (run_dir / "checkpoints" / "released").read_text() == f"step_{expected:09d}"
+    assert load_prior(run_dir, "released").step == expected
+    # A run from before the pointer existed: the latest checkpoint, with a line saying so.
+    pointer = run_dir / "checkpoints" / "released"
+    kept = pointer.read_text()
+    pointer.unlink()
+    try:
+        assert load_prior(run_dir, "released").step == 8
+        assert "has no 'released' checkpoint" in capsys.readouterr().out
+    finally:
+        pointer.write_text(kept)
     assert (loaded.seq_len, loaded.frame_skip) == (cfg.prior.seq_len, cfg.prior.frame_skip)
 
 

@@ -221,8 +221,10 @@ class RewardConfig:
     """Windows scored per forward pass (bounds memory)."""
     encode_batch_frames: int = 256
     """Frames per tokenizer call when encoding an episode (bounds memory)."""
-    checkpoint: Literal["latest", "best"] = "latest"
-    """Prior checkpoint to score with: ``latest`` (the released code's final weights) or ``best`` (eval NLL)."""
+    checkpoint: Literal["released", "latest", "best"] = "released"
+    """Prior checkpoint to score with: ``released`` (the released script keeps only checkpoints saved while its
+    raw weights' latest eval loss was the best so far, and scores with their EMA weights), ``latest`` (the last
+    one), ``best`` (lowest EMA eval NLL)."""
     weights: Literal["ema", "raw"] = "ema"
     """Prior weights that score: ``ema`` (published) or ``raw`` (trained weights; short runs with a lagging EMA)."""
     device: str = "auto"

@@ -324,6 +324,10 @@ class VideoGPT(nn.Module):
 CHECKPOINT_FORMAT = "viper-prior/1"
 BEST = "best"
 """File in ``checkpoints/`` naming the step folder with the lowest eval NLL."""
+RELEASED = "released"
+"""File in ``checkpoints/`` naming the step folder the released training script would have kept (see
+``viper.train.prior``: the last checkpoint saved while the raw weights' latest eval loss was the best so far)."""
+CHOICES = ("latest", BEST, RELEASED)
 
 
 @dataclass(frozen=True)
@@ -344,16 +348,22 @@ def checkpoint_folder(path: str | Path, which: str = "latest") -> Path:
     """Resolve a run folder, its ``checkpoints/`` folder or a step folder to one complete step folder."""
     from viper.checkpoint import DONE, Checkpointer
 
-    if which not in ("latest", BEST):
-        raise ViperError(f"prior checkpoint {which!r}: expected 'latest' or 'best'")
+    if which not in CHOICES:
+        raise ViperError(f"prior checkpoint {which!r}: expected one of {', '.join(CHOICES)}")
     path = Path(path)
     if (path / DONE).exists():
         return path
     directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    if which == BEST and (directory / BEST).exists():
-        candidate = directory / (directory / BEST).read_text().strip()
+    if which in (BEST, RELEASED) and (directory / which).exists():
+        candidate = directory / (directory / which).read_text().strip()
         if (candidate / DONE).exists():
             return candidate
+    if which == RELEASED:
+        print(
+            f"prior: {directory} has no '{RELEASED}' checkpoint (a run from before it was recorded); scoring with "
+            "the latest one",
+            flush=True,
+        )
     found = Checkpointer(directory).latest_path()
     if found is None:
         raise ViperError(f"{path}: no complete prior checkpoint (run `viper train-videogpt` first)")
@@ -363,7 +373,7 @@ def checkpoint_folder(path: str | Path, which: str = "latest") -> Path:
 def load_prior(
     path: str | Path, which: str = "latest", device: str | torch.device = "cpu", weights: str = "ema"
 ) -> LoadedPrior:
-    """Load a prior checkpoint (``which``: ``latest`` or ``best``) in eval mode. ``weights``: ``ema`` (as
+    """Load a prior checkpoint (``which``: ``released``, ``latest`` or ``best``) in eval mode. ``weights``: ``ema`` (as
     published: the EMA scores rewards) or ``raw`` (the trained weights; for short runs whose EMA still
     carries much of the initialisation, e.g. decay 0.999 after 600 updates keeps 0.999^600 = 55% of it)."""
     if weights not in ("ema", "raw"):

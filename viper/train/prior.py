@@ -1,11 +1,14 @@
 """Stage ``train-videogpt``: train the task-conditioned VideoGPT prior on the token store.
 
 Reads the tokenizer run (codebook, grid, hash) and the suite's token store; trains with AdamW at a constant
-learning rate (published), keeps an EMA of the weights (the weights that score rewards), evaluates bits per
-token on fixed test-split windows, draws open-loop predictions next to the truth, and checkpoints into
-``<prior_dir>/checkpoints`` (resume = re-run the same command; the best checkpoint by EMA eval NLL is kept
-besides the newest ones and named by ``checkpoints/best``). Under torchrun each rank draws its own share of
-the batch and gradients are averaged by DDP; rank 0 evaluates, draws and writes.
+learning rate (published), keeps an EMA of the weights (the weights that score rewards), evaluates bits per token
+on fixed test-split windows, draws open-loop predictions next to the truth, and checkpoints into
+``<prior_dir>/checkpoints`` (resume = re-run the same command). Two more are kept besides the newest ones: the
+best by EMA eval NLL (``checkpoints/best``) and the one the released training script would have kept
+(``checkpoints/released``: it saves only at checkpoint steps where its raw weights' latest eval loss is the best
+so far, keeps one, and the reward model loads that file's EMA weights; ``reward.checkpoint`` picks among them).
+Under torchrun each rank draws its own share of the batch and gradients are averaged by DDP; rank 0 evaluates,
+draws and writes.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from viper.checkpoint import Checkpointer, rng_state, set_rng_state
 from viper.config import Config, PriorConfig
 from viper.data.tokens import store_identities
 from viper.metrics import Logger, write_json
-from viper.models.videogpt import BEST, CHECKPOINT_FORMAT, PriorSpec, VideoGPT
+from viper.models.videogpt import BEST, CHECKPOINT_FORMAT, RELEASED, PriorSpec, VideoGPT
 from viper.train import common
 from viper.train.prior_data import TrainWindows, eval_windows, load_splits
 
@@ -176,6 +179,12 @@ class Progress:
     """Lowest EMA eval bits per token at a checkpointed step."""
     best_step: int = -1
     last_eval: float = math.nan
+    best_raw_nll: float = math.inf
+    """Lowest eval bits per token of the raw (not EMA) weights so far."""
+    raw_is_best: bool = False
+    """Whether the latest eval of the raw weights was a new best (the released script's ``is_best``)."""
+    released_step: int = -1
+    """The checkpoint the released script would have kept: the last saved while ``raw_is_best``."""
 
 
 def _state(prior, ema, optimizer, spec, tasks, tokenizer_hash, pc, progress) -> dict:
@@ -197,17 +206,20 @@ def _state(prior, ema, optimizer, spec, tasks, tokenizer_hash, pc, progress) -> 
 
 
 def _save(ckpt: Checkpointer, state: dict, progress: Progress) -> None:
-    """Save, keeping the best folder besides the newest ones; ``checkpoints/best`` names it (atomic)."""
-    best = Checkpointer.name(progress.best_step) if progress.best_step >= 0 else None
-    ckpt.save(progress.step, state, protect=(best,) if best else ())
-    if best and (ckpt.directory / best).exists():
-        tmp = ckpt.directory / f".{BEST}.tmp"
-        tmp.write_text(best)
-        os.replace(tmp, ckpt.directory / BEST)
+    """Save, keeping the best and the released folders besides the newest ones; ``checkpoints/best`` and
+    ``checkpoints/released`` name them (atomic)."""
+    marked = {BEST: progress.best_step, RELEASED: progress.released_step}
+    names = {pointer: Checkpointer.name(step) for pointer, step in marked.items() if step >= 0}
+    ckpt.save(progress.step, state, protect=tuple(names.values()))
+    for pointer, name in names.items():
+        if (ckpt.directory / name).exists():
+            tmp = ckpt.directory / f".{pointer}.tmp"
+            tmp.write_text(name)
+            os.replace(tmp, ckpt.directory / pointer)
 
 
-def _evaluate(ema, prior, tokenizer, test, pc, run_dir, log, step) -> float:
-    """EMA (and raw) eval bits per token; the open-loop picture. Returns the EMA value."""
+def _evaluate(ema, prior, tokenizer, test, pc, run_dir, log, step) -> tuple[float, float]:
+    """EMA and raw eval bits per token; the open-loop picture."""
     tokens, ids = test
     value = evaluate(ema.model, tokens, ids, pc.batch_size, pc.bf16)
     raw = evaluate(prior, tokens, ids, pc.batch_size, pc.bf16)
@@ -216,7 +228,7 @@ def _evaluate(ema, prior, tokenizer, test, pc, run_dir, log, step) -> float:
     png = run_dir / "plots" / "open_loop.png"
     save_open_loop(ema.model, tokenizer, tokens[pick], ids[pick], pc.picture_context_frames, png, pc.seed)
     log.image("prior/open_loop", png, step)
-    return value
+    return value, raw
 
 
 def run(cfg: Config) -> dict[str, float]:
@@ -280,12 +292,16 @@ def run(cfg: Config) -> dict[str, float]:
                         log.scalars({"prior/train_bits_per_token": bits}, step)
                 evaluated = common.every(step, pc.eval_every_grad_steps) or final
                 if evaluated and log is not None:
-                    progress.last_eval = _evaluate(ema, prior, tokenizer, test, pc, run_dir, log, step)
+                    progress.last_eval, raw = _evaluate(ema, prior, tokenizer, test, pc, run_dir, log, step)
+                    progress.raw_is_best = raw < progress.best_raw_nll
+                    progress.best_raw_nll = min(progress.best_raw_nll, raw)
                 if common.every(step, pc.checkpoint_every_grad_steps) or final:
                     if ctx.is_main:
                         # Only checkpointed steps can be "best"; eval and checkpoint cadences usually agree.
                         if evaluated and progress.last_eval < progress.best_nll:
                             progress.best_nll, progress.best_step = progress.last_eval, step
+                        if progress.raw_is_best:
+                            progress.released_step = step
                         _save(ckpt, _state(prior, ema, optimizer, spec, tasks, tokenizer.hash, pc, progress), progress)
                     common.barrier(ctx)
                 if log is not None:
@@ -297,6 +313,7 @@ def run(cfg: Config) -> dict[str, float]:
             "prior/eval_bits_per_token": progress.last_eval,
             "prior/best_eval_bits_per_token": progress.best_nll,
             "prior/best_step": progress.best_step,
+            "prior/released_step": progress.released_step,
             "prior/grad_steps": progress.step,
         }
         if ctx.is_main:
