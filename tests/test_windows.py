@@ -73,6 +73,28 @@ def test_sampler_is_task_balanced_uniform_and_inside_episodes():
     assert a == WindowSampler(ends, 3, 2, seed=5).sample(6) and a != WindowSampler(ends, 3, 2, seed=6).sample(6)
 
 
+def _released_task_order(n_tasks: int, batch_size: int, batches: int) -> list[list[int]]:
+    """The released loader's ``combine``, as a loop: groups of batch // n windows per dataset in turn, the
+    dataset index carried across batches, each batch cut to batch_size."""
+    per, idx, out = max(1, batch_size // n_tasks), 0, []
+    for _ in range(batches):
+        tasks = []
+        for _ in range(-(-batch_size // per)):
+            tasks += [idx] * per
+            idx = (idx + 1) % n_tasks
+        out.append(tasks[:batch_size])
+    return out
+
+
+@pytest.mark.parametrize(("n_tasks", "batch_size"), [(2, 64), (17, 64), (3, 8), (8, 32), (5, 3)])
+def test_batches_combine_tasks_as_the_released_loader_does(n_tasks, batch_size):
+    ends = {f"dmc/t{i:02d}": np.array([20, 45]) for i in range(n_tasks)}
+    sampler = WindowSampler(ends, seq_len=4, frame_skip=1, seed=0)
+    got = [[tid for tid, _, _ in sampler.sample(batch_size, k)] for k in range(2 * n_tasks)]
+    assert got == _released_task_order(n_tasks, batch_size, 2 * n_tasks)
+    assert all(len(b) == batch_size for b in got)  # 17 tasks: 64 windows, not 17 x 3 = 51
+
+
 def test_sampler_errors_name_the_task():
     with pytest.raises(ViperError, match="task dmc/short: no episode.*window of 16 frames"):
         WindowSampler({"dmc/short": np.array([5, 12])}, seq_len=16, frame_skip=1, seed=0)

@@ -76,16 +76,25 @@ class WindowSampler:
             self._begins.append((ends - lengths)[episodes])
             self._cum.append(np.cumsum(counts))
 
-    def sample(self, batch_size: int) -> list[tuple[int, int, int]]:
-        """``max(1, batch_size // n_tasks)`` windows per task, in task order: (task_id, episode, start)."""
-        per_task = max(1, batch_size // len(self.tasks))
+    def sample(self, batch_size: int, batch_index: int = 0) -> list[tuple[int, int, int]]:
+        """``batch_size`` windows (task_id, episode, start), as the released loader combines its per-task
+        streams: groups of ``max(1, batch_size // n_tasks)`` windows from consecutive tasks, the last group cut
+        to fill the batch, the task order continuing from batch to batch (``batch_index`` = how many batches came
+        before). With 2 tasks and batch 64 that is 32 + 32; with 17 tasks, 21 groups of 3 and one of 1, so every
+        batch is full and the tasks take turns at the short group."""
+        n = len(self.tasks)
+        per_task = max(1, batch_size // n)
+        groups = -(-batch_size // per_task)
         out = []
-        for task_id, (episodes, begins, cum) in enumerate(zip(self._episodes, self._begins, self._cum, strict=True)):
+        for g in range(groups):
+            task_id = (batch_index * groups + g) % n
+            episodes, begins, cum = self._episodes[task_id], self._begins[task_id], self._cum[task_id]
+            take = min(per_task, batch_size - g * per_task)
             # Uniform over the task's windows: a window number, then the episode holding it.
-            u = self.rng.integers(0, cum[-1], per_task)
+            u = self.rng.integers(0, cum[-1], take)
             k = np.searchsorted(cum, u, side="right")
             offsets = u - np.concatenate([[0], cum[:-1]])[k]
-            for j in range(per_task):
+            for j in range(take):
                 out.append((task_id, int(episodes[k[j]]), int(begins[k[j]] + offsets[j])))
         return out
 
@@ -190,8 +199,11 @@ class FrameWindowDataset(torch.utils.data.IterableDataset):
             episodes_by_task={t: g.episodes(self.split) for t, g in zip(self.tasks, groups, strict=True)},
         )
         cache = ChunkCache(self.cache_chunks)
+        batch_index = 0
         while True:
-            for task_id, episode, start in sampler.sample(self.batch_size):
+            picks = sampler.sample(self.batch_size, batch_index)
+            batch_index += 1
+            for task_id, episode, start in picks:
                 frames = read_window(groups[task_id], episode, start, self.seq_len, self.frame_skip, cache)
                 yield torch.from_numpy(np.ascontiguousarray(frames)), task_id
 

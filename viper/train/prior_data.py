@@ -78,7 +78,7 @@ class TrainWindows:
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Windows of update ``step``: tokens long (B, T, h, w), task ids long (B,)."""
         self.sampler.rng = common.batch_rng(self.seed, self.rank, step)
-        picks = self.sampler.sample(self.batch_size)
+        picks = self.sampler.sample(self.batch_size, batch_index=step)
         windows = [gather(self.data[task_id].tokens, np.array([start]), self.seq_len, self.frame_skip)
                    for task_id, _, start in picks]  # fmt: skip
         return torch.cat(windows), torch.tensor([task_id for task_id, _, _ in picks], dtype=torch.long)
