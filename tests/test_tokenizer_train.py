@@ -181,6 +181,23 @@ def test_extended_or_replaced_videos_retrain_the_tokenizer_and_prior_and_are_enc
     assert tokenizer.run(cfg, progress=False)["checkpoint_loads"] == 0
 
 
+def test_store_batches_are_task_balanced_as_released(tmp_path):
+    """Three tasks of very different lengths, each frame coloured by its task: every batch of 8 holds the
+    released loader's groups (8 // 3 = 2 frames from each task in turn, cut to 8), whatever the lengths."""
+    from viper.data.windows import combine_order
+    from viper.train.frames import StoreFrames
+
+    tasks = ["dmc/cartpole_balance", "dmc/cheetah_run", "dmc/walker_walk"]
+    store = open_store(paths.store(tmp_path, "dmc"), "a", chunk_frames=8, shard_frames=32)
+    for shade, (task, length) in enumerate(zip(tasks, [200, 12, 40], strict=True)):
+        store.append_episode(task, np.full((length, 64, 64, 3), 50 * (shade + 1), np.uint8), split="train")
+    stream = StoreFrames(paths.store(tmp_path, "dmc")).batches(8, seed=0, rank=0, start_step=5)
+    for index in range(5, 11):
+        batch = next(stream)
+        shades = [int(frame[0, 0, 0]) // 50 - 1 for frame in batch]
+        assert shades == [t for t, count in combine_order(3, 8, index) for _ in range(count)], (index, shades)
+
+
 def cli_command(data_dir: Path) -> list[str]:
     return [
         sys.executable,

@@ -39,6 +39,17 @@ def window_starts(lengths: np.ndarray, seq_len: int, frame_skip: int) -> np.ndar
     return np.repeat(begins, counts) + offsets
 
 
+def combine_order(n_tasks: int, batch_size: int, batch_index: int) -> list[tuple[int, int]]:
+    """(task id, count) groups of batch ``batch_index`` as the released loader combines its per-task streams
+    (videos for the prior, frames for the tokenizer): ``max(1, batch_size // n_tasks)`` from each task in turn,
+    the last group cut to fill the batch, the turn carried over from batch to batch."""
+    per_task = max(1, batch_size // n_tasks)
+    groups = -(-batch_size // per_task)
+    return [
+        ((batch_index * groups + g) % n_tasks, min(per_task, batch_size - g * per_task)) for g in range(groups)
+    ]
+
+
 class WindowSampler:
     """Task-balanced random windows: ``sample(batch_size) -> [(task_id, episode, start), ...]``.
 
@@ -82,14 +93,9 @@ class WindowSampler:
         to fill the batch, the task order continuing from batch to batch (``batch_index`` = how many batches came
         before). With 2 tasks and batch 64 that is 32 + 32; with 17 tasks, 21 groups of 3 and one of 1, so every
         batch is full and the tasks take turns at the short group."""
-        n = len(self.tasks)
-        per_task = max(1, batch_size // n)
-        groups = -(-batch_size // per_task)
         out = []
-        for g in range(groups):
-            task_id = (batch_index * groups + g) % n
+        for task_id, take in combine_order(len(self.tasks), batch_size, batch_index):
             episodes, begins, cum = self._episodes[task_id], self._begins[task_id], self._cum[task_id]
-            take = min(per_task, batch_size - g * per_task)
             # Uniform over the task's windows: a window number, then the episode holding it.
             u = self.rng.integers(0, cum[-1], take)
             k = np.searchsorted(cum, u, side="right")

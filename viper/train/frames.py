@@ -59,9 +59,9 @@ class ArrayFrames:
 
 
 class StoreFrames:
-    """Random frames of every task's train episodes in the video store (``viper.data``); test frames from the
-    test episodes (train episodes, with a log line, when the store has no test split). Atari frames are
-    masked (score area blanked) as the reward model masks what it scores."""
+    """Random frames of every task's train episodes in the video store (``viper.data``), task-balanced as
+    released (``batches``); test frames from the test episodes (train episodes, with a log line, when the store
+    has no test split). Atari frames are masked (score area blanked) as the reward model masks what it scores."""
 
     def __init__(self, store_path: str | Path, log=print) -> None:
         from viper.data.store import open_store
@@ -82,26 +82,27 @@ class StoreFrames:
         return {task: self.store.task(task).identity for task in self.tasks}
 
     def batches(self, batch_size: int, seed: int, rank: int, start_step: int) -> Iterator[np.ndarray]:
-        from viper.data.windows import RandomFrames
+        """Task-balanced batches, as the released image loader builds them: one stream of random train frames
+        per task (each frame masked as its task's), combined in groups of ``batch_size // n_tasks`` from each
+        task in turn (``viper.data.windows.combine_order``), so tasks with longer videos do not dominate."""
+        from viper.data.windows import RandomFrames, combine_order
 
-        if all(m is None for m in self.masks.values()):
-            # One stream over all tasks: uniform over every train frame of the suite.
-            stream = iter(RandomFrames(self.store, self.tasks, "train", seed=[seed, rank, start_step]))
-            while True:
-                yield np.stack([next(stream) for _ in range(batch_size)])
-        # Masked suites: one stream per task (so each frame gets its task's mask), tasks drawn in proportion
-        # to their train frames, which keeps the draw uniform over frames.
-        weights = np.array([self._train_frames(t) for t in self.tasks], dtype=np.float64)
-        if weights.sum() == 0:
+        tasks = [t for t in self.tasks if self._train_frames(t) > 0]
+        if not tasks:
             raise ViperError(f"video store {self.path}: no train frames in tasks {self.tasks}")
+        if len(tasks) < len(self.tasks):
+            self.log(f"tokenizer: no train episodes in {sorted(set(self.tasks) - set(tasks))}; training without them")
         streams = [
             iter(RandomFrames(self.store, [t], "train", seed=[seed, rank, start_step, i], pool_chunks=8))
-            for i, t in enumerate(self.tasks)
+            for i, t in enumerate(tasks)
         ]
-        rng = common.batch_rng(seed, rank, start_step)
+        batch_index = start_step
         while True:
-            picks = rng.choice(len(self.tasks), size=batch_size, p=weights / weights.sum())
-            yield np.stack([apply_mask(next(streams[i])[None], self.masks[self.tasks[i]])[0] for i in picks])
+            frames = []
+            for i, count in combine_order(len(tasks), batch_size, batch_index):
+                frames += [apply_mask(next(streams[i])[None], self.masks[tasks[i]])[0] for _ in range(count)]
+            batch_index += 1
+            yield np.stack(frames)
 
     def _train_frames(self, task: str) -> int:
         group = self.store.task(task)
