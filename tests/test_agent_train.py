@@ -83,6 +83,10 @@ def test_killed_run_resumes_with_one_load_and_its_replay(tmp_path):
     np.testing.assert_array_equal(episodes[0].actions, episodes[1].actions)
     np.testing.assert_array_equal(episodes[0].frames, episodes[1].frames)
     assert not np.array_equal(episodes[0].frames, episodes[2].frames)
+    # Sampled actions (evaluate's default, as the released code reports training episodes) reproduce too.
+    sampled = [rollout(TASK, f"checkpoint:{run_dir}", 5, episode_env_steps=30, sample=True) for _ in range(2)]
+    np.testing.assert_array_equal(sampled[0].actions, sampled[1].actions)
+    assert not np.array_equal(sampled[0].actions, episodes[0].actions)
 
     # The collector's checkpoint policy loads the run and acts on real frames.
     policy = load_policy(run_dir)

@@ -60,6 +60,25 @@ def test_tiny_preset_overfits_a_fixed_batch():
     assert recon.shape == frames.shape and recon.dtype == np.uint8
 
 
+@pytest.mark.parametrize("fake", ["updated", "reused"])
+def test_discriminator_scores_the_reconstruction_the_setting_names(fake):
+    """Released: the discriminator's fakes come from the VQ-GAN after this step's update (``updated``)."""
+    from viper.models.vqgan import frames_to_model
+
+    over = ("tokenizer.gan_weight=0.1", "tokenizer.gan_start_grad_steps=0", f"tokenizer.disc_fake={fake}",
+            "tokenizer.warmup_grad_steps=1", "tokenizer.lr=1e-2")  # fmt: skip
+    trainer = tokenizer.TokenizerTrainer(tiny_cfg(Path("unused"), *over).tokenizer, common.setup_distributed())
+    frames = synthetic_frames(4)
+    x = frames_to_model(frames, "cpu")
+    before = trainer._reconstruct(x)
+    seen, disc = [], trainer.d
+    trainer.d = lambda batch: (seen.append(batch[len(x) :].detach().clone()), disc(batch))[1]  # records, then scores
+    trainer.step(5, frames)  # past the warm-up (its lr starts at 0)
+    after = trainer._reconstruct(x)
+    assert not torch.allclose(before, after)  # the generator moved
+    torch.testing.assert_close(seen[0], after if fake == "updated" else before, rtol=1e-5, atol=1e-6)
+
+
 def test_resume_continues_exactly(tmp_path):
     """Stop at 6 of 12 updates, re-run: one load, step continues, same weights as an uninterrupted run."""
     frames = ArrayFrames(synthetic_frames(24, 1), synthetic_frames(8, 2))

@@ -187,3 +187,11 @@ def test_ema_update_is_the_exponential_average():
     for old, new, avg in zip(before, model.parameters(), ema.model.parameters(), strict=True):
         torch.testing.assert_close(avg, 0.9 * old + 0.1 * new)
     assert not any(p.requires_grad for p in ema.model.parameters())
+    # The first update of a run (step 0) takes the weights whole, as released (decay 0 at step 0).
+    fresh = EMA(model, decay=0.9)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    fresh.update(model, first=True)
+    for new, avg in zip(model.parameters(), fresh.model.parameters(), strict=True):
+        torch.testing.assert_close(avg, new)

@@ -124,6 +124,9 @@ class TokenizerConfig:
     """R1 gamma: gamma/2 * batch-mean ||grad_x D(x)||^2 (batch-size free; published 1e8 at batch 128 = ~1.0)."""
     r1_every_grad_steps: int = 1
     """Lazy R1: penalise every N discriminator updates, scaled by N (StyleGAN2 uses 16; published code 1)."""
+    disc_fake: Literal["updated", "reused"] = "updated"
+    """The discriminator's fake images: ``updated`` (released: the just-updated VQ-GAN reconstructs the batch
+    again, one more forward pass) or ``reused`` (the generator step's reconstruction; saves that pass)."""
     disc_base_channels: int = 32
     """Discriminator channels at full resolution."""
     disc_max_channels: int = 512
@@ -352,6 +355,9 @@ class EvaluateConfig:
     """Random-action probabilities of the noisy-expert episodes."""
     agent_episodes: int = 10
     """Evaluation episodes per trained agent."""
+    agent_sample: bool = True
+    """Agents sample their actions, as in the training episodes whose returns the released code reports;
+    ``false`` plays each action distribution's mode."""
     video_episodes: int = 1
     """Episodes saved as GIF per trained agent."""
     seed: int = 1000

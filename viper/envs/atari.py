@@ -6,7 +6,9 @@ Settings (DreamerV3's Atari env, which produced the published VIPER Atari data):
   two emulator frames (objects some games draw on alternate frames stay visible);
 - the 210x160 RGB screen resized to 64x64 with area interpolation;
 - no no-op starts, no life-loss episodes: an episode ends at game over or after ``episode_env_steps``
-  agent steps (default 27,000 = 108,000 emulator frames, ALE v5's own cap).
+  agent steps (default 27,000 = 108,000 emulator frames, ALE v5's own cap). The cap is a truncation (the agent
+  bootstraps through it); the released Atari env marks it terminal too (``is_terminal = is_last``), which only
+  matters for the rare episode that reaches it.
 ``ale`` exposes the emulator (RAM for scripted experts).
 """
 

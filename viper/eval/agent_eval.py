@@ -48,11 +48,14 @@ def load_reward_model(cfg: Config):
 
 def evaluate_run(cfg: Config, run_dir: Path, task: str, reward_model, out_dir: Path) -> dict[str, Any]:
     """Roll out the agent in ``run_dir``; returns per-run summary numbers."""
-    return evaluate_policy(cfg, f"checkpoint:{run_dir}", task, reward_model, out_dir)
+    return evaluate_policy(cfg, f"checkpoint:{run_dir}", task, reward_model, out_dir, cfg.evaluate.agent_sample)
 
 
-def evaluate_policy(cfg: Config, policy: str, task: str, reward_model, out_dir: Path) -> dict[str, Any]:
-    """Roll out ``policy`` (a ``viper collect --policy`` name) on the evaluation seeds; summary numbers."""
+def evaluate_policy(
+    cfg: Config, policy: str, task: str, reward_model, out_dir: Path, sample: bool = False
+) -> dict[str, Any]:
+    """Roll out ``policy`` (a ``viper collect --policy`` name; ``sample``: a checkpoint agent samples its
+    actions) on the evaluation seeds; summary numbers."""
     from viper.experts import rollout
 
     task_returns, viper_returns = [], []
@@ -64,6 +67,7 @@ def evaluate_policy(cfg: Config, policy: str, task: str, reward_model, out_dir: 
             action_repeat=cfg.agent.action_repeat,
             episode_env_steps=cfg.collect.episode_env_steps,
             fast_render=cfg.collect.fast_render,
+            sample=sample,
         )
         task_returns.append(float(result.task_return))
         rewards = np.full(len(result.frames), np.nan, np.float32)

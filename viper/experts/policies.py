@@ -115,7 +115,7 @@ def parse_epsilon(spec: str) -> float:
     return epsilon
 
 
-def load_checkpoint_policy(spec: str, seed: int = 0) -> Policy:
+def load_checkpoint_policy(spec: str, seed: int = 0, sample: bool = False) -> Policy:
     """A trained agent from ``checkpoint:<path>`` (its sampling seeded by ``seed``); clear errors for a missing
     path or a missing agent module."""
     path = Path(spec.partition(":")[2])
@@ -131,15 +131,18 @@ def load_checkpoint_policy(spec: str, seed: int = 0) -> Policy:
             f"policy {spec!r}: checkpoint policies need viper.agent.policy.load_policy, which cannot be "
             f"imported ({exc}); use 'expert', 'random' or 'noisy:<epsilon>' until the agent is available"
         ) from exc
-    return load_policy(path, seed=seed)
+    return load_policy(path, sample=sample, seed=seed)
 
 
-def make_policy(spec: str, task: str, env, seed: int, expert_settings: Iterable[str] = ()) -> Policy:
+def make_policy(
+    spec: str, task: str, env, seed: int, expert_settings: Iterable[str] = (), sample: bool = False
+) -> Policy:
     """Build the policy ``spec`` for ``task`` acting in ``env`` (see the module docstring for specs).
 
     Random choices (``random``, ``noisy``, a checkpoint agent's sampling) are seeded from ``seed``, so a rollout
     is reproducible.
-    ``expert_settings`` (entries for any task; only ``task``'s apply) retune the scripted expert.
+    ``expert_settings`` (entries for any task; only ``task``'s apply) retune the scripted expert. ``sample``: a
+    checkpoint agent samples its actions instead of playing their mode.
     """
     if not isinstance(spec, str):
         raise ViperError(f"policy {spec!r}: expected {SPEC_FORMS}")
@@ -155,5 +158,5 @@ def make_policy(spec: str, task: str, env, seed: int, expert_settings: Iterable[
         return NoisyPolicy(make_expert(task, env, settings), epsilon, env.action_space, seed)
     if kind == "checkpoint":
         suites.check_task(task)
-        return load_checkpoint_policy(spec, seed)
+        return load_checkpoint_policy(spec, seed, sample)
     raise ViperError(f"policy {spec!r}: unknown policy; expected {SPEC_FORMS}")

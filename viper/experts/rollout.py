@@ -60,6 +60,7 @@ def rollout(
     episode_env_steps: int | None = None,
     fast_render: bool = True,
     expert_settings: tuple[str, ...] = (),
+    sample: bool = False,
 ) -> Episode:
     """Roll out one episode of ``policy`` (a spec, see ``make_policy``, with its ``expert_settings``) in
     ``make(task, seed, ...)``.
@@ -69,7 +70,7 @@ def rollout(
     """
     env = make(task, seed, action_repeat=action_repeat, episode_env_steps=episode_env_steps, fast_render=fast_render)
     try:
-        agent = make_policy(policy, task, env, seed, expert_settings)
+        agent = make_policy(policy, task, env, seed, expert_settings, sample)
         obs, _ = env.reset(seed=seed)
         agent.reset()
         space = env.action_space

@@ -10,7 +10,10 @@ biases give each axis its own third of the channels, concatenated (as released).
 conditional LayerNorm on the one-hot task id c: ``LN(x) * (1 + W_s c) + W_b c`` (with ``num_classes == 0`` a
 plain affine LN). The MLP uses the released code's GELU approximation ``x * sigmoid(1.702 x)``, with dropout
 after it and on both residual branches; linear weights use flax's default (LeCun-normal) initialisation. An
-id outside the task map raises instead of becoming an all-zero vector as in the original.
+id outside the task map raises instead of becoming an all-zero vector as in the original. One known difference:
+attention dropout draws its mask per batch element and head (PyTorch's fused attention); the released flax
+attention shares one mask across both (``broadcast_dropout``), which would need the N x N weights materialised
+(2 GB at the published batch).
 
 Shape legend: B batch, T frames, h w latent grid, N = T*h*w tokens, K codebook size, D codebook vector
 dimension, d model width.

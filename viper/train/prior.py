@@ -53,16 +53,17 @@ def spec_for(cfg: PriorConfig, grid: tuple[int, int], codebook: torch.Tensor, nu
 
 
 class EMA:
-    """EMA of a model's parameters, ``ema <- decay * ema + (1 - decay) * p``; buffers are copied."""
+    """EMA of a model's parameters, ``ema <- decay * ema + (1 - decay) * p``; buffers are copied. As released,
+    the first update copies the weights (decay 0 at step 0), so the EMA never holds the initialisation."""
 
     def __init__(self, model: torch.nn.Module, decay: float) -> None:
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay = decay
 
     @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
+    def update(self, model: torch.nn.Module, first: bool = False) -> None:
         ema = list(self.model.parameters())
-        torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1.0 - self.decay)
+        torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1.0 if first else 1.0 - self.decay)
         for mine, theirs in zip(self.model.buffers(), model.buffers(), strict=True):
             mine.copy_(theirs)
 
@@ -281,7 +282,7 @@ def run(cfg: Config) -> dict[str, float]:
                 tokens, ids = windows.batch(progress.step)
                 nats = train_step(trained, optimizer, tokens.to(ctx.device), ids.to(ctx.device), pc.bf16)
                 train_nats.append(nats)
-                ema.update(prior)
+                ema.update(prior, first=progress.step == 0)
                 progress.step = step = progress.step + 1
                 final = step == pc.train_grad_steps
                 if common.every(step, pc.log_every_grad_steps) or final:

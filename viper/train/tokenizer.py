@@ -91,9 +91,10 @@ class TokenizerTrainer:
 
         if gan:
             real = x.detach().requires_grad_(True)
+            fake = out.recon.detach() if cfg.disc_fake == "reused" else self._reconstruct(x)
             with common.autocast(dev, cfg.bf16):
                 # One pass over [real; fake] (minibatch-stddev groups never straddle the two halves).
-                logits = self.d(torch.cat([real, out.recon.detach()]))
+                logits = self.d(torch.cat([real, fake]))
                 real_logits, fake_logits = logits.split(x.shape[0])
                 d_loss = discriminator_loss(real_logits, fake_logits)
                 r1 = d_loss.new_zeros(())
@@ -120,6 +121,16 @@ class TokenizerTrainer:
             }
         )
         return {k: v.detach().float() for k, v in stats.items()}
+
+    @torch.no_grad()
+    def _reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The current VQ-GAN's reconstruction of ``x``, without training-mode side effects (code statistics)."""
+        self.model.eval()
+        try:
+            with common.autocast(self.ctx.device, self.cfg.bf16):
+                return self.model(x).recon
+        finally:
+            self.model.train()
 
     @torch.no_grad()
     def evaluate(self, frames: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
