@@ -71,10 +71,10 @@ def test_settings_changed_back_resume_the_superseded_run(tmp_path):
     state, folder = back.load_latest()
     assert state["step"] == 200 and folder == tmp_path / "step_000000200" and back.loads == 1
     assert (tmp_path / "latest").read_text() == "step_000000200"
-    # The other settings' run is set aside in its turn; the older matching one stays where it was.
+    # The other settings' run is set aside in its turn; the older matching one (a kept best, say) comes back too.
     assert (tmp_path / "superseded" / "step_000000010" / "done").exists()
-    assert (tmp_path / "superseded" / "step_000000100" / "done").exists()
-    assert [p.name for p in back.complete()] == ["step_000000200"] and back.stale() == []
+    assert not (tmp_path / "superseded" / "step_000000100").exists()
+    assert [p.name for p in back.complete()] == ["step_000000100", "step_000000200"] and back.stale() == []
     # Nothing of these settings anywhere: a fresh start, as before.
     assert Checkpointer(tmp_path, fingerprint={"layers": 4}).load_latest() is None
 

@@ -119,18 +119,25 @@ class Checkpointer:
         return max(found, key=_saved_step, default=None)
 
     def _restore_superseded(self) -> Path | None:
-        """Move ``superseded_match()`` back beside the live checkpoints (setting those of other settings aside)
-        and point ``latest`` at it; ``None`` when there is none."""
-        found = self.superseded_match()
-        if found is None:
+        """Move the ``superseded/`` checkpoints made with this run's settings back beside the live ones (setting
+        those of other settings aside; kept ones such as a best checkpoint come back too) and point ``latest``
+        at the newest; ``None`` when there is none."""
+        newest = self.superseded_match()
+        if newest is None:
             return None
+        newest_name = self.name(_saved_step(newest))
         for path in self.stale():
             self._set_aside(path)
-        target = self.directory / self.name(_saved_step(found))
-        shutil.rmtree(target, ignore_errors=True)  # only an incomplete leftover can be there now
-        found.rename(target)
-        self._point_latest(target.name)
-        return target
+        folder = self.directory / SUPERSEDED
+        found = [p for p in folder.iterdir() if p.is_dir() and (p / DONE).exists() and self._matches(p)]
+        for path in sorted(found, key=_saved_step):
+            target = self.directory / self.name(_saved_step(path))
+            if path != newest and target.exists():
+                continue  # two superseded runs of these settings saved this step: the newest keeps its own
+            shutil.rmtree(target, ignore_errors=True)
+            path.rename(target)
+        self._point_latest(newest_name)
+        return self.directory / newest_name
 
     def _point_latest(self, name: str) -> None:
         """Replace the ``latest`` pointer atomically."""
