@@ -112,25 +112,27 @@ class Checkpointer:
 
     def superseded_match(self) -> Path | None:
         """The newest complete checkpoint in ``superseded/`` made with this run's settings, or ``None``."""
+        return max(self._superseded_matches(), key=_saved_step, default=None)
+
+    def _superseded_matches(self) -> list[Path]:
+        """Complete checkpoints in ``superseded/`` made with this run's settings."""
         folder = self.directory / SUPERSEDED
         if self.fingerprint is None or not folder.is_dir():
-            return None
-        found = [p for p in folder.iterdir() if p.is_dir() and (p / DONE).exists() and self._matches(p)]
-        return max(found, key=_saved_step, default=None)
+            return []
+        return [p for p in folder.iterdir() if p.is_dir() and (p / DONE).exists() and self._matches(p)]
 
     def _restore_superseded(self) -> Path | None:
         """Move the ``superseded/`` checkpoints made with this run's settings back beside the live ones (setting
         those of other settings aside; kept ones such as a best checkpoint come back too) and point ``latest``
         at the newest; ``None`` when there is none."""
-        newest = self.superseded_match()
-        if newest is None:
+        found = sorted(self._superseded_matches(), key=_saved_step)
+        if not found:
             return None
+        newest = found[-1]
         newest_name = self.name(_saved_step(newest))
         for path in self.stale():
             self._set_aside(path)
-        folder = self.directory / SUPERSEDED
-        found = [p for p in folder.iterdir() if p.is_dir() and (p / DONE).exists() and self._matches(p)]
-        for path in sorted(found, key=_saved_step):
+        for path in found:
             target = self.directory / self.name(_saved_step(path))
             if path != newest and target.exists():
                 continue  # two superseded runs of these settings saved this step: the newest keeps its own

@@ -46,11 +46,6 @@ def load_reward_model(cfg: Config):
     return VideoReward.load(tokenizer, prior, cfg.reward)
 
 
-def evaluate_run(cfg: Config, run_dir: Path, task: str, reward_model, out_dir: Path) -> dict[str, Any]:
-    """Roll out the agent in ``run_dir``; returns per-run summary numbers."""
-    return evaluate_policy(cfg, f"checkpoint:{run_dir}", task, reward_model, out_dir, cfg.evaluate.agent_sample)
-
-
 def evaluate_policy(
     cfg: Config, policy: str, task: str, reward_model, out_dir: Path, sample: bool = False
 ) -> dict[str, Any]:
@@ -96,7 +91,8 @@ def run(cfg: Config) -> dict[str, Any]:
                 if not (run_dir / "checkpoints").exists():
                     continue
                 out = evaluate_dir(cfg.data_dir) / reward / paths.slug(task) / f"seed{seed}"
-                summary = evaluate_run(cfg, run_dir, task, reward_model, out)
+                policy = f"checkpoint:{run_dir}"
+                summary = evaluate_policy(cfg, policy, task, reward_model, out, cfg.evaluate.agent_sample)
                 records.append({"task": task, "seed": seed, "reward": reward, **summary})
                 _say(f"{reward:6s} {task} seed {seed}", summary)
     if not records:
