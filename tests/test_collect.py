@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,6 +178,34 @@ def test_arguments_and_bad_tasks(tmp_path):
         collect.run(tiny(tmp_path, tasks=("atari/pong",)), progress=False)
     assert collect.episode_seed(0, TASK, 1) != collect.episode_seed(0, TASK, 2) != collect.episode_seed(1, TASK, 2)
     assert collect.episode_seed(0, TASK, 1) == collect.episode_seed(0, TASK, 1)
+
+
+def die_once(job):
+    """A rollout worker that kills its own process (SIGKILL, as the OOM killer would) the first time it gets
+    episode 1 and in every try of episode 2; other episodes return at once. Markers live in $DIE_MARKERS."""
+    marker = Path(os.environ["DIE_MARKERS"]) / str(job.index)
+    if job.index == 2 or (job.index == 1 and not marker.exists()):
+        marker.write_text(str(int(marker.read_text()) + 1 if marker.exists() else 1))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return job.index, {"pid": os.getpid()}
+
+
+def test_a_dead_worker_is_retried_then_named_never_waited_for(tmp_path, monkeypatch, capsys):
+    """A worker process killed mid-rollout: its episodes run again in a fresh pool (multiprocessing.Pool used
+    to wait forever here); one that keeps dying ends in an error naming it, after the others were yielded."""
+    monkeypatch.setenv("DIE_MARKERS", str(tmp_path))
+    job = collect.RolloutJob(TASK, "expert", 0, 0, 2, 10, True)
+    jobs = [dataclasses.replace(job, index=i) for i in (0, 1, 3)]
+    got = dict(collect._rollouts(jobs, workers=2, run=die_once, retries=1))
+    assert sorted(got) == [0, 1, 3] and (tmp_path / "1").read_text() == "1"
+    assert "rolling out episodes" in capsys.readouterr().err
+
+    yielded = []
+    jobs = [dataclasses.replace(job, index=i) for i in (0, 2)]
+    with pytest.raises(ViperError, match=r"died 2 times .*episodes \[2\] are not rolled out"):
+        for index, _ in collect._rollouts(jobs, workers=2, run=die_once, retries=1):
+            yielded.append(index)
+    assert (tmp_path / "2").read_text() == "2" and set(yielded) <= {0}
 
 
 def _mount_tmpfs(path, size: str) -> None:

@@ -21,6 +21,10 @@ import dataclasses
 import hashlib
 import json
 import multiprocessing
+import sys
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -104,14 +108,44 @@ def run_job(job: RolloutJob) -> tuple[int, dict[str, Any]]:
     return job.index, out
 
 
-def _rollouts(jobs: list[RolloutJob], workers: int):
-    """Yield ``(index, episode)`` as rollouts finish (any order); ``workers`` spawned processes."""
+WORKER_RETRIES = 2
+"""Fresh pools a collection tries after a worker process died, before giving up on the unfinished episodes."""
+
+
+def _rollouts(jobs: list[RolloutJob], workers: int, run: Callable = run_job, retries: int = WORKER_RETRIES):
+    """Yield ``(index, episode)`` as rollouts finish (any order); ``workers`` spawned processes.
+
+    A worker that dies (a native crash in rendering, the OOM killer) breaks its pool; the episodes not yet
+    yielded are rolled out again in a fresh pool, up to ``retries`` times (rollouts are seeded, so a retry gives
+    the same episodes), then a ``ViperError`` names them. (``multiprocessing.Pool`` would wait forever for the
+    dead worker's result instead.)
+    """
     if workers <= 1 or len(jobs) <= 1:
-        yield from map(run_job, jobs)
+        yield from map(run, jobs)
         return
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(min(workers, len(jobs))) as pool:
-        yield from pool.imap_unordered(run_job, jobs, chunksize=1)
+    pending = {job.index: job for job in jobs}
+    for attempt in range(retries + 1):
+        pool = ProcessPoolExecutor(min(workers, len(pending)), mp_context=multiprocessing.get_context("spawn"))
+        try:
+            for future in as_completed([pool.submit(run, job) for job in pending.values()]):
+                index, episode = future.result()
+                del pending[index]
+                yield index, episode
+            return
+        except BrokenProcessPool as exc:
+            if attempt == retries:
+                raise ViperError(
+                    f"{jobs[0].task}: a rollout worker process died {retries + 1} times ({exc}); episodes "
+                    f"{sorted(pending)} are not rolled out. The finished ones are kept: run the same command "
+                    "again to roll out the rest"
+                ) from exc
+            print(
+                f"{jobs[0].task}: a rollout worker process died; rolling out episodes {sorted(pending)} again in "
+                f"fresh processes (retry {attempt + 1} of {retries})",
+                file=sys.stderr,
+            )
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _staging(store: VideoStore, cfg: CollectConfig, task: str) -> TaskGroup:
