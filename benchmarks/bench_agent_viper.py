@@ -30,7 +30,8 @@ from viper.agent.replay import Replay
 from viper.agent.rewards import Inserter, TaskReward
 from viper.agent.train import replay_spec
 from viper.agent.viper_reward import ViperReward
-from viper.models.videogpt import LoadedPrior, VideoGPT
+from viper.models.prior_checkpoint import LoadedPrior
+from viper.models.videogpt import VideoGPT
 from viper.models.vqgan import VQGAN, Tokenizer, VQGANArch, weights_hash
 from viper.reward import VideoReward
 from viper.train.prior import spec_for

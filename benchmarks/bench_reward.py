@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from viper import config as config_lib
-from viper.models.videogpt import LoadedPrior, VideoGPT
+from viper.models.prior_checkpoint import LoadedPrior
+from viper.models.videogpt import VideoGPT
 from viper.models.vqgan import VQGAN, Tokenizer, VQGANArch, weights_hash
 from viper.reward import VideoReward
 from viper.reward.reference import score_per_window

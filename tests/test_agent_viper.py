@@ -28,7 +28,8 @@ from viper.agent.viper_reward import ViperReward, check_action_repeat
 from viper.config import AgentConfig, RewardConfig, TokenizerConfig
 from viper.data.store import open_store
 from viper.errors import ViperError
-from viper.models.videogpt import LoadedPrior, PriorSpec, VideoGPT
+from viper.models.prior_checkpoint import LoadedPrior
+from viper.models.videogpt import PriorSpec, VideoGPT
 from viper.models.vqgan import VQGAN, Tokenizer, VQGANArch, weights_hash
 from viper.reward import VideoReward
 

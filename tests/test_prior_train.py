@@ -16,7 +16,7 @@ from viper import paths
 from viper.checkpoint import Checkpointer
 from viper.data.tokens import write_tokens
 from viper.errors import ViperError
-from viper.models.videogpt import BEST, load_prior
+from viper.models.prior_checkpoint import BEST, load_prior
 from viper.models.vqgan import VQGAN, VQGANArch, load_tokenizer
 from viper.reward import VideoReward
 from viper.reward.reference import score_per_window

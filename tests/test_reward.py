@@ -14,7 +14,8 @@ import torch
 
 from viper.config import RewardConfig, TokenizerConfig
 from viper.errors import ViperError
-from viper.models.videogpt import LoadedPrior, PriorSpec, VideoGPT
+from viper.models.prior_checkpoint import LoadedPrior
+from viper.models.videogpt import PriorSpec, VideoGPT
 from viper.models.vqgan import VQGAN, Tokenizer, VQGANArch, weights_hash
 from viper.reward import VideoReward
 from viper.reward.reference import score_per_window

@@ -31,7 +31,7 @@ TOKENIZER_CODE = (
     "viper/models/quantizer.py",
     "viper/train/common.py",
 )
-PRIOR_CODE = ("viper/models/videogpt.py",)
+PRIOR_CODE = ("viper/models/videogpt.py", "viper/models/prior_checkpoint.py")
 REWARD_CODE = (*TOKENIZER_CODE, *PRIOR_CODE, "viper/reward")
 
 

@@ -27,7 +27,8 @@ import torch
 
 from viper.config import RewardConfig
 from viper.errors import ViperError
-from viper.models.videogpt import LoadedPrior, VideoGPT, load_prior
+from viper.models.prior_checkpoint import LoadedPrior, load_prior
+from viper.models.videogpt import VideoGPT
 
 FRAME_SHAPE = (64, 64, 3)
 

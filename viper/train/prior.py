@@ -29,7 +29,8 @@ from viper.checkpoint import Checkpointer, rng_state, set_rng_state
 from viper.config import Config, PriorConfig
 from viper.data.tokens import store_identities
 from viper.metrics import Logger, write_json
-from viper.models.videogpt import BEST, CHECKPOINT_FORMAT, RELEASED, PriorSpec, VideoGPT
+from viper.models.prior_checkpoint import BEST, CHECKPOINT_FORMAT, RELEASED
+from viper.models.videogpt import PriorSpec, VideoGPT
 from viper.train import common
 from viper.train.prior_data import TrainWindows, eval_windows, load_splits
 
