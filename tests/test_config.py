@@ -102,12 +102,32 @@ def test_unknown_key_in_params_file_names_the_file(tmp_path):
         # Fixed sets of values are checked on load, before a stage sees (and supersedes) its old checkpoints.
         ("agent.size=xs", "agent.size='xs': expected one of tiny, XS, S, M, L, XL"),
         ("agent.reward=viperr", "agent.reward='viperr': expected one of task, viper"),
+        # Numbers out of range are refused on load too (a negative step count used to train nothing, silently).
+        ("agent.env_steps=-5", "agent.env_steps=-5: expected int >= 0"),
+        ("agent.model_lr=.nan", "agent.model_lr=nan: expected float >= 0"),
+        ("prior.layers=0", "prior.layers=0: expected int >= 1"),
+        ("agent.discount_horizon=0.5", "agent.discount_horizon=0.5: expected float >= 1"),
+        ("collect.test_fraction=1.5", "collect.test_fraction=1.5: expected float in [0, 1]"),
+        ("collect.keep_return_percentile=101", "collect.keep_return_percentile=101.0: expected float in [0, 100]"),
+        ("tokenizer.channel_mult=[1, 0]", "tokenizer.channel_mult[1]=0: expected int >= 1"),
+        ("evaluate.noisy_epsilons=[0.5, 2]", "evaluate.noisy_epsilons[1]=2.0: expected float in [0, 1]"),
     ],
 )
 def test_type_error_text(override, expected):
     with pytest.raises(C.ConfigError) as err:
         C.load("tiny", [override], params_path=None)
     assert str(err.value) == expected
+
+
+def test_task_names_are_checked_on_load():
+    """A short or misspelt task fails when the config loads, naming the key and the known tasks."""
+    with pytest.raises(
+        C.ConfigError, match=r"agent.tasks\[0\]='cartpole_balance': expected one of .*dmc/cartpole_balance"
+    ):
+        C.load("tiny", ["agent.tasks=[cartpole_balance]"], params_path=None)
+    with pytest.raises(C.ConfigError, match=r"collect.tasks\[1\]='atari/pongg': expected one of .*atari/pong,"):
+        C.load("tiny", ["collect.tasks=[dmc/cartpole_balance, atari/pongg]"], params_path=None)
+    assert C.load("tiny", ["agent.tasks=[atari/pong]"], params_path=None).agent.tasks == ("atari/pong",)
 
 
 def test_unknown_preset_and_bad_override_syntax():

@@ -9,9 +9,10 @@ Resolution order (later wins):
   3. the per-section overrides written in ``params.yaml`` (besides its ``preset:`` key),
   4. ``-S section.key=value`` overrides from the command line (DVC's syntax; values parsed as YAML).
 
-Unknown sections or keys and values of the wrong type raise ``ConfigError`` naming the key, the value and
-what is allowed. Units are part of field names: ``env_steps`` are agent steps after action repeat, ``frames``
-are rendered images, ``grad_steps`` are optimiser updates.
+Unknown sections or keys, values of the wrong type and numbers out of their field's range (never negative; see
+``viper.sections``) raise ``ConfigError`` naming the key, the value and what is allowed. Units are part of field
+names: ``env_steps`` are agent steps after action repeat, ``frames`` are rendered images, ``grad_steps`` are
+optimiser updates.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from viper.sections import (
     CollectConfig,
     EvaluateConfig,
     PriorConfig,
+    Range,
     RewardConfig,
     TokenizerConfig,
 )
@@ -191,7 +193,7 @@ def describe_section(name: str) -> list[tuple[str, str, str]]:
 
 
 def _build_section(cls: type, name: str, values: dict[str, Any]) -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     kwargs = {key: _check(f"{name}.{key}", value, hints[key]) for key, value in values.items()}
     return cls(**kwargs)
 
@@ -226,7 +228,10 @@ def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is typing.Literal:
         return "one of " + ", ".join(str(v) for v in typing.get_args(tp))
     if typing.get_origin(tp) is tuple:
-        return f"list of {typing.get_args(tp)[0].__name__}"
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if typing.get_origin(tp) is typing.Annotated:
+        base, *extras = typing.get_args(tp)
+        return " ".join([_type_name(base), *(str(e) for e in extras if isinstance(e, Range))])
     return getattr(tp, "__name__", str(tp))
 
 
@@ -240,6 +245,13 @@ def _check(key: str, value: Any, tp: Any) -> Any:
         if value not in typing.get_args(tp):
             raise ConfigError(f"{key}={value!r}: expected {_type_name(tp)}")
         return value
+    if typing.get_origin(tp) is typing.Annotated:
+        base, *extras = typing.get_args(tp)
+        value = _check(key, value, base)
+        for bounds in (e for e in extras if isinstance(e, Range)):
+            if value < bounds.low or (bounds.high is not None and value > bounds.high):
+                raise ConfigError(f"{key}={value!r}: expected {_type_name(tp)}")
+        return value
     if typing.get_origin(tp) is tuple:
         if not isinstance(value, (list, tuple)):
             fail()
@@ -249,15 +261,13 @@ def _check(key: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, bool):
             fail()
         return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+    if tp in (int, float):
+        value = _scientific(value) if tp is float else value
+        if isinstance(value, bool) or not isinstance(value, (int, float) if tp is float else int):
             fail()
-        return value
-    if tp is float:
-        value = _scientific(value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            fail()
-        return float(value)
+        if not value >= 0:  # NaN too
+            raise ConfigError(f"{key}={value!r}: expected {_type_name(tp)} >= 0")
+        return tp(value)
     if tp is str:
         if not isinstance(value, str):
             fail()

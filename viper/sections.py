@@ -2,14 +2,15 @@
 
 Each field's docstring is its documentation (``viper <stage> --help`` and ``viper config`` print it). A field
 with a fixed set of values is typed ``Literal[...]``, so a mistyped value is refused when the configuration
-loads, before any stage touches its outputs. Loading, presets and validation live in ``viper.config``, which
-re-exports every name here.
+loads, before any stage touches its outputs. Numbers are never negative; a ``Count`` (size, count or interval)
+is at least 1 and a field typed with a ``Range`` stays inside it. Loading, presets and validation live in
+``viper.config``, which re-exports every name here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 DMC_TASKS = (
     "dmc/acrobot_swingup",
@@ -40,6 +41,24 @@ ATARI_TASKS = (
     "atari/pong",
     "atari/zaxxon",
 )
+Task = Literal[DMC_TASKS + ATARI_TASKS]
+"""A known task, ``<suite>/<task>``."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """Inclusive bounds of a numeric field, checked when a configuration loads."""
+
+    low: float = 0
+    high: float | None = None
+
+    def __str__(self) -> str:
+        return f"in [{self.low}, {self.high}]" if self.high is not None else f">= {self.low}"
+
+
+Count = Annotated[int, Range(1)]
+"""A size, a count or an interval: at least 1."""
+Fraction = Annotated[float, Range(0, 1)]
 
 
 @dataclass(frozen=True)
@@ -48,7 +67,7 @@ class CollectConfig:
 
     suite: Literal["dmc", "atari"] = "dmc"
     """Environment suite: ``dmc`` or ``atari``; also names the store ``<data_dir>/videos/<suite>.zarr``."""
-    tasks: tuple[str, ...] = DMC_TASKS
+    tasks: tuple[Task, ...] = DMC_TASKS
     """Tasks to collect, full names ``<suite>/<task>`` (e.g. ``dmc/cartpole_balance``)."""
     policy: str = "expert"
     """Behaviour policy: ``expert`` (scripted), ``random``, ``noisy:<epsilon>`` or ``checkpoint:<path>``; or
@@ -58,27 +77,27 @@ class CollectConfig:
     """Retune scripted experts for collection, ``<task>:<attribute>=<number>`` (e.g.
     ``dmc/cartpole_swingup:pump_gain=4.0``; defaults in ``viper.experts.dmc_scripted``). Applies to ``expert`` and
     ``noisy:<eps>`` here; reward-eval's noisy episodes keep the defaults, a fixed yardstick across datasets."""
-    episodes_per_task: int = 1000
+    episodes_per_task: Count = 1000
     """Episodes rolled out per task before filtering (paper: keep the top 50 of 1000)."""
     episode_env_steps: int = 500
     """Agent steps per episode, after action repeat (DMC: 1000 physics steps / repeat 2)."""
-    action_repeat: int = 2
+    action_repeat: Count = 2
     """Environment steps per agent action (DMC 2, Atari frame skip 4); recorded in the store."""
-    workers: int = 2
+    workers: Count = 2
     """Parallel environment worker processes."""
     seed: int = 0
     """Base seed; episode i of task t is seeded deterministically from (seed, t, i)."""
-    keep_return_percentile: float = 90.0
+    keep_return_percentile: Annotated[float, Range(0, 100)] = 90.0
     """Keep episodes whose return is at or above this percentile of the collected returns (0 keeps all)."""
     drop_first_frames: int = 50
     """Frames dropped from the start of each kept episode (published DMC filter)."""
-    max_episodes_per_task: int = 500
+    max_episodes_per_task: Count = 500
     """Cap on kept episodes per task."""
-    test_fraction: float = 0.05
+    test_fraction: Fraction = 0.05
     """Fraction of kept episodes assigned to the test split (published: 95/5)."""
-    chunk_frames: int = 32
+    chunk_frames: Count = 32
     """Frames per compressed Zarr chunk, the unit of decoding (choice: benchmarks/results/store.md)."""
-    shard_frames: int = 4096
+    shard_frames: Count = 4096
     """Frames per Zarr shard file; few large files keep DVC hashing fast."""
     manifest: str = ""
     """With policy ``published``: sha256sum-format manifest every imported file must match (empty: no check)."""
@@ -92,15 +111,15 @@ class CollectConfig:
 class TokenizerConfig:
     """VQ-GAN frame tokenizer (stages ``train-tokenizer`` and ``tokenize``)."""
 
-    base_channels: int = 128
+    base_channels: Count = 128
     """Channels of the first encoder level."""
-    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
+    channel_mult: tuple[Count, ...] = (1, 2, 2, 2)
     """Channel multiplier per level; len-1 downsamplings (DMC 4 levels -> 8x8, Atari 3 -> 16x16)."""
     res_blocks: int = 1
     """Residual blocks per encoder level (the decoder uses one more)."""
-    embed_dim: int = 64
+    embed_dim: Count = 64
     """Latent / codebook vector dimension."""
-    codebook_size: int = 256
+    codebook_size: Count = 256
     """Number of codebook entries K (paper text: 1024 for DMC; released config: 256)."""
     commitment_weight: float = 0.25
     """Weight of the commitment term ||z - sg(e)||^2."""
@@ -108,7 +127,7 @@ class TokenizerConfig:
     """Initialise the codebook by k-means on the first batch (off in the published code)."""
     dead_code_restart: bool = False
     """Re-seed unused codes from encoder outputs (off in the published code)."""
-    dead_code_every_grad_steps: int = 200
+    dead_code_every_grad_steps: Count = 200
     """Window of updates over which a code must be used once, else it is re-seeded (with dead_code_restart)."""
     recon_loss: Literal["l1", "mse"] = "l1"
     """Pixel loss: ``l1`` (published) or ``mse`` (CPU prototype; learns small objects sooner without GAN/LPIPS)."""
@@ -122,14 +141,14 @@ class TokenizerConfig:
     """Updates before the GAN terms switch on."""
     r1_weight: float = 1.0
     """R1 gamma: gamma/2 * batch-mean ||grad_x D(x)||^2 (batch-size free; published 1e8 at batch 128 = ~1.0)."""
-    r1_every_grad_steps: int = 1
+    r1_every_grad_steps: Count = 1
     """Lazy R1: penalise every N discriminator updates, scaled by N (StyleGAN2 uses 16; published code 1)."""
     disc_fake: Literal["updated", "reused"] = "updated"
     """The discriminator's fake images: ``updated`` (released: the just-updated VQ-GAN reconstructs the batch
     again, one more forward pass) or ``reused`` (the generator step's reconstruction; saves that pass)."""
-    disc_base_channels: int = 32
+    disc_base_channels: Count = 32
     """Discriminator channels at full resolution."""
-    disc_max_channels: int = 512
+    disc_max_channels: Count = 512
     """Discriminator channel cap."""
     lr: float = 1e-4
     """AdamW learning rate (both networks)."""
@@ -137,19 +156,19 @@ class TokenizerConfig:
     """AdamW decoupled weight decay (optax.adamw's default, which the published code uses)."""
     warmup_grad_steps: int = 1000
     """Linear learning-rate warm-up updates."""
-    batch_size: int = 128
+    batch_size: Count = 128
     """Frames per update (over all processes)."""
     train_grad_steps: int = 1_000_000
     """Total optimiser updates."""
-    log_every_grad_steps: int = 100
+    log_every_grad_steps: Count = 100
     """Updates between training-loss log lines (losses averaged over ranks at that update)."""
-    eval_every_grad_steps: int = 5000
+    eval_every_grad_steps: Count = 5000
     """Updates between evaluations on the test split."""
-    eval_frames: int = 512
+    eval_frames: Count = 512
     """Test-split frames (spread evenly over the test episodes) reconstructed at each evaluation."""
-    checkpoint_every_grad_steps: int = 5000
+    checkpoint_every_grad_steps: Count = 5000
     """Updates between checkpoints."""
-    keep_checkpoints: int = 3
+    keep_checkpoints: Count = 3
     """Checkpoint folders kept."""
     bf16: bool = True
     """bf16 autocast on CUDA (ignored on CPU)."""
@@ -157,7 +176,7 @@ class TokenizerConfig:
     """Wrap the model in torch.compile."""
     seed: int = 0
     """Seed for initialisation and batch sampling."""
-    tokenize_batch_frames: int = 256
+    tokenize_batch_frames: Count = 256
     """Frames encoded per forward pass by the ``tokenize`` stage."""
 
 
@@ -165,42 +184,42 @@ class TokenizerConfig:
 class PriorConfig:
     """VideoGPT prior over token videos (stage ``train-videogpt``)."""
 
-    d_model: int = 256
+    d_model: Count = 256
     """Transformer width."""
-    layers: int = 8
+    layers: Count = 8
     """Transformer blocks."""
-    heads: int = 8
+    heads: Count = 8
     """Attention heads."""
-    mlp_dim: int = 1024
+    mlp_dim: Count = 1024
     """Hidden units of each MLP."""
-    dropout: float = 0.1
+    dropout: Fraction = 0.1
     """Dropout on attention and residual branches."""
-    seq_len: int = 16
+    seq_len: Count = 16
     """Frames per training window (after subsampling)."""
-    frame_skip: int = 1
+    frame_skip: Count = 1
     """Stride between window frames in raw env steps; a window spans 1 + (seq_len-1)*frame_skip frames."""
     class_conditional: bool = True
     """Condition every LayerNorm on the one-hot task id (DMC yes, Atari no)."""
-    batch_size: int = 64
+    batch_size: Count = 64
     """Windows per update, split evenly over tasks."""
     lr: float = 1e-4
     """AdamW learning rate (constant)."""
     weight_decay: float = 1e-4
     """AdamW weight decay: 1e-4 as released (its ``get_optimizer`` always builds ``optax.adamw``, whose default
     this is, whatever the config's ``optimizer`` says)."""
-    ema_decay: float = 0.9999
+    ema_decay: Fraction = 0.9999
     """EMA decay of the weights used for scoring."""
     train_grad_steps: int = 800_000
     """Total optimiser updates."""
-    eval_every_grad_steps: int = 5000
+    eval_every_grad_steps: Count = 5000
     """Updates between evaluations (bits per token on the test split)."""
-    checkpoint_every_grad_steps: int = 5000
+    checkpoint_every_grad_steps: Count = 5000
     """Updates between checkpoints."""
-    keep_checkpoints: int = 3
+    keep_checkpoints: Count = 3
     """Checkpoint folders kept (the best by eval NLL is kept besides)."""
-    log_every_grad_steps: int = 100
+    log_every_grad_steps: Count = 100
     """Updates between training-loss log lines."""
-    eval_windows_per_task: int = 64
+    eval_windows_per_task: Count = 64
     """Test-split windows per task in each evaluation (evenly spaced, the same ones every time)."""
     picture_context_frames: int = 4
     """Context frames of the open-loop prediction pictures (capped at seq_len - 1)."""
@@ -220,9 +239,9 @@ class RewardConfig:
 
     mode: Literal["joint", "conditional"] = "joint"
     """``joint`` (released code: sum of log p of every frame in the window) or ``conditional`` (paper)."""
-    windows_per_batch: int = 64
+    windows_per_batch: Count = 64
     """Windows scored per forward pass (bounds memory)."""
-    encode_batch_frames: int = 256
+    encode_batch_frames: Count = 256
     """Frames per tokenizer call when encoding an episode (bounds memory)."""
     checkpoint: Literal["released", "latest", "best"] = "released"
     """Prior checkpoint to score with: ``released`` (the released script keeps only checkpoints saved while its
@@ -240,7 +259,7 @@ class RewardConfig:
 class AgentConfig:
     """DreamerV3 agent (stages ``expert`` and ``train-agent``)."""
 
-    tasks: tuple[str, ...] = DMC_TASKS
+    tasks: tuple[Task, ...] = DMC_TASKS
     """Tasks to train agents on."""
     seeds: tuple[int, ...] = (0, 1, 2)
     """Seeds per task."""
@@ -252,9 +271,9 @@ class AgentConfig:
     env_steps: int = 5_000_000
     """Agent steps to train for, after action repeat (env frames = env_steps * action_repeat): 10M frames, the
     length of the published DMC curves (the released run has no end, ``run.steps: 1e10``)."""
-    action_repeat: int = 2
+    action_repeat: Count = 2
     """Environment steps per agent action."""
-    envs: int = 4
+    envs: Count = 4
     """Parallel environments."""
     parallel_envs: bool = True
     """Step the environments in worker processes (with envs > 1); False steps them in this process."""
@@ -262,9 +281,9 @@ class AgentConfig:
     """Agent steps per episode; 0 takes the suite default (DMC 500, Atari 27000)."""
     train_ratio: float = 64.0
     """Replayed steps per env step: updates = env_steps * train_ratio / (batch_size * batch_length)."""
-    batch_size: int = 16
+    batch_size: Count = 16
     """Sequences per update."""
-    batch_length: int = 64
+    batch_length: Count = 64
     """Steps per replayed sequence (with reward viper: see ``viper_batch_length``); the train ratio counts it."""
     viper_batch_length: int = 0
     """Steps per replayed sequence with reward viper; 0: the released code's, chunk - context (49 = 64 - 15).
@@ -272,7 +291,7 @@ class AgentConfig:
     The released relabelling replay stores every (64 - 16 + 1)-step run of scored steps as one item, so VIPER
     agents train on 16 x 49 batches while the train ratio still counts 16 x 64 (as here). Set it to
     ``batch_length`` to replay full-length sequences instead."""
-    replay_capacity_steps: int = 1_000_000
+    replay_capacity_steps: Count = 1_000_000
     """Replay buffer capacity in steps."""
     model_lr: float = 1e-4
     """World-model Adam learning rate."""
@@ -288,11 +307,11 @@ class AgentConfig:
     """World-model gradient clipping by global norm."""
     actor_critic_grad_clip: float = 100.0
     """Actor and critic gradient clipping by global norm."""
-    imag_horizon: int = 15
+    imag_horizon: Count = 15
     """Imagination horizon in steps."""
-    discount_horizon: float = 333.0
+    discount_horizon: Annotated[float, Range(1)] = 333.0
     """Discount = 1 - 1/discount_horizon."""
-    return_lambda: float = 0.95
+    return_lambda: Fraction = 0.95
     """Lambda of the lambda-returns."""
     actor_entropy: float = 3e-4
     """Actor entropy regulariser."""
@@ -300,7 +319,7 @@ class AgentConfig:
     """Weight beta of the Plan2Explore disagreement advantage with reward viper (published 1; 0 drops it)."""
     density_weight: float = 1.0
     """Weight of the VIPER (density) advantage; advantages are mixed as w_k / sum(w) (published 1 and 1)."""
-    disag_models: int = 8
+    disag_models: Count = 8
     """Plan2Explore ensemble members predicting the next stochastic state (published 8)."""
     expl_lr: float = 1e-4
     """Adam learning rate of the disagreement ensemble (published ``expl_opt``)."""
@@ -310,17 +329,17 @@ class AgentConfig:
     """Gradient clipping (global norm) of the disagreement ensemble."""
     context_steps: int = 15
     """Published context steps per replay chunk (window 16 - 1); reward viper uses its model's window - 1."""
-    eval_every_env_steps: int = 10_000
+    eval_every_env_steps: Count = 10_000
     """Agent steps between evaluation episodes."""
     eval_episodes: int = 1
     """Episodes per evaluation."""
     eval_sample: bool = True
     """Evaluation samples actions as the 2023 code does; False takes the policy's mode (mean)."""
-    log_every_env_steps: int = 1000
+    log_every_env_steps: Count = 1000
     """Agent steps between logged averages of the training losses."""
-    checkpoint_every_env_steps: int = 10_000
+    checkpoint_every_env_steps: Count = 10_000
     """Agent steps between checkpoints."""
-    keep_checkpoints: int = 2
+    keep_checkpoints: Count = 2
     """Checkpoint folders kept."""
     bf16: bool = True
     """bf16 autocast on CUDA (ignored on CPU). The released agent computes in float16 with a dynamic loss scale
@@ -351,7 +370,7 @@ class EvaluateConfig:
 
     reward_eval_episodes: int = 10
     """Episodes per category (held-out expert, each noisy epsilon, random) scored per task."""
-    noisy_epsilons: tuple[float, ...] = (0.25, 0.5, 0.75)
+    noisy_epsilons: tuple[Fraction, ...] = (0.25, 0.5, 0.75)
     """Random-action probabilities of the noisy-expert episodes."""
     agent_episodes: int = 10
     """Evaluation episodes per trained agent."""
