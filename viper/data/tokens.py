@@ -125,14 +125,21 @@ def token_tasks(path: str | Path) -> list[str]:
     return sorted(tasks)
 
 
+def token_summary(path: str | Path, task: str) -> tuple[dict, int] | None:
+    """``(attributes, frames)`` of ``task``'s tokens from their metadata alone (no token is read); None when the
+    store holds no tokens for it."""
+    location = Location(path)
+    group = location.read_json(f"{_name(task)}/zarr.json")
+    array = location.read_json(f"{_name(task)}/tokens/zarr.json")
+    if group is None or array is None:
+        return None
+    return group.get("attributes", {}), int(array["shape"][0])
+
+
 def store_identities(path: str | Path, tasks: tuple[str, ...]) -> dict[str, str]:
     """``store_identity`` of each task's tokens, from their attributes alone ("" when absent or not recorded)."""
-    location = Location(path)
-    out = {}
-    for task in tasks:
-        meta = location.read_json(f"{_name(task)}/zarr.json") or {}
-        out[task] = str(meta.get("attributes", {}).get("store_identity", ""))
-    return out
+    summaries = {task: token_summary(path, task) for task in tasks}
+    return {task: str(s[0].get("store_identity", "")) if s else "" for task, s in summaries.items()}
 
 
 def read_tokens(path: str | Path, task: str, expected_hash: str | None = None) -> TokenGroup:

@@ -51,16 +51,15 @@ def encode_task(tokenizer: Tokenizer, group: Any, keep: np.ndarray | None) -> np
 
 def up_to_date(tokens_path, task: str, tokenizer_hash: str, num_frames: int, store_identity: str) -> bool:
     """Whether ``task``'s tokens exist, carry ``tokenizer_hash``, cover ``num_frames`` frames and encode the
-    store group ``store_identity``."""
-    from viper.data.tokens import StaleTokensError, read_tokens, token_tasks
+    store group ``store_identity`` (read from their metadata: no token is loaded)."""
+    from viper.data.tokens import SCHEMA_VERSION, token_summary
 
-    if task not in token_tasks(tokens_path):
+    summary = token_summary(tokens_path, task)
+    if summary is None:
         return False
-    try:
-        group = read_tokens(tokens_path, task, expected_hash=tokenizer_hash)
-        return len(group.tokens) == num_frames and group.store_identity == store_identity
-    except StaleTokensError:
-        return False
+    attrs, frames = summary
+    recorded = (attrs.get(k) for k in ("schema_version", "task", "tokenizer_hash", "store_identity"))
+    return tuple(recorded) == (SCHEMA_VERSION, task, tokenizer_hash, store_identity) and frames == num_frames
 
 
 def run(cfg: Config, suite: str | None = None, device: str = "auto") -> dict[str, Any]:
