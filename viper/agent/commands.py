@@ -52,9 +52,7 @@ def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, Any]:
         check_task(args.task)  # a short name would otherwise be read as a suite (and name a missing reward model)
     if command == "expert":
         return train_experts(cfg, args)
-    tasks = [args.task] if args.task else list(cfg.agent.tasks)
-    for task in tasks:
-        check_task(task)
+    tasks = [args.task] if args.task else list(cfg.agent.tasks)  # agent.tasks were checked when the config loaded
     if reward == "viper":
         from viper.agent.viper_reward import reward_model_dirs
 
