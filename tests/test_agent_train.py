@@ -88,6 +88,14 @@ def test_killed_run_resumes_with_one_load_and_its_replay(tmp_path):
     np.testing.assert_array_equal(sampled[0].actions, sampled[1].actions)
     assert not np.array_equal(sampled[0].actions, episodes[0].actions)
 
+    # Its noisy version (reward-eval's noisy expert of a task without a scripted one): epsilon 0 is the agent
+    # itself; with noise the episode changes and still reproduces.
+    quiet = rollout(TASK, f"noisy:0:checkpoint:{run_dir}", 5, episode_env_steps=30)
+    np.testing.assert_array_equal(quiet.actions, episodes[0].actions)
+    noisy = [rollout(TASK, f"noisy:0.5:checkpoint:{run_dir}", 5, episode_env_steps=30) for _ in range(2)]
+    np.testing.assert_array_equal(noisy[0].actions, noisy[1].actions)
+    assert not np.array_equal(noisy[0].actions, episodes[0].actions)
+
     # The collector's checkpoint policy loads the run and acts on real frames.
     policy = load_policy(run_dir)
     env = viper.envs.make(TASK, seed=3, episode_env_steps=5)
@@ -98,6 +106,9 @@ def test_killed_run_resumes_with_one_load_and_its_replay(tmp_path):
             action = policy.act(obs)
             assert action.shape == env.action_space.shape and np.all(np.abs(action) <= 1.0)
             obs, *_ = env.step(action)
+        # An action the noise put in its place is what the next latent update conditions on.
+        policy.taken(np.array([0.25], np.float32))
+        assert policy._carry[1].tolist() == [[0.25]]
     finally:
         env.close()
 

@@ -152,6 +152,8 @@ def env():
         ("noisy:", "not a number"),
         ("checkpoint:", "expected 'checkpoint:<path"),
         ("checkpoint:/nonexistent/agent", "/nonexistent/agent does not exist"),
+        ("noisy:0.5:random", "only a checkpoint agent takes noise"),
+        ("noisy:0.5:checkpoint:/nonexistent/agent", "/nonexistent/agent does not exist"),
         (3, "expected 'expert'"),
     ],
 )

@@ -67,6 +67,16 @@ class CheckpointPolicy:
             return int(np.argmax(action[0]))
         return clip_action(action[0])
 
+    def taken(self, action) -> None:
+        """The env executed ``action`` instead of this policy's last choice (``NoisyPolicy`` replaced it): the
+        next latent update conditions on the executed action, as the agent's own training data always does."""
+        if self.agent.discrete:
+            executed = np.eye(self.agent.action_dim, dtype=np.float32)[[int(action)]]
+        else:
+            executed = np.asarray(action, np.float32).reshape(1, -1)
+        state, chosen = self._carry
+        self._carry = (state, torch.as_tensor(executed, device=chosen.device, dtype=chosen.dtype))
+
 
 def load_policy(path: str | Path, sample: bool = False, device: str = "cpu", seed: int = 0) -> CheckpointPolicy:
     """Load the newest complete agent checkpoint under ``path`` as a policy (see the module docstring)."""

@@ -68,5 +68,7 @@ class NoisyPolicy:
     def act(self, obs: np.ndarray) -> np.ndarray | int:
         action = self.expert.act(obs)
         if self._rng.random() < self.epsilon:
-            return random_action(self.action_space, self._rng)
+            action = random_action(self.action_space, self._rng)
+            if hasattr(self.expert, "taken"):  # a recurrent agent's next step must see the executed action
+                self.expert.taken(action)
         return action

@@ -2,7 +2,8 @@
 
 Specs: ``expert`` (the task's scripted expert), ``random``, ``noisy:<epsilon>`` (the expert, with a uniformly
 random action with probability epsilon), ``checkpoint:<path>`` (a trained agent, through
-``viper.agent.policy.load_policy``).
+``viper.agent.policy.load_policy``), ``noisy:<epsilon>:checkpoint:<path>`` (that agent with the same noise: the
+noisy expert of a task without a scripted one).
 
 Expert settings (``collect.expert_settings``) retune a scripted expert's numeric class attributes for one task,
 written ``<task>:<attribute>=<value>``, e.g. ``dmc/cartpole_swingup:pump_gain=4.0``; they apply wherever that
@@ -24,7 +25,7 @@ from viper.experts.pong import PongExpert
 
 SCRIPTED = {**SCRIPTED_DMC, "atari/pong": PongExpert}
 """Task -> scripted expert class (constructed with the env it acts in)."""
-SPEC_FORMS = "'expert', 'random', 'noisy:<epsilon in [0, 1]>' or 'checkpoint:<path>'"
+SPEC_FORMS = "'expert', 'random', 'noisy:<epsilon in [0, 1]>[:checkpoint:<path>]' or 'checkpoint:<path>'"
 SETTING_FORM = "'<task>:<attribute>=<number>', e.g. 'dmc/cartpole_swingup:pump_gain=4.0'"
 
 
@@ -154,8 +155,12 @@ def make_policy(
         suites.check_task(task)
         return RandomPolicy(env.action_space, seed)
     if kind == "noisy":
-        epsilon = parse_epsilon(spec)
-        return NoisyPolicy(make_expert(task, env, settings), epsilon, env.action_space, seed)
+        raw, _, inner = spec.partition(":")[2].partition(":")
+        epsilon = parse_epsilon(f"noisy:{raw}")
+        if inner and inner.partition(":")[0] != "checkpoint":
+            raise ViperError(f"policy {spec!r}: only a checkpoint agent takes noise this way; expected {SPEC_FORMS}")
+        base = make_policy(inner, task, env, seed, sample=sample) if inner else make_expert(task, env, settings)
+        return NoisyPolicy(base, epsilon, env.action_space, seed)
     if kind == "checkpoint":
         suites.check_task(task)
         return load_checkpoint_policy(spec, seed, sample)
