@@ -39,6 +39,41 @@ def test_task_metrics_rank_the_categories():
     assert metrics["mean_reward/expert"] == pytest.approx(-9.0)
 
 
+def test_episodes_without_a_return_are_left_out_of_the_spearman_and_noisy_categories_are_optional():
+    """Imported expert videos record no return (NaN): the Spearman ranks the episodes that have one. A task
+    without an expert to perturb has no noisy episodes: its metrics leave them out instead of failing."""
+    rows = [r if r.category != "expert" else Scored(**{**asdict(r), "task_return": float("nan")}) for r in records()]
+    metrics = task_metrics(rows, (0.5,))
+    ranked = [r for r in rows if r.category in ("noisy:0.5", "random")]
+    expected = task_metrics(ranked + [r for r in rows if r.category not in ("noisy:0.5", "random")], (0.5,))
+    assert np.isfinite(metrics["spearman_reward_vs_return"])
+    assert metrics["spearman_reward_vs_return"] == expected["spearman_reward_vs_return"] == pytest.approx(1.0)
+    assert metrics["auroc_expert_vs_random"] == 1.0
+    quiet = task_metrics([r for r in records() if r.category != "noisy:0.5"], ())
+    assert not [k for k in quiet if "noisy" in k] and quiet["auroc_expert_vs_random"] == 1.0
+
+
+def test_the_resume_key_changes_with_everything_a_score_depends_on():
+    from viper import config as config_lib
+    from viper.eval.reward_eval import record_key
+
+    cfg = config_lib.load("tiny", params_path=None)
+    policies = {"noisy:0.5": "noisy:0.5", "random": "random"}
+    base = record_key(cfg, "model", TASK, "videos", policies)
+    assert record_key(cfg, "model", TASK, "videos", dict(policies)) == base
+    changed = [
+        record_key(cfg, "other model", TASK, "videos", policies),
+        record_key(cfg, "model", TASK, "replaced videos", policies),
+        record_key(cfg, "model", TASK, "videos", {**policies, "noisy:0.5": "noisy:0.5:checkpoint:/x"}),
+    ]
+    for override in ("evaluate.seed=7", "collect.drop_first_frames=3", "collect.episode_env_steps=41",
+                     f"collect.expert_settings=[{TASK}:centre_gain=3.0]"):  # fmt: skip
+        changed.append(
+            record_key(config_lib.load("tiny", [override], params_path=None), "model", TASK, "videos", policies)
+        )
+    assert base not in changed and len(set(changed)) == len(changed)
+
+
 def test_missing_category_is_an_error_not_a_silent_number():
     with pytest.raises(ViperError, match="no scored episodes for random"):
         task_metrics([r for r in records() if r.category != "random"], (0.5,))

@@ -4,19 +4,23 @@ For every task of the preset it scores
   * held-out expert episodes (the video store's test split),
   * noisy-expert episodes at each ``evaluate.noisy_epsilons`` and random-policy episodes, rolled out fresh with
     ``viper.experts.rollout`` (seeds ``evaluate.seed + i``), with the store's ``collect.drop_first_frames``
-    dropped so that every category shows the same part of an episode,
+    dropped so that every category shows the same part of an episode; the noisy expert is the one the videos
+    came from (the scripted expert with ``collect.expert_settings``, else the agent ``viper expert`` trained;
+    a task with neither gets no noisy episodes),
   * the expert episodes with their frames shuffled in time and played backwards (does the prior model
     dynamics, or only poses?),
 and reports AUROC(expert vs random), AUROC(expert vs each epsilon), AUROC(expert vs shuffled / reversed) on the
 episode mean reward (NaN steps before the first full window excluded), and the Spearman correlation between
-episode mean reward and task return over expert, noisy and random episodes. Outputs under
-``viper.paths.reward_eval_dir``: ``metrics.json``, ``episodes.jsonl`` (one line per scored episode; a re-run
-skips the episodes already scored with the same models), ``scatter.png``.
+episode mean reward and task return over expert, noisy and random episodes (those with a known return: imported
+videos have none). Outputs under ``viper.paths.reward_eval_dir``: ``metrics.json``, ``episodes.jsonl`` (one line
+per scored episode; a re-run skips the episodes already scored under the same key: the reward model's weights
+and definition, the task's videos and the rollout settings), ``scatter.png``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import zlib
 from concurrent.futures import ProcessPoolExecutor
@@ -50,7 +54,7 @@ class Scored:
     task_return: float
     steps: int
     model: str
-    """Fingerprint of the reward model that scored it (tokenizer hash, prior checkpoint, mode)."""
+    """Key of what the score depends on (``record_key``: reward model, the task's videos, rollout settings)."""
 
 
 def _rollout(task: str, policy: str, seed: int, cfg: Config) -> tuple[np.ndarray, float]:
@@ -58,12 +62,31 @@ def _rollout(task: str, policy: str, seed: int, cfg: Config) -> tuple[np.ndarray
     from viper.experts import rollout
 
     c = cfg.collect
-    episode = rollout(task, policy, seed, c.action_repeat, c.episode_env_steps, c.fast_render)
+    episode = rollout(
+        task, policy, seed, c.action_repeat, c.episode_env_steps, c.fast_render, expert_settings=c.expert_settings
+    )
     return episode.frames[c.drop_first_frames :], float(episode.task_return)
 
 
-def _expert_episodes(cfg: Config, task: str) -> list[tuple[int, np.ndarray, float]]:
-    """(store index, frames, return) of the first ``reward_eval_episodes`` test-split episodes."""
+def noisy_policies(cfg: Config, task: str) -> dict[str, str]:
+    """Category (``noisy:<eps>``) -> policy spec: noise on the expert the videos came from (module docstring);
+    empty, with a printed line, for a task without a scripted or trained expert."""
+    from viper.experts.policies import scripted_tasks
+
+    trained = paths.expert_dir(cfg.data_dir, task)
+    if task in scripted_tasks():
+        base = ""
+    elif (trained / "checkpoints").exists():
+        base = f":checkpoint:{trained}"
+    else:
+        print(f"reward-eval: {task} has no scripted expert and no trained one in {trained}: no noisy-expert episodes")
+        return {}
+    return {f"noisy:{eps:g}": f"noisy:{eps:g}{base}" for eps in cfg.evaluate.noisy_epsilons}
+
+
+def _expert_episodes(cfg: Config, task: str) -> tuple[str, list[tuple[int, np.ndarray, float]]]:
+    """The store group's identity and (store index, frames, return) of its first ``reward_eval_episodes``
+    test-split episodes."""
     from viper.data.store import open_store
 
     suite = task.split("/", 1)[0]
@@ -71,7 +94,16 @@ def _expert_episodes(cfg: Config, task: str) -> list[tuple[int, np.ndarray, floa
     test = group.episodes("test")[: cfg.evaluate.reward_eval_episodes]
     if test.size == 0:
         raise ViperError(f"{paths.store(cfg.data_dir, suite)}: {task} has no test-split episodes to evaluate")
-    return [(int(i), group.read_episode(int(i))["frames"], float(group.returns[i])) for i in test]
+    return group.identity, [(int(i), group.read_episode(int(i))["frames"], float(group.returns[i])) for i in test]
+
+
+def record_key(cfg: Config, reward_key: str, task: str, videos: str, policies: dict[str, str]) -> str:
+    """16 hex digits naming what a score of ``task`` depends on: the reward model (``reward_key``), the task's
+    videos (store identity) and every setting of the fresh rollouts."""
+    c = cfg.collect
+    rollouts = [cfg.evaluate.seed, c.action_repeat, c.episode_env_steps, c.fast_render, c.drop_first_frames]
+    parts = [reward_key, videos, rollouts, sorted(policies.values()), list(c.expert_settings)]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
 def _mean_reward(reward: VideoReward, frames: np.ndarray, task: str) -> float:
@@ -83,14 +115,13 @@ def _mean_reward(reward: VideoReward, frames: np.ndarray, task: str) -> float:
 
 
 def evaluate_task(
-    cfg: Config, reward: VideoReward, task: str, done: dict[tuple, Scored], out: Path, pool
+    cfg: Config, reward: VideoReward, task: str, experts, model: str, policies: dict[str, str], out: Path, pool
 ) -> list[Scored]:
-    """Score every category of ``task`` (reusing ``done``), appending new records to ``out``; a progress bar
-    counts the episodes, reused ones included."""
-    model = _model_key(reward)
+    """Score every category of ``task`` (``policies``: category -> spec of the fresh rollouts) under the key
+    ``model``, reusing the records of ``out`` with that key and appending new ones; a progress bar counts the
+    episodes, reused ones included."""
+    done = _load_done(out, model)
     n = cfg.evaluate.reward_eval_episodes
-    policies = [f"noisy:{eps:g}" for eps in cfg.evaluate.noisy_epsilons] + ["random"]
-    experts = _expert_episodes(cfg, task)
     total = 3 * len(experts) + len(policies) * n
     bar = tqdm(total=total, desc=f"reward-eval {task}", unit="ep", dynamic_ncols=True)
     records: list[Scored] = []
@@ -114,24 +145,25 @@ def evaluate_task(
                 else:
                     keep(category, index, np.ascontiguousarray(view), task_return)
         jobs = {}
-        for policy in policies:
+        for category, policy in policies.items():
             for i in range(n):
-                if (task, policy, i) in done:
-                    records.append(done[(task, policy, i)])
+                if (task, category, i) in done:
+                    records.append(done[(task, category, i)])
                     bar.update(1)
                 else:
                     args = (task, policy, cfg.evaluate.seed + i, cfg)
-                    jobs[(policy, i)] = pool.submit(_rollout, *args) if pool is not None else args
-        for (policy, i), job in jobs.items():
+                    jobs[(category, i)] = pool.submit(_rollout, *args) if pool is not None else args
+        for (category, i), job in jobs.items():
             frames, task_return = job.result() if pool is not None else _rollout(*job)
-            keep(policy, i, frames, task_return)
+            keep(category, i, frames, task_return)
     finally:  # a scoring error leaves no stray bar line
         bar.close()
     return records
 
 
 def task_metrics(records: list[Scored], epsilons: tuple[float, ...]) -> dict[str, float]:
-    """AUROCs and Spearman of one task's records (see the module docstring)."""
+    """AUROCs and Spearman of one task's records (see the module docstring); ``epsilons``: the noisy categories
+    the task has (none for a task without an expert to perturb)."""
     by: dict[str, list[Scored]] = {}
     for r in records:
         by.setdefault(r.category, []).append(r)
@@ -147,16 +179,22 @@ def task_metrics(records: list[Scored], epsilons: tuple[float, ...]) -> dict[str
     }
     for eps in epsilons:
         out[f"auroc_expert_vs_noisy_{eps:g}"] = auroc(expert, [r.mean_reward for r in by[f"noisy:{eps:g}"]])
-    ranked = [r for r in records if r.category not in ("shuffled", "reversed")]
-    out["spearman_reward_vs_return"] = spearman([r.mean_reward for r in ranked], [r.task_return for r in ranked])
+    ranked = [r for r in records if r.category not in ("shuffled", "reversed") and np.isfinite(r.task_return)]
+    out["spearman_reward_vs_return"] = (
+        spearman([r.mean_reward for r in ranked], [r.task_return for r in ranked]) if len(ranked) > 1 else np.nan
+    )
     for category, rs in by.items():
         out[f"mean_reward/{category}"] = float(np.mean([r.mean_reward for r in rs]))
         out[f"mean_return/{category}"] = float(np.mean([r.task_return for r in rs]))
     return out
 
 
-def _model_key(reward: VideoReward) -> str:
-    return f"{reward.tokenizer.hash}|{reward.prior_path.name}|{reward.mode}"
+def reward_key(reward: VideoReward) -> str:
+    """The reward model's weights (the prior checkpoint's content, the tokenizer's hash) and definition."""
+    from viper.data.importers import sha256_file
+
+    prior = sha256_file(reward.prior_path / "state.pt")[:16]
+    return f"{reward.tokenizer.hash}|{prior}|{reward.mode}|{reward.cfg.weights}"
 
 
 def _load_done(path: Path, model: str) -> dict[tuple, Scored]:
@@ -208,26 +246,37 @@ def run(cfg: Config) -> dict[str, float]:
         paths.tokenizer_dir(cfg.data_dir, suite), paths.prior_dir(cfg.data_dir, suite), cfg.reward
     )
     episodes = out_dir / "episodes.jsonl"
-    done = _load_done(episodes, _model_key(reward))
-    # Start the file afresh with only the records of this model, so stale lines never accumulate.
+    model = reward_key(reward)
+    plan = {}
+    for task in cfg.collect.tasks:
+        videos, experts = _expert_episodes(cfg, task)
+        policies = {**noisy_policies(cfg, task), "random": "random"}
+        plan[task] = (experts, record_key(cfg, model, task, videos, policies), policies)
+    # Start the file afresh with only the records still valid, so stale lines never accumulate.
+    done = [r for task, (_, key, _) in plan.items() for r in _load_done(episodes, key).values() if r.task == task]
     tmp = episodes.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(asdict(r)) + "\n" for r in done.values()))
+    tmp.write_text("".join(json.dumps(asdict(r)) + "\n" for r in done))
     tmp.replace(episodes)
     workers = max(1, cfg.collect.workers)
     pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else None
     try:
-        per_task = {task: evaluate_task(cfg, reward, task, done, episodes, pool) for task in cfg.collect.tasks}
+        per_task = {
+            task: evaluate_task(cfg, reward, task, experts, key, policies, episodes, pool)
+            for task, (experts, key, policies) in plan.items()
+        }
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     metrics: dict[str, float] = {}
     for task, records in per_task.items():
-        for key, value in task_metrics(records, cfg.evaluate.noisy_epsilons).items():
+        epsilons = tuple(eps for eps in cfg.evaluate.noisy_epsilons if f"noisy:{eps:g}" in plan[task][2])
+        for key, value in task_metrics(records, epsilons).items():
             metrics[reward_eval_key(task, key)] = value
-    for key in ("auroc_expert_vs_random", "auroc_expert_vs_noisy_0.5", "spearman_reward_vs_return",
-                "auroc_expert_vs_shuffled"):  # fmt: skip
-        values = [metrics.get(reward_eval_key(t, key), np.nan) for t in per_task]
-        metrics[reward_eval_key("min", key)] = float(np.min(values))
+    summarised = ["auroc_expert_vs_random", "spearman_reward_vs_return", "auroc_expert_vs_shuffled"]
+    summarised += [f"auroc_expert_vs_noisy_{eps:g}" for eps in cfg.evaluate.noisy_epsilons]
+    for key in summarised:  # the worst task of those that measured it
+        values = [v for t in per_task if np.isfinite(v := metrics.get(reward_eval_key(t, key), np.nan))]
+        metrics[reward_eval_key("min", key)] = float(min(values)) if values else float("nan")
     write_json(out_dir / "metrics.json", metrics)
     scatter(per_task, metrics, out_dir / "scatter.png")
     return metrics
