@@ -98,3 +98,14 @@ def test_cli_main_called_in_process_never_restarts(monkeypatch, capsys):
     monkeypatch.setattr(os, "execv", lambda *a: pytest.fail(f"execv{a}"))
     assert cli.main(["config", "--preset", "tiny"]) == 0
     assert "preset: tiny" in capsys.readouterr().out
+
+
+def test_the_prefect_flows_use_the_project_prefect_home(tmp_path):
+    """Prefect reads its home when first imported: importing the flows (what `prefect deploy`, serve.py and the
+    UI's workers do first) must already see the project's PREFECT_HOME, not ~/.prefect."""
+    probe = "import pipeline.flows, prefect.settings; print(prefect.settings.get_current_settings().home)"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env = {**environ, "HOME": str(tmp_path / "home"), "PYTHONPATH": str(Path(__file__).parents[1])}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert Path(out.stdout.strip()) == tmp_path / ".prefect"
