@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum
 RENDER_PKGS := libegl1 libegl-mesa0 libgl1-mesa-dri
 
 # The runtime environment (MUJOCO_GL, PREFECT_HOME, analytics off, ...) has one source: viper/runtime.env.
-include viper/runtime.env
+# `?=`: a value already in the environment wins, as runtime.env says (its values hold no spaces).
+$(foreach line,$(shell sed -n 's/^\([A-Z_][A-Z0-9_]*\)=/\1?=/p' viper/runtime.env),$(eval $(line)))
 export $(shell sed -n 's/^\([A-Z_][A-Z0-9_]*\)=.*/\1/p' viper/runtime.env)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 

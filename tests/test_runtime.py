@@ -109,3 +109,17 @@ def test_the_prefect_flows_use_the_project_prefect_home(tmp_path):
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert Path(out.stdout.strip()) == tmp_path / ".prefect"
+
+
+def test_make_keeps_runtime_values_the_environment_already_has():
+    """runtime.env's values are defaults: `GLIBC_TUNABLES= make test` (README) really runs with glibc's own."""
+    show = 'show: ; @echo "$$PREFECT_HOME|$$GLIBC_TUNABLES|$$MUJOCO_GL"'
+    root = Path(__file__).parents[1]
+    environ = {k: v for k, v in os.environ.items() if k not in ("PREFECT_HOME", "GLIBC_TUNABLES", "MUJOCO_GL")}
+    default = subprocess.run(
+        ["make", "-s", "--eval", show, "show"], cwd=root, env=environ, capture_output=True, text=True
+    )
+    assert default.stdout.strip() == f".prefect|{runtime.settings()['GLIBC_TUNABLES']}|egl", default.stderr
+    env = {**environ, "PREFECT_HOME": "/elsewhere", "GLIBC_TUNABLES": "", "MUJOCO_GL": "osmesa"}
+    mine = subprocess.run(["make", "-s", "--eval", show, "show"], cwd=root, env=env, capture_output=True, text=True)
+    assert mine.stdout.strip() == "/elsewhere||osmesa", mine.stderr
