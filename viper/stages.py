@@ -33,6 +33,27 @@ TOKENIZER_CODE = (
 )
 PRIOR_CODE = ("viper/models/videogpt.py", "viper/models/prior_checkpoint.py")
 REWARD_CODE = (*TOKENIZER_CODE, *PRIOR_CODE, "viper/reward")
+INFRASTRUCTURE = (
+    "viper/__init__.py",
+    "viper/runtime.py",
+    "viper/errors.py",
+    "viper/metrics.py",
+    "viper/checkpoint.py",
+    "viper/stages.py",
+)
+"""Code that never changes what a stage writes (process set-up, errors, metric logging, checkpoint files, this
+table): in no stage's dependencies, so that editing it leaves trained models current. Every other module a
+stage can import is a dependency of it or listed in ``UNTRACKED`` (a test checks this on the import graph)."""
+UNTRACKED: dict[str, tuple[str, ...]] = {
+    # Trains on the task reward only: the VIPER reward model is imported, never loaded.
+    "expert": ("viper/models", "viper/reward", "viper/data"),
+    # A trained expert acts by its weights (data/experts); how the agent code acts is not tracked, as in
+    # collect's own fingerprint (envs and experts), so agent code changes do not re-collect the videos.
+    "collect": ("viper/agent",),
+    # Only the Atari masks (listed) shape the frames; the rest of viper/envs builds environments.
+    "train-tokenizer": ("viper/envs",),
+    "tokenize": ("viper/envs",),
+}
 
 
 @dataclass(frozen=True)
@@ -67,7 +88,7 @@ STAGES: tuple[StageSpec, ...] = (
         "expert",
         "expert",
         ("collect", "agent"),
-        ("viper/agent", "viper/envs", "viper/experts/policies.py"),
+        ("viper/agent", "viper/envs", "viper/experts", "viper/eval/video.py"),
         (),
         (f"{DATA}/experts",),
         "train task-reward agents as experts for collect tasks without a scripted expert",
@@ -84,13 +105,15 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec(
         "train-tokenizer",
         "train-tokenizer",
-        ("tokenizer",),
+        ("tokenizer", "collect"),
         (
             *TOKENIZER_CODE,
             "viper/models/discriminator.py",
             "viper/models/lpips.py",
             "viper/train/frames.py",
             "viper/train/tokenizer.py",
+            "viper/train/tokenize.py",
+            "viper/envs/masks.py",
             "viper/data",
         ),
         (f"{DATA}/videos",),
@@ -100,8 +123,8 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec(
         "tokenize",
         "tokenize",
-        ("tokenizer",),
-        (*TOKENIZER_CODE, "viper/train/tokenize.py", "viper/data"),
+        ("tokenizer", "collect"),
+        (*TOKENIZER_CODE, "viper/train/tokenize.py", "viper/envs/masks.py", "viper/data"),
         (f"{DATA}/videos", f"{DATA}/tokenizer"),
         (f"{DATA}/tokens",),
         "encode every stored frame into tokens",
@@ -109,8 +132,14 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec(
         "train-videogpt",
         "train-videogpt",
-        ("prior",),
-        (*PRIOR_CODE, "viper/train/common.py", "viper/train/prior.py", "viper/train/prior_data.py", "viper/data"),
+        ("prior", "collect"),
+        (
+            *PRIOR_CODE,
+            *TOKENIZER_CODE,  # the prior reads the tokenizer's codebook through it
+            "viper/train/prior.py",
+            "viper/train/prior_data.py",
+            "viper/data",
+        ),
         (f"{DATA}/tokens", f"{DATA}/tokenizer"),
         (f"{DATA}/prior",),
         "train the task-conditioned VideoGPT prior",
@@ -119,8 +148,17 @@ STAGES: tuple[StageSpec, ...] = (
         "reward-eval",
         "reward-eval",
         ("reward", "evaluate", "collect"),
-        (*REWARD_CODE, "viper/eval/reward_eval.py", "viper/eval/stats.py", "viper/experts", "viper/envs"),
-        (f"{DATA}/videos", f"{DATA}/tokenizer", f"{DATA}/prior"),
+        (
+            *REWARD_CODE,
+            "viper/eval/reward_eval.py",
+            "viper/eval/stats.py",
+            "viper/eval/keys.py",
+            "viper/experts",
+            "viper/envs",
+            "viper/agent",  # the trained experts' noisy episodes
+            "viper/data",
+        ),
+        (f"{DATA}/videos", f"{DATA}/tokenizer", f"{DATA}/prior", f"{DATA}/experts"),
         (f"{DATA}/reward_eval",),
         "score expert / noisy / random episodes with the reward model",
     ),
@@ -128,7 +166,7 @@ STAGES: tuple[StageSpec, ...] = (
         "train-agent",
         "train-agent",
         ("agent", "reward", "collect"),
-        (*REWARD_CODE, "viper/agent", "viper/envs", "viper/eval/video.py"),
+        (*REWARD_CODE, "viper/agent", "viper/envs", "viper/eval/video.py", "viper/data", "viper/experts"),
         (f"{DATA}/tokenizer", f"{DATA}/prior"),
         (f"{DATA}/agents",),
         "train DreamerV3 agents on the VIPER reward for every (task, seed)",
@@ -136,7 +174,7 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec(
         "evaluate",
         "evaluate",
-        ("evaluate", "agent", "collect"),
+        ("evaluate", "agent", "collect", "reward"),
         (*REWARD_CODE, "viper/eval/agent_eval.py", "viper/eval/video.py", "viper/agent", "viper/envs", "viper/experts"),
         (f"{DATA}/agents", f"{DATA}/tokenizer", f"{DATA}/prior"),
         (f"{DATA}/evaluate",),
@@ -145,9 +183,10 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec(
         "report",
         "report",
-        ("evaluate",),
-        ("viper/eval/report.py",),
-        (f"{DATA}/reward_eval", f"{DATA}/evaluate"),
+        ("evaluate", "agent", "collect"),
+        ("viper/eval/report.py", "viper/eval/keys.py", "viper/eval/published.py"),
+        # the agents' logs and the tokenizer's and prior's pictures go into the report too
+        (f"{DATA}/reward_eval", f"{DATA}/evaluate", f"{DATA}/agents", f"{DATA}/tokenizer", f"{DATA}/prior"),
         (f"{DATA}/report",),
         "write the Markdown/HTML report beside the published results",
     ),
