@@ -258,3 +258,25 @@ def test_hidden_staging_groups_are_repaired_too(tmp_path):
     assert not list(url.rglob("*.partial"))
     reopened.append(*episode(2))
     check(open_store(url, "a").staging(TASK, "collecting"), [episode(1), episode(2)])
+
+
+def test_a_writer_of_one_task_leaves_the_other_tasks_groups_alone(tmp_path):
+    """The Prefect collect flow runs one `viper collect --task` per task into one store at once: a writer opened
+    for one task must not trim, clean or swap the groups another task's writer is in the middle of."""
+    url = tmp_path / "dmc.zarr"
+    other = "dmc/cartpole_swingup"
+    writer = open_store(url, "a", chunk_frames=8, shard_frames=32, task=other)
+    writer.staging(other, "ready").append(*episode(2))  # a swap it is about to finish
+    staged = writer.staging(other, "collecting")
+    staged.append(*episode(1))
+    # The other writer is mid-append: rows past its commit record and a temp file it is about to rename.
+    staged._group["frames"].resize((staged.num_frames + 9, 64, 64, 3))
+    temp = url / ".cartpole_swingup.collecting" / "frames" / "zarr.x.partial"
+    temp.write_bytes(b"")
+    open_store(url, "a", task=TASK).staging(TASK, "collecting").append(*episode(3))
+    assert temp.exists() and staged._group["frames"].shape[0] == staged.num_frames + 9
+    assert (url / ".cartpole_swingup.ready").exists() and other not in open_store(url).tasks
+    # Its own writer (or a whole-store one) repairs and finishes them.
+    reopened = open_store(url, "a", task=other)
+    assert not temp.exists() and reopened.staging(other, "collecting")._group["frames"].shape[0] == staged.num_frames
+    check(open_store(url).task(other), [episode(2)])

@@ -162,7 +162,8 @@ def _staging(store: VideoStore, cfg: CollectConfig, task: str) -> TaskGroup:
 
 def collect_task(cfg: CollectConfig, task: str, store_url: str, progress: bool = True) -> dict[str, float]:
     """Collect, filter and write one task's group; returns its summary numbers."""
-    store = open_store(store_url, "a", chunk_frames=cfg.chunk_frames, shard_frames=cfg.shard_frames)
+    # Opened for this task only: the Prefect flow collects several tasks into one store at once.
+    store = open_store(store_url, "a", chunk_frames=cfg.chunk_frames, shard_frames=cfg.shard_frames, task=task)
     key = fingerprint(cfg, ROLLOUT_FIELDS + FILTER_FIELDS)
     if task in store.tasks and store.task(task).attrs.get("source", {}).get("fingerprint") == key:
         store.discard_staging(task, COLLECTING)

@@ -147,13 +147,17 @@ def promote(location: Location, staged: str, name: str) -> None:
     location.remove(old)
 
 
-def recover_swaps(location: Location) -> None:
-    """Finish group swaps interrupted by a kill (see ``promote``)."""
+def recover_swaps(location: Location, only: str | None = None) -> None:
+    """Finish group swaps interrupted by a kill (see ``promote``): every group's, or group ``only``'s."""
+
+    def mine(child: str, tag: str) -> bool:
+        return child == hidden(only, tag) if only is not None else child.startswith(".") and child.endswith(f".{tag}")
+
     for child in location.children():
-        if child.startswith(".") and child.endswith(".ready") and location.has_group(child):
+        if mine(child, "ready") and location.has_group(child):
             promote(location, child, child[1 : -len(".ready")])
     for child in location.children():
-        if child.startswith(".") and child.endswith(".old"):
+        if mine(child, "old"):
             name = child[1 : -len(".old")]
             if location.has_group(name):
                 location.remove(child)

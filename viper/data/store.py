@@ -19,7 +19,9 @@ index identify its content (``TaskGroup.identity``: what trained models record t
 Atomic append: the frame rows (and actions/rewards) are written first, then the per-episode rows, and last the
 commit record in the group's ``zarr.json`` (one atomic file replace). Readers trust only the commit record, so
 they never see a half-written episode; opening with mode ``"a"`` trims arrays back to it ("repair on open").
-Any number of readers may run beside one writer per task group (two concurrent writers are not supported).
+Any number of readers may run beside the writers, one per task: a writer that opens the store for one task
+(``open_store(url, "a", task=...)``, as ``collect`` does) repairs and finishes swaps of that task's groups only,
+so writers of other tasks may run beside it; one that opens it for every task must be the only writer.
 """
 
 from __future__ import annotations
@@ -287,7 +289,14 @@ def _write_rows(arr: zarr.Array, start: int, rows: np.ndarray) -> None:
 class VideoStore:
     """A suite's store: ``open_store(url, mode)``; ``tasks`` lists committed task groups by full name."""
 
-    def __init__(self, url: str | Path, mode: str = "r", chunk_frames: int = 32, shard_frames: int = 4096):
+    def __init__(
+        self,
+        url: str | Path,
+        mode: str = "r",
+        chunk_frames: int = 32,
+        shard_frames: int = 4096,
+        task: str | None = None,
+    ):
         if mode not in ("r", "a"):
             raise ViperError(f"open_store mode {mode!r}: expected 'r' (read) or 'a' (append/create)")
         if shard_frames % chunk_frames:
@@ -302,11 +311,13 @@ class VideoStore:
         self._zstore = self.location.zarr_store(read_only=mode == "r")
         if mode == "a":
             self.location.ensure_root({"schema_version": SCHEMA_VERSION, "kind": "viper-video-store"})
-            recover_swaps(self.location)
+            only = None if task is None else _short(task)
+            recover_swaps(self.location, only)
             # Hidden working groups (collect/import staging) are repaired too: they resume appending.
             for name in self._names(hidden=True):
-                self.location.remove_temp_files(name)
-                self._open(name).repair()
+                if only is None or name == only or name.startswith(f".{only}."):
+                    self.location.remove_temp_files(name)
+                    self._open(name).repair()
 
     def __repr__(self) -> str:
         return f"VideoStore({self.url!r}, mode={self.mode!r})"
@@ -410,9 +421,12 @@ class VideoStore:
             raise ViperError(f"{self.url}: opened read-only; open_store(url, mode='a') to write")
 
 
-def open_store(url: str | Path, mode: str = "r", chunk_frames: int = 32, shard_frames: int = 4096) -> VideoStore:
+def open_store(
+    url: str | Path, mode: str = "r", chunk_frames: int = 32, shard_frames: int = 4096, task: str | None = None
+) -> VideoStore:
     """Open the video store at a local path or fsspec URL; ``mode`` ``"r"`` (read) or ``"a"`` (append/create).
 
-    ``chunk_frames``/``shard_frames`` apply to task groups created through this handle.
+    ``chunk_frames``/``shard_frames`` apply to task groups created through this handle. ``task``: this writer
+    writes only that task's groups, so only they are repaired on open (writers of other tasks may be running).
     """
-    return VideoStore(url, mode, chunk_frames, shard_frames)
+    return VideoStore(url, mode, chunk_frames, shard_frames, task)
