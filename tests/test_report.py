@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from viper import config as C
 from viper.eval import report
 
@@ -16,7 +18,7 @@ def _write(path, payload):
 def test_report_rows_ratios_curves_and_html(tmp_path):
     cfg = C.load(
         "demo",
-        [f"data_dir={tmp_path}", "agent.tasks=[dmc/cartpole_balance, dmc/cartpole_swingup]"],
+        [f"data_dir={tmp_path}", "agent.tasks=[dmc/cartpole_balance, dmc/cartpole_swingup, atari/pong]"],
         params_path=None,
     )
     results = [
@@ -28,7 +30,16 @@ def test_report_rows_ratios_curves_and_html(tmp_path):
             "viper_return_mean": -120.0,
         },
         {"task": "dmc/cartpole_balance", "seed": 1, "reward": "viper", "task_return_mean": 600.0},
-        {"task": "dmc/cartpole_balance", "seed": 0, "reward": "task", "task_return_mean": 875.0},
+        {
+            "task": "dmc/cartpole_balance",
+            "seed": 0,
+            "reward": "task",
+            "task_return_mean": 875.0,
+            "viper_return_mean": -90.0,
+        },
+        # Atari returns are game scores; the paper reports human-normalised ones (Pong: random -20.7, human 14.6).
+        {"task": "atari/pong", "seed": 0, "reward": "viper", "task_return_mean": 14.6},
+        {"task": "atari/pong", "seed": 0, "reward": "task", "task_return_mean": -3.05},
     ]
     _write(tmp_path / "evaluate" / "results.json", results)
     baselines = [{"task": "dmc/cartpole_balance", "policy": "random", "task_return_mean": 150.0, "episodes": 1}]
@@ -52,7 +63,7 @@ def test_report_rows_ratios_curves_and_html(tmp_path):
 
     summary = report.run(cfg)
 
-    assert summary == {"tasks": 2, "tasks_with_results": 1, "plot_files": 2}
+    assert summary == {"tasks": 3, "tasks_with_results": 2, "plot_files": 2}
     plots = sorted((tmp_path / "report" / "plots").iterdir())
     assert [p.name for p in plots] == [
         "agent_viper_dmc-cartpole_balance_seed0__episode_task_return.tsv",
@@ -62,13 +73,18 @@ def test_report_rows_ratios_curves_and_html(tmp_path):
     assert plots[1].read_text() == "step\teval_bits_per_token\n10\t2.5\n"
     rows = {r["task"]: r for r in report.agent_rows(cfg, tmp_path)}
     balance = rows["dmc/cartpole_balance"]
-    assert balance["VIPER return (ours)"] == 700.0 and balance["seeds"] == 2
+    assert balance["VIPER (ours)"] == 700.0 and balance["seeds"] == 2 and balance["unit"] == "return"
+    # The summed VIPER reward of each kind of agent, never mixed.
+    assert balance["summed VIPER reward, VIPER agent"] == -120.0 and balance["summed VIPER reward, oracle"] == -90.0
+    pong = rows["atari/pong"]
+    assert pong["unit"] == "human-normalised" and pong["VIPER (ours)"] == pytest.approx(1.0)
+    assert pong["oracle (ours)"] == pytest.approx(0.5) and pong["VIPER/oracle (ours)"] == pytest.approx(2.0)
     assert balance["VIPER/oracle (ours)"] == 700.0 / 875.0 and balance["random actions (ours)"] == 150.0
     assert rows["dmc/cartpole_swingup"]["random actions (ours)"] is None
     assert balance["VIPER/oracle (paper)"] == 0.85 and balance["oracle (paper)"] == 1000
     assert rows["dmc/cartpole_swingup"]["seeds"] == "not run"
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "| dmc/cartpole_balance | 2 | 700 |" in md and "| dmc/cartpole_swingup | not run |" in md
+    assert "| dmc/cartpole_balance | return | 2 | 700 |" in md and "| dmc/cartpole_swingup | return | not run |" in md
     assert "auroc_expert_vs_random" in md and "| collect | episodes | 48 |" in md
     diagnostics = {r["task"]: r for r in report.reward_rows(cfg, tmp_path)}
     assert diagnostics["dmc/cartpole_balance"]["auroc_expert_vs_random"] == 1.0

@@ -44,8 +44,30 @@ ATARI = {
     "pong": (1.0, 1.0),
     "zaxxon": (1.45, 0.05),
 }
+# Scores of uniformly random play and of a human tester per game (Mnih et al., 2015; the table Badia et al.,
+# 2020, reprint for Agent57): a game score s is human-normalised as (s - random) / (human - random), which is
+# how the paper reports Atari.
+ATARI_RANDOM_HUMAN = {
+    "assault": (222.4, 742.0),
+    "atlantis": (12850.0, 29028.1),
+    "boxing": (0.1, 12.1),
+    "defender": (2874.5, 18688.9),
+    "freeway": (0.0, 29.6),
+    "kangaroo": (52.0, 3035.0),
+    "pong": (-20.7, 14.6),
+    "zaxxon": (32.5, 9173.3),
+}
 # Ratios the targets ask of a 100k-frame run (shared/TARGETS.md).
 TARGET_RATIO = {"dmc/cartpole_balance": 0.85, "dmc/cartpole_swingup": 0.85, "dmc/pendulum_swingup": 0.6}
+
+
+def in_published_unit(task: str, score: float | None) -> float | None:
+    """A return of ours in the unit the paper reports ``task`` in: DMC as it is, Atari human-normalised."""
+    suite, _, name = task.partition("/")
+    if score is None or suite != "atari":
+        return score
+    random, human = ATARI_RANDOM_HUMAN[name]
+    return (score - random) / (human - random)
 
 
 def published(task: str) -> Published:

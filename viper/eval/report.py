@@ -23,7 +23,7 @@ from typing import Any
 from viper import paths
 from viper.config import Config
 from viper.eval.keys import reward_eval_by_task
-from viper.eval.published import TARGET_RATIO, published
+from viper.eval.published import TARGET_RATIO, in_published_unit, published
 from viper.metrics import write_json, write_text
 from viper.stages import STAGES, metrics_path
 
@@ -87,42 +87,54 @@ def _cell(value: Any) -> str:
 
 
 def _read_json(path: Path) -> Any:
+    """The parsed file, or None when it does not exist (the stage has not run) or is not JSON (said)."""
     try:
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except OSError:
+        return None
+    except json.JSONDecodeError as exc:
+        print(f"report: {path} is not valid JSON ({exc}); left out of the report (re-run the stage that writes it)")
         return None
 
 
 def agent_rows(cfg: Config, data_dir: Path) -> list[dict[str, Any]]:
-    """One row per configured task: our VIPER and oracle returns (mean over seeds) beside the paper's."""
+    """One row per configured task: our VIPER and oracle agents' task returns (mean over seeds) beside the
+    paper's, in the paper's unit (Atari human-normalised); and the summed VIPER reward each kind of agent's
+    episodes get (does the VIPER agent look more like the expert videos than the oracle?)."""
     results = _read_json(data_dir / "evaluate" / "results.json") or []
     baselines = {b["task"]: b for b in _read_json(data_dir / "evaluate" / "baselines.json") or []}
-    by_key: dict[tuple[str, str], list[float]] = defaultdict(list)
-    viper_scores: dict[str, list[float]] = defaultdict(list)
+    returns: dict[tuple[str, str], list[float]] = defaultdict(list)
+    likelihoods: dict[tuple[str, str], list[float]] = defaultdict(list)
     for record in results:
-        by_key[(record["task"], record.get("reward", "viper"))].append(float(record["task_return_mean"]))
+        key = (record["task"], record.get("reward", "viper"))
+        returns[key].append(float(record["task_return_mean"]))
         if record.get("viper_return_mean") is not None:
-            viper_scores[record["task"]].append(float(record["viper_return_mean"]))
+            likelihoods[key].append(float(record["viper_return_mean"]))
+
+    def mean(values: list[float]) -> float | None:
+        return statistics.fmean(values) if values else None
+
     rows = []
     for task in cfg.agent.tasks:
-        ours = by_key.get((task, "viper"), [])
-        oracle = by_key.get((task, "task"), [])
+        ours = [in_published_unit(task, r) for r in returns.get((task, "viper"), [])]
+        oracle = mean([in_published_unit(task, r) for r in returns.get((task, "task"), [])])
+        random = baselines[task]["task_return_mean"] if task in baselines else None
         paper = published(task)
         row = {
             "task": task,
+            "unit": paper.unit,
             "seeds": len(ours) or "not run",
-            "VIPER return (ours)": statistics.fmean(ours) if ours else None,
+            "VIPER (ours)": mean(ours),
             "std": statistics.pstdev(ours) if len(ours) > 1 else None,
-            "oracle (ours)": statistics.fmean(oracle) if oracle else None,
-            "random actions (ours)": baselines[task]["task_return_mean"] if task in baselines else None,
-            "VIPER/oracle (ours)": statistics.fmean(ours) / statistics.fmean(oracle)
-            if ours and oracle and statistics.fmean(oracle) > 0
-            else None,
+            "oracle (ours)": oracle,
+            "random actions (ours)": in_published_unit(task, random),
+            "VIPER/oracle (ours)": mean(ours) / oracle if ours and oracle is not None and oracle > 0 else None,
             "VIPER (paper)": paper.viper,
             "oracle (paper)": paper.oracle,
             "VIPER/oracle (paper)": round(paper.viper / paper.oracle, 2) if paper.viper and paper.oracle else None,
             "target ratio": TARGET_RATIO.get(task),
-            "mean VIPER reward": statistics.fmean(viper_scores[task]) if viper_scores.get(task) else None,
+            "summed VIPER reward, VIPER agent": mean(likelihoods.get((task, "viper"), [])),
+            "summed VIPER reward, oracle": mean(likelihoods.get((task, "task"), [])),
         }
         rows.append(row)
     return rows
@@ -183,7 +195,7 @@ def learning_curves(runs: AgentSeries, out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
         for label, points in task_runs:
             ax.plot(*zip(*points, strict=True), label=label)
-        ax.set(title=task, xlabel="env steps", ylabel="task return")
+        ax.set(title=task, xlabel="agent steps", ylabel="task return")
         ax.legend(fontsize=7)
         fig.tight_layout()
         path = out / f"curve_{task}.png"
@@ -233,7 +245,12 @@ def _copy_pictures(sources: list[Path], data_dir: Path, assets: Path) -> list[Pa
     copied = []
     for source in sources:
         for picture in sorted(source.rglob("*")) if source.exists() else []:
-            if picture.suffix in PICTURE_SUFFIXES and "tensorboard" not in picture.parts:
+            # (a killed writer's half-written `*.tmp.png` is not a picture of the run)
+            if (
+                picture.suffix in PICTURE_SUFFIXES
+                and "tensorboard" not in picture.parts
+                and ".tmp." not in picture.name
+            ):
                 target = assets / str(picture.relative_to(data_dir)).replace("/", "__")
                 shutil.copyfile(picture, target)
                 copied.append(target)
@@ -277,7 +294,7 @@ def run(cfg: Config) -> dict[str, Any]:
     write_text(out / "report.html", report.html())
     summary = {
         "tasks": len(rows),
-        "tasks_with_results": sum(1 for r in rows if r["VIPER return (ours)"] is not None),
+        "tasks_with_results": sum(1 for r in rows if r["VIPER (ours)"] is not None),
         "plot_files": len(plot_files),
     }
     write_json(out / "summary.json", summary)

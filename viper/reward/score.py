@@ -88,7 +88,7 @@ def plot(frames: np.ndarray, rewards: np.ndarray, path: Path, title: str, shown:
     ax.plot(np.arange(len(rewards)), rewards, lw=1.2)
     for t in picks:
         ax.axvline(t, color="0.85", lw=0.8, zorder=0)
-    ax.set_xlabel("env step")
+    ax.set_xlabel("agent step")
     ax.set_ylabel("reward (nats)")
     ax.set_xlim(0, max(1, len(rewards) - 1))
     fig.suptitle(title, fontsize=10)
