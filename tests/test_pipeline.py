@@ -105,6 +105,21 @@ def test_second_repro_is_a_no_op(project):
     assert "up to date" in sh(project, "dvc", "status").stdout
 
 
+def test_evaluate_reuses_what_is_current_and_drops_runs_no_longer_configured(project):
+    """A re-run (after a kill, or of another stage's change) evaluates nothing current again; the folder of a run
+    that is no longer configured goes, so report never shows it."""
+    out = project / "data" / "evaluate"
+    before = json.loads((out / "results.json").read_text())
+    stale = out / "viper" / "dmc-cartpole_swingup" / "seed7"
+    stale.mkdir(parents=True)
+    (stale / "episode0.gif").write_bytes(b"GIF89a")
+    again = sh(project, "viper", "evaluate").stdout
+    lines = [line for line in again.splitlines() if line.startswith("evaluate: ")]
+    assert lines and all("evaluated before" in line for line in lines), again
+    assert json.loads((out / "results.json").read_text()) == before and not stale.exists()
+    assert all(r["checkpoint"].startswith("step_") for r in before), before
+
+
 def test_dvc_exp_run_sets_a_param_reruns_downstream_and_is_listed(project):
     # `++`: params.yaml's sections are empty (the preset decides), and DVC's Hydra overrides only add keys so.
     out = sh(project, "dvc", "exp", "run", "-S", "++evaluate.agent_episodes=2", "--name", "two-episodes")
