@@ -61,7 +61,8 @@ def _stream(cmd: list[str], cwd: Path, progress_key: str | None) -> None:
                 match = _PERCENT.search(line)
                 if match and artifact is not None:
                     percent = float(match.group(1))
-                    if percent >= last + 1 or percent == 100:
+                    # A stage draws one bar per task or run: a percentage below the last is the next bar starting.
+                    if percent >= last + 1 or percent == 100 or percent < last:
                         update_progress_artifact(artifact, percent)
                         last = percent
                 elif not match:
@@ -95,7 +96,11 @@ def run_stage(stage_name: str, project_dir: str) -> dict:
 
 
 def set_preset(project_dir: str | Path, preset: str) -> None:
-    """Point params.yaml's ``preset:`` at ``preset`` (what ``dvc exp run -S preset=...`` does), keeping comments."""
+    """Point params.yaml's ``preset:`` at ``preset`` (what ``dvc exp run -S preset=...`` does), keeping comments;
+    an unknown preset is refused before the file is touched."""
+    from viper import config
+
+    config.load(preset, params_path=None)  # ConfigError naming the known presets
     path = Path(project_dir) / "params.yaml"
     text = path.read_text()
     new, count = re.subn(r"(?m)^preset:.*$", f"preset: {preset}", text)
@@ -146,8 +151,8 @@ def train_agents(
             f"{t.replace('/', '-')}-seed{s}",
             project_dir,
         )
-        for t in tasks
-        for s in seeds
+        for t in dict.fromkeys(tasks)  # a task or seed given twice would start two writers on one run folder
+        for s in dict.fromkeys(seeds)
     }
     return {label: future.result() for label, future in futures.items()}
 
@@ -158,6 +163,6 @@ def collect_videos(tasks: list[str], preset: str = "", project_dir: str = ".") -
     returns task -> the pid of the process that drove it."""
     futures = {
         t: run_command.submit("collect", [*_preset_args(preset), "--task", t], t.replace("/", "-"), project_dir)
-        for t in tasks
+        for t in dict.fromkeys(tasks)
     }
     return {t: future.result() for t, future in futures.items()}

@@ -26,6 +26,9 @@ def deployments(project_dir: str, cron: str, preset: str, runner: str = "local",
             name="reproduce",
             cron=cron,
             parameters={"preset": preset, "project_dir": project_dir},
+            # One at a time: a run started from the UI while the nightly one runs would switch params.yaml's preset
+            # under it (and meet DVC's lock); Prefect queues it instead.
+            concurrency_limit=1,
             description="dvc repro of the whole pipeline for a preset, stage by stage",
         ),
         train_agents.with_options(task_runner=fan_out).to_deployment(

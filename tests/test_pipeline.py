@@ -78,6 +78,19 @@ def test_committed_dvc_yaml_is_generated_from_the_stage_table():
     assert (ROOT / "dvc.yaml").read_text() == dvc_yaml.text(), "run `viper dvc-yaml` and commit dvc.yaml"
 
 
+def test_the_flow_refuses_an_unknown_preset_before_touching_params(tmp_path):
+    from pipeline.flows import set_preset
+    from viper.config import ConfigError
+
+    params = tmp_path / "params.yaml"
+    params.write_text("# comment\npreset: demo\ncollect: {}\n")
+    with pytest.raises(ConfigError, match="unknown preset 'tinny'"):
+        set_preset(tmp_path, "tinny")
+    assert params.read_text() == "# comment\npreset: demo\ncollect: {}\n"
+    set_preset(tmp_path, "tiny,size_xs")
+    assert params.read_text() == "# comment\npreset: tiny,size_xs\ncollect: {}\n"
+
+
 def test_dvc_repro_runs_the_whole_tiny_pipeline(project):
     out = sh(project, "dvc", "repro")
     stages = [s.name for s in dvc_yaml.active_stages()]
