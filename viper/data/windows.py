@@ -45,9 +45,7 @@ def combine_order(n_tasks: int, batch_size: int, batch_index: int) -> list[tuple
     the last group cut to fill the batch, the turn carried over from batch to batch."""
     per_task = max(1, batch_size // n_tasks)
     groups = -(-batch_size // per_task)
-    return [
-        ((batch_index * groups + g) % n_tasks, min(per_task, batch_size - g * per_task)) for g in range(groups)
-    ]
+    return [((batch_index * groups + g) % n_tasks, min(per_task, batch_size - g * per_task)) for g in range(groups)]
 
 
 class WindowSampler:

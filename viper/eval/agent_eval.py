@@ -92,11 +92,9 @@ def evaluate_policy(
 
 def settings_key(cfg: Config, reward_model) -> dict[str, Any]:
     """What every evaluated episode depends on besides the policy: the reward model and the episode settings."""
-    from viper.eval.reward_eval import reward_key
-
     e = cfg.evaluate
     return {
-        "reward_model": reward_key(reward_model) if reward_model is not None else None,
+        "reward_model": reward_model.identity() if reward_model is not None else None,
         "episodes": [e.seed, e.agent_episodes, e.video_episodes, e.agent_sample],
         "env": [cfg.agent.action_repeat, cfg.agent.episode_env_steps, cfg.collect.fast_render],
     }

@@ -97,12 +97,12 @@ def _expert_episodes(cfg: Config, task: str) -> tuple[str, list[tuple[int, np.nd
     return group.identity, [(int(i), group.read_episode(int(i))["frames"], float(group.returns[i])) for i in test]
 
 
-def record_key(cfg: Config, reward_key: str, task: str, videos: str, policies: dict[str, str]) -> str:
-    """16 hex digits naming what a score of ``task`` depends on: the reward model (``reward_key``), the task's
-    videos (store identity) and every setting of the fresh rollouts."""
+def record_key(cfg: Config, reward_identity: str, task: str, videos: str, policies: dict[str, str]) -> str:
+    """16 hex digits naming what a score of ``task`` depends on: the reward model (``reward_identity``, its
+    ``VideoReward.identity``), the task's videos (store identity) and every setting of the fresh rollouts."""
     c = cfg.collect
     rollouts = [cfg.evaluate.seed, c.action_repeat, c.episode_env_steps, c.fast_render, c.drop_first_frames]
-    parts = [reward_key, videos, rollouts, sorted(policies.values()), list(c.expert_settings)]
+    parts = [reward_identity, videos, rollouts, sorted(policies.values()), list(c.expert_settings)]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
@@ -189,14 +189,6 @@ def task_metrics(records: list[Scored], epsilons: tuple[float, ...]) -> dict[str
     return out
 
 
-def reward_key(reward: VideoReward) -> str:
-    """The reward model's weights (the prior checkpoint's content, the tokenizer's hash) and definition."""
-    from viper.data.importers import sha256_file
-
-    prior = sha256_file(reward.prior_path / "state.pt")[:16]
-    return f"{reward.tokenizer.hash}|{prior}|{reward.mode}|{reward.cfg.weights}"
-
-
 def _load_done(path: Path, model: str) -> dict[tuple, Scored]:
     done = {}
     if path.exists():
@@ -246,7 +238,7 @@ def run(cfg: Config) -> dict[str, float]:
         paths.tokenizer_dir(cfg.data_dir, suite), paths.prior_dir(cfg.data_dir, suite), cfg.reward
     )
     episodes = out_dir / "episodes.jsonl"
-    model = reward_key(reward)
+    model = reward.identity()
     plan = {}
     for task in cfg.collect.tasks:
         videos, experts = _expert_episodes(cfg, task)

@@ -18,6 +18,7 @@ frame_skip 1 that is the same step, for (4, 4) we score steps 12-14 as well, wit
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -97,6 +98,15 @@ class VideoReward:
         tokenizer = load_tokenizer(Path(tokenizer_dir), device=str(device))
         prior = load_prior(prior_dir, reward_cfg.checkpoint, device, reward_cfg.weights)
         return cls(tokenizer, prior, reward_cfg)
+
+    def identity(self) -> str:
+        """What the rewards depend on: the tokenizer's hash, the prior checkpoint's content (a retrained prior
+        reuses step folder names), the mode and the weights that score (state.pt holds both EMA and raw)."""
+        digest = hashlib.sha256()
+        with open(self.prior_path / "state.pt", "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return f"{self.tokenizer.hash}|{digest.hexdigest()[:16]}|{self.cfg.mode}|{self.cfg.weights}"
 
     @property
     def window_frames(self) -> int:
