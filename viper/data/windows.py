@@ -212,14 +212,43 @@ class FrameWindowDataset(torch.utils.data.IterableDataset):
                 yield torch.from_numpy(np.ascontiguousarray(frames)), task_id
 
 
-class RandomFrames:
-    """Endless single random frames uint8 (64, 64, 3) of ``split`` episodes, uniform over frames.
+class ChunkPools:
+    """Pools of random ``split`` frames read whole chunks at a time (one zarr call each, no chunk decoded per frame).
 
-    Reads whole chunks (one zarr call each): each round draws ``pool_chunks`` chunks uniformly from all
-    tasks' chunks, and yields every frame of the split in them in random order. Every frame has the same
-    expected count per round (1 / number of chunks), so this is uniform over frames without decoding a chunk
-    per frame.
+    ``draw(rng)`` picks ``pool_chunks`` chunks uniformly from all ``tasks``' chunks that hold ``split`` frames and
+    returns those frames (N, 64, 64, 3) uint8: every frame has the same expected count per pool.
     """
+
+    def __init__(self, store: VideoStore | str | Path, tasks: Sequence[str], split: str, pool_chunks: int) -> None:
+        store = _open(store)
+        self.pool_chunks = pool_chunks
+        self.groups, self.masks, self.chunk_ids = [], [], []
+        for task in sorted(tasks):
+            group = store.task(task)
+            keep = np.zeros(group.episodes("all").size, bool)
+            keep[group.episodes(split)] = True
+            mask = np.repeat(keep, group.lengths)  # per frame: is its episode in the split
+            size = group.chunk_frames
+            has = np.add.reduceat(mask, np.arange(0, mask.size, size)) > 0 if mask.size else np.zeros(0, bool)
+            self.groups.append(group)
+            self.masks.append(mask)
+            self.chunk_ids += [(len(self.groups) - 1, int(c)) for c in np.flatnonzero(has)]
+        if not self.chunk_ids:
+            raise ViperError(f"{getattr(store, 'url', store)}: no {split} frames in tasks {sorted(tasks)}")
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        pool = []
+        for i in rng.integers(0, len(self.chunk_ids), self.pool_chunks):
+            g, c = self.chunk_ids[i]
+            lo = c * self.groups[g].chunk_frames
+            chunk = self.groups[g].read_chunk(c)
+            pool.append(chunk[self.masks[g][lo : lo + len(chunk)]])
+        return np.concatenate(pool)
+
+
+class RandomFrames:
+    """Endless single random frames uint8 (64, 64, 3) of ``split`` episodes, uniform over frames: each round
+    draws a pool (``ChunkPools``) and yields its frames in random order."""
 
     def __init__(
         self,
@@ -233,28 +262,8 @@ class RandomFrames:
         self.seed, self.pool_chunks = seed, pool_chunks
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        store = _open(self.store)
+        pools = ChunkPools(self.store, self.tasks, self.split, self.pool_chunks)
         rng = np.random.default_rng(self.seed)
-        groups, masks, chunk_ids = [], [], []
-        for task in self.tasks:
-            group = store.task(task)
-            keep = np.zeros(group.episodes("all").size, bool)
-            keep[group.episodes(self.split)] = True
-            # Per frame: is its episode in the split.
-            mask = np.repeat(keep, group.lengths)
-            size = group.chunk_frames
-            has = np.add.reduceat(mask, np.arange(0, mask.size, size)) > 0 if mask.size else np.zeros(0, bool)
-            groups.append(group)
-            masks.append(mask)
-            chunk_ids += [(len(groups) - 1, int(c)) for c in np.flatnonzero(has)]
-        if not chunk_ids:
-            raise ViperError(f"{getattr(store, 'url', store)}: no {self.split} frames in tasks {self.tasks}")
         while True:
-            pool = []
-            for i in rng.integers(0, len(chunk_ids), self.pool_chunks):
-                g, c = chunk_ids[i]
-                lo = c * groups[g].chunk_frames
-                chunk = groups[g].read_chunk(c)
-                pool.append(chunk[masks[g][lo : lo + len(chunk)]])
-            frames = np.concatenate(pool)
+            frames = pools.draw(rng)
             yield from frames[rng.permutation(len(frames))]

@@ -1,8 +1,8 @@
 """Where the tokenizer's single training frames come from: the Zarr video store, or arrays held in memory.
 
 A ``FrameSource`` gives an endless stream of uint8 ``(B, 64, 64, 3)`` training batches for one rank, starting
-at a given update, and a fixed set of test frames for evaluation. Streams are seeded from
-``(seed, rank, start_step)`` so that a resumed run is reproducible without saving sampler state.
+at a given update, and a fixed set of test frames for evaluation. Batch ``s`` depends only on ``(seed, rank,
+s)``, so a resumed run draws the batches an uninterrupted one would, without saving sampler state.
 """
 
 from __future__ import annotations
@@ -81,28 +81,41 @@ class StoreFrames:
         """``TaskGroup.identity`` per task: the tokenizer's checkpoints record it to notice replaced data."""
         return {task: self.store.task(task).identity for task in self.tasks}
 
+    POOL_CHUNKS = 8
+    """Chunks read per task and pool: a pool serves the batches of ``pool_steps`` updates."""
+
     def batches(self, batch_size: int, seed: int, rank: int, start_step: int) -> Iterator[np.ndarray]:
-        """Task-balanced batches, as the released image loader builds them: one stream of random train frames
-        per task (each frame masked as its task's), combined in groups of ``batch_size // n_tasks`` from each
-        task in turn (``viper.data.windows.combine_order``), so tasks with longer videos do not dominate."""
-        from viper.data.windows import RandomFrames, combine_order
+        """Task-balanced batches, as the released image loader builds them: random train frames of each task
+        (masked as its task's), combined in groups of ``batch_size // n_tasks`` from each task in turn
+        (``viper.data.windows.combine_order``), so tasks with longer videos do not dominate.
+
+        Frames come from per-task pools of whole chunks (``ChunkPools``), one pool per task for every
+        ``pool_steps`` updates, about as many frames as those updates draw; the pools of update ``s`` are drawn
+        from ``(seed, rank, s // pool_steps)`` and its frames from ``(seed, rank, s)``, so a resumed run rebuilds
+        the pools it was using and continues exactly."""
+        from viper.data.windows import ChunkPools, combine_order
 
         tasks = [t for t in self.tasks if self._train_frames(t) > 0]
         if not tasks:
             raise ViperError(f"video store {self.path}: no train frames in tasks {self.tasks}")
         if len(tasks) < len(self.tasks):
             self.log(f"tokenizer: no train episodes in {sorted(set(self.tasks) - set(tasks))}; training without them")
-        streams = [
-            iter(RandomFrames(self.store, [t], "train", seed=[seed, rank, start_step, i], pool_chunks=8))
-            for i, t in enumerate(tasks)
-        ]
-        batch_index = start_step
+        sources = [ChunkPools(self.store, [t], "train", self.POOL_CHUNKS) for t in tasks]
+        chunk = self.store.task(tasks[0]).chunk_frames
+        pool_steps = max(1, self.POOL_CHUNKS * chunk * len(tasks) // batch_size)
+        epoch, pools = None, []
+        step = start_step
         while True:
-            frames = []
-            for i, count in combine_order(len(tasks), batch_size, batch_index):
-                frames += [apply_mask(next(streams[i])[None], self.masks[tasks[i]])[0] for _ in range(count)]
-            batch_index += 1
-            yield np.stack(frames)
+            if step // pool_steps != epoch:
+                epoch = step // pool_steps
+                pools = [src.draw(np.random.default_rng([seed, rank, epoch, i, 1])) for i, src in enumerate(sources)]
+            rng = common.batch_rng(seed, rank, step)
+            frames = [
+                apply_mask(pools[i][rng.integers(0, len(pools[i]), count)], self.masks[tasks[i]])
+                for i, count in combine_order(len(tasks), batch_size, step)
+            ]
+            step += 1
+            yield np.concatenate(frames)
 
     def _train_frames(self, task: str) -> int:
         group = self.store.task(task)
