@@ -17,6 +17,8 @@ from viper.data.windows import (
     FrameWindowDataset,
     RandomFrames,
     WindowSampler,
+    combine_order,
+    rank_order,
     read_window,
     window_starts,
 )
@@ -238,3 +240,16 @@ def test_chunk_cache_on_a_url_store_uses_block_reads():
         assert frame_ids(cache.read(group, start, stop)) == list(range(start, stop))
         assert frame_ids(group.read_chunk(start // 4)) == list(range(start // 4 * 4, min(start // 4 * 4 + 4, 37)))
     assert cache.misses > 0 and cache.hits > 0
+
+
+@pytest.mark.parametrize(("n_tasks", "batch_size", "world_size"), [(17, 64, 8), (17, 64, 4), (3, 8, 2), (2, 32, 4)])
+def test_ranks_draw_their_share_of_the_global_batch(n_tasks, batch_size, world_size):
+    """Under DDP the ranks' batches together are the one-device batch, place by place (the released code shards
+    one global batch): 17 tasks on 8 ranks still see all 17 tasks, not 8 (each rank combining on its own)."""
+    per_rank = batch_size // world_size
+    for index in range(5):
+        whole = [t for t, count in combine_order(n_tasks, batch_size, index) for _ in range(count)]
+        shares = [rank_order(n_tasks, per_rank, index, rank, world_size) for rank in range(world_size)]
+        assert [t for share in shares for t, count in share for _ in range(count)] == whole
+        assert all(sum(count for _, count in share) == per_rank for share in shares)
+    assert rank_order(n_tasks, batch_size, 3) == combine_order(n_tasks, batch_size, 3)

@@ -11,6 +11,7 @@ offsets, when episodes have equal lengths, as published expert data does).
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -46,6 +47,18 @@ def combine_order(n_tasks: int, batch_size: int, batch_index: int) -> list[tuple
     per_task = max(1, batch_size // n_tasks)
     groups = -(-batch_size // per_task)
     return [((batch_index * groups + g) % n_tasks, min(per_task, batch_size - g * per_task)) for g in range(groups)]
+
+
+def rank_order(n_tasks: int, batch_size: int, batch_index: int, rank: int = 0, world_size: int = 1):
+    """``rank``'s share of the global batch of ``batch_size * world_size`` (its ``combine_order``, as one device
+    would draw it): the ``batch_size`` consecutive places from ``rank * batch_size``, as (task id, count) groups.
+    The released code shards one global batch over devices, so its task mix does not depend on their number."""
+    assert 0 <= rank < world_size, f"rank {rank} of {world_size}"
+    places = [
+        task for task, count in combine_order(n_tasks, batch_size * world_size, batch_index) for _ in range(count)
+    ]
+    share = places[rank * batch_size : (rank + 1) * batch_size]
+    return [(task, len(list(run))) for task, run in itertools.groupby(share)]
 
 
 class WindowSampler:
@@ -85,14 +98,17 @@ class WindowSampler:
             self._begins.append((ends - lengths)[episodes])
             self._cum.append(np.cumsum(counts))
 
-    def sample(self, batch_size: int, batch_index: int = 0) -> list[tuple[int, int, int]]:
+    def sample(
+        self, batch_size: int, batch_index: int = 0, rank: int = 0, world_size: int = 1
+    ) -> list[tuple[int, int, int]]:
         """``batch_size`` windows (task_id, episode, start), as the released loader combines its per-task
         streams: groups of ``max(1, batch_size // n_tasks)`` windows from consecutive tasks, the last group cut
         to fill the batch, the task order continuing from batch to batch (``batch_index`` = how many batches came
         before). With 2 tasks and batch 64 that is 32 + 32; with 17 tasks, 21 groups of 3 and one of 1, so every
-        batch is full and the tasks take turns at the short group."""
+        batch is full and the tasks take turns at the short group. Under DDP (``world_size`` ranks) each rank
+        draws its share of that global batch (``rank_order``)."""
         out = []
-        for task_id, take in combine_order(len(self.tasks), batch_size, batch_index):
+        for task_id, take in rank_order(len(self.tasks), batch_size, batch_index, rank, world_size):
             episodes, begins, cum = self._episodes[task_id], self._begins[task_id], self._cum[task_id]
             # Uniform over the task's windows: a window number, then the episode holding it.
             u = self.rng.integers(0, cum[-1], take)

@@ -19,8 +19,11 @@ from viper.train.tokenize import apply_mask
 
 
 class FrameSource(Protocol):
-    def batches(self, batch_size: int, seed: int, rank: int, start_step: int) -> Iterator[np.ndarray]:
-        """Endless uint8 (batch_size, 64, 64, 3) training batches for ``rank`` from update ``start_step``."""
+    def batches(
+        self, batch_size: int, seed: int, rank: int, start_step: int, world_size: int = 1
+    ) -> Iterator[np.ndarray]:
+        """Endless uint8 (batch_size, 64, 64, 3) training batches for ``rank`` (of ``world_size``) from update
+        ``start_step``."""
         ...
 
     def test_frames(self, n: int) -> np.ndarray:
@@ -47,7 +50,9 @@ class ArrayFrames:
         self.train = train
         self.test = test if test is not None and len(test) else train
 
-    def batches(self, batch_size: int, seed: int, rank: int, start_step: int) -> Iterator[np.ndarray]:
+    def batches(
+        self, batch_size: int, seed: int, rank: int, start_step: int, world_size: int = 1
+    ) -> Iterator[np.ndarray]:
         step = start_step
         while True:
             rng = common.batch_rng(seed, rank, step)
@@ -84,16 +89,19 @@ class StoreFrames:
     POOL_CHUNKS = 8
     """Chunks read per task and pool: a pool serves the batches of ``pool_steps`` updates."""
 
-    def batches(self, batch_size: int, seed: int, rank: int, start_step: int) -> Iterator[np.ndarray]:
+    def batches(
+        self, batch_size: int, seed: int, rank: int, start_step: int, world_size: int = 1
+    ) -> Iterator[np.ndarray]:
         """Task-balanced batches, as the released image loader builds them: random train frames of each task
         (masked as its task's), combined in groups of ``batch_size // n_tasks`` from each task in turn
-        (``viper.data.windows.combine_order``), so tasks with longer videos do not dominate.
+        (``viper.data.windows.combine_order``), so tasks with longer videos do not dominate; under DDP each
+        rank draws its share of the global batch (``rank_order``).
 
         Frames come from per-task pools of whole chunks (``ChunkPools``), one pool per task for every
         ``pool_steps`` updates, about as many frames as those updates draw; the pools of update ``s`` are drawn
         from ``(seed, rank, s // pool_steps)`` and its frames from ``(seed, rank, s)``, so a resumed run rebuilds
         the pools it was using and continues exactly."""
-        from viper.data.windows import ChunkPools, combine_order
+        from viper.data.windows import ChunkPools, rank_order
 
         tasks = [t for t in self.tasks if self._train_frames(t) > 0]
         if not tasks:
@@ -102,7 +110,7 @@ class StoreFrames:
             self.log(f"tokenizer: no train episodes in {sorted(set(self.tasks) - set(tasks))}; training without them")
         sources = [ChunkPools(self.store, [t], "train", self.POOL_CHUNKS) for t in tasks]
         chunk = self.store.task(tasks[0]).chunk_frames
-        pool_steps = max(1, self.POOL_CHUNKS * chunk * len(tasks) // batch_size)
+        pool_steps = max(1, self.POOL_CHUNKS * chunk * len(tasks) // (batch_size * world_size))
         epoch, pools = None, []
         step = start_step
         while True:
@@ -112,7 +120,7 @@ class StoreFrames:
             rng = common.batch_rng(seed, rank, step)
             frames = [
                 apply_mask(pools[i][rng.integers(0, len(pools[i]), count)], self.masks[tasks[i]])
-                for i, count in combine_order(len(tasks), batch_size, step)
+                for i, count in rank_order(len(tasks), batch_size, step, rank, world_size)
             ]
             step += 1
             yield np.concatenate(frames)

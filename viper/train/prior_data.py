@@ -68,17 +68,18 @@ class TrainWindows:
         batch_size: int,
         seed: int,
         rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.tasks = tuple(sorted(train))
         self.data = [train[t] for t in self.tasks]
         self.sampler = WindowSampler({t: train[t].ends for t in self.tasks}, seq_len, frame_skip, seed=[seed, rank])
         self.seq_len, self.frame_skip, self.batch_size = seq_len, frame_skip, batch_size
-        self.seed, self.rank = seed, rank
+        self.seed, self.rank, self.world_size = seed, rank, world_size
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Windows of update ``step``: tokens long (B, T, h, w), task ids long (B,)."""
         self.sampler.rng = common.batch_rng(self.seed, self.rank, step)
-        picks = self.sampler.sample(self.batch_size, batch_index=step)
+        picks = self.sampler.sample(self.batch_size, step, self.rank, self.world_size)
         windows = [gather(self.data[task_id].tokens, np.array([start]), self.seq_len, self.frame_skip)
                    for task_id, _, start in picks]  # fmt: skip
         return torch.cat(windows), torch.tensor([task_id for task_id, _, _ in picks], dtype=torch.long)

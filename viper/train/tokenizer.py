@@ -286,7 +286,7 @@ def _train(
         if ctx.is_main else None  # fmt: skip
     metrics: dict[str, float] = {}
     try:
-        stream = source.batches(tcfg.batch_size // ctx.world_size, tcfg.seed, ctx.rank, start)
+        stream = source.batches(tcfg.batch_size // ctx.world_size, tcfg.seed, ctx.rank, start, ctx.world_size)
         tick, tick_step = time.perf_counter(), start
         for step in range(start, end):
             stats = trainer.step(step, next(stream))
