@@ -83,6 +83,15 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
+def load_latest(ckpt, ctx: DistContext, **kwargs):
+    """``ckpt.load_latest(**kwargs)`` on every rank, rank 0 first: loading may move folders (settings changed
+    back bring a superseded run back; changed ones set the old run aside), which one process must do alone; the
+    other ranks then read what it left."""
+    loaded = ckpt.load_latest(**kwargs) if ctx.is_main else None
+    barrier(ctx)
+    return loaded if ctx.is_main else ckpt.load_latest(**kwargs)
+
+
 def broadcast_object(value: object, ctx: DistContext) -> object:
     """Rank 0's ``value`` on every rank (pickled); identity in a single process."""
     if not ctx.distributed:

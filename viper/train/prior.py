@@ -265,7 +265,7 @@ def run(cfg: Config) -> dict[str, float]:
         if stale and ctx.is_main:
             print(stale, flush=True)
         progress = Progress()
-        loaded = ckpt.load_latest(map_location="cpu")
+        loaded = common.load_latest(ckpt, ctx, map_location="cpu")
         if loaded is not None:
             state = loaded[0]
             prior.load_state_dict(state["model"])

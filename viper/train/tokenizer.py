@@ -272,7 +272,7 @@ def _train(
         say(stale)
     start = 0
     # On the CPU first: RNG states must stay CPU tensors; load_state_dict moves weights to their device.
-    loaded = ckpt.load_latest(map_location="cpu")
+    loaded = common.load_latest(ckpt, ctx, map_location="cpu")
     if loaded is not None:
         state, folder = loaded
         trainer.load_state_dict(state, folder)
