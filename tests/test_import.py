@@ -94,6 +94,9 @@ def test_manifest_errors_name_the_file(tmp_path):
     manifest.write_text("abc  file.npz\n")
     with pytest.raises(ViperError, match=r"m.sha256:1: expected '<sha256 hex>  <relative path>'"):
         read_manifest(manifest)
+    manifest.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ViperError, match="m.sha256: not a text file"):
+        read_manifest(manifest)
     assert store.tasks == []  # nothing half-imported
 
 
@@ -121,6 +124,10 @@ def test_bad_episode_files(tmp_path):
     np.savez(tmp_path / "key.npz", frames=np.zeros((4, 64, 64, 3), np.uint8))
     with pytest.raises(ViperError, match="key.npz: no array 'arr_0'"):
         load_npz_episode(tmp_path / "key.npz")
+    with open(tmp_path / "plain.npz", "wb") as f:  # np.save's format under an npz name
+        np.save(f, np.zeros((4, 64, 64, 3), np.uint8))
+    with pytest.raises(ViperError, match="plain.npz: a single .npy array, not an .npz archive"):
+        load_npz_episode(tmp_path / "plain.npz")
 
 
 def test_bad_layouts(tmp_path):
@@ -157,6 +164,14 @@ def test_atari_mask_map(tmp_path):
     assert got.dtype == bool and not got[:8].any() and got[8:].all()
     with pytest.raises(ViperError, match="no mask for 'freeway'"):
         load_mask(root / "mask_map.pkl", "atari/freeway")
+    # A manifest that pins the mask file: the file gone is an error, not a task imported without its mask.
+    manifest = tmp_path / "atari.sha256"
+    write_manifest(root, manifest)
+    assert "mask_map.pkl" in read_manifest(manifest)
+    (root / "mask_map.pkl").rename(tmp_path / "aside.pkl")
+    with pytest.raises(ViperError, match="missing: mask_map.pkl"):
+        import_published(root, open_store(tmp_path / "atari2.zarr", "a"), "atari", manifest=manifest)
+    (tmp_path / "aside.pkl").rename(root / "mask_map.pkl")
 
     class Evil:
         def __reduce__(self):
@@ -225,6 +240,7 @@ def test_hdf5_round_trip_and_errors(tmp_path):
         ("task", "dmc/my_robot", "cheetah_again.h5: attribute task: unknown task 'dmc/my_robot': expected '<suite>/"),
         ("suite", "atari", "cheetah_again.h5: attribute suite='atari' disagrees with task='dmc/cheetah_run'"),
         ("group_attrs", "{not json", "cheetah_again.h5: attribute group_attrs is not a JSON object"),
+        ("schema_version", "one", "cheetah_again.h5: schema_version one, expected 1"),
     ]:
         bad = tmp_path / f"bad_{attr}.h5"
         bad.write_bytes(good.read_bytes())
@@ -235,6 +251,31 @@ def test_hdf5_round_trip_and_errors(tmp_path):
                 f.attrs[attr] = value
         with pytest.raises(ViperError, match=message.replace("cheetah_again", f"bad_{attr}")):
             hdf5.import_task(bad, other)
+    # A split code other than 0/1, and a file with frames but no episodes, are refused (the latter would have
+    # replaced the task with an empty one).
+    bad = tmp_path / "bad_split.h5"
+    bad.write_bytes(good.read_bytes())
+    with h5py.File(bad, "r+") as f:  # hand-made: signed codes
+        codes = f["split"][:].astype(np.int64)
+        codes[0] = -1
+        del f["split"]
+        f["split"] = codes
+    with pytest.raises(ViperError, match="bad_split.h5: .*split must be 0 \\(train\\) or 1 \\(test\\)"):
+        hdf5.import_task(bad, other)
+    empty = tmp_path / "no_episodes.h5"
+    empty.write_bytes(good.read_bytes())
+    with h5py.File(empty, "r+") as f:
+        for key in ("episode_ends", "lengths", "returns", "split", "episode_ids"):
+            data = f[key][:0]
+            del f[key]
+            f[key] = data
+        del f["frames"]
+        f["frames"] = np.zeros((0, 64, 64, 3), np.uint8)
+        for key in ("actions", "rewards"):
+            if key in f:
+                del f[key]
+    with pytest.raises(ViperError, match="no_episodes.h5: holds no episodes"):
+        hdf5.import_task(empty, other)
     assert open_store(tmp_path / "b.zarr").task("dmc/cheetah_run").num_episodes == 3  # the store kept its task
 
 

@@ -135,6 +135,8 @@ def test_bad_input_errors(tmp_path):
     url = tmp_path / "dmc.zarr"
     with pytest.raises(ViperError, match="no video store"):
         open_store(url)
+    with pytest.raises(ViperError, match="store URL foo://bucket/dmc.zarr: Protocol not known"):
+        open_store("foo://bucket/dmc.zarr")
     store = open_store(url, "a")
     f, a, r = episode(0)
     with pytest.raises(ViperError, match=r"uint8 \(L>=1, 64, 64, 3\).*float64"):

@@ -73,7 +73,7 @@ def _check(f: h5py.File, path: Path) -> tuple[str, np.ndarray, np.ndarray, int]:
     """Validate the schema; returns (task, episode_ends, split codes, num_frames)."""
     if f.attrs.get("format") != FORMAT:
         raise ViperError(f"{path}: not a viper task-group HDF5 file (attribute format={f.attrs.get('format')!r})")
-    if int(f.attrs.get("schema_version", -1)) != SCHEMA_VERSION:
+    if str(f.attrs.get("schema_version", "")) != str(SCHEMA_VERSION):
         raise ViperError(f"{path}: schema_version {f.attrs.get('schema_version')}, expected {SCHEMA_VERSION}")
     for key in ("frames", *EPISODE_ARRAYS):
         if key not in f:
@@ -85,9 +85,11 @@ def _check(f: h5py.File, path: Path) -> tuple[str, np.ndarray, np.ndarray, int]:
     split = f["split"][:]
     n = frames.shape[0]
     sizes = {len(f[k]) for k in EPISODE_ARRAYS}
-    if len(sizes) != 1 or (len(ends) and ends[-1] != n) or not np.array_equal(np.diff(ends, prepend=0), lengths):
+    if len(sizes) != 1 or (ends[-1] if len(ends) else 0) != n or not np.array_equal(np.diff(ends, prepend=0), lengths):
         raise ViperError(f"{path}: episode_ends/lengths/per-episode arrays disagree with each other or with N={n}")
-    if np.any(lengths < 1) or np.any(split > 1):
+    if not len(ends):
+        raise ViperError(f"{path}: holds no episodes; importing it would replace the task with an empty one")
+    if np.any(lengths < 1) or not np.isin(split, (0, 1)).all():
         raise ViperError(f"{path}: episodes must have >= 1 frame and split must be 0 (train) or 1 (test)")
     for key in ("actions", "rewards"):
         if key in f and f[key].shape[0] != n:

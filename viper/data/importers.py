@@ -49,8 +49,12 @@ def read_manifest(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise ViperError(f"manifest {path} not found")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as exc:
+        raise ViperError(f"manifest {path}: not a text file ({exc.reason}); expected sha256sum output") from None
     out = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         match = _MANIFEST_LINE.match(line.rstrip("\n"))
@@ -63,7 +67,10 @@ def read_manifest(path: str | Path) -> dict[str, str]:
 def load_npz_episode(path: Path) -> np.ndarray:
     """Frames uint8 (T, 64, 64, 3) from a published episode file; errors name the file and the expectation."""
     try:
-        with np.load(path, allow_pickle=False) as data:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ViperError(f"{path}: a single .npy array, not an .npz archive; expected arr_0 = uint8 (T, 64, 64, 3)")
+        with loaded as data:
             if "arr_0" not in data.files:
                 raise ViperError(f"{path}: no array 'arr_0' (has {data.files}); expected arr_0 = uint8 (T, 64, 64, 3)")
             frames = data["arr_0"]
@@ -185,7 +192,9 @@ def import_published(
         if pinned is not None:
             # A pinned file that is gone is as wrong as a changed one.
             folder = files[0][0].parent.parent.name
-            missing = sorted(r for r in pinned if r.startswith(folder + "/") and r not in sums)
+            # (the Atari mask file too, when the manifest pins it)
+            mine = [r for r in pinned if r.startswith(folder + "/") or (suite == "atari" and r == mask_file.name)]
+            missing = sorted(r for r in mine if r not in sums)
             if missing:
                 raise ViperError(f"{root}: files listed in the manifest are missing: {', '.join(missing[:5])}")
         dataset = hashlib.sha256("".join(f"{d}  {r}\n" for r, d in sorted(sums.items())).encode()).hexdigest()

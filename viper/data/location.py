@@ -41,7 +41,10 @@ class Location:
             import fsspec
 
             self.path = None
-            self.fs, self.root = fsspec.core.url_to_fs(text)
+            try:
+                self.fs, self.root = fsspec.core.url_to_fs(text)
+            except (ValueError, ImportError) as exc:  # an unknown protocol, or its fsspec backend not installed
+                raise ViperError(f"store URL {self.url}: {exc}") from None
             self.root = self.root.rstrip("/")
 
     def __repr__(self) -> str:
