@@ -58,6 +58,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def montage(store: VideoStore, frames_per_task: int = 8) -> np.ndarray:
     """uint8 (tasks*64, frames_per_task*64, 3): one row per task, frames evenly spaced through episode 0."""
+    if frames_per_task < 1:
+        raise ViperError(f"--frames {frames_per_task}: expected at least 1 frame per task in the preview")
     rows = []
     for task in store.tasks:
         group = store.task(task)

@@ -271,7 +271,9 @@ class TaskGroup:
         return self._group["mask"][:] if "mask" in self._group else None
 
     def set_mask(self, mask: np.ndarray) -> None:
-        """Store the task's pixel mask, bool (64, 64); consumers multiply it into frames (published Atari)."""
+        """Keep the published Atari pixel mask, bool (64, 64), with the task's videos (the HDF5 export carries
+        it). Training and scoring mask frames with ``viper.envs.atari_mask`` instead (scoreboard masks measured
+        on this code's frames), so that agents' frames, which never pass through the store, are masked alike."""
         mask = np.asarray(mask)
         if mask.dtype != bool or mask.shape != FRAME_SHAPE[:2]:
             raise ViperError(f"{self.where}: mask must be bool {FRAME_SHAPE[:2]}, got {mask.dtype} {mask.shape}")

@@ -4,9 +4,11 @@ A window of ``seq_len`` frames with stride ``frame_skip`` starting at global fra
 ``start + arange(seq_len) * frame_skip``; it spans ``1 + (seq_len - 1) * frame_skip`` raw frames inside one
 episode (published clips: a random offset, then subsampling). A window is read as one contiguous block of
 raw frames (one zarr call decoding only the chunks it touches, none if they are cached), never a whole
-episode. Batches are task-balanced: ``batch_size // n_tasks`` windows per task, task id = index in the sorted
-task names. Windows are drawn uniformly over all windows of a task (which is uniform over episodes, then
-offsets, when episodes have equal lengths, as published expert data does).
+episode. Batches are task-balanced as the released loader combines its per-task streams (``combine_order``:
+groups of ``batch_size // n_tasks`` windows from each task in turn, the turn carried from batch to batch, so a
+batch of 64 over 17 tasks holds 3 or 4 windows of each), task id = index in the sorted task names. Windows
+are drawn uniformly over all windows of a task (which is uniform over episodes, then offsets, when episodes
+have equal lengths, as published expert data does).
 """
 
 from __future__ import annotations
