@@ -138,6 +138,8 @@ class StoreFrames:
             if spans:
                 if split == "train":
                     self.log(f"tokenizer: {self.path} has no test episodes; evaluating on train frames")
+                elif missing := sorted(set(self.tasks) - {task for task, *_ in spans}):
+                    self.log(f"tokenizer: no test episodes in {missing}; evaluating on the other tasks' only")
                 break
         lengths = np.array([stop - start for _, start, stop in spans], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)])
