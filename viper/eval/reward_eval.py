@@ -84,17 +84,20 @@ def noisy_policies(cfg: Config, task: str) -> dict[str, str]:
     return {f"noisy:{eps:g}": f"noisy:{eps:g}{base}" for eps in cfg.evaluate.noisy_epsilons}
 
 
-def _expert_episodes(cfg: Config, task: str) -> tuple[str, list[tuple[int, np.ndarray, float]]]:
-    """The store group's identity and (store index, frames, return) of its first ``reward_eval_episodes``
-    test-split episodes."""
+def _group(cfg: Config, task: str):
     from viper.data.store import open_store
 
+    return open_store(paths.store(cfg.data_dir, task.split("/", 1)[0])).task(task)
+
+
+def _expert_episodes(cfg: Config, task: str) -> list[tuple[int, np.ndarray, float]]:
+    """(store index, frames, return) of the first ``reward_eval_episodes`` test-split episodes."""
     suite = task.split("/", 1)[0]
-    group = open_store(paths.store(cfg.data_dir, suite)).task(task)
+    group = _group(cfg, task)
     test = group.episodes("test")[: cfg.evaluate.reward_eval_episodes]
     if test.size == 0:
         raise ViperError(f"{paths.store(cfg.data_dir, suite)}: {task} has no test-split episodes to evaluate")
-    return group.identity, [(int(i), group.read_episode(int(i))["frames"], float(group.returns[i])) for i in test]
+    return [(int(i), group.read_episode(int(i))["frames"], float(group.returns[i])) for i in test]
 
 
 def record_key(cfg: Config, reward_identity: str, task: str, videos: str, policies: dict[str, str]) -> str:
@@ -115,12 +118,13 @@ def _mean_reward(reward: VideoReward, frames: np.ndarray, task: str) -> float:
 
 
 def evaluate_task(
-    cfg: Config, reward: VideoReward, task: str, experts, model: str, policies: dict[str, str], out: Path, pool
+    cfg: Config, reward: VideoReward, task: str, model: str, policies: dict[str, str], out: Path, pool
 ) -> list[Scored]:
     """Score every category of ``task`` (``policies``: category -> spec of the fresh rollouts) under the key
     ``model``, reusing the records of ``out`` with that key and appending new ones; a progress bar counts the
     episodes, reused ones included."""
     done = _load_done(out, model)
+    experts = _expert_episodes(cfg, task)
     n = cfg.evaluate.reward_eval_episodes
     total = 3 * len(experts) + len(policies) * n
     bar = tqdm(total=total, desc=f"reward-eval {task}", unit="ep", dynamic_ncols=True)
@@ -241,11 +245,10 @@ def run(cfg: Config) -> dict[str, float]:
     model = reward.identity()
     plan = {}
     for task in cfg.collect.tasks:
-        videos, experts = _expert_episodes(cfg, task)
         policies = {**noisy_policies(cfg, task), "random": "random"}
-        plan[task] = (experts, record_key(cfg, model, task, videos, policies), policies)
+        plan[task] = (record_key(cfg, model, task, _group(cfg, task).identity, policies), policies)
     # Start the file afresh with only the records still valid, so stale lines never accumulate.
-    done = [r for task, (_, key, _) in plan.items() for r in _load_done(episodes, key).values() if r.task == task]
+    done = [r for task, (key, _) in plan.items() for r in _load_done(episodes, key).values() if r.task == task]
     tmp = episodes.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(asdict(r)) + "\n" for r in done))
     tmp.replace(episodes)
@@ -253,15 +256,15 @@ def run(cfg: Config) -> dict[str, float]:
     pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else None
     try:
         per_task = {
-            task: evaluate_task(cfg, reward, task, experts, key, policies, episodes, pool)
-            for task, (experts, key, policies) in plan.items()
+            task: evaluate_task(cfg, reward, task, key, policies, episodes, pool)
+            for task, (key, policies) in plan.items()
         }
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     metrics: dict[str, float] = {}
     for task, records in per_task.items():
-        epsilons = tuple(eps for eps in cfg.evaluate.noisy_epsilons if f"noisy:{eps:g}" in plan[task][2])
+        epsilons = tuple(eps for eps in cfg.evaluate.noisy_epsilons if f"noisy:{eps:g}" in plan[task][1])
         for key, value in task_metrics(records, epsilons).items():
             metrics[reward_eval_key(task, key)] = value
     summarised = ["auroc_expert_vs_random", "spearman_reward_vs_return", "auroc_expert_vs_shuffled"]
