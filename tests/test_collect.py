@@ -172,6 +172,16 @@ def test_arguments_and_bad_tasks(tmp_path):
         cfg, argparse.Namespace(task=None, policy=None, episodes=None, workers=None, seed=None)
     )
     assert unchanged == cfg
+    # Flags are checked as config values are: `--workers 0` or an unknown `--task` name the key and what is allowed.
+    cases = [
+        ({"workers": 0}, "collect.workers=0: expected int >= 1"),
+        ({"episodes": 0}, "collect.episodes_per_task=0: expected int >= 1"),
+        ({"task": "cartpole_balance"}, r"collect.tasks\[0\]='cartpole_balance': expected one of"),
+    ]
+    for flags, message in cases:
+        none = dict.fromkeys(("task", "policy", "episodes", "workers", "seed"))
+        with pytest.raises(ViperError, match=message):
+            collect.apply_arguments(cfg, argparse.Namespace(**{**none, **flags}))
     with pytest.raises(ViperError, match="dmc/cartpole_dance"):
         collect.run(tiny(tmp_path, tasks=("dmc/cartpole_dance",)), progress=False)
     with pytest.raises(ViperError, match="not in suite 'dmc'"):

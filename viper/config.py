@@ -162,6 +162,14 @@ def build(tree: dict[str, Any]) -> Config:
     return Config(**top, **sections)
 
 
+def override(cfg: Config, section: str, **values: Any) -> Config:
+    """``cfg`` with fields of ``section`` set to ``values`` (a command's flags), each checked as a loaded value
+    is: a ``ConfigError`` names ``section.key``, the value and what is allowed."""
+    hints = typing.get_type_hints(SECTION_TYPES[section], include_extras=True)
+    checked = {key: _check(f"{section}.{key}", value, hints[key]) for key, value in values.items()}
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **checked)})
+
+
 def field_docs(cls: type) -> dict[str, str]:
     """Field name -> the one-line docstring written under it in the class body."""
     import ast

@@ -33,7 +33,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from viper import paths
-from viper.config import CollectConfig, Config
+from viper.config import CollectConfig, Config, override
 from viper.data.filtering import assign_split, select_episodes, task_key, trim_episode
 from viper.data.store import TaskGroup, VideoStore, open_store
 from viper.errors import ViperError
@@ -331,7 +331,7 @@ def apply_arguments(cfg: Config, args: argparse.Namespace) -> Config:
     changes = {k: v for k, v in changes.items() if v is not None}
     if getattr(args, "task", None):
         changes["tasks"] = (args.task,)
-    return dataclasses.replace(cfg, collect=dataclasses.replace(cfg.collect, **changes))
+    return override(cfg, "collect", **changes)
 
 
 def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, Any]:
