@@ -24,6 +24,7 @@ behaviour from before it existed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -40,6 +41,20 @@ import torch
 DONE = "done"
 LATEST = "latest"
 SUPERSEDED = "superseded"
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def json_digest(value: Any) -> str:
+    """16 hex digits of the sha256 of ``value`` as sorted-key JSON: a short key for a record of settings."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def rng_state() -> dict[str, Any]:

@@ -14,12 +14,12 @@ reward model's device (``reward.device``).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from viper import paths
+from viper.checkpoint import file_sha256
 from viper.config import Config
 from viper.errors import ViperError
 
@@ -114,13 +114,7 @@ def check_action_repeat(cfg: Config, task: str) -> None:
 
 def _file_hash(path: Path) -> str:
     """First 16 hex digits of the file's sha256 ("" when it does not exist)."""
-    if not path.is_file():
-        return ""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return file_sha256(path)[:16] if path.is_file() else ""
 
 
 def load_viper_reward(cfg: Config, task: str) -> ViperReward:

@@ -33,6 +33,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from viper import paths
+from viper.checkpoint import json_digest
 from viper.config import CollectConfig, Config, override
 from viper.data.filtering import assign_split, select_episodes, task_key, trim_episode
 from viper.data.store import TaskGroup, VideoStore, open_store
@@ -74,7 +75,7 @@ def fingerprint(cfg: CollectConfig, fields: tuple[str, ...]) -> str:
     """Short hash of the config fields and rollout code that determine a task's data (16 hex of sha256)."""
     values = {f: getattr(cfg, f) for f in fields}
     values["code"] = rollout_code_hash()
-    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+    return json_digest(values)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from viper import paths
+from viper.checkpoint import file_sha256
 from viper.config import ATARI_TASKS, DMC_TASKS, Config
 from viper.data.store import FRAME_SHAPE, VideoStore, open_store
 from viper.errors import ViperError
@@ -34,14 +35,6 @@ from viper.errors import ViperError
 KNOWN = {"dmc": DMC_TASKS, "atari": ATARI_TASKS}
 IMPORTING = "importing"
 _MANIFEST_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_manifest(path: str | Path) -> dict[str, str]:
@@ -163,7 +156,7 @@ def scan_published(root: Path, suite: str, tasks: list[str] | None = None) -> di
 
 def verify(root: Path, files: list[Path], manifest: dict[str, str] | None) -> dict[str, str]:
     """sha256 of every file (``{relative path: hex}``), checked against ``manifest`` when given."""
-    sums = {p.relative_to(root).as_posix(): sha256_file(p) for p in files}
+    sums = {p.relative_to(root).as_posix(): file_sha256(p) for p in files}
     if manifest is not None:
         for rel, digest in sums.items():
             if rel not in manifest:
@@ -200,7 +193,7 @@ def import_published(
         dataset = hashlib.sha256("".join(f"{d}  {r}\n" for r, d in sorted(sums.items())).encode()).hexdigest()
         source = {"format": "published-npz", "root": str(root), "files": len(files), "dataset_sha256": dataset}
         if manifest is not None:
-            source["manifest_sha256"] = sha256_file(Path(manifest))
+            source["manifest_sha256"] = file_sha256(manifest)
         store.discard_staging(task, IMPORTING)
         group = store.staging(task, IMPORTING, attrs={"action_repeat": None, "source": source})
         for index, (path, split) in enumerate(files):

@@ -18,7 +18,6 @@ trained further, evaluates only what changed. Folders of runs no longer configur
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import statistics
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from viper import paths
+from viper.checkpoint import json_digest
 from viper.config import Config
 from viper.errors import ViperError
 from viper.eval.video import reward_video, write_gif
@@ -115,7 +115,7 @@ def _evaluated(
 ) -> tuple[dict[str, Any], bool]:
     """The summary kept in ``out/result.json`` when its key is ``key``, else ``evaluate_policy``'s, kept there;
     and whether it was kept from before."""
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    digest = json_digest(key)
     kept = out / "result.json"
     try:
         record = json.loads(kept.read_text())

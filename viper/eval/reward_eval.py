@@ -20,7 +20,6 @@ and definition, the task's videos and the rollout settings), ``scatter.png``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import zlib
 from concurrent.futures import ProcessPoolExecutor
@@ -32,6 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from viper import paths
+from viper.checkpoint import json_digest
 from viper.config import Config
 from viper.errors import ViperError
 from viper.eval.keys import reward_eval_by_task, reward_eval_key
@@ -106,7 +106,7 @@ def record_key(cfg: Config, reward_identity: str, task: str, videos: str, polici
     c = cfg.collect
     rollouts = [cfg.evaluate.seed, c.action_repeat, c.episode_env_steps, c.fast_render, c.drop_first_frames]
     parts = [reward_identity, videos, rollouts, sorted(policies.values()), list(c.expert_settings)]
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+    return json_digest(parts)
 
 
 def _mean_reward(reward: VideoReward, frames: np.ndarray, task: str) -> float:

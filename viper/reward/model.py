@@ -18,7 +18,6 @@ frame_skip 1 that is the same step, for (4, 4) we score steps 12-14 as well, wit
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -26,6 +25,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from viper.checkpoint import file_sha256
 from viper.config import RewardConfig
 from viper.errors import ViperError
 from viper.models.prior_checkpoint import LoadedPrior, load_prior
@@ -102,11 +102,8 @@ class VideoReward:
     def identity(self) -> str:
         """What the rewards depend on: the tokenizer's hash, the prior checkpoint's content (a retrained prior
         reuses step folder names), the mode and the weights that score (state.pt holds both EMA and raw)."""
-        digest = hashlib.sha256()
-        with open(self.prior_path / "state.pt", "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        return f"{self.tokenizer.hash}|{digest.hexdigest()[:16]}|{self.cfg.mode}|{self.cfg.weights}"
+        prior = file_sha256(self.prior_path / "state.pt")[:16]
+        return f"{self.tokenizer.hash}|{prior}|{self.cfg.mode}|{self.cfg.weights}"
 
     @property
     def window_frames(self) -> int:
