@@ -303,3 +303,11 @@ def test_unknown_recon_loss_is_a_clear_error():
     cfg = config.TokenizerConfig(recon_loss="l2")  # and by the trainer, built from code
     with pytest.raises(ViperError, match="tokenizer.recon_loss='l2'"):
         tokenizer.TokenizerTrainer(cfg, common.setup_distributed())
+
+
+def test_ranks_must_divide_the_global_batch():
+    """Tokenizer and prior share one check: a batch the ranks do not divide is refused, naming the key."""
+    three = common.DistContext(rank=1, world_size=3, local_rank=1, device=torch.device("cpu"), owns_group=False)
+    assert common.rank_batch("prior.batch_size", 63, three) == 21
+    with pytest.raises(ViperError, match="prior.batch_size=64 must be divisible by 3 ranks"):
+        common.rank_batch("prior.batch_size", 64, three)

@@ -29,6 +29,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from viper.errors import ViperError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -81,6 +83,13 @@ def teardown_distributed(ctx: DistContext) -> None:
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
         dist.barrier()
+
+
+def rank_batch(key: str, batch_size: int, ctx: DistContext) -> int:
+    """Each rank's share of the global ``batch_size`` (config key ``key``), which the ranks must divide."""
+    if batch_size % ctx.world_size:
+        raise ViperError(f"{key}={batch_size} must be divisible by {ctx.world_size} ranks")
+    return batch_size // ctx.world_size
 
 
 def load_latest(ckpt, ctx: DistContext, **kwargs):

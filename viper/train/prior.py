@@ -28,7 +28,6 @@ from viper import paths
 from viper.checkpoint import Checkpointer, rng_state, set_rng_state
 from viper.config import Config, PriorConfig
 from viper.data.tokens import store_identities
-from viper.errors import ViperError
 from viper.metrics import Logger, write_json
 from viper.models.prior_checkpoint import BEST, CHECKPOINT_FORMAT, RELEASED
 from viper.models.videogpt import PriorSpec, VideoGPT
@@ -253,8 +252,7 @@ def run(cfg: Config) -> dict[str, float]:
         prior = VideoGPT(spec, codebook).to(ctx.device)
         ema = EMA(prior, pc.ema_decay)
         optimizer = torch.optim.AdamW(prior.parameters(), lr=pc.lr, weight_decay=pc.weight_decay)
-        if pc.batch_size % ctx.world_size:
-            raise ViperError(f"prior.batch_size={pc.batch_size} must be divisible by {ctx.world_size} ranks")
+        per_rank = common.rank_batch("prior.batch_size", pc.batch_size, ctx)
         ckpt = Checkpointer(
             run_dir / "checkpoints",
             pc.keep_checkpoints,
@@ -273,7 +271,6 @@ def run(cfg: Config) -> dict[str, float]:
             optimizer.load_state_dict(state["optimizer"])
             set_rng_state(state["rng"])
             progress = Progress(**state["progress"])
-        per_rank = pc.batch_size // ctx.world_size
         windows = TrainWindows(splits["train"], pc.seq_len, pc.frame_skip, per_rank, pc.seed, ctx.rank, ctx.world_size)
         test = eval_windows(splits["test"], pc.seq_len, pc.frame_skip, pc.eval_windows_per_task)
         trained = common.maybe_compile(common.wrap_ddp(PriorLoss(prior), ctx), pc.compile)

@@ -259,8 +259,7 @@ def _train(
     progress: bool,
 ) -> dict[str, Any]:
     say = print if ctx.is_main else (lambda _msg: None)
-    if tcfg.batch_size % ctx.world_size:
-        raise ViperError(f"tokenizer.batch_size={tcfg.batch_size} must be divisible by {ctx.world_size} ranks")
+    per_rank = common.rank_batch("tokenizer.batch_size", tcfg.batch_size, ctx)
     source = frames if frames is not None else StoreFrames(store, log=say)
     trainer = TokenizerTrainer(tcfg, ctx, build_perceptual(tcfg.perceptual_weight, tcfg.lpips_weights_path, say))
     data = source.identity() if hasattr(source, "identity") else None
@@ -286,7 +285,7 @@ def _train(
         if ctx.is_main else None  # fmt: skip
     metrics: dict[str, float] = {}
     try:
-        stream = source.batches(tcfg.batch_size // ctx.world_size, tcfg.seed, ctx.rank, start, ctx.world_size)
+        stream = source.batches(per_rank, tcfg.seed, ctx.rank, start, ctx.world_size)
         tick, tick_step = time.perf_counter(), start
         for step in range(start, end):
             stats = trainer.step(step, next(stream))
