@@ -17,9 +17,7 @@ on the config, not on worker count, timing or interruptions.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
-import json
 import multiprocessing
 import sys
 from collections.abc import Callable
