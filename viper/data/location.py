@@ -130,6 +130,11 @@ def hidden(name: str, tag: str) -> str:
     return f".{name}.{tag}"
 
 
+def belongs(child: str, name: str) -> bool:
+    """Whether group ``child`` is group ``name`` or one of its hidden working groups (``hidden(name, tag)``)."""
+    return child == name or child.startswith(f".{name}.")
+
+
 def promote(location: Location, staged: str, name: str) -> None:
     """Make the complete group ``staged`` the task group ``name``, replacing any old one.
 
@@ -154,7 +159,7 @@ def recover_swaps(location: Location, only: str | None = None) -> None:
     """Finish group swaps interrupted by a kill (see ``promote``): every group's, or group ``only``'s."""
 
     def mine(child: str, tag: str) -> bool:
-        return child == hidden(only, tag) if only is not None else child.startswith(".") and child.endswith(f".{tag}")
+        return child.startswith(".") and child.endswith(f".{tag}") and (only is None or belongs(child, only))
 
     for child in location.children():
         if mine(child, "ready") and location.has_group(child):

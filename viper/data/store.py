@@ -37,7 +37,7 @@ import numpy as np
 import zarr
 
 from viper.data.fastread import ShardedFrames
-from viper.data.location import Location, hidden, promote, recover_swaps
+from viper.data.location import Location, belongs, hidden, promote, recover_swaps
 from viper.errors import ViperError
 
 SCHEMA_VERSION = 1
@@ -317,7 +317,7 @@ class VideoStore:
             recover_swaps(self.location, only)
             # Hidden working groups (collect/import staging) are repaired too: they resume appending.
             for name in self._names(hidden=True):
-                if only is None or name == only or name.startswith(f".{only}."):
+                if only is None or belongs(name, only):
                     self.location.remove_temp_files(name)
                     self._open(name).repair()
 
