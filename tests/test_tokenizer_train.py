@@ -144,7 +144,7 @@ def test_store_batches_resume_where_an_uninterrupted_run_would_be(tmp_path):
 def test_tokenize_writes_tokens_and_refuses_stale_ones(tmp_path):
     write_store(tmp_path)
     cfg = tiny_cfg(tmp_path, "tokenizer.train_grad_steps=3")
-    tokenizer.run(cfg, progress=False)  # from the real store (RandomFrames, test split)
+    tokenizer.run(cfg, progress=False)  # from the real store (ChunkPools, test split)
     first = tokenize.run(cfg, device="cpu")
     assert first["tasks_encoded"] == 2 and first["frames"] == 2 * 3 * 12
     tok = load_tokenizer(paths.tokenizer_dir(tmp_path, "dmc"))

@@ -14,8 +14,8 @@ from viper.data.filtering import assign_split, select_episodes, trim_episode
 from viper.data.store import open_store
 from viper.data.windows import (
     ChunkCache,
+    ChunkPools,
     FrameWindowDataset,
-    RandomFrames,
     WindowSampler,
     combine_order,
     rank_order,
@@ -175,12 +175,17 @@ def test_dataset_with_two_workers(store_url):
     assert len(seen) > 8
 
 
-def test_random_frames_cover_split_uniformly(store_url):
+def test_chunk_pools_cover_split_uniformly(store_url):
+    """The tokenizer's random frames: pools of whole chunks, drawn one after another, cover every frame of the
+    split about equally often."""
     store = open_store(store_url)
-    stream = iter(RandomFrames(store, ["dmc/b", "dmc/a"], "test", seed=[1, 0, 0], pool_chunks=4))
+    pools = ChunkPools(store, ["dmc/b", "dmc/a"], "test", pool_chunks=4)
+    rng = np.random.default_rng([1, 0, 0])
+    drawn = []
+    while sum(map(len, drawn)) < 3000:
+        drawn.append(pools.draw(rng))
     counts = Counter()
-    for _ in range(3000):
-        frame = next(stream)
+    for frame in np.concatenate(drawn)[:3000]:
         assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8
         counts[(chr(frame[0, 0, 2]), frame_ids(frame))] += 1
     expected = set()

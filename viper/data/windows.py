@@ -262,26 +262,3 @@ class ChunkPools:
             chunk = self.groups[g].read_chunk(c)
             pool.append(chunk[self.masks[g][lo : lo + len(chunk)]])
         return np.concatenate(pool)
-
-
-class RandomFrames:
-    """Endless single random frames uint8 (64, 64, 3) of ``split`` episodes, uniform over frames: each round
-    draws a pool (``ChunkPools``) and yields its frames in random order."""
-
-    def __init__(
-        self,
-        store: VideoStore | str | Path,
-        tasks: Sequence[str],
-        split: str = "train",
-        seed: int | Sequence[int] = 0,
-        pool_chunks: int = 64,
-    ) -> None:
-        self.store, self.tasks, self.split = store, sorted(tasks), split
-        self.seed, self.pool_chunks = seed, pool_chunks
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        pools = ChunkPools(self.store, self.tasks, self.split, self.pool_chunks)
-        rng = np.random.default_rng(self.seed)
-        while True:
-            frames = pools.draw(rng)
-            yield from frames[rng.permutation(len(frames))]
