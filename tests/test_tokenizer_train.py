@@ -295,6 +295,52 @@ def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
     assert len(hashes) == 1
     saved = load_tokenizer(paths.tokenizer_dir(tmp_path, "dmc"))
     assert saved.hash in hashes
+    # The checkpoint holds each rank's own RNG state (they differ: ranks draw different random numbers).
+    state = torch.load(
+        sorted(paths.tokenizer_dir(tmp_path, "dmc").glob("checkpoints/step_*/state.pt"))[-1], weights_only=False
+    )
+    assert len(state["rng_ranks"]) == 2
+    assert not torch.equal(state["rng_ranks"][0]["torch"], state["rng_ranks"][1]["torch"])
+
+
+def _rng_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    ctx = common.setup_distributed("cpu")
+    try:
+        common.seed_torch(7)
+        weights = torch.rand(4)  # the shared initial weights
+        common.decorrelate_ranks(7, ctx)
+        first = torch.rand(4)  # e.g. dropout masks
+        states = common.broadcast_object(common.gather_rng_states(ctx), ctx)
+        after_save = torch.rand(4)
+        common.restore_rng({"rng": states[0], "rng_ranks": states}, 7, ctx)
+        resumed = torch.rand(4)
+        common.restore_rng({"rng": states[0]}, 7, ctx)  # a checkpoint without per-rank states
+        old_format = torch.rand(4)
+        torch.save(dict(weights=weights, first=first, after_save=after_save, resumed=resumed, old=old_format),
+                   Path(out, f"rank{rank}.pt"))  # fmt: skip
+    finally:
+        common.teardown_distributed(ctx)
+
+
+def test_ranks_draw_different_random_numbers_and_each_resumes_its_own(tmp_path):
+    """DDP: dropout masks must differ across ranks (the initial weights agree), and a resume gives every rank
+    back its own stream, not rank 0's."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_rng_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert torch.equal(r0["weights"], r1["weights"])
+    assert not torch.equal(r0["first"], r1["first"])
+    for r in (r0, r1):
+        assert torch.equal(r["resumed"], r["after_save"])
+    assert not torch.equal(r0["old"], r1["old"])
+    assert torch.equal(r0["old"], r0["after_save"])  # rank 0 keeps its stream
+    torch.manual_seed(7)
+    torch.rand(4)
+    assert torch.equal(r0["first"], torch.rand(4))  # a single process's draws are unchanged
 
 
 def test_unknown_recon_loss_is_a_clear_error():

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from viper.checkpoint import rng_state, set_rng_state
 from viper.errors import ViperError
 
 
@@ -171,6 +172,38 @@ def batch_rng(seed: int, rank: int, step: int) -> np.random.Generator:
 def seed_torch(seed: int) -> None:
     """Seed torch's CPU and CUDA generators (same seed on every rank, so initial weights agree)."""
     torch.manual_seed(seed)
+
+
+def decorrelate_ranks(seed: int, ctx: DistContext) -> None:
+    """Once the shared initial weights exist, reseed torch on ranks > 0 from ``(seed, rank)``, so ranks draw
+    different dropout masks and random picks (a rank's identical masks would repeat rank 0's regularisation
+    noise). Rank 0 keeps its stream: a single-process run is unchanged. Random choices that must agree across
+    ranks (codebook init and restarts) are broadcast from rank 0 by their owners."""
+    if ctx.rank > 0:
+        torch.manual_seed(int(np.random.SeedSequence([seed, ctx.rank]).generate_state(1)[0]))
+
+
+def gather_rng_states(ctx: DistContext) -> list[dict] | None:
+    """Every rank's ``rng_state()`` in rank order on rank 0, None on the others; collective, so every rank
+    calls it at the same step. A checkpoint saves the list (``rng_ranks``) so each rank resumes its own stream."""
+    state = rng_state()
+    if not ctx.distributed:
+        return [state]
+    states: list[dict] | None = [{} for _ in range(ctx.world_size)] if ctx.is_main else None
+    dist.gather_object(state, states, dst=0)
+    return states
+
+
+def restore_rng(state: dict, seed: int, ctx: DistContext) -> None:
+    """Each rank's own saved RNG state (``rng_ranks``, written by ``gather_rng_states``); a checkpoint from a
+    run with another world size, or from before per-rank states were saved, gives every rank rank 0's state,
+    then ``decorrelate_ranks``."""
+    ranks = state.get("rng_ranks")
+    if ranks is not None and len(ranks) == ctx.world_size:
+        set_rng_state(ranks[ctx.rank])
+    else:
+        set_rng_state(state["rng"])
+        decorrelate_ranks(seed, ctx)
 
 
 def all_reduce_mean(values: dict[str, float], ctx: DistContext) -> dict[str, float]:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from viper import paths
-from viper.checkpoint import Checkpointer, rng_state, set_rng_state
+from viper.checkpoint import Checkpointer
 from viper.config import Config, PriorConfig
 from viper.data.tokens import store_identities
 from viper.metrics import Logger, write_json
@@ -189,7 +189,7 @@ class Progress:
     """The checkpoint the released script would have kept: the last saved while ``raw_is_best``."""
 
 
-def _state(prior, ema, optimizer, spec, tasks, tokenizer_hash, pc, progress) -> dict:
+def _state(prior, ema, optimizer, spec, tasks, tokenizer_hash, pc, progress, rngs) -> dict:
     return {
         "format": CHECKPOINT_FORMAT,
         "spec": spec.to_dict(),
@@ -203,7 +203,8 @@ def _state(prior, ema, optimizer, spec, tasks, tokenizer_hash, pc, progress) -> 
         "config": dataclasses.asdict(pc),
         "progress": dataclasses.asdict(progress),
         "step": progress.step,
-        "rng": rng_state(),
+        "rng": rngs[0],
+        "rng_ranks": rngs,
     }
 
 
@@ -251,6 +252,7 @@ def run(cfg: Config) -> dict[str, float]:
         common.seed_torch(pc.seed)
         prior = VideoGPT(spec, codebook).to(ctx.device)
         ema = EMA(prior, pc.ema_decay)
+        common.decorrelate_ranks(pc.seed, ctx)  # dropout differs across ranks; a resume restores each rank's
         optimizer = torch.optim.AdamW(prior.parameters(), lr=pc.lr, weight_decay=pc.weight_decay)
         per_rank = common.rank_batch("prior.batch_size", pc.batch_size, ctx)
         ckpt = Checkpointer(
@@ -269,7 +271,7 @@ def run(cfg: Config) -> dict[str, float]:
             prior.load_state_dict(state["model"])
             ema.model.load_state_dict(state["ema"])
             optimizer.load_state_dict(state["optimizer"])
-            set_rng_state(state["rng"])
+            common.restore_rng(state, pc.seed, ctx)
             progress = Progress(**state["progress"])
         windows = TrainWindows(splits["train"], pc.seq_len, pc.frame_skip, per_rank, pc.seed, ctx.rank, ctx.world_size)
         test = eval_windows(splits["test"], pc.seq_len, pc.frame_skip, pc.eval_windows_per_task)
@@ -298,13 +300,15 @@ def run(cfg: Config) -> dict[str, float]:
                     progress.raw_is_best = raw < progress.best_raw_nll
                     progress.best_raw_nll = min(progress.best_raw_nll, raw)
                 if common.every(step, pc.checkpoint_every_grad_steps) or final:
+                    rngs = common.gather_rng_states(ctx)
                     if ctx.is_main:
                         # Only checkpointed steps can be "best"; eval and checkpoint cadences usually agree.
                         if evaluated and progress.last_eval < progress.best_nll:
                             progress.best_nll, progress.best_step = progress.last_eval, step
                         if progress.raw_is_best:
                             progress.released_step = step
-                        _save(ckpt, _state(prior, ema, optimizer, spec, tasks, tokenizer.hash, pc, progress), progress)
+                        state = _state(prior, ema, optimizer, spec, tasks, tokenizer.hash, pc, progress, rngs)
+                        _save(ckpt, state, progress)
                     common.barrier(ctx)
                 if log is not None:
                     log.advance(step)

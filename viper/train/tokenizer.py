@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from viper import paths
-from viper.checkpoint import Checkpointer, rng_state, set_rng_state
+from viper.checkpoint import Checkpointer
 from viper.config import Config, TokenizerConfig
 from viper.errors import ViperError
 from viper.metrics import Logger, write_json
@@ -56,6 +56,7 @@ class TokenizerTrainer:
         self.g = common.maybe_compile(common.wrap_ddp(self.model, ctx), cfg.compile)
         self.d = common.wrap_ddp(self.disc, ctx)
         self.perceptual = perceptual.to(ctx.device) if perceptual is not None else None
+        common.decorrelate_ranks(cfg.seed, ctx)
 
     def gan_active(self, step: int) -> bool:
         return self.cfg.gan_weight > 0 and step >= self.cfg.gan_start_grad_steps
@@ -275,7 +276,7 @@ def _train(
     if loaded is not None:
         state, folder = loaded
         trainer.load_state_dict(state, folder)
-        set_rng_state(state["rng"])
+        common.restore_rng(state, tcfg.seed, ctx)
         start = int(state["step"])
         say(f"tokenizer: resumed from {folder} at update {start}")
     total = tcfg.train_grad_steps
@@ -301,8 +302,9 @@ def _train(
             if logger is not None and (common.every(done, tcfg.eval_every_grad_steps) or done == total):
                 metrics = _evaluate(trainer, test, run_dir, logger, done)
             if common.every(done, tcfg.checkpoint_every_grad_steps) or done == end:
+                rngs = common.gather_rng_states(ctx)
                 if ctx.is_main:
-                    ckpt.save(done, {**trainer.state_dict(), "step": done, "rng": rng_state()})
+                    ckpt.save(done, {**trainer.state_dict(), "step": done, "rng": rngs[0], "rng_ranks": rngs})
                 common.barrier(ctx)
             if logger is not None:
                 logger.advance(done)
