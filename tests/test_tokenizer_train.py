@@ -106,6 +106,27 @@ def test_resume_continues_exactly(tmp_path):
     assert again["start_step"] == 12 and again["tokenizer_hash"] == resumed["tokenizer_hash"]
 
 
+def test_logged_train_metrics_average_the_updates_since_the_last_log(tmp_path):
+    """The logged train losses are means over the log interval (not the logged update's values): replayed
+    update by update from the same batches, the discriminator's keys averaged over the updates that had them."""
+    frames = ArrayFrames(synthetic_frames(24, 1), synthetic_frames(8, 2))
+    over = ("tokenizer.train_grad_steps=6", "tokenizer.log_every_grad_steps=3", "tokenizer.gan_start_grad_steps=2",
+            "tokenizer.eval_every_grad_steps=100", "tokenizer.batch_size=4")  # fmt: skip
+    cfg = tiny_cfg(tmp_path, *over)
+    result = tokenizer.run(cfg, frames=frames, progress=False)
+    rows = [json.loads(line) for line in (Path(result["run_dir"]) / "logs" / "metrics.jsonl").read_text().splitlines()]
+    logged = {r["step"]: r for r in rows if "tokenizer/loss/total" in r}
+    trainer = tokenizer.TokenizerTrainer(cfg.tokenizer, common.setup_distributed())
+    stream = frames.batches(4, cfg.tokenizer.seed, 0, 0, 1)
+    per_step = [trainer.step(step, next(stream)) for step in range(6)]
+    for end in (3, 6):
+        window = per_step[end - 3 : end]
+        for key in ("loss/total", "loss/recon_l1", "train/perplexity", "loss/disc"):
+            values = [float(s[key]) for s in window if key in s]
+            assert logged[end][f"tokenizer/{key}"] == pytest.approx(sum(values) / len(values), rel=1e-5), (end, key)
+    assert logged[3]["tokenizer/loss/total"] != pytest.approx(float(per_step[2]["loss/total"]), rel=1e-5)
+
+
 def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
     frames = ArrayFrames(synthetic_frames(16, 3))
     cfg = tiny_cfg(tmp_path, "tokenizer.train_grad_steps=2")

@@ -288,11 +288,19 @@ def _train(
     try:
         stream = source.batches(per_rank, tcfg.seed, ctx.rank, start, ctx.world_size)
         tick, tick_step = time.perf_counter(), start
+        # Train metrics are means over the updates since the last log (as the prior's); the discriminator's
+        # appear once the GAN starts, averaged over the updates that had them. Summed on the device (no sync).
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
         for step in range(start, end):
-            stats = trainer.step(step, next(stream))
+            for key, value in trainer.step(step, next(stream)).items():
+                sums[key] = sums[key] + value if key in sums else value
+                counts[key] = counts.get(key, 0) + 1
             done = step + 1
             if common.every(done, tcfg.log_every_grad_steps) or done == end:
-                values = common.all_reduce_mean({k: float(v) for k, v in stats.items()}, ctx)
+                values = common.all_reduce_mean({k: float(v) / counts[k] for k, v in sums.items()}, ctx)
+                sums.clear()
+                counts.clear()
                 now = time.perf_counter()
                 values["images_per_s"] = (done - tick_step) * tcfg.batch_size / max(now - tick, 1e-9)
                 values["lr"] = common.warmup_lr(step, tcfg.lr, tcfg.warmup_grad_steps)
