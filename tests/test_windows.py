@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import pickle
 import uuid
 from collections import Counter
@@ -173,6 +174,19 @@ def test_dataset_with_two_workers(store_url):
             seen.add(tuple(ids))
     # Workers draw from different seeds: the 16 windows are not two copies of the same 8.
     assert len(seen) > 8
+
+
+def test_dataset_ranks_draw_different_windows(store_url, monkeypatch):
+    """DDP: each rank (torchrun's RANK unless given) draws its own windows; the same rank draws the same ones."""
+
+    def first_windows(**kwargs):
+        dataset = FrameWindowDataset(store_url, seq_len=4, frame_skip=1, batch_size=4, seed=0, **kwargs)
+        return [tuple(frame_ids(frames.numpy())) for frames, _ in itertools.islice(iter(dataset), 12)]
+
+    assert first_windows(rank=0) == first_windows(rank=0)
+    assert first_windows(rank=0) != first_windows(rank=1)
+    monkeypatch.setenv("RANK", "1")
+    assert first_windows() == first_windows(rank=1)
 
 
 def test_chunk_pools_cover_split_uniformly(store_url):

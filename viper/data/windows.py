@@ -14,6 +14,7 @@ have equal lengths, as published expert data does).
 from __future__ import annotations
 
 import itertools
+import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -187,8 +188,10 @@ def _open(store: VideoStore | str | Path) -> VideoStore:
 class FrameWindowDataset(torch.utils.data.IterableDataset):
     """Endless task-balanced windows ``(frames uint8 (T, 64, 64, 3), task_id)`` from the video store.
 
-    Safe with DataLoader workers: each worker opens the store itself and draws from its own seed
-    ``(seed, worker_id)``. With ``DataLoader(batch_size=batch_size)`` each batch is one balanced draw.
+    Safe with DataLoader workers and DDP ranks: each worker opens the store itself and draws from its own seed
+    ``(seed, rank, worker_id)``; ``rank`` defaults to torchrun's ``RANK`` (0 without torchrun), so the ranks of a
+    distributed run draw different windows without code changes. With ``DataLoader(batch_size=batch_size)``
+    each batch is one balanced draw.
     """
 
     def __init__(
@@ -201,8 +204,10 @@ class FrameWindowDataset(torch.utils.data.IterableDataset):
         split: str = "train",
         tasks: Sequence[str] | None = None,
         cache_chunks: int = 256,
+        rank: int | None = None,
     ) -> None:
         super().__init__()
+        self.rank = int(os.environ.get("RANK", "0")) if rank is None else rank
         self.store, self.seq_len, self.frame_skip = str(store), seq_len, frame_skip
         self.batch_size, self.seed, self.split = batch_size, seed, split
         self.tasks = sorted(tasks) if tasks is not None else sorted(open_store(store).tasks)
@@ -217,7 +222,7 @@ class FrameWindowDataset(torch.utils.data.IterableDataset):
             {t: g.episode_ends for t, g in zip(self.tasks, groups, strict=True)},
             self.seq_len,
             self.frame_skip,
-            seed=[self.seed, worker],
+            seed=[self.seed, self.rank, worker],
             episodes_by_task={t: g.episodes(self.split) for t, g in zip(self.tasks, groups, strict=True)},
         )
         cache = ChunkCache(self.cache_chunks)
