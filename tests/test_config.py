@@ -106,6 +106,7 @@ def test_unknown_key_in_params_file_names_the_file(tmp_path):
         ("agent.env_steps=-5", "agent.env_steps=-5: expected int >= 0"),
         ("agent.model_lr=.nan", "agent.model_lr=nan: expected float >= 0"),
         ("prior.layers=0", "prior.layers=0: expected int >= 1"),
+        ("prior.picture_windows_per_task=0", "prior.picture_windows_per_task=0: expected int >= 1"),
         ("agent.discount_horizon=0.5", "agent.discount_horizon=0.5: expected float >= 1"),
         ("collect.test_fraction=1.5", "collect.test_fraction=1.5: expected float in [0, 1]"),
         ("collect.keep_return_percentile=101", "collect.keep_return_percentile=101.0: expected float in [0, 100]"),

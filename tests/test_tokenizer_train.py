@@ -364,6 +364,16 @@ def test_ranks_draw_different_random_numbers_and_each_resumes_its_own(tmp_path):
     assert torch.equal(r0["first"], torch.rand(4))  # a single process's draws are unchanged
 
 
+def test_gan_batches_must_keep_real_and_fake_frames_in_separate_stddev_groups(tmp_path):
+    """The discriminator's minibatch-stddev groups of 4 must not mix real and fake frames: a per-rank batch that
+    is not a multiple of 4 is refused with the GAN on, and trains with it off."""
+    frames = ArrayFrames(synthetic_frames(16, 3))
+    with pytest.raises(ViperError, match=r"tokenizer.batch_size=6: .* gets 6 frames; .* multiple of 4"):
+        tokenizer.run(tiny_cfg(tmp_path / "a", "tokenizer.batch_size=6"), frames=frames, progress=False)
+    over = ("tokenizer.batch_size=6", "tokenizer.gan_weight=0", "tokenizer.train_grad_steps=2")
+    assert tokenizer.run(tiny_cfg(tmp_path / "b", *over), frames=frames, progress=False)["step"] == 2
+
+
 def test_unknown_recon_loss_is_a_clear_error():
     with pytest.raises(ViperError, match="tokenizer.recon_loss='l2': expected one of l1, mse"):
         tiny_cfg(Path("unused"), "tokenizer.recon_loss=l2")  # refused when the configuration loads

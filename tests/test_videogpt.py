@@ -139,6 +139,28 @@ def test_kv_cache_sampling_matches_sampling_by_recomputation():
     assert torch.equal(fast[:, :1], tokens[:, :1])
 
 
+def test_sampling_no_frames_returns_the_context_and_empty_batches_pass_the_checks():
+    """``prior.seq_len=1`` asks the open-loop picture for 0 sampled frames; an empty batch is not an error."""
+    model = make_prior()
+    tokens = tokens_for(model, 2)
+    assert torch.equal(model.sample(tokens, torch.tensor([0, 1]), 0), tokens)
+    assert model.frame_log_probs(tokens[:0], torch.tensor([], dtype=torch.long)).shape == (0, 4)
+
+
+def test_logits_are_float32_under_bf16_autocast():
+    """Rewards sum log-probabilities over tokens: the head runs in float32, not only the cross entropy."""
+    model = make_prior()
+    tokens, ids = tokens_for(model, 2), torch.tensor([0, 1])
+    with torch.no_grad():
+        with torch.autocast("cpu", torch.bfloat16):
+            hidden = model.hidden(tokens, ids)
+            logits = model.logits(hidden)
+            under = model.frame_log_probs(tokens, ids)
+        exact = model.head(hidden.float())
+    assert logits.dtype == torch.float32 and under.dtype == torch.float32
+    torch.testing.assert_close(logits, exact, rtol=1e-6, atol=1e-6)
+
+
 def moving_square(frames: int, size: int = 3) -> torch.Tensor:
     """A one-cell square walking through a size x size grid in raster order: long (frames, size, size)."""
     video = torch.zeros(frames, size, size, dtype=torch.long)

@@ -223,7 +223,7 @@ class PriorConfig:
     """Test-split windows per task in each evaluation (evenly spaced, the same ones every time)."""
     picture_context_frames: int = 4
     """Context frames of the open-loop prediction pictures (capped at seq_len - 1)."""
-    picture_windows_per_task: int = 1
+    picture_windows_per_task: Count = 1
     """Test windows per task drawn as prediction-vs-truth pictures at each evaluation."""
     bf16: bool = True
     """bf16 autocast on CUDA (ignored on CPU)."""

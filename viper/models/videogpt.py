@@ -211,7 +211,7 @@ class VideoGPT(nn.Module):
         task_ids = torch.as_tensor(task_ids, device=tokens.device).long().reshape(-1)
         if task_ids.shape[0] != tokens.shape[0]:
             raise PriorInputError(f"task_ids: expected {tokens.shape[0]} ids, got {task_ids.shape[0]}")
-        if int(task_ids.min()) < 0 or int(task_ids.max()) >= spec.num_classes:
+        if task_ids.numel() and (int(task_ids.min()) < 0 or int(task_ids.max()) >= spec.num_classes):
             raise PriorInputError(
                 f"task_ids: the prior knows task ids 0..{spec.num_classes - 1}, got {task_ids.tolist()}"
             )
@@ -252,7 +252,7 @@ class VideoGPT(nn.Module):
 
     def forward(self, tokens: torch.Tensor, task_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, h, w, K) of every token given the tokens before it in raster order."""
-        logits = self.head(self.hidden(tokens, task_ids))
+        logits = self.logits(self.hidden(tokens, task_ids))
         return rearrange(logits, "b (t h w) k -> b t h w k", t=tokens.shape[1], h=self.spec.grid[0])
 
     def frame_log_probs(
@@ -266,16 +266,20 @@ class VideoGPT(nn.Module):
         hidden = self.hidden(tokens, task_ids)
         frames = tokens.shape[1] if last_frames is None else last_frames
         assert 1 <= frames <= tokens.shape[1], f"last_frames={last_frames} outside 1..{tokens.shape[1]}"
-        hidden = hidden[:, -frames * self.spec.tokens_per_frame :]
-        # Cross entropy in float32 even under bf16 autocast: rewards are sums over many tokens.
-        logits = self.head(hidden).float()
+        logits = self.logits(hidden[:, -frames * self.spec.tokens_per_frame :])
         targets = rearrange(tokens[:, -frames:].long(), "b t h w -> b (t h w)")
         nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
         return -rearrange(nll, "b (t n) -> b t n", t=frames).sum(-1)
 
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The output head in float32 even under bf16 autocast (the logits, not only the cross entropy):
+        rewards sum log-probabilities over a frame's tokens, and bf16 logits move a frame's sum by ~1 nat."""
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.head(hidden.float())
+
     def loss(self, tokens: torch.Tensor, task_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Mean negative log-likelihood per token in nats (divide by ln 2 for bits per token)."""
-        logits = self.head(self.hidden(tokens, task_ids)).float()
+        logits = self.logits(self.hidden(tokens, task_ids))
         targets = rearrange(tokens.long(), "b t h w -> b (t h w)")
         return F.cross_entropy(logits.transpose(1, 2), targets)
 
@@ -300,6 +304,8 @@ class VideoGPT(nn.Module):
         total = context.shape[1] + frames
         assert context.shape[1] >= 1 and total <= spec.seq_len, f"context + frames must lie in 1..{spec.seq_len}"
         cond = self.check_inputs(context, task_ids)
+        if frames == 0:
+            return context.long()
         caches: list[dict] = [{} for _ in self.blocks]
         pos = self.positions(total)
         # Prefix pass: inputs for positions 0..n_ctx (the first token to sample is position n_ctx).
@@ -311,7 +317,7 @@ class VideoGPT(nn.Module):
         for i in range(n_ctx, total * spec.tokens_per_frame):
             for block, cache in zip(self.blocks, caches, strict=True):
                 x = block(x, cond, cache)
-            logits = self.head(self.ln_f(x[:, -1:], cond))[:, 0].float() / temperature
+            logits = self.logits(self.ln_f(x[:, -1:], cond))[:, 0] / temperature
             token = torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
             out.append(token)
             if i + 1 < total * spec.tokens_per_frame:

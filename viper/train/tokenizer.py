@@ -28,7 +28,7 @@ from viper.checkpoint import Checkpointer
 from viper.config import Config, TokenizerConfig
 from viper.errors import ViperError
 from viper.metrics import Logger, write_json
-from viper.models.discriminator import Discriminator, discriminator_loss, generator_loss, r1_penalty
+from viper.models.discriminator import MBSTD_GROUP, Discriminator, discriminator_loss, generator_loss, r1_penalty
 from viper.models.lpips import LPIPS, build_perceptual
 from viper.models.quantizer import code_stats
 from viper.models.vqgan import VQGAN, VQGANArch, check_arch, frames_to_model, model_to_frames, weights_hash
@@ -261,6 +261,13 @@ def _train(
 ) -> dict[str, Any]:
     say = print if ctx.is_main else (lambda _msg: None)
     per_rank = common.rank_batch("tokenizer.batch_size", tcfg.batch_size, ctx)
+    if tcfg.gan_weight > 0 and per_rank % MBSTD_GROUP:
+        # The discriminator scores [real; fake] in one pass: its minibatch-stddev groups of 4 consecutive
+        # frames would mix real and fake ones (the released code's reshape fails on such batches).
+        raise ViperError(
+            f"tokenizer.batch_size={tcfg.batch_size}: each of the {ctx.world_size} rank(s) gets {per_rank} frames; "
+            f"with the GAN on (tokenizer.gan_weight > 0) a rank's share must be a multiple of {MBSTD_GROUP}"
+        )
     source = frames if frames is not None else StoreFrames(store, log=say)
     trainer = TokenizerTrainer(tcfg, ctx, build_perceptual(tcfg.perceptual_weight, tcfg.lpips_weights_path, say))
     data = source.identity() if hasattr(source, "identity") else None
