@@ -218,6 +218,27 @@ def test_a_dead_worker_is_retried_then_named_never_waited_for(tmp_path, monkeypa
     assert (tmp_path / "2").read_text() == "2" and set(yielded) <= {0}
 
 
+def hang_once(job):
+    """A rollout worker that hangs (sleeps for an hour) the first time it gets episode 1; markers in $DIE_MARKERS."""
+    marker = Path(os.environ["DIE_MARKERS"]) / f"hang{job.index}"
+    if job.index == 1 and not marker.exists():
+        marker.write_text("1")
+        time.sleep(3600)
+    return job.index, {"pid": os.getpid()}
+
+
+def test_a_hung_worker_is_killed_and_its_episodes_retried(tmp_path, monkeypatch, capsys):
+    """No rollout finished for collect.stall_timeout_s: the workers are killed, the unfinished episodes rolled
+    out again (a hung worker used to stall collect forever)."""
+    monkeypatch.setenv("DIE_MARKERS", str(tmp_path))
+    job = collect.RolloutJob(TASK, "expert", 0, 0, 2, 10, True)
+    jobs = [dataclasses.replace(job, index=i) for i in (0, 1, 3)]
+    start = time.monotonic()
+    got = dict(collect._rollouts(jobs, workers=2, run=hang_once, retries=1, stall_s=4))
+    assert sorted(got) == [0, 1, 3] and time.monotonic() - start < 120
+    assert "hung (no rollout finished in 4 s, collect.stall_timeout_s)" in capsys.readouterr().err
+
+
 def _mount_tmpfs(path, size: str) -> None:
     path.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)

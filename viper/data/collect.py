@@ -21,7 +21,7 @@ import hashlib
 import multiprocessing
 import sys
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -108,16 +108,23 @@ def run_job(job: RolloutJob) -> tuple[int, dict[str, Any]]:
 
 
 WORKER_RETRIES = 2
-"""Fresh pools a collection tries after a worker process died, before giving up on the unfinished episodes."""
+"""Fresh pools a collection tries after a worker process died or hung, before giving up on the unfinished episodes."""
 
 
-def _rollouts(jobs: list[RolloutJob], workers: int, run: Callable = run_job, retries: int = WORKER_RETRIES):
+def _rollouts(
+    jobs: list[RolloutJob],
+    workers: int,
+    run: Callable = run_job,
+    retries: int = WORKER_RETRIES,
+    stall_s: float = 0.0,
+):
     """Yield ``(index, episode)`` as rollouts finish (any order); ``workers`` spawned processes.
 
-    A worker that dies (a native crash in rendering, the OOM killer) breaks its pool; the episodes not yet
-    yielded are rolled out again in a fresh pool, up to ``retries`` times (rollouts are seeded, so a retry gives
-    the same episodes), then a ``ViperError`` names them. (``multiprocessing.Pool`` would wait forever for the
-    dead worker's result instead.)
+    A worker that dies (a native crash in rendering, the OOM killer) breaks its pool; so does one that hangs:
+    when no rollout has finished for ``stall_s`` seconds (``collect.stall_timeout_s``; 0 waits forever) the
+    pool's processes are killed. The episodes not yet yielded are rolled out again in a fresh pool, up to
+    ``retries`` times (rollouts are seeded, so a retry gives the same episodes), then a ``ViperError`` names
+    them. (``multiprocessing.Pool`` would wait forever for a dead worker's result instead.)
     """
     if workers <= 1 or len(jobs) <= 1:
         yield from map(run, jobs)
@@ -125,22 +132,31 @@ def _rollouts(jobs: list[RolloutJob], workers: int, run: Callable = run_job, ret
     pending = {job.index: job for job in jobs}
     for attempt in range(retries + 1):
         pool = ProcessPoolExecutor(min(workers, len(pending)), mp_context=multiprocessing.get_context("spawn"))
+        what = "died"
         try:
-            for future in as_completed([pool.submit(run, job) for job in pending.values()]):
-                index, episode = future.result()
-                del pending[index]
-                yield index, episode
+            waiting = {pool.submit(run, job) for job in pending.values()}
+            while waiting:
+                done, waiting = wait(waiting, timeout=stall_s or None, return_when=FIRST_COMPLETED)
+                if not done:
+                    what = f"hung (no rollout finished in {stall_s:g} s, collect.stall_timeout_s)"
+                    for process in list(getattr(pool, "_processes", {}).values()):
+                        process.kill()  # the pool breaks: the wait below returns its futures at once
+                    continue
+                for future in done:
+                    index, episode = future.result()
+                    del pending[index]
+                    yield index, episode
             return
         except BrokenProcessPool as exc:
             if attempt == retries:
                 raise ViperError(
-                    f"{jobs[0].task}: a rollout worker process died {retries + 1} times ({exc}); episodes "
+                    f"{jobs[0].task}: a rollout worker process {what} {retries + 1} times ({exc}); episodes "
                     f"{sorted(pending)} are not rolled out. The finished ones are kept: run the same command "
                     "again to roll out the rest"
                 ) from exc
             print(
-                f"{jobs[0].task}: a rollout worker process died; rolling out episodes {sorted(pending)} again in "
-                f"fresh processes (retry {attempt + 1} of {retries})",
+                f"{jobs[0].task}: a rollout worker process {what}; rolling out episodes {sorted(pending)} again "
+                f"in fresh processes (retry {attempt + 1} of {retries})",
                 file=sys.stderr,
             )
         finally:
@@ -184,7 +200,7 @@ def collect_task(cfg: CollectConfig, task: str, store_url: str, progress: bool =
         if i not in done
     ]
     with tqdm(total=cfg.episodes_per_task, initial=len(done), desc=task, disable=not progress, unit="ep") as bar:
-        for index, ep in _rollouts(jobs, cfg.workers):
+        for index, ep in _rollouts(jobs, cfg.workers, stall_s=cfg.stall_timeout_s):
             staging.append(ep["frames"], ep["actions"], ep["rewards"], task_return=ep["task_return"], episode_id=index)
             bar.update(1)
             bar.set_postfix(ret=f"{ep['task_return']:.1f}")
