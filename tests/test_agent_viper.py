@@ -84,16 +84,17 @@ def stream_of(lengths: list[int], seed: int) -> list[dict]:
 
 
 def reference_inserts(rows: list[dict], model: VideoReward) -> list[tuple[int, int, float, bool]]:
-    """Slow reference: for every step t >= K = window - 1 of every episode, in order, the reward of the one
-    window ending at t scored on its own; the first inserted step of each episode carries is_first."""
-    window = model.window_frames
+    """Slow reference: for every step t >= K of every episode, in order, the reward of the one window ending at t
+    scored on its own; the first inserted step of each episode carries is_first. K = seq_len * frame_skip - 1 as
+    released (>= window - 1: with frame_skip > 1 the first scoreable steps stay context)."""
+    window, context = model.window_frames, model.seq_len * model.frame_skip - 1
     out = []
     episodes = sorted({r["episode"] for r in rows})
     for e in episodes:
         video = np.stack([r["image"] for r in rows if r["episode"] == e])
-        for t in range(window - 1, len(video)):
+        for t in range(context, len(video)):
             value = model.score(video[None, t - window + 1 : t + 1], TASK)[0, -1]
-            out.append((e, t, float(value), t == window - 1))
+            out.append((e, t, float(value), t == context))
     return out
 
 
@@ -120,7 +121,7 @@ def test_relabel_inserts_each_step_with_its_own_window_and_skips_episode_starts(
     streams = [stream_of(ls, seed) for seed, ls in enumerate(lengths)]
     assert len(streams[0]) == len(streams[1])
     replay, source = fill(model, streams, chunk_steps=8)
-    assert source.context_steps == model.window_frames - 1
+    assert source.context_steps == model.seq_len * model.frame_skip - 1  # released: 15 for (16,1), (8,2), (4,4)
     for stream, rows in enumerate(streams):
         expected = reference_inserts(rows, model)
         count = int(replay.count[stream])
@@ -139,8 +140,8 @@ def test_chunked_rewards_equal_the_whole_episode_score(model):
     rows = stream_of([37], seed=7)
     replay, source = fill(model, [rows], chunk_steps=11)
     full = model.score(np.stack([r["image"] for r in rows])[None], TASK)[0]
-    k = source.context_steps
-    assert np.isnan(full[:k]).all() and np.isfinite(full[k:]).all()
+    k, window = source.context_steps, model.window_frames
+    assert np.isnan(full[: window - 1]).all() and np.isfinite(full[window - 1 :]).all()
     np.testing.assert_allclose(replay.data["density"][0, : replay.count[0]], full[k:], rtol=1e-5, atol=1e-3)
 
 
@@ -201,6 +202,15 @@ def test_viper_agents_replay_the_released_relabelling_replays_sequence_length():
     assert sequence_length(AgentConfig(batch_length=16), ViperReward(reward_model(4, 1), TASK, 16)) == 13
     with pytest.raises(ViperError, match="viper_batch_length=-1"):
         sequence_length(AgentConfig(viper_batch_length=-1), source)
+    for pair in ((8, 2), (4, 4)):  # every released pair keeps 15 context steps, as the released replay does
+        assert sequence_length(AgentConfig(), ViperReward(reward_model(*pair), TASK, 64)) == 49
+    # A chunk no longer than the context leaves one-step sequences: refused (it used to end in a NaN "diverged").
+    short = ViperReward(source.model, TASK, 16)
+    with pytest.raises(ViperError, match=r"sequences of 1 step.*raise agent.batch_length above 16"):
+        sequence_length(AgentConfig(batch_length=16), short)
+    with pytest.raises(ViperError, match="viper_batch_length >= 2"):
+        sequence_length(AgentConfig(viper_batch_length=1), source)
+    assert sequence_length(AgentConfig(batch_length=16, viper_batch_length=32), short) == 32
 
 
 def _lambda_return_loop(reward, value, disc, lam):

@@ -331,7 +331,7 @@ class AgentConfig:
     expl_grad_clip: float = 100.0
     """Gradient clipping (global norm) of the disagreement ensemble."""
     context_steps: int = 15
-    """Published context steps per replay chunk (window 16 - 1); reward viper uses its model's window - 1."""
+    """Published context steps per replay chunk (16 - 1); reward viper uses its model's seq_len * frame_skip - 1."""
     eval_every_env_steps: Count = 10_000
     """Agent steps between evaluation episodes."""
     eval_episodes: int = 1

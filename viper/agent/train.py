@@ -279,7 +279,17 @@ def sequence_length(acfg: AgentConfig, source) -> int:
         return acfg.batch_length
     if acfg.viper_batch_length < 0:
         raise ViperError(f"agent.viper_batch_length={acfg.viper_batch_length}: expected 0 (released) or a length")
-    return acfg.viper_batch_length or source.chunk_steps - source.context_steps
+    length = acfg.viper_batch_length or source.chunk_steps - source.context_steps
+    if length < 2:
+        # One-step sequences are all episode starts: the world model would learn no dynamics (and the
+        # disagreement ensemble, which predicts the next step, would average over nothing).
+        raise ViperError(
+            f"reward viper: replayed sequences of {length} step(s) (agent.viper_batch_length="
+            f"{acfg.viper_batch_length}; 0 means agent.batch_length={acfg.batch_length} minus the reward model's "
+            f"{source.context_steps} context steps); they need >= 2 steps: raise agent.batch_length above "
+            f"{source.context_steps + 1} or set agent.viper_batch_length >= 2"
+        )
+    return length
 
 
 def _can_train(replay: Replay, batch_steps: int, length: int) -> bool:

@@ -3,13 +3,14 @@
 Published mechanics (reference/viper-original.md, "Reward"): rewards are computed once, on real data, when
 chunks of an env stream enter replay: 64-step chunks (the released replay's stream length, its batch length),
 of which the first 15 are context; the agent replays 49-step sequences of the scored steps, as the released
-replay does (``viper.agent.train.sequence_length``). The context is the reward model's window minus one step
-(``window_frames - 1``: 15 for every released (seq_len, frame_skip) pair); a prior with another window (e.g. the
-CPU presets' 4-frame windows) gets its own context, and a note is printed when that differs from
-``agent.context_steps``. Steps are scored in raw nats (``reward.mode``: joint by default), with no scaling: the
-world model's symlog two-hot ``density`` head learns them and the density critic's return normaliser absorbs
-the scale. The chunks of all env streams that are ready at the same step are scored in one batched call on the
-reward model's device (``reward.device``).
+replay does (``viper.agent.train.sequence_length``). The context is the released code's ``seq_len * frame_skip
+- 1`` of the reward model: 15 for every released (seq_len, frame_skip) pair, although the (8, 2) and (4, 4)
+windows span only 15 and 13 steps (their first 1 or 3 scoreable steps stay context, as released). A prior with
+another window (e.g. the CPU presets' 4-frame windows) gets its own context, and a note is printed when that
+differs from ``agent.context_steps``. Steps are scored in raw nats (``reward.mode``: joint by default), with no
+scaling: the world model's symlog two-hot ``density`` head learns them and the density critic's return
+normaliser absorbs the scale. The chunks of all env streams that are ready at the same step are scored in one
+batched call on the reward model's device (``reward.device``).
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ def reward_model_dirs(cfg: Config, task: str) -> tuple[Path, Path]:
 class ViperReward:
     """``RewardSource`` of the VIPER reward for one task (see the module docstring).
 
-    ``model`` is a ``viper.reward.VideoReward`` (or anything with its ``score``, ``window_frames`` and
-    ``task_id``); ``chunk_steps`` is raised to ``context + 1`` when smaller.
+    ``model`` is a ``viper.reward.VideoReward`` (or anything with its ``score``, ``seq_len``, ``frame_skip``,
+    ``window_frames`` and ``task_id``); ``chunk_steps`` is raised to ``context + 1`` when smaller.
     """
 
     name = NAME
@@ -53,7 +54,7 @@ class ViperReward:
     def __init__(self, model, task: str, chunk_steps: int) -> None:
         model.task_id(task)  # an unknown task raises a ViperError naming the prior's tasks
         self.model, self.task = model, task
-        self.context_steps = int(model.window_frames) - 1
+        self.context_steps = int(model.seq_len) * int(model.frame_skip) - 1  # >= window_frames - 1
         self.chunk_steps = max(int(chunk_steps), self.context_steps + 1)
 
     def relabel(self, chunk: dict[str, np.ndarray]) -> np.ndarray:
@@ -127,8 +128,8 @@ def load_viper_reward(cfg: Config, task: str) -> ViperReward:
     source = ViperReward(model, task, cfg.agent.batch_length)
     if source.context_steps != cfg.agent.context_steps:
         print(
-            f"train-agent: the reward model's window spans {model.window_frames} steps, so replay chunks use "
-            f"{source.context_steps} context steps (agent.context_steps={cfg.agent.context_steps} is the "
-            f"published value for 16-step windows)"
+            f"train-agent: the reward model's windows are {model.seq_len} frames {model.frame_skip} step(s) apart, "
+            f"so replay chunks use {source.context_steps} context steps (seq_len * frame_skip - 1; "
+            f"agent.context_steps={cfg.agent.context_steps} is the published value)"
         )
     return source
