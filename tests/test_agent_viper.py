@@ -301,6 +301,8 @@ def test_beta_zero_removes_the_disagreement_critics_influence():
     assert list(agent.ac.critics) == ["density"] and agent.expl is None
     with pytest.raises(ViperError, match="both 0"):
         critic_scales(AgentConfig(expl_weight=0.0, density_weight=0.0), "density")
+    with pytest.raises(ViperError, match=r"agent.disag_models=1: .* >= 2 members"):  # a std of one member is 0
+        Disagreement(feat_dim=6, action_dim=2, stoch_dim=5, layers=1, units=8, members=1)
 
 
 def test_disagreement_reward_gradient_is_finite_where_members_agree_exactly():

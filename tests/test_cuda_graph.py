@@ -102,3 +102,11 @@ def test_cuda_graph_by_default_refuses_compile_mode_reduce_overhead_and_names_th
     with pytest.raises(ViperError, match="agent.cuda_graph=false"):
         Agent(cfg, ACTIONS, False, "reward", "cuda")
     Agent(replace(cfg, cuda_graph=False), ACTIONS, False, "reward", "cuda")  # the named switch works
+
+
+@needs_cuda
+def test_agent_compile_compiles_every_head_and_critic_not_only_their_containers():
+    """``agent.compile``: the heads and critics are called one by one, so each must be compiled itself."""
+    agent = Agent(AgentConfig(size="tiny", compile=True, cuda_graph=False), ACTIONS, False, "density", "cuda")
+    modules = [agent.wm.encoder, agent.wm.decoder, *agent.wm.heads.values(), *agent.ac.critics.values()]
+    assert all(m._compiled_call_impl is not None for m in modules)

@@ -191,6 +191,11 @@ def test_score_command_prints_a_summary_and_plots_the_curve(data_dir, tmp_path, 
     assert cli.main(["score", str(tmp_path / "chw.npz"), "--task", TASKS[1], *common]) == 2
     err = capsys.readouterr().err
     assert "chw.npz: 'frames' is uint8 (9, 3, 64, 64); expected uint8 (T, 64, 64, 3)" in err
+    np.savez_compressed(tmp_path / "empty.npz", frames=np.zeros((0, 64, 64, 3), np.uint8))  # crashed plotting
+    assert cli.main(["score", str(tmp_path / "empty.npz"), "--task", TASKS[1], *common]) == 2
+    assert "empty.npz: 'frames' is uint8 (0, 64, 64, 3); expected uint8 (T, 64, 64, 3) RGB frames, T >= 1" in (
+        capsys.readouterr().err
+    )
     np.savez(tmp_path / "objects.npz", arr_0=np.array([None, 1], dtype=object))
     assert cli.main(["score", str(tmp_path / "objects.npz"), "--task", TASKS[1], *common]) == 2
     assert "objects.npz: not a readable .npz of uint8 frames" in capsys.readouterr().err

@@ -257,7 +257,7 @@ def _check(key: str, value: Any, tp: Any) -> Any:
         base, *extras = typing.get_args(tp)
         value = _check(key, value, base)
         for bounds in (e for e in extras if isinstance(e, Range)):
-            if value < bounds.low or (bounds.high is not None and value > bounds.high):
+            if not bounds.holds(value):
                 raise ConfigError(f"{key}={value!r}: expected {_type_name(tp)}")
         return value
     if typing.get_origin(tp) is tuple:

@@ -47,13 +47,21 @@ Task = Literal[DMC_TASKS + ATARI_TASKS]
 
 @dataclass(frozen=True)
 class Range:
-    """Inclusive bounds of a numeric field, checked when a configuration loads."""
+    """Bounds of a numeric field, checked when a configuration loads: inclusive, or above ``low`` with
+    ``above=True``."""
 
     low: float = 0
     high: float | None = None
+    above: bool = False
+
+    def holds(self, value: float) -> bool:
+        low_ok = value > self.low if self.above else value >= self.low
+        return low_ok and (self.high is None or value <= self.high)
 
     def __str__(self) -> str:
-        return f"in [{self.low}, {self.high}]" if self.high is not None else f">= {self.low}"
+        if self.high is not None:
+            return f"in {'(' if self.above else '['}{self.low}, {self.high}]"
+        return f"{'>' if self.above else '>='} {self.low}"
 
 
 Count = Annotated[int, Range(1)]
@@ -312,8 +320,8 @@ class AgentConfig:
     """Actor and critic gradient clipping by global norm."""
     imag_horizon: Count = 15
     """Imagination horizon in steps."""
-    discount_horizon: Annotated[float, Range(1)] = 333.0
-    """Discount = 1 - 1/discount_horizon."""
+    discount_horizon: Annotated[float, Range(1, above=True)] = 333.0
+    """Discount = 1 - 1/discount_horizon (above 1: a discount of 0 leaves nothing to weight imagined states by)."""
     return_lambda: Fraction = 0.95
     """Lambda of the lambda-returns."""
     actor_entropy: float = 3e-4
@@ -322,7 +330,7 @@ class AgentConfig:
     """Weight beta of the Plan2Explore disagreement advantage with reward viper (published 1; 0 drops it)."""
     density_weight: float = 1.0
     """Weight of the VIPER (density) advantage; advantages are mixed as w_k / sum(w) (published 1 and 1)."""
-    disag_models: Count = 8
+    disag_models: Annotated[int, Range(2)] = 8
     """Plan2Explore ensemble members predicting the next stochastic state (published 8)."""
     expl_lr: float = 1e-4
     """Adam learning rate of the disagreement ensemble (published ``expl_opt``)."""

@@ -190,7 +190,9 @@ class Agent(nn.Module):
         mode = None if cfg.compile_mode == "default" else cfg.compile_mode
         if cfg.compile and self.cuda:
             # Compile the batched, shape-stable parts; the Python loops over time stay eager.
-            for module in (self.wm.encoder, self.wm.decoder, self.wm.heads, self.wm.cont, self.ac.critics):
+            # Each head and critic itself: compiling a ModuleDict wraps only its own (unused) call.
+            heads = (*self.wm.heads.values(), self.wm.cont, *self.ac.critics.values())
+            for module in (self.wm.encoder, self.wm.decoder, *heads):
                 module.compile(mode=mode)
         self.imagine_step = None
         if cfg.compile_loops:

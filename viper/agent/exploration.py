@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from viper.agent.nets import MLP, OneHotWidth
+from viper.errors import ViperError
 
 
 class Disagreement(nn.Module):
@@ -22,7 +23,8 @@ class Disagreement(nn.Module):
 
     def __init__(self, feat_dim: int, action_dim: int, stoch_dim: int, layers: int, units: int, members: int = 8):
         super().__init__()
-        assert members >= 2, "disagreement needs at least two ensemble members"
+        if members < 2:
+            raise ViperError(f"agent.disag_models={members}: the disagreement (an ensemble's std) needs >= 2 members")
         width = feat_dim + action_dim
         if isinstance(feat_dim, OneHotWidth):
             # The action columns come after the features: the latents' one-hot span stays where it was.

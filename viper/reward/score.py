@@ -37,10 +37,10 @@ def load_episode(source: str | Path, task: str, episode: int | None) -> tuple[np
             raise
         except (OSError, ValueError, zipfile.BadZipFile) as exc:  # not a zip; a pickled (object) array
             raise ViperError(f"{source}: not a readable .npz of uint8 frames ({exc})") from exc
-        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (64, 64, 3):
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (64, 64, 3) or not len(frames):
             raise ViperError(
-                f"{source}: {key!r} is {frames.dtype} {frames.shape}; expected uint8 (T, 64, 64, 3) RGB frames "
-                "(channels last, already resized to 64x64)"
+                f"{source}: {key!r} is {frames.dtype} {frames.shape}; expected uint8 (T, 64, 64, 3) RGB frames, "
+                "T >= 1 (channels last, already resized to 64x64)"
             )
         return frames, source.stem
     if episode is None:
