@@ -85,3 +85,23 @@ def test_config_unknown_key_fails_naming_it(tmp_path):
 def test_config_wrong_type_fails(tmp_path):
     out = viper("config", "-S", "prior.layers=deep", cwd=tmp_path)
     assert out.returncode == 2 and "prior.layers='deep': expected int" in out.stderr
+
+
+def test_params_file_errors_name_the_file(tmp_path, capsys):
+    """A named --params that is missing (a typo used to run the demo defaults), a directory, or broken YAML:
+    one line naming it, no traceback; without --params a missing ./params.yaml still means defaults."""
+    assert main(["config", "--params", str(tmp_path / "myexp.yaml")]) == 2
+    assert "myexp.yaml: no such file" in capsys.readouterr().err
+    assert main(["config", "--params", str(tmp_path)]) == 2
+    assert "found a directory" in capsys.readouterr().err
+    (tmp_path / "bad.yaml").write_text("prior:\n  layers: [1,\n")
+    assert main(["config", "--params", str(tmp_path / "bad.yaml")]) == 2
+    assert "bad.yaml: not valid YAML" in capsys.readouterr().err
+    out = viper("config", cwd=tmp_path)
+    assert out.returncode == 0 and yaml.safe_load(out.stdout)["preset"] == "demo"
+
+
+def test_metrics_out_directory_is_refused_before_the_stage_runs(tmp_path, capsys):
+    code = main(["collect", "--preset", "tiny", "-S", f"data_dir={tmp_path}", "--metrics-out", str(tmp_path)])
+    assert code == 2 and "--metrics-out" in capsys.readouterr().err
+    assert not (tmp_path / "videos").exists()

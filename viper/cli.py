@@ -17,6 +17,7 @@ import shutil
 import sys
 import textwrap
 from dataclasses import dataclass
+from pathlib import Path
 
 import yaml
 
@@ -92,7 +93,10 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         metavar="SECTION.KEY=VALUE",
         help="override one config value (YAML syntax, repeatable), e.g. -S prior.layers=4",
     )
-    parser.add_argument("--params", default="params.yaml", help="params file to read (default: %(default)s)")
+    parser.add_argument(
+        "--params",
+        help="params file to read (default: ./params.yaml when it exists; a file named here must exist)",
+    )
 
 
 def _options_epilog(sections: tuple[str, ...]) -> str:
@@ -177,10 +181,14 @@ def main(argv: list[str] | None = None) -> int:
 
             dvc_yaml.write(args.output)
             return 0
-        cfg = config_lib.load(args.preset, args.overrides, args.params)
+        if args.params is not None and not Path(args.params).exists():
+            raise ViperError(f"--params {args.params}: no such file (leave --params out to use ./params.yaml)")
+        cfg = config_lib.load(args.preset, args.overrides, args.params or "params.yaml")
         if args.command == "config":
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
             return 0
+        if getattr(args, "metrics_out", None) and Path(args.metrics_out).is_dir():
+            raise ViperError(f"--metrics-out {args.metrics_out}: is a directory; expected a JSON file path")
         module = _import_stage(STAGES[args.command])
         if module is None or not hasattr(module, "cli"):
             print(f"viper {args.command}: not implemented yet (see the open issues)", file=sys.stderr)

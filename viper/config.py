@@ -104,7 +104,12 @@ def load(
 
     params: dict[str, Any] = {}
     if params_path is not None and Path(params_path).exists():
-        params = yaml.safe_load(Path(params_path).read_text()) or {}
+        if not Path(params_path).is_file():
+            raise ConfigError(f"{params_path}: expected a YAML params file, found a directory")
+        try:
+            params = yaml.safe_load(Path(params_path).read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{params_path}: not valid YAML ({' '.join(str(exc).split())})") from None
         if not isinstance(params, dict):
             raise ConfigError(f"{params_path}: expected a mapping of sections, got {type(params).__name__}")
     tree = Config().to_dict()
