@@ -218,6 +218,25 @@ def test_a_dead_worker_is_retried_then_named_never_waited_for(tmp_path, monkeypa
     assert (tmp_path / "2").read_text() == "2" and set(yielded) <= {0}
 
 
+def test_imported_videos_are_not_collected_over_unless_asked(tmp_path, capsys):
+    """`viper import`ed videos cannot be regenerated: collect refuses to replace them (it used to, silently)."""
+    from viper import cli
+
+    cfg = tiny(tmp_path, episodes_per_task=2, episode_env_steps=10)
+    store = open_store(paths.store(tmp_path, "dmc"), "a")
+    staging = store.staging(TASK, "importing", attrs={"source": {"imported_from": "/home/me/my_task.h5"}})
+    staging.append(np.zeros((12, 64, 64, 3), np.uint8), split="train", episode_id=0)
+    store.promote(TASK, "importing")
+    with pytest.raises(ViperError, match=r"videos of dmc/cartpole_balance were imported \(/home/me/my_task.h5\)"):
+        collect.run(cfg, progress=False)
+    assert open_store(paths.store(tmp_path, "dmc")).task(TASK).num_frames == 12  # untouched
+    args = ["collect", "--preset", "tiny", "-S", f"data_dir={tmp_path}", "--episodes", "2"]
+    assert cli.main(args) == 2 and "--replace-imported" in capsys.readouterr().err
+    assert cli.main([*args, "--replace-imported", "-S", "collect.episode_env_steps=10"]) == 0
+    group = open_store(paths.store(tmp_path, "dmc")).task(TASK)
+    assert collect.imported_from(group) is None and group.num_episodes == 2
+
+
 def hang_once(job):
     """A rollout worker that hangs (sleeps for an hour) the first time it gets episode 1; markers in $DIE_MARKERS."""
     marker = Path(os.environ["DIE_MARKERS"]) / f"hang{job.index}"

@@ -41,7 +41,7 @@ class Stage:
 STAGES: dict[str, Stage] = {
     "collect": Stage(
         "viper.data.collect",
-        "roll out a policy in the suite's envs and append episodes to the video store",
+        "roll out a policy in each task's env, filter, and write (replace) the task's videos in the video store",
         ("collect",),
     ),
     "import": Stage(
