@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from viper import cli
+from viper.checkpoint import file_sha256
 from viper.data import hdf5
 from viper.data.importers import import_published, load_mask, load_npz_episode, read_manifest
 from viper.data.inspect import describe, montage
@@ -240,6 +241,7 @@ def test_hdf5_round_trip_and_errors(tmp_path):
         ("task", "dmc/my_robot", "cheetah_again.h5: attribute task: unknown task 'dmc/my_robot': expected '<suite>/"),
         ("suite", "atari", "cheetah_again.h5: attribute suite='atari' disagrees with task='dmc/cheetah_run'"),
         ("group_attrs", "{not json", "cheetah_again.h5: attribute group_attrs is not a JSON object"),
+        ("group_attrs", '{"action_repeat": "two"}', "cheetah_again.h5: group_attrs action_repeat='two'; expected"),
         ("schema_version", "one", "cheetah_again.h5: schema_version one, expected 1"),
     ]:
         bad = tmp_path / f"bad_{attr}.h5"
@@ -283,6 +285,7 @@ def test_inspect_and_cli(tmp_path, capsys):
     root = tmp_path / "published"
     make_published(root)
     data_dir = tmp_path / "data"
+    (tmp_path / "none.yaml").write_text("")  # an empty params file: the repository's is not read
     base = ["--params", str(tmp_path / "none.yaml"), "-S", f"data_dir={data_dir}"]
     assert cli.main(["import", str(root), *base]) == 0
     store_path = data_dir / "videos" / "dmc.zarr"
@@ -311,6 +314,21 @@ def test_inspect_and_cli(tmp_path, capsys):
     assert "not a folder" in capsys.readouterr().err
     assert cli.main(["export", "--task", "dmc/hopper_stand", "--output", str(tmp_path / "h.h5"), *base]) == 2
     assert "unknown task 'dmc/hopper_stand'" in capsys.readouterr().err
+    # An HDF5 file of another suite goes to its own suite's store; into a store of another suite it is refused.
+    with h5py.File(tmp_path / "w.h5", "r+") as f:
+        f.attrs["task"], f.attrs["suite"] = "atari/pong", "atari"
+    assert cli.main(["import", str(tmp_path / "w.h5"), *base]) == 0
+    assert open_store(data_dir / "videos" / "atari.zarr").tasks == ["atari/pong"]
+    assert "dmc/walker_walk" in open_store(store_path).tasks and "atari/pong" not in open_store(store_path).tasks
+    assert cli.main(["import", str(tmp_path / "w.h5"), "--store", str(store_path), *base]) == 2
+    assert "a store keeps one suite" in capsys.readouterr().err
+    # --manifest pins an HDF5 file too (it was ignored): listed by its name, with its sha256.
+    listed = tmp_path / "pins.sha256"
+    listed.write_text(f"{'0' * 64}  w.h5\n")
+    assert cli.main(["import", str(tmp_path / "w.h5"), "--manifest", str(listed), *base]) == 2
+    assert "does not match the manifest" in capsys.readouterr().err
+    listed.write_text(f"{file_sha256(tmp_path / 'w.h5')}  w.h5\n")
+    assert cli.main(["import", str(tmp_path / "w.h5"), "--manifest", str(listed), *base]) == 0
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

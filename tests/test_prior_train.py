@@ -172,6 +172,7 @@ def test_score_command_prints_a_summary_and_plots_the_curve(data_dir, tmp_path, 
         prior_stage.run(tiny_cfg(data_dir, steps=8))
     episode = tmp_path / "episode.npz"
     np.savez_compressed(episode, arr_0=square_video(9, offset=5))
+    (tmp_path / "none.yaml").write_text("")  # an empty params file: the repository's is not read
     common = ["--preset", "tiny", "--params", str(tmp_path / "none.yaml"), "-S", f"data_dir={data_dir}"]
     argv = ["score", str(episode), "--task", TASKS[1], *common, "--metrics-out", str(tmp_path / "m.json")]
     assert cli.main(argv) == 0

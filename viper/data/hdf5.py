@@ -114,25 +114,41 @@ def _task(f: h5py.File, path: Path) -> str:
     return task
 
 
-def import_task(path: str | Path, store: VideoStore, task: str | None = None) -> str:
-    """Import an exported task group into ``store`` (replacing that task); returns the task name."""
-    path = Path(path)
+def _open(path: Path) -> h5py.File:
     if not path.is_file():
         raise ViperError(f"{path}: HDF5 file not found")
     try:
-        f = h5py.File(path, "r")
+        return h5py.File(path, "r")
     except OSError as exc:
         raise ViperError(f"{path}: not a readable HDF5 file ({exc})") from exc
-    with f:
+
+
+def task_of(path: str | Path) -> str:
+    """The task an exported HDF5 file holds (its ``task`` attribute, checked), e.g. to pick the suite's store."""
+    with _open(Path(path)) as f:
+        return _task(f, Path(path))
+
+
+def import_task(path: str | Path, store: VideoStore, task: str | None = None) -> str:
+    """Import an exported task group into ``store`` (replacing that task); returns the task name."""
+    path = Path(path)
+    with _open(path) as f:
         stored, ends, split, _ = _check(f, path)
         if task is not None and task != stored:
             raise ViperError(f"{path}: holds task {stored!r}, not {task!r}")
+        suite = stored.split("/", 1)[0]
+        others = sorted(t for t in store.tasks if t.split("/", 1)[0] != suite)
+        if others:
+            raise ViperError(f"{path}: holds {stored}, but {store.url} holds {others[0]}: a store keeps one suite")
         try:
             attrs = json.loads(f.attrs.get("group_attrs", "{}"))
         except (TypeError, ValueError) as exc:
             raise ViperError(f"{path}: attribute group_attrs is not a JSON object ({exc})") from exc
         if not isinstance(attrs, dict):
             raise ViperError(f"{path}: attribute group_attrs is not a JSON object, got {type(attrs).__name__}")
+        repeat = attrs.get("action_repeat")
+        if repeat is not None and (isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1):
+            raise ViperError(f"{path}: group_attrs action_repeat={repeat!r}; expected an integer >= 1 (or none)")
         keep = {k: attrs[k] for k in ("action_repeat", "source") if k in attrs}
         keep["source"] = {**keep.get("source", {}), "imported_from": str(path)}
         store.discard_staging(stored, IMPORTING)

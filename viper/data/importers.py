@@ -215,7 +215,10 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
             "or one task's HDF5 file as `viper export` writes it (schema: viper/data/hdf5.py; README: 'Your own "
             "expert videos'); the imported tasks replace those in the store",
         )
-        parser.add_argument("--manifest", help="sha256sum-format manifest that every imported file must match")
+        parser.add_argument(
+            "--manifest",
+            help="sha256sum-format manifest that every imported file must match (an HDF5 file: listed by its name)",
+        )
         parser.add_argument("--task", action="append", help="import only this task (repeatable; full name)")
     else:
         parser.add_argument("--task", required=True, help="task to export (full name, e.g. dmc/cartpole_balance)")
@@ -225,15 +228,20 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, Any]:
     from viper.data import hdf5
 
-    url = args.store or str(paths.store(cfg.data_dir, cfg.collect.suite))
+    source = Path(args.source) if command == "import" else None
+    h5 = source is not None and source.suffix in (".h5", ".hdf5")
+    # An HDF5 file names its task: without --store it goes to its own suite's store (not collect.suite's).
+    suite = hdf5.task_of(source).split("/", 1)[0] if h5 else cfg.collect.suite
+    url = args.store or str(paths.store(cfg.data_dir, suite))
     if command == "export":
         info = hdf5.export_task(open_store(url), args.task, args.output)
         print(f"wrote {args.output}: {info['episodes']} episodes, {info['frames']} frames of {args.task}")
         return info
+    if h5 and args.manifest:
+        verify(source.parent, [source], read_manifest(args.manifest))  # the file, listed by its name
     store = open_store(url, "a", chunk_frames=cfg.collect.chunk_frames, shard_frames=cfg.collect.shard_frames)
     before = {task: store.task(task).num_episodes for task in store.tasks}
-    source = Path(args.source)
-    if source.suffix in (".h5", ".hdf5"):
+    if h5:
         task = hdf5.import_task(source, store, task=(args.task or [None])[0])
         summary = {task: store.task(task).num_episodes}
     else:
