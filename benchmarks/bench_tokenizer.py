@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from viper import config
+from viper import config, runtime
 from viper.models.vqgan import Tokenizer
 from viper.train import common
 from viper.train.tokenizer import TokenizerTrainer
@@ -49,7 +49,7 @@ def time_encoding(preset: str, overrides: list[str], frames_n: int) -> float:
     cfg = config.load(preset, overrides, params_path=None).tokenizer
     from viper.models.vqgan import VQGAN
 
-    device = common.select_device()
+    device = runtime.resolve_device("auto", "device")
     tok = Tokenizer(VQGAN.from_config(cfg), "bench", device, batch_size=cfg.tokenize_batch_frames)
     frames = torch.randint(0, 256, (frames_n, 64, 64, 3), dtype=torch.uint8)
     tok.encode(frames[: min(64, frames_n)])

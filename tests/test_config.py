@@ -110,6 +110,16 @@ def test_unknown_key_in_params_file_names_the_file(tmp_path):
         ("agent.discount_horizon=0.5", "agent.discount_horizon=0.5: expected float > 1"),
         ("agent.discount_horizon=1", "agent.discount_horizon=1.0: expected float > 1"),
         ("agent.disag_models=1", "agent.disag_models=1: expected int >= 2"),
+        # Devices are named as torch does (a bad name was a raw torch error mid-stage), and settings that do
+        # not fit together are refused on load too.
+        ("agent.device=gpu", "agent.device='gpu': expected str (auto, cpu, cuda or cuda:<i>)"),
+        ("reward.device=cuda:x", "reward.device='cuda:x': expected str (auto, cpu, cuda or cuda:<i>)"),
+        ("prior.heads=3", "prior.heads=3 must divide prior.d_model=32 (each head gets d_model / heads)"),
+        (
+            "tokenizer.channel_mult=[]",
+            "tokenizer.channel_mult=[]: expected 1 to 7 entries (64x64 frames halve len - 1 times to the token grid, "
+            "e.g. [1, 2, 2, 2] -> 8x8)",
+        ),
         ("collect.test_fraction=1.5", "collect.test_fraction=1.5: expected float in [0, 1]"),
         ("collect.keep_return_percentile=101", "collect.keep_return_percentile=101.0: expected float in [0, 100]"),
         ("tokenizer.channel_mult=[1, 0]", "tokenizer.channel_mult[1]=0: expected int >= 1"),

@@ -123,3 +123,20 @@ def test_make_keeps_runtime_values_the_environment_already_has():
     env = {**environ, "PREFECT_HOME": "/elsewhere", "GLIBC_TUNABLES": "", "MUJOCO_GL": "osmesa"}
     mine = subprocess.run(["make", "-s", "--eval", show, "show"], cwd=root, env=env, capture_output=True, text=True)
     assert mine.stdout.strip() == "/elsewhere||osmesa", mine.stderr
+
+
+def test_device_settings_resolve_or_name_the_setting():
+    """Every device setting goes through one resolver: a bad name or a missing CUDA is an error naming the key
+    (it was a raw torch error, or an assertion deep in torch)."""
+    import torch
+
+    from viper.errors import ViperError
+
+    assert runtime.resolve_device("cpu", "agent.device") == torch.device("cpu")
+    expected = torch.device("cuda:1") if torch.cuda.is_available() else torch.device("cpu")
+    assert runtime.resolve_device("auto", "device", local_rank=1) == expected
+    with pytest.raises(ViperError, match=r"reward.device='gpu': expected auto, cpu, cuda or cuda:<i>"):
+        runtime.resolve_device("gpu", "reward.device")
+    if not torch.cuda.is_available():
+        with pytest.raises(ViperError, match=r"--device='cuda': CUDA is not available on this machine"):
+            runtime.resolve_device("cuda", "--device")

@@ -34,6 +34,7 @@ from viper.sections import (
     AgentConfig,
     CollectConfig,
     EvaluateConfig,
+    Matches,
     PriorConfig,
     Range,
     RewardConfig,
@@ -164,7 +165,22 @@ def build(tree: dict[str, Any]) -> Config:
     for name, cls in SECTION_TYPES.items():
         sections[name] = _build_section(cls, name, tree.get(name, {}))
     top = {k: _check(f"{k}", tree[k], str) for k in TOP_LEVEL_KEYS if k in tree}
+    _check_together(sections)
     return Config(**top, **sections)
+
+
+def _check_together(sections: dict[str, Any]) -> None:
+    """Settings valid one by one that do not fit together, refused on load (they failed mid-stage)."""
+    prior, tokenizer = sections["prior"], sections["tokenizer"]
+    if prior.d_model % prior.heads:
+        raise ConfigError(
+            f"prior.heads={prior.heads} must divide prior.d_model={prior.d_model} (each head gets d_model / heads)"
+        )
+    if not 1 <= len(tokenizer.channel_mult) <= 7:
+        raise ConfigError(
+            f"tokenizer.channel_mult={list(tokenizer.channel_mult)}: expected 1 to 7 entries (64x64 frames halve "
+            "len - 1 times to the token grid, e.g. [1, 2, 2, 2] -> 8x8)"
+        )
 
 
 def override(cfg: Config, section: str, **values: Any) -> Config:
@@ -244,7 +260,7 @@ def _type_name(tp: Any) -> str:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
     if typing.get_origin(tp) is typing.Annotated:
         base, *extras = typing.get_args(tp)
-        return " ".join([_type_name(base), *(str(e) for e in extras if isinstance(e, Range))])
+        return " ".join([_type_name(base), *(str(e) for e in extras if isinstance(e, (Range, Matches)))])
     return getattr(tp, "__name__", str(tp))
 
 
@@ -263,6 +279,9 @@ def _check(key: str, value: Any, tp: Any) -> Any:
         value = _check(key, value, base)
         for bounds in (e for e in extras if isinstance(e, Range)):
             if not bounds.holds(value):
+                raise ConfigError(f"{key}={value!r}: expected {_type_name(tp)}")
+        for form in (e for e in extras if isinstance(e, Matches)):
+            if re.fullmatch(form.pattern, value) is None:
                 raise ConfigError(f"{key}={value!r}: expected {_type_name(tp)}")
         return value
     if typing.get_origin(tp) is tuple:

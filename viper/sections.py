@@ -64,6 +64,19 @@ class Range:
         return f"{'>' if self.above else '>='} {self.low}"
 
 
+@dataclass(frozen=True)
+class Matches:
+    """The form of a string field (a regular expression the whole value must match), checked on load."""
+
+    pattern: str
+    meaning: str
+
+    def __str__(self) -> str:
+        return f"({self.meaning})"
+
+
+Device = Annotated[str, Matches(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:<i>")]
+"""A torch device setting (``viper.runtime.resolve_device`` turns it into a device)."""
 Count = Annotated[int, Range(1)]
 """A size, a count or an interval: at least 1."""
 Fraction = Annotated[float, Range(0, 1)]
@@ -260,7 +273,7 @@ class RewardConfig:
     one), ``best`` (lowest EMA eval NLL)."""
     weights: Literal["ema", "raw"] = "ema"
     """Prior weights that score: ``ema`` (published) or ``raw`` (trained weights; short runs with a lagging EMA)."""
-    device: str = "auto"
+    device: Device = "auto"
     """``auto`` (CUDA if present), ``cpu`` or ``cuda[:i]``."""
     bf16: bool = True
     """bf16 autocast on CUDA (ignored on CPU)."""
@@ -371,7 +384,7 @@ class AgentConfig:
     runs with ``capturable=True`` and autocast without its weight cache. Combines with ``compile`` (default mode),
     not with ``compile_mode=reduce-overhead``. On an H100 at size S: 20.3 updates/s against 3.1 eager
     (benchmarks/results/gpu.md); a capture that fails warns and stays eager. ``false`` runs every update eagerly."""
-    device: str = "auto"
+    device: Device = "auto"
     """``auto`` (CUDA if present), ``cpu`` or ``cuda[:i]``."""
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from viper import runtime
 from viper.agent.agent import Agent
 from viper.agent.divergence import Diverged, divergence_advice, nonfinite_modules, nonfinite_weights
 from viper.agent.driver import EnvPool
@@ -39,12 +40,6 @@ from viper.checkpoint import Checkpointer, StopSignals, rng_state, set_rng_state
 from viper.config import AgentConfig, Config
 from viper.errors import Stopped, ViperError
 from viper.metrics import Logger, write_json
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def replay_spec(image_shape: tuple[int, ...], action_dim: int, reward_name: str) -> dict[str, tuple]:
@@ -87,7 +82,7 @@ def run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[s
     acfg = cfg.agent
     source = make_reward_source(reward, cfg, task)
     out_dir = Path(out_dir)
-    device = resolve_device(acfg.device)
+    device = runtime.resolve_device(acfg.device, "agent.device")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -25,6 +25,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from viper import runtime
 from viper.checkpoint import file_sha256
 from viper.config import RewardConfig
 from viper.errors import ViperError
@@ -61,15 +62,6 @@ MODES: dict[str, Callable[[VideoGPT, torch.Tensor, torch.Tensor | None], torch.T
 }
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else as given (``cpu``, ``cuda:1``)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ViperError(f"reward.device={name!r}: CUDA is not available on this machine (use auto or cpu)")
-    return torch.device(name)
-
-
 class VideoReward:
     """Per-step VIPER rewards from a tokenizer and a prior trained on that tokenizer's tokens."""
 
@@ -94,7 +86,7 @@ class VideoReward:
         """Load a tokenizer run and a prior run (``reward_cfg.checkpoint``: latest or best) on the device."""
         from viper.models.vqgan import load_tokenizer
 
-        device = resolve_device(reward_cfg.device)
+        device = runtime.resolve_device(reward_cfg.device, "reward.device")
         tokenizer = load_tokenizer(Path(tokenizer_dir), device=str(device))
         prior = load_prior(prior_dir, reward_cfg.checkpoint, device, reward_cfg.weights)
         return cls(tokenizer, prior, reward_cfg)

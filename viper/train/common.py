@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from viper import runtime
 from viper.checkpoint import rng_state, set_rng_state
 from viper.errors import ViperError
 
@@ -53,19 +54,12 @@ class DistContext:
         return self.world_size > 1
 
 
-def select_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` -> ``cuda:<local_rank>`` when CUDA is present, else CPU; ``cpu`` / ``cuda[:i]`` as given."""
-    if preference == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(preference)
-
-
 def setup_distributed(device: str = "auto") -> DistContext:
     """Join torchrun's process group (NCCL on CUDA, gloo on CPU) when ``WORLD_SIZE > 1``; else one process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = select_device(device, local_rank)
+    dev = runtime.resolve_device(device, "device", local_rank)
     owns = False
     if world > 1 and not dist.is_initialized():
         if dev.type == "cuda":

@@ -16,11 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from viper import paths
+from viper import paths, runtime
 from viper.config import Config
 from viper.errors import ViperError
 from viper.models.vqgan import Tokenizer, load_tokenizer
-from viper.train import common
 
 READ_BLOCK_FRAMES = 4096
 """Frames read from the store per call (many chunks per zarr call; bounded memory)."""
@@ -71,7 +70,9 @@ def run(cfg: Config, suite: str | None = None, device: str = "auto") -> dict[str
     store_path = paths.store(cfg.data_dir, suite)
     if not store_path.exists():
         raise ViperError(f"video store {store_path} not found; run `viper collect` first")
-    tokenizer = load_tokenizer(paths.tokenizer_dir(cfg.data_dir, suite), common.select_device(device), cfg.tokenizer)
+    tokenizer = load_tokenizer(
+        paths.tokenizer_dir(cfg.data_dir, suite), runtime.resolve_device(device, "--device"), cfg.tokenizer
+    )
     tokenizer.batch_size = cfg.tokenizer.tokenize_batch_frames
     if tokenizer.codebook_size > np.iinfo(np.int16).max + 1:
         raise ViperError(f"tokenizer.codebook_size={tokenizer.codebook_size} does not fit int16 tokens")
