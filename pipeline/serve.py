@@ -15,12 +15,27 @@ from prefect import serve
 
 from pipeline.flows import collect_videos, reproduce, train_agents
 from pipeline.runners import RUNNERS, make_runner
+from viper.errors import ViperError
 
 
-def deployments(project_dir: str, cron: str, preset: str, runner: str = "local", workers: int = 2) -> list:
-    """The deployments this project serves (the reproduce flow on ``cron``; fan-out flows on demand)."""
+def deployments(
+    project_dir: str, cron: str, preset: str, runner: str = "local", workers: int = 2, address: str | None = None
+) -> list:
+    """The deployments this project serves (the reproduce flow on ``cron``; fan-out flows on demand); the preset
+    and the cron expression are checked first (a ViperError names them)."""
+    from prefect.client.schemas.schedules import CronSchedule
+
+    from viper import config
+
+    config.load(preset, params_path=None)  # an unknown preset: a ConfigError naming the known ones
+    try:
+        CronSchedule(cron=cron)
+    except ValueError:  # pydantic's validation error
+        raise ViperError(
+            f"--cron {cron!r}: not a cron expression (five fields, e.g. '0 3 * * *': daily at 03:00)"
+        ) from None
     project_dir = str(Path(project_dir).resolve())
-    fan_out = make_runner(runner, workers)
+    fan_out = make_runner(runner, workers, address)
     return [
         reproduce.to_deployment(
             name="reproduce",
@@ -41,7 +56,7 @@ def deployments(project_dir: str, cron: str, preset: str, runner: str = "local",
             },
             description="train one agent per (task, seed) in parallel",
         ),
-        collect_videos.with_options(task_runner=make_runner(runner, workers)).to_deployment(
+        collect_videos.with_options(task_runner=make_runner(runner, workers, address)).to_deployment(
             name="collect-videos",
             parameters={"tasks": ["dmc/cartpole_balance"], "preset": preset, "project_dir": project_dir},
             description="collect expert videos for a task selection in parallel",
@@ -58,8 +73,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="demo", help="default preset parameter (default: %(default)s)")
     parser.add_argument("--runner", default="local", choices=RUNNERS, help="task runner for fan-out flows")
     parser.add_argument("--workers", type=int, default=2, help="parallel stage processes (default: %(default)s)")
+    parser.add_argument(
+        "--address", help="with --runner dask or ray: the cluster's scheduler address (default: start a local cluster)"
+    )
     args = parser.parse_args(argv)
-    serve(*deployments(args.project_dir, args.cron, args.preset, args.runner, args.workers))
+    try:
+        served = deployments(args.project_dir, args.cron, args.preset, args.runner, args.workers, args.address)
+    except ViperError as exc:
+        parser.error(str(exc))
+    serve(*served)
 
 
 if __name__ == "__main__":

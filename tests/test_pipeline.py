@@ -265,3 +265,15 @@ def test_served_deployment_runs_when_triggered_through_the_api(project, tmp_path
             if proc is not None:
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(timeout=30)
+
+
+def test_serve_refuses_an_unknown_preset_or_cron_before_registering(capsys):
+    """`python -m pipeline.serve` used to register an unknown preset, and a bad --cron was a pydantic traceback."""
+    from pipeline import serve
+
+    with pytest.raises(SystemExit) as exit_:
+        serve.main(["--preset", "nosuch"])
+    assert exit_.value.code == 2 and "unknown preset 'nosuch'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        serve.main(["--preset", "tiny", "--cron", "bad cron"])
+    assert exit_.value.code == 2 and "--cron 'bad cron': not a cron expression" in capsys.readouterr().err
