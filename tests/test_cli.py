@@ -105,3 +105,8 @@ def test_metrics_out_directory_is_refused_before_the_stage_runs(tmp_path, capsys
     code = main(["collect", "--preset", "tiny", "-S", f"data_dir={tmp_path}", "--metrics-out", str(tmp_path)])
     assert code == 2 and "--metrics-out" in capsys.readouterr().err
     assert not (tmp_path / "videos").exists()
+
+
+def test_a_negative_seed_flag_is_refused_naming_it(tmp_path, capsys):
+    code = main(["train-agent", "--preset", "tiny", "--seed", "-1", "-S", f"data_dir={tmp_path}"])
+    assert code == 2 and "--seed -1: expected an int >= 0" in capsys.readouterr().err

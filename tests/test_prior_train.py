@@ -183,6 +183,10 @@ def test_score_command_prints_a_summary_and_plots_the_curve(data_dir, tmp_path, 
     assert summary["score/scored_steps"] == 6 and np.isfinite(summary["score/mean"])
     assert cli.main(["score", str(episode), "--task", "dmc/walker_walk", *common]) == 2
     assert "not in the prior's task map" in capsys.readouterr().err
+    assert cli.main(["score", str(episode), "--task", "cartpole_swingup", *common]) == 2  # no suite
+    assert "unknown task 'cartpole_swingup': expected '<suite>/<task>'" in capsys.readouterr().err
+    assert cli.main(["score", str(episode), "--task", TASKS[1], "--output", str(tmp_path), *common]) == 2
+    assert "is a directory; expected the PNG file" in capsys.readouterr().err
     # Too short for one window: it says why nothing was scored.
     np.savez_compressed(tmp_path / "short.npz", arr_0=square_video(2, offset=5))
     assert cli.main(["score", str(tmp_path / "short.npz"), "--task", TASKS[1], *common]) == 0

@@ -172,6 +172,13 @@ def build(tree: dict[str, Any]) -> Config:
 def _check_together(sections: dict[str, Any]) -> None:
     """Settings valid one by one that do not fit together, refused on load (they failed mid-stage)."""
     prior, tokenizer = sections["prior"], sections["tokenizer"]
+    for key, values in (
+        ("collect.tasks", sections["collect"].tasks),
+        ("agent.tasks", sections["agent"].tasks),
+        ("agent.seeds", sections["agent"].seeds),
+    ):
+        if not values:
+            raise ConfigError(f"{key}=[]: expected at least one entry (an empty list ran nothing, silently)")
     if prior.d_model % prior.heads:
         raise ConfigError(
             f"prior.heads={prior.heads} must divide prior.d_model={prior.d_model} (each head gets d_model / heads)"
@@ -264,8 +271,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _check(key: str, value: Any, tp: Any) -> Any:
-    """Return ``value`` converted to ``tp`` or raise ``ConfigError`` naming the key and expectation."""
+def _check(key: str, value: Any, tp: Any, bounded: bool = False) -> Any:
+    """Return ``value`` converted to ``tp`` or raise ``ConfigError`` naming the key and expectation. Numbers are
+    never negative unless ``bounded`` (an annotated ``Range`` states the bounds instead)."""
 
     def fail() -> typing.NoReturn:
         raise ConfigError(f"{key}={value!r}: expected {_type_name(tp)}, got {type(value).__name__}")
@@ -276,7 +284,7 @@ def _check(key: str, value: Any, tp: Any) -> Any:
         return value
     if typing.get_origin(tp) is typing.Annotated:
         base, *extras = typing.get_args(tp)
-        value = _check(key, value, base)
+        value = _check(key, value, base, bounded=any(isinstance(e, Range) for e in extras))
         for bounds in (e for e in extras if isinstance(e, Range)):
             if not bounds.holds(value):
                 raise ConfigError(f"{key}={value!r}: expected {_type_name(tp)}")
@@ -297,7 +305,7 @@ def _check(key: str, value: Any, tp: Any) -> Any:
         value = _scientific(value) if tp is float else value
         if isinstance(value, bool) or not isinstance(value, (int, float) if tp is float else int):
             fail()
-        if not value >= 0:  # NaN too
+        if value != value or (not bounded and value < 0):  # NaN never passes
             raise ConfigError(f"{key}={value!r}: expected {_type_name(tp)} >= 0")
         return tp(value)
     if tp is str:

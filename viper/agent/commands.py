@@ -12,11 +12,18 @@ from viper.agent.rewards import check_reward
 from viper.agent.train import run
 from viper.config import Config
 from viper.envs.suites import check_task
+from viper.errors import ViperError
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("--task", help="task, e.g. dmc/cartpole_balance (default: every agent.tasks entry)")
-    parser.add_argument("--seed", type=int, help="seed (default: every agent.seeds entry; expert: the first)")
+    if command == "expert":
+        parser.add_argument(
+            "--task", help="task, e.g. dmc/walker_walk (default: every collect.tasks entry without a scripted expert)"
+        )
+        parser.add_argument("--seed", type=int, help="seed (default: the first agent.seeds entry)")
+    else:
+        parser.add_argument("--task", help="task, e.g. dmc/cartpole_balance (default: every agent.tasks entry)")
+        parser.add_argument("--seed", type=int, help="seed (default: every agent.seeds entry)")
     if command == "train-agent":
         parser.add_argument("--reward", choices=("task", "viper"), help="reward source (default: agent.reward)")
 
@@ -50,6 +57,8 @@ def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, Any]:
     check_reward(reward)
     if args.task:
         check_task(args.task)  # a short name would otherwise be read as a suite (and name a missing reward model)
+    if args.seed is not None and args.seed < 0:
+        raise ViperError(f"--seed {args.seed}: expected an int >= 0")
     if command == "expert":
         return train_experts(cfg, args)
     tasks = [args.task] if args.task else list(cfg.agent.tasks)  # agent.tasks were checked when the config loaded

@@ -103,6 +103,11 @@ def run(
     cfg: Config, source: str | Path, task: str, episode: int | None = None, output: Path | None = None
 ) -> tuple[dict[str, float], np.ndarray, Path]:
     """Score one episode with the suite's reward model: (summary, rewards float32 (T,), PNG path)."""
+    from viper.envs.suites import check_task
+
+    check_task(task)  # a short name would send the user after a reward model of a "suite" named like the task
+    if output is not None and Path(output).is_dir():
+        raise ViperError(f"--output {output}: is a directory; expected the PNG file to write")
     suite = task.split("/", 1)[0]
     frames, label = load_episode(source, task, episode)
     reward = VideoReward.load(
