@@ -149,7 +149,11 @@ def read_tokens(path: str | Path, task: str, expected_hash: str | None = None) -
     name = _name(task)
     if not location.has_group(name):
         known = ", ".join(token_tasks(path)) or "no tasks"
-        raise ViperError(f"{path}: no tokens for task {task!r} (the token store holds: {known}); run viper tokenize")
+        raise ViperError(
+            f"{path}: no tokens for task {task!r} (the token store holds: {known}); run `viper tokenize`, or, if the "
+            f"video store has no {task!r} either, name the tasks it holds with -S 'collect.tasks=[...]' (the prior "
+            "trains on collect.tasks)"
+        )
     group = zarr.open_group(store=location.zarr_store(read_only=True), path=name, mode="r")
     attrs = dict(group.attrs)
     if attrs.get("schema_version") != SCHEMA_VERSION or attrs.get("task") != task:
