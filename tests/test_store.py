@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from pathlib import Path
 
@@ -156,7 +157,7 @@ def test_bad_input_errors(tmp_path):
         store.task("dmc/walker_walk")
     # The folder above a suite's store (data/videos) names the stores it holds.
     parent = Path(store.url).parent
-    with pytest.raises(ViperError, match=rf"folder of stores \({Path(store.url).name}\): pass e.g. {parent}/"):
+    with pytest.raises(ViperError, match=rf"folder of stores: pass e.g. {parent}/{Path(store.url).name}"):
         open_store(parent).task(TASK)
     group = store.task(TASK)
     with pytest.raises(ViperError, match="episode 1 out of range.*1 episodes"):
@@ -245,6 +246,36 @@ def test_fast_local_reads_match_zarr(tmp_path):
     shard.write_bytes(bytes(data))
     with pytest.raises(ViperError, match="corrupt shard index"):
         open_store(tmp_path / "s.zarr").task(TASK).read_frames(16, 20)
+
+
+def test_damaged_or_wrong_stores_are_errors_naming_them(tmp_path):
+    """Flipped chunk bytes, a shard cut short, a deleted array, a token store, an empty folder: each a ViperError
+    naming the path and the way out (they were codec / OS / KeyError tracebacks, or "0 task(s)")."""
+    url = tmp_path / "dmc.zarr"
+    fill(url, n=3)
+    frames_dir = url / "cartpole_balance" / "frames" / "c"
+    shard = sorted(p for p in frames_dir.rglob("*") if p.is_file())[0]
+    data = bytearray(shard.read_bytes())
+    data[0:16] = bytes(16)  # the first chunk's compressed frame header (chunks come first, the index last)
+    shard.write_bytes(bytes(data))
+    group = open_store(url).task(TASK)
+    with pytest.raises(ViperError, match=r"cartpole_balance: (frames \[0, 8\)|chunk 0) cannot be read .* damaged"):
+        group.read_chunk(0) if group.fast_reads else group.read_frames(0, 8)
+    with pytest.raises(ViperError, match=r"cannot be read .*re-collect or re-import the task"):
+        group.read_episode(0)
+    shard.write_bytes(bytes(data[:20]))  # shorter than its index
+    with pytest.raises(ViperError, match="damaged|corrupt shard index"):
+        open_store(url).task(TASK).read_frames(0, 8)
+    shutil.rmtree(url / "cartpole_balance" / "episode_ends")
+    with pytest.raises(ViperError, match=r"cartpole_balance: damaged task group, 'episode_ends' is missing"):
+        open_store(url).task(TASK)
+    tokens = tmp_path / "tokens.zarr"
+    write_tokens(tokens, TASK, np.zeros((4, 2, 2), np.int16), np.array([4]), np.array([0]), "hash-a")
+    with pytest.raises(ViperError, match="kind 'viper-token-store'; expected a video store"):
+        open_store(tokens)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ViperError, match="empty: not a video store .* e.g. data/videos/dmc.zarr"):
+        open_store(tmp_path / "empty")
 
 
 def test_hidden_staging_groups_are_repaired_too(tmp_path):

@@ -105,7 +105,10 @@ class ShardedFrames:
             raw = os.pread(fd, nbytes, size - nbytes)
             if len(raw) != nbytes or google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
                 os.close(fd)
-                raise ViperError(f"{path}: corrupt shard index (checksum mismatch); the store needs repair")
+                raise ViperError(
+                    f"{path}: corrupt shard index (checksum mismatch); the store is damaged: re-collect or re-import "
+                    "the task (`viper collect --task T` / `viper import`)"
+                )
             index = np.frombuffer(raw[:-4], dtype="<u8").reshape(self.chunks_per_shard, 2)
             self._shards[s] = (fd, index)
         return self._shards[s]

@@ -26,6 +26,7 @@ so writers of other tasks may run beside it; one that opens it for every task mu
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -52,6 +53,19 @@ EPISODE_ARRAYS = {
 }
 FRAME_ARRAYS = ("frames", "actions", "rewards")
 INDEX_CHUNK = 4096
+
+
+DAMAGED = "re-collect or re-import the task (`viper collect --task T` / `viper import`) to replace it"
+
+
+@contextlib.contextmanager
+def _damage(where: str, what: str):
+    """A chunk that does not decode (flipped bytes) or a shard cut short: an error naming the group and the way
+    out, instead of the codec's or the OS's."""
+    try:
+        yield
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise ViperError(f"{where}: {what} cannot be read ({exc}); the store is damaged: {DAMAGED}") from exc
 
 
 def _now() -> str:
@@ -87,6 +101,12 @@ class TaskGroup:
         self._sync()
 
     def _sync(self) -> None:
+        try:
+            self._read_index()
+        except KeyError as exc:  # a deleted array or attribute
+            raise ViperError(f"{self.where}: damaged task group, {exc} is missing; {DAMAGED}") from None
+
+    def _read_index(self) -> None:
         attrs = dict(self._group.attrs)
         if attrs.get("schema_version") != SCHEMA_VERSION:
             raise ViperError(
@@ -148,7 +168,8 @@ class TaskGroup:
         """Frames ``[start, stop)`` of the concatenated array: uint8 (stop - start, 64, 64, 3)."""
         if not 0 <= start <= stop <= self.num_frames:
             raise ViperError(f"{self.where}: frames [{start}, {stop}) out of range (task has {self.num_frames} frames)")
-        return self._fast.read(start, stop) if self._fast is not None else self._frames[start:stop]
+        with _damage(self.where, f"frames [{start}, {stop})"):
+            return self._fast.read(start, stop) if self._fast is not None else self._frames[start:stop]
 
     @property
     def fast_reads(self) -> bool:
@@ -160,7 +181,8 @@ class TaskGroup:
         lo, hi = c * self.chunk_frames, min((c + 1) * self.chunk_frames, self.num_frames)
         if not 0 <= lo < hi:
             raise ViperError(f"{self.where}: chunk {c} out of range (task has {self.num_frames} frames)")
-        return self._fast.chunk(c)[: hi - lo] if self._fast is not None else self._frames[lo:hi]
+        with _damage(self.where, f"chunk {c}"):
+            return self._fast.chunk(c)[: hi - lo] if self._fast is not None else self._frames[lo:hi]
 
     def read_episode(self, i: int) -> dict[str, np.ndarray]:
         """``frames`` uint8 (L, 64, 64, 3) and, when stored, ``actions`` float32 (L, A), ``rewards`` (L,)."""
@@ -168,7 +190,8 @@ class TaskGroup:
         out = {"frames": self.read_frames(start, stop)}
         for key in ("actions", "rewards"):
             if key in self._group:
-                out[key] = self._group[key][start:stop]
+                with _damage(self.where, f"{key} [{start}, {stop})"):
+                    out[key] = self._group[key][start:stop]
         return out
 
     def episodes(self, split: str = "all") -> np.ndarray:
@@ -288,6 +311,10 @@ def _write_rows(arr: zarr.Array, start: int, rows: np.ndarray) -> None:
     arr[start:stop] = rows
 
 
+STORE_KIND = "viper-video-store"
+"""The ``kind`` attribute of a video store's root group (the token store's is ``viper-token-store``)."""
+
+
 class VideoStore:
     """A suite's store: ``open_store(url, mode)``; ``tasks`` lists committed task groups by full name."""
 
@@ -310,9 +337,22 @@ class VideoStore:
         self.shard_frames = shard_frames
         if mode == "r" and not self.location.exists():
             raise ViperError(f"no video store at {self.url} (create one with `viper collect` or `viper import`)")
+        root = self.location.read_json("zarr.json")
+        kind = None if root is None else root.get("attributes", {}).get("kind") if isinstance(root, dict) else "?"
+        if kind not in (None, STORE_KIND):
+            raise ViperError(f"{self.url}: its zarr.json says kind {kind!r}; expected a video store ({STORE_KIND!r})")
         self._zstore = self.location.zarr_store(read_only=mode == "r")
+        if mode == "r" and kind is None and not self.tasks:
+            # No root metadata (DVC may track only the task groups) and no task group: not a store at all.
+            stores = [c for c in self.location.children() if c.endswith(".zarr")]
+            hint = (
+                f"it is a folder of stores: pass e.g. {self.url}/{stores[0]}"
+                if stores
+                else ("stores are the folders `viper collect` / `viper import` write, e.g. data/videos/dmc.zarr")
+            )
+            raise ViperError(f"{self.url}: not a video store (no {STORE_KIND} zarr.json, no task groups); {hint}")
         if mode == "a":
-            self.location.ensure_root({"schema_version": SCHEMA_VERSION, "kind": "viper-video-store"})
+            self.location.ensure_root({"schema_version": SCHEMA_VERSION, "kind": STORE_KIND})
             only = None if task is None else _short(task)
             recover_swaps(self.location, only)
             # Hidden working groups (collect/import staging) are repaired too: they resume appending.
