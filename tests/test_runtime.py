@@ -65,7 +65,9 @@ def test_glibc_tunables_make_freed_tensors_reuse_their_memory():
     first, kept = _faults_per_tensor(GLIBC_TUNABLES=tunables)
     assert plain > 100, plain
     assert first > 20, first
-    assert kept < 10, (kept, plain)
+    # Mostly 0 faults, but on a busy VM a run sometimes refaults part of a tensor (12-69 of ~630 seen): the
+    # tunables' effect is the factor, not an absolute count.
+    assert kept * 5 < plain, (kept, plain)
 
 
 RESTART_PROBE = """
