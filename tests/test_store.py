@@ -157,8 +157,9 @@ def test_bad_input_errors(tmp_path):
         store.task("dmc/walker_walk")
     # The folder above a suite's store (data/videos) names the stores it holds.
     parent = Path(store.url).parent
-    with pytest.raises(ViperError, match=rf"folder of stores: pass e.g. {parent}/{Path(store.url).name}"):
-        open_store(parent).task(TASK)
+    for mode in ("r", "a"):  # neither read as an empty store nor made into one
+        with pytest.raises(ViperError, match=rf"a folder of stores \(dmc.zarr\), not a store: pass e.g. {parent}/"):
+            open_store(parent, mode)
     group = store.task(TASK)
     with pytest.raises(ViperError, match="episode 1 out of range.*1 episodes"):
         group.episode_range(1)
@@ -276,6 +277,22 @@ def test_damaged_or_wrong_stores_are_errors_naming_them(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ViperError, match="empty: not a video store .* e.g. data/videos/dmc.zarr"):
         open_store(tmp_path / "empty")
+
+
+def test_only_damage_reads_as_damage():
+    """A read error that says nothing about the stored bytes (too many open files, a remote timeout) passes
+    unchanged: "the store is damaged, re-collect" would send users to throw away intact data."""
+    import errno
+
+    from viper.data.store import _damage
+
+    for error in (OSError(errno.EMFILE, "Too many open files"), TimeoutError("read timed out")):
+        with pytest.raises(type(error)), _damage("s.zarr/t", "chunk 0"):
+            raise error
+    for error in (OSError(errno.EINVAL, "Invalid argument"), RuntimeError("Zstd decompression error")):
+        damaged = pytest.raises(ViperError, match="s.zarr/t: chunk 0 cannot be read .*`dvc checkout` restores")
+        with damaged, _damage("s.zarr/t", "chunk 0"):
+            raise error
 
 
 def test_hidden_staging_groups_are_repaired_too(tmp_path):

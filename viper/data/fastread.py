@@ -25,6 +25,12 @@ from numcodecs.zstd import Zstd
 
 from viper.errors import ViperError
 
+DAMAGED = (
+    "the store is damaged: `dvc checkout` restores a DVC-tracked store; otherwise re-collect or re-import the task "
+    "(`viper collect --task T` / `viper import`)"
+)
+"""What a read of damaged stored bytes tells the user to do."""
+
 _EMPTY = np.iinfo(np.uint64).max
 _EXPECTED_INNER = [{"name": "bytes"}, {"name": "zstd"}]
 _EXPECTED_INDEX = [{"name": "bytes"}, {"name": "crc32c"}]
@@ -105,10 +111,7 @@ class ShardedFrames:
             raw = os.pread(fd, nbytes, size - nbytes)
             if len(raw) != nbytes or google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
                 os.close(fd)
-                raise ViperError(
-                    f"{path}: corrupt shard index (checksum mismatch); the store is damaged: re-collect or re-import "
-                    "the task (`viper collect --task T` / `viper import`)"
-                )
+                raise ViperError(f"{path}: corrupt shard index (checksum mismatch); {DAMAGED}")
             index = np.frombuffer(raw[:-4], dtype="<u8").reshape(self.chunks_per_shard, 2)
             self._shards[s] = (fd, index)
         return self._shards[s]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import hashlib
 import json
 import uuid
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from viper.data.fastread import ShardedFrames
+from viper.data.fastread import DAMAGED, ShardedFrames
 from viper.data.location import Location, belongs, hidden, promote, recover_swaps
 from viper.errors import ViperError
 
@@ -55,17 +56,19 @@ FRAME_ARRAYS = ("frames", "actions", "rewards")
 INDEX_CHUNK = 4096
 
 
-DAMAGED = "re-collect or re-import the task (`viper collect --task T` / `viper import`) to replace it"
-
-
 @contextlib.contextmanager
 def _damage(where: str, what: str):
-    """A chunk that does not decode (flipped bytes) or a shard cut short: an error naming the group and the way
-    out, instead of the codec's or the OS's."""
+    """Stored bytes that do not decode (flipped bytes: the codec's RuntimeError or ValueError) or a shard cut short
+    (a read at a negative offset: EINVAL) become an error naming the group and the way out. Other OS errors (too
+    many open files, timeouts of a remote store) pass unchanged: they say nothing about the stored data."""
     try:
         yield
-    except (RuntimeError, OSError, ValueError) as exc:
-        raise ViperError(f"{where}: {what} cannot be read ({exc}); the store is damaged: {DAMAGED}") from exc
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        raise ViperError(f"{where}: {what} cannot be read ({exc}); {DAMAGED}") from exc
+    except (RuntimeError, ValueError) as exc:
+        raise ViperError(f"{where}: {what} cannot be read ({exc}); {DAMAGED}") from exc
 
 
 def _now() -> str:
@@ -342,15 +345,17 @@ class VideoStore:
         if kind not in (None, STORE_KIND):
             raise ViperError(f"{self.url}: its zarr.json says kind {kind!r}; expected a video store ({STORE_KIND!r})")
         self._zstore = self.location.zarr_store(read_only=mode == "r")
-        if mode == "r" and kind is None and not self.tasks:
-            # No root metadata (DVC may track only the task groups) and no task group: not a store at all.
+        if kind is None and not self.tasks:
+            # No root metadata (DVC may track only the task groups) and no task group: not a store (yet).
             stores = [c for c in self.location.children() if c.endswith(".zarr")]
-            hint = (
-                f"it is a folder of stores: pass e.g. {self.url}/{stores[0]}"
-                if stores
-                else ("stores are the folders `viper collect` / `viper import` write, e.g. data/videos/dmc.zarr")
-            )
-            raise ViperError(f"{self.url}: not a video store (no {STORE_KIND} zarr.json, no task groups); {hint}")
+            if stores:  # the folder above the stores (e.g. data/videos): not made into a store by a writer either
+                held, first = ", ".join(stores), f"{self.url}/{stores[0]}"
+                raise ViperError(f"{self.url}: a folder of stores ({held}), not a store: pass e.g. {first}")
+            if mode == "r":
+                raise ViperError(
+                    f"{self.url}: not a video store (no {STORE_KIND} zarr.json, no task groups); stores are the "
+                    "folders `viper collect` / `viper import` write, e.g. data/videos/dmc.zarr"
+                )
         if mode == "a":
             self.location.ensure_root({"schema_version": SCHEMA_VERSION, "kind": STORE_KIND})
             only = None if task is None else _short(task)
@@ -387,12 +392,8 @@ class VideoStore:
         """The group of ``task`` (full name, or the group name without the suite prefix)."""
         name = _short(task)
         if name.startswith(".") or not self.location.has_group(name):
-            held = ", ".join(self.tasks)
-            stores = [c for c in self.location.children() if c.endswith(".zarr")]
-            if not held and stores:
-                # The folder above the stores (e.g. data/videos) was given instead of a suite's store.
-                held = f"no tasks; it is a folder of stores ({', '.join(stores)}): pass e.g. {self.url}/{stores[0]}"
-            raise ViperError(f"{self.url}: unknown task {task!r}; the store holds: {held or 'no tasks'}")
+            held = ", ".join(self.tasks) or "no tasks"
+            raise ViperError(f"{self.url}: unknown task {task!r}; the store holds: {held}")
         group = self._open(name)
         if "/" in task and group.task != task:
             raise ViperError(f"{self.url}/{name}: holds task {group.task!r}, not {task!r}")
