@@ -247,7 +247,7 @@ def hang_once(job):
 
 
 def test_a_hung_worker_is_killed_and_its_episodes_retried(tmp_path, monkeypatch, capsys):
-    """No rollout finished for collect.stall_timeout_s: the workers are killed, the unfinished episodes rolled
+    """No rollout finished for the stall limit: the workers are killed, the unfinished episodes rolled
     out again (a hung worker used to stall collect forever)."""
     monkeypatch.setenv("DIE_MARKERS", str(tmp_path))
     job = collect.RolloutJob(TASK, "expert", 0, 0, 2, 10, True)
@@ -255,7 +255,12 @@ def test_a_hung_worker_is_killed_and_its_episodes_retried(tmp_path, monkeypatch,
     start = time.monotonic()
     got = dict(collect._rollouts(jobs, workers=2, run=hang_once, retries=1, stall_s=4))
     assert sorted(got) == [0, 1, 3] and time.monotonic() - start < 120
-    assert "hung (no rollout finished in 4 s, collect.stall_timeout_s)" in capsys.readouterr().err
+    assert "hung (no rollout finished in 4 s, collect.stall_seconds_per_step)" in capsys.readouterr().err
+    # The limit bounds one episode: per agent step, at least 10 minutes, 0 off.
+    cfg = tiny(tmp_path).collect
+    assert collect.stall_limit(dataclasses.replace(cfg, episode_env_steps=27_000)) == 27_000
+    assert collect.stall_limit(dataclasses.replace(cfg, episode_env_steps=40)) == collect.MIN_STALL_S
+    assert collect.stall_limit(dataclasses.replace(cfg, stall_seconds_per_step=0.0)) == 0
 
 
 def _mount_tmpfs(path, size: str) -> None:

@@ -106,9 +106,10 @@ class CollectConfig:
     """Environment steps per agent action (DMC 2, Atari frame skip 4); recorded in the store."""
     workers: Count = 2
     """Parallel environment worker processes."""
-    stall_timeout_s: float = 1800.0
-    """With several workers: seconds without a finished rollout after which the workers are presumed hung, killed,
-    and their episodes rolled out again (twice at most; 0 waits forever). Long enough for one whole episode."""
+    stall_seconds_per_step: float = 1.0
+    """With several workers: after max(600 s, this x episode_env_steps) without a finished rollout (a bound on one
+    episode: 1 s per agent step is >= 10x a CPU policy's pace) the workers are presumed hung, killed, and their
+    episodes rolled out again (twice at most). 0 waits forever."""
     seed: int = 0
     """Base seed; episode i of task t is seeded deterministically from (seed, t, i)."""
     keep_return_percentile: Annotated[float, Range(0, 100)] = 90.0

@@ -111,6 +111,18 @@ WORKER_RETRIES = 2
 """Fresh pools a collection tries after a worker process died or hung, before giving up on the unfinished episodes."""
 
 
+MIN_STALL_S = 600.0
+"""The shortest stall limit, whatever the episode length (process start-up, a busy machine)."""
+
+
+def stall_limit(cfg: CollectConfig) -> float:
+    """Seconds without a finished rollout after which the workers are presumed hung; 0: never. Every episode
+    started at or after the last finish, so the gap between finishes is at most one episode's duration."""
+    if cfg.stall_seconds_per_step <= 0:
+        return 0.0
+    return max(MIN_STALL_S, cfg.stall_seconds_per_step * cfg.episode_env_steps)
+
+
 def _rollouts(
     jobs: list[RolloutJob],
     workers: int,
@@ -121,8 +133,8 @@ def _rollouts(
     """Yield ``(index, episode)`` as rollouts finish (any order); ``workers`` spawned processes.
 
     A worker that dies (a native crash in rendering, the OOM killer) breaks its pool; so does one that hangs:
-    when no rollout has finished for ``stall_s`` seconds (``collect.stall_timeout_s``; 0 waits forever) the
-    pool's processes are killed. The episodes not yet yielded are rolled out again in a fresh pool, up to
+    when no rollout has finished for ``stall_s`` seconds (``stall_limit``; 0 waits forever) the pool's
+    processes are killed. The episodes not yet yielded are rolled out again in a fresh pool, up to
     ``retries`` times (rollouts are seeded, so a retry gives the same episodes), then a ``ViperError`` names
     them. (``multiprocessing.Pool`` would wait forever for a dead worker's result instead.)
     """
@@ -138,7 +150,7 @@ def _rollouts(
             while waiting:
                 done, waiting = wait(waiting, timeout=stall_s or None, return_when=FIRST_COMPLETED)
                 if not done:
-                    what = f"hung (no rollout finished in {stall_s:g} s, collect.stall_timeout_s)"
+                    what = f"hung (no rollout finished in {stall_s:g} s, collect.stall_seconds_per_step)"
                     for process in list(getattr(pool, "_processes", {}).values()):
                         process.kill()  # the pool breaks: the wait below returns its futures at once
                     continue
@@ -222,7 +234,7 @@ def collect_task(
         if i not in done
     ]
     with tqdm(total=cfg.episodes_per_task, initial=len(done), desc=task, disable=not progress, unit="ep") as bar:
-        for index, ep in _rollouts(jobs, cfg.workers, stall_s=cfg.stall_timeout_s):
+        for index, ep in _rollouts(jobs, cfg.workers, stall_s=stall_limit(cfg)):
             staging.append(ep["frames"], ep["actions"], ep["rewards"], task_return=ep["task_return"], episode_id=index)
             bar.update(1)
             bar.set_postfix(ret=f"{ep['task_return']:.1f}")
