@@ -145,6 +145,21 @@ def test_chunked_rewards_equal_the_whole_episode_score(model):
     np.testing.assert_allclose(replay.data["density"][0, : replay.count[0]], full[k:], rtol=1e-5, atol=1e-3)
 
 
+def test_evaluation_returns_sum_the_steps_training_rewards(model):
+    """The evaluation VIPER return sums exactly the steps replay gets rewards for (context on, as released), and
+    a run's fingerprint records the context where it differs from the old window - 1 rule."""
+    rows = stream_of([30], seed=5)
+    frames = np.stack([r["image"] for r in rows])
+    source = ViperReward(model, TASK, 11)
+    agent_view = source.score_episode(frames)
+    full = model.score(frames[None], TASK)[0]
+    k = source.context_steps
+    assert np.isnan(agent_view[:k]).all() and np.array_equal(agent_view[k:], full[k:])
+    replay, _ = fill(model, [rows], chunk_steps=11)
+    np.testing.assert_allclose(replay.data["density"][0, : replay.count[0]], agent_view[k:], rtol=1e-5, atol=1e-3)
+    assert ("context_steps" in source.fingerprint()) == (k != model.window_frames - 1)
+
+
 def test_density_head_target_is_the_reward_models_score(model):
     rows = stream_of([40], seed=3)
     replay, source = fill(model, [rows], chunk_steps=16)

@@ -191,7 +191,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # An agent that learns on a laptop CPU (benchmarks/results/agent.md: dmc/cartpole_balance with the task reward
     # reaches 358-372 of 400 vs 184 for random actions after 4,000 agent steps, ~1.3 h on 2 cores). Not published:
     # 10x the published learning rates, size tiny, short sequences (16 x 16) and train ratio 512 (two updates per
-    # agent step), 200-step episodes. Combine with a data preset: demo,cpu_agent. With size XS these learning rates
+    # agent step), 200-step episodes. Combine with a data preset: demo,cpu_agent (its 16-step sequences leave
+    # too little after the 15 context steps of the published 16-step windows: not paper_dmc/paper_atari with
+    # --reward viper, unless -S agent.viper_batch_length=16). With size XS these learning rates
     # are too high (the posterior stays uniform): use cpu_agent_xs. With ``--reward viper`` at this budget the
     # exploration critic cancels most of the density critic's pull: -S agent.expl_weight=0 reached 0.72 of the
     # oracle's return against 0.42 at the published 1 (one seed each; benchmarks/results/agent_viper.md).

@@ -81,6 +81,7 @@ def run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[s
     """
     acfg = cfg.agent
     source = make_reward_source(reward, cfg, task)
+    sequence_length(acfg, source)  # a chunk that leaves one-step sequences is refused before any env starts
     out_dir = Path(out_dir)
     device = runtime.resolve_device(acfg.device, "agent.device")
     random.seed(seed)
@@ -278,11 +279,15 @@ def sequence_length(acfg: AgentConfig, source) -> int:
     if length < 2:
         # One-step sequences are all episode starts: the world model would learn no dynamics (and the
         # disagreement ensemble, which predicts the next step, would average over nothing).
+        origin = (
+            f"agent.viper_batch_length={acfg.viper_batch_length}"
+            if acfg.viper_batch_length
+            else f"relabel chunks of {source.chunk_steps} steps (agent.batch_length={acfg.batch_length}, at least "
+            f"context + 1) minus the reward model's {source.context_steps} context steps"
+        )
         raise ViperError(
-            f"reward viper: replayed sequences of {length} step(s) (agent.viper_batch_length="
-            f"{acfg.viper_batch_length}; 0 means agent.batch_length={acfg.batch_length} minus the reward model's "
-            f"{source.context_steps} context steps); they need >= 2 steps: raise agent.batch_length above "
-            f"{source.context_steps + 1} or set agent.viper_batch_length >= 2"
+            f"reward viper: replayed sequences of {length} step(s) ({origin}); they need >= 2 steps: raise "
+            f"agent.batch_length above {source.context_steps + 1} or set agent.viper_batch_length >= 2"
         )
     return length
 

@@ -45,8 +45,8 @@ def reward_model_dirs(cfg: Config, task: str) -> tuple[Path, Path]:
 class ViperReward:
     """``RewardSource`` of the VIPER reward for one task (see the module docstring).
 
-    ``model`` is a ``viper.reward.VideoReward`` (or anything with its ``score``, ``seq_len``, ``frame_skip``,
-    ``window_frames`` and ``task_id``); ``chunk_steps`` is raised to ``context + 1`` when smaller.
+    ``model`` is a ``viper.reward.VideoReward`` (or anything with its ``score``, ``agent_rewards``,
+    ``context_steps``, ``window_frames`` and ``task_id``); ``chunk_steps`` is raised to ``context + 1`` when smaller.
     """
 
     name = NAME
@@ -54,7 +54,7 @@ class ViperReward:
     def __init__(self, model, task: str, chunk_steps: int) -> None:
         model.task_id(task)  # an unknown task raises a ViperError naming the prior's tasks
         self.model, self.task = model, task
-        self.context_steps = int(model.seq_len) * int(model.frame_skip) - 1  # >= window_frames - 1
+        self.context_steps = int(model.context_steps)  # the released seq_len * frame_skip - 1
         self.chunk_steps = max(int(chunk_steps), self.context_steps + 1)
 
     def relabel(self, chunk: dict[str, np.ndarray]) -> np.ndarray:
@@ -68,8 +68,9 @@ class ViperReward:
         return list(scores[:, self.context_steps :].astype(np.float32))
 
     def score_episode(self, frames: np.ndarray) -> np.ndarray:
-        """Per-step rewards of one whole episode uint8 (T, 64, 64, 3) -> float32 (T,), NaN before a full window."""
-        return self.model.score(frames[None], self.task)[0]
+        """Per-step rewards of one whole episode uint8 (T, 64, 64, 3) -> float32 (T,), NaN for the context steps
+        (as replay has them: the evaluation VIPER return sums the steps training rewards)."""
+        return self.model.agent_rewards(frames, self.task)
 
     def fingerprint(self) -> dict[str, str | int]:
         """What identifies the reward values: the prior checkpoint, its tokenizer and the reward definition."""
@@ -81,6 +82,10 @@ class ViperReward:
             "mode": str(getattr(model, "mode", "")),
             "window_frames": int(model.window_frames),
         }
+        # Recorded only where the released context differs from the old window - 1 ((8, 2) and (4, 4) priors),
+        # so that runs whose rewards did not change keep resuming.
+        if self.context_steps != int(model.window_frames) - 1:
+            fp["context_steps"] = self.context_steps
         # state.pt holds both the EMA and the raw weights, so the file hash does not tell them apart. Recorded
         # only when not the published ``ema``, so that existing checkpoints keep resuming.
         weights = str(getattr(getattr(model, "cfg", None), "weights", "ema"))

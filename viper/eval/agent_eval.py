@@ -76,8 +76,8 @@ def evaluate_policy(
         task_returns.append(float(result.task_return))
         rewards = np.full(len(result.frames), np.nan, np.float32)
         if reward_model is not None and task in reward_model.tasks:
-            rewards = reward_model.score(result.frames[None], task)[0]
-            if np.isfinite(rewards).any():  # an episode shorter than one window has no VIPER return
+            rewards = reward_model.agent_rewards(result.frames, task)  # as the agent was rewarded
+            if np.isfinite(rewards).any():  # an episode no longer than the context has no VIPER return
                 viper_returns.append(float(np.nansum(rewards)))
         if episode < cfg.evaluate.video_episodes:
             write_gif(out_dir / f"episode{episode}.gif", reward_video(result.frames, rewards))

@@ -11,9 +11,9 @@ windows are batched through the prior. Two definitions (reference/viper-original
 Both sum over a frame's h*w tokens and are in nats, unscaled. Steps with fewer than a full window of history
 (t < window_frames - 1) get NaN: the published agent never inserts them into replay (its first 15 steps are
 context only), so there is no value to imitate and a made-up number would be silently wrong. The released
-code treats the first ``seq_len * frame_skip - 1`` steps as context (15 for every released pair); for
-frame_skip 1 that is the same step, for (4, 4) we score steps 12-14 as well, with the same frames
-(t-12, t-8, t-4, t) the released code would use from step 15 on.
+agent treats the first ``seq_len * frame_skip - 1`` steps as context (``context_steps``: 15 for every released
+pair); for frame_skip 1 that is the same step, for (4, 4) ``score`` also scores steps 12-14, which the agent's
+rewards (``agent_rewards``: replay, evaluation VIPER returns) leave out as released.
 """
 
 from __future__ import annotations
@@ -101,6 +101,19 @@ class VideoReward:
     def window_frames(self) -> int:
         """Raw env steps one window spans: ``1 + (seq_len - 1) * frame_skip``."""
         return 1 + (self.seq_len - 1) * self.frame_skip
+
+    @property
+    def context_steps(self) -> int:
+        """Leading steps of an episode the released agent treats as context, not reward: ``seq_len * frame_skip
+        - 1`` (15 for every released pair; >= ``window_frames - 1``, by 1 for (8, 2) and 3 for (4, 4))."""
+        return self.seq_len * self.frame_skip - 1
+
+    def agent_rewards(self, frames: np.ndarray, task: str) -> np.ndarray:
+        """An episode's rewards as the agent gets them: ``score`` of uint8 (T, 64, 64, 3) -> float32 (T,), NaN
+        for the first ``context_steps`` steps (the training replay's and every evaluation's VIPER return)."""
+        rewards = np.array(self.score(frames[None], task)[0], np.float32)
+        rewards[: self.context_steps] = np.nan
+        return rewards
 
     @property
     def tasks(self) -> tuple[str, ...]:
