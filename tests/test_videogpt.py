@@ -157,8 +157,12 @@ def test_logits_are_float32_under_bf16_autocast():
             logits = model.logits(hidden)
             under = model.frame_log_probs(tokens, ids)
         exact = model.head(hidden.float())
-    assert logits.dtype == torch.float32 and under.dtype == torch.float32
+    assert logits.dtype == torch.float32
     torch.testing.assert_close(logits, exact, rtol=1e-6, atol=1e-6)
+    # The rewards themselves: per-frame sums of float32 log-probabilities of the exact logits.
+    targets = tokens.reshape(2, -1, 1)
+    per_token = torch.log_softmax(exact, -1).gather(-1, targets)[..., 0]
+    torch.testing.assert_close(under, per_token.reshape(2, tokens.shape[1], -1).sum(-1), rtol=1e-6, atol=1e-5)
 
 
 def moving_square(frames: int, size: int = 3) -> torch.Tensor:
