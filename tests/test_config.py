@@ -107,14 +107,15 @@ def test_unknown_key_in_params_file_names_the_file(tmp_path):
         ("agent.model_lr=.nan", "agent.model_lr=nan: expected float >= 0"),
         ("prior.layers=0", "prior.layers=0: expected int >= 1"),
         ("prior.layers=-1", "prior.layers=-1: expected int >= 1"),  # the field's own bound, not ">= 0"
+        ("agent.discount_horizon=.nan", "agent.discount_horizon=nan: expected float > 1"),
         ("prior.picture_windows_per_task=0", "prior.picture_windows_per_task=0: expected int >= 1"),
         ("agent.discount_horizon=0.5", "agent.discount_horizon=0.5: expected float > 1"),
         ("agent.discount_horizon=1", "agent.discount_horizon=1.0: expected float > 1"),
         ("agent.disag_models=1", "agent.disag_models=1: expected int >= 2"),
         # Devices are named as torch does (a bad name was a raw torch error mid-stage), and settings that do
         # not fit together are refused on load too.
-        ("agent.device=gpu", "agent.device='gpu': expected str (auto, cpu, cuda or cuda:<i>)"),
-        ("reward.device=cuda:x", "reward.device='cuda:x': expected str (auto, cpu, cuda or cuda:<i>)"),
+        ("agent.device=gpu", "agent.device='gpu': expected str (auto, cpu, mps, cuda or cuda:<i>)"),
+        ("reward.device=cuda:x", "reward.device='cuda:x': expected str (auto, cpu, mps, cuda or cuda:<i>)"),
         ("prior.heads=3", "prior.heads=3 must divide prior.d_model=32 (each head gets d_model / heads)"),
         ("agent.seeds=[]", "agent.seeds=[]: expected at least one entry (an empty list ran nothing, silently)"),
         ("collect.tasks=[]", "collect.tasks=[]: expected at least one entry (an empty list ran nothing, silently)"),

@@ -137,8 +137,11 @@ def test_device_settings_resolve_or_name_the_setting():
     assert runtime.resolve_device("cpu", "agent.device") == torch.device("cpu")
     expected = torch.device("cuda:1") if torch.cuda.is_available() else torch.device("cpu")
     assert runtime.resolve_device("auto", "device", local_rank=1) == expected
-    with pytest.raises(ViperError, match=r"reward.device='gpu': expected auto, cpu, cuda or cuda:<i>"):
+    with pytest.raises(ViperError, match=r"reward.device='gpu': expected auto, cpu, mps, cuda or cuda:<i>"):
         runtime.resolve_device("gpu", "reward.device")
     if not torch.cuda.is_available():
         with pytest.raises(ViperError, match=r"--device='cuda': CUDA is not available on this machine"):
             runtime.resolve_device("cuda", "--device")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(ViperError, match=r"agent.device='mps': no Apple GPU"):
+            runtime.resolve_device("mps", "agent.device")

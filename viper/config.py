@@ -284,6 +284,8 @@ def _check(key: str, value: Any, tp: Any, bounded: bool = False) -> Any:
         return value
     if typing.get_origin(tp) is typing.Annotated:
         base, *extras = typing.get_args(tp)
+        if isinstance(value, float) and value != value:  # NaN: the field's own bounds, not the plain ">= 0"
+            raise ConfigError(f"{key}=nan: expected {_type_name(tp)}")
         value = _check(key, value, base, bounded=any(isinstance(e, Range) for e in extras))
         for bounds in (e for e in extras if isinstance(e, Range)):
             if not bounds.holds(value):

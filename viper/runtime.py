@@ -75,23 +75,27 @@ def restart_if_needed() -> None:
         os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
-DEVICE_NAMES = "auto, cpu, cuda or cuda:<i>"
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(?::(\d+))?"
+"""What a device setting may say (``sections.Device``): auto, cpu, mps (Apple GPUs), cuda or cuda:<i>."""
+DEVICE_NAMES = "auto, cpu, mps, cuda or cuda:<i>"
 
 
 def resolve_device(name: str, key: str, local_rank: int = 0):
     """The torch device the setting ``key`` names: ``auto`` -> ``cuda:<local_rank>`` when CUDA is present, else
-    the CPU; ``cpu``; ``cuda[:i]``, refused (a ViperError naming ``key``) where CUDA or that device is missing."""
+    the CPU; ``cpu``; ``mps``; ``cuda[:i]``, refused (a ViperError naming ``key``) where that device is missing."""
     import re
 
     import torch
 
     from viper.errors import ViperError
 
-    match = re.fullmatch(r"auto|cpu|cuda(?::(\d+))?", name)
+    match = re.fullmatch(DEVICE_PATTERN, name)
     if match is None:
         raise ViperError(f"{key}={name!r}: expected {DEVICE_NAMES}")
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ViperError(f"{key}={name!r}: no Apple GPU (MPS) on this machine (use auto or cpu)")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ViperError(f"{key}={name!r}: CUDA is not available on this machine (use auto or cpu)")

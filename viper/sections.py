@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
+from viper.runtime import DEVICE_NAMES, DEVICE_PATTERN
+
 DMC_TASKS = (
     "dmc/acrobot_swingup",
     "dmc/cartpole_balance",
@@ -75,7 +77,7 @@ class Matches:
         return f"({self.meaning})"
 
 
-Device = Annotated[str, Matches(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:<i>")]
+Device = Annotated[str, Matches(DEVICE_PATTERN, DEVICE_NAMES)]
 """A torch device setting (``viper.runtime.resolve_device`` turns it into a device)."""
 Count = Annotated[int, Range(1)]
 """A size, a count or an interval: at least 1."""
@@ -275,7 +277,7 @@ class RewardConfig:
     weights: Literal["ema", "raw"] = "ema"
     """Prior weights that score: ``ema`` (published) or ``raw`` (trained weights; short runs with a lagging EMA)."""
     device: Device = "auto"
-    """``auto`` (CUDA if present), ``cpu`` or ``cuda[:i]``."""
+    """``auto`` (CUDA if present), ``cpu``, ``mps`` (Apple GPUs) or ``cuda[:i]``."""
     bf16: bool = True
     """bf16 autocast on CUDA (ignored on CPU)."""
 
@@ -386,7 +388,7 @@ class AgentConfig:
     not with ``compile_mode=reduce-overhead``. On an H100 at size S: 20.3 updates/s against 3.1 eager
     (benchmarks/results/gpu.md); a capture that fails warns and stays eager. ``false`` runs every update eagerly."""
     device: Device = "auto"
-    """``auto`` (CUDA if present), ``cpu`` or ``cuda[:i]``."""
+    """``auto`` (CUDA if present), ``cpu``, ``mps`` (Apple GPUs) or ``cuda[:i]``."""
 
 
 @dataclass(frozen=True)

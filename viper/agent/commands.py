@@ -18,7 +18,9 @@ from viper.errors import ViperError
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     if command == "expert":
         parser.add_argument(
-            "--task", help="task, e.g. dmc/walker_walk (default: every collect.tasks entry without a scripted expert)"
+            "--task",
+            help="task, e.g. dmc/walker_walk (default: with collect.policy=expert, every collect.tasks entry "
+            "without a scripted expert; otherwise none)",
         )
         parser.add_argument("--seed", type=int, help="seed (default: the first agent.seeds entry)")
     else:

@@ -11,7 +11,8 @@ Per task, resumable and idempotent:
   3. Swap it in as the task group (``VideoStore.promote``) and delete the staging group.
 A task group whose recorded fingerprint matches the config is left alone, so re-running is a no-op; a
 different config re-collects the task and replaces its group in one swap. The store therefore depends only
-on the config, not on worker count, timing or interruptions.
+on the config, not on worker count, timing or interruptions. A group that was imported (``viper import``) is
+not replaced unless asked (``--replace-imported``): a user's own videos cannot be rolled out again.
 """
 
 from __future__ import annotations

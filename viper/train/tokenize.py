@@ -110,7 +110,7 @@ def run(cfg: Config, suite: str | None = None, device: str = "auto") -> dict[str
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--suite", default=None, help="suite whose store to tokenise (default: collect.suite)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:i]")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, mps or cuda[:i]")
 
 
 def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, float]:
