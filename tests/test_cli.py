@@ -110,3 +110,9 @@ def test_metrics_out_directory_is_refused_before_the_stage_runs(tmp_path, capsys
 def test_a_negative_seed_flag_is_refused_naming_it(tmp_path, capsys):
     code = main(["train-agent", "--preset", "tiny", "--seed", "-1", "-S", f"data_dir={tmp_path}"])
     assert code == 2 and "--seed -1: expected an int >= 0" in capsys.readouterr().err
+
+
+def test_a_data_dir_that_is_a_file_is_refused_on_load(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("")
+    assert main(["config", "-S", f"data_dir={tmp_path / 'notes.txt'}"]) == 2
+    assert "notes.txt': is a file; expected the folder the stages write under" in capsys.readouterr().err

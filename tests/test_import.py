@@ -304,6 +304,8 @@ def test_inspect_and_cli(tmp_path, capsys):
     assert cli.main(["inspect", str(store_path), "--preview", str(preview), *base]) == 0
     printed = capsys.readouterr().out
     assert "dmc/walker_walk" in printed and preview.stat().st_size > 0
+    assert cli.main(["inspect", str(store_path), "--preview", str(tmp_path), *base]) == 2
+    assert "is a directory; expected the PNG file to write" in capsys.readouterr().err
     assert cli.main(["export", "--task", "dmc/walker_walk", "--output", str(tmp_path / "w.h5"), *base]) == 0
     assert cli.main(["import", str(tmp_path / "w.h5"), "--store", str(tmp_path / "c.zarr"), *base]) == 0
     assert open_store(tmp_path / "c.zarr").tasks == ["dmc/walker_walk"]

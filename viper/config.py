@@ -165,6 +165,8 @@ def build(tree: dict[str, Any]) -> Config:
     for name, cls in SECTION_TYPES.items():
         sections[name] = _build_section(cls, name, tree.get(name, {}))
     top = {k: _check(f"{k}", tree[k], str) for k in TOP_LEVEL_KEYS if k in tree}
+    if "data_dir" in top and Path(top["data_dir"]).exists() and not Path(top["data_dir"]).is_dir():
+        raise ConfigError(f"data_dir={top['data_dir']!r}: is a file; expected the folder the stages write under")
     _check_together(sections)
     return Config(**top, **sections)
 

@@ -77,6 +77,8 @@ def montage(store: VideoStore, frames_per_task: int = 8) -> np.ndarray:
 
 def run(url: str | Path, preview: str | Path | None = None, frames_per_task: int = 8) -> list[dict[str, Any]]:
     """Print the store's table (and write the preview PNG); returns the rows."""
+    if preview is not None and Path(preview).is_dir():
+        raise ViperError(f"--preview {preview}: is a directory; expected the PNG file to write")
     store = open_store(url)
     rows = describe(store)
     print(f"{store.url}: {len(rows)} task(s)")
@@ -86,7 +88,9 @@ def run(url: str | Path, preview: str | Path | None = None, frames_per_task: int
 
         image = montage(store, frames_per_task)
         Path(preview).parent.mkdir(parents=True, exist_ok=True)
-        iio.imwrite(preview, image)
+        tmp = Path(preview).with_suffix(".tmp.png")
+        iio.imwrite(tmp, image)
+        tmp.replace(preview)
         print(f"preview: {preview} ({image.shape[1]}x{image.shape[0]})")
     return rows
 
