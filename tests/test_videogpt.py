@@ -43,17 +43,19 @@ def tokens_for(model: VideoGPT, batch: int, frames: int | None = None, seed: int
 
 
 def slow_token_log_probs(model: VideoGPT, tokens: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
-    """log p of every token from a separate forward pass over its prefix only (T, h, w per window)."""
+    """log p of every token from a separate forward pass that sees its prefix only (T, h, w per window): the
+    token itself and everything after it are replaced by other tokens, so a model that peeks at the token it
+    predicts (an unshifted input) disagrees with this reference."""
     spec = model.spec
     flat = tokens.reshape(tokens.shape[0], -1)
     out = torch.zeros(flat.shape, dtype=torch.float64)
     per_frame = spec.tokens_per_frame
     for i in range(flat.shape[1]):
-        # Pad the prefix to whole frames with arbitrary tokens: a causal model must not look at them.
+        # Pad the prefix to whole frames with other tokens: a causal model must not look at position i or later.
         frames = i // per_frame + 1
         window = torch.zeros(flat.shape[0], frames * per_frame, dtype=torch.long)
-        window[:, : i + 1] = flat[:, : i + 1]
-        window[:, i + 1 :] = (flat[:, : frames * per_frame - i - 1] + 3) % spec.codebook_size
+        window[:, :i] = flat[:, :i]
+        window[:, i:] = (flat[:, i : frames * per_frame] + 3) % spec.codebook_size
         logits = model(window.reshape(-1, frames, *spec.grid), task_ids).reshape(flat.shape[0], -1, spec.codebook_size)
         out[:, i] = logits[:, i].log_softmax(-1).gather(-1, flat[:, i : i + 1])[:, 0].double()
     return out
