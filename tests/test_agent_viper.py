@@ -177,6 +177,35 @@ def test_density_head_target_is_the_reward_models_score(model):
     assert float(metrics["loss/density"]) == pytest.approx(float(expected), rel=1e-5)
 
 
+def test_only_the_density_head_shapes_the_representation_and_the_loss_weights_are_published(model):
+    """The task reward head learns from stop-gradient features (only logged under reward viper); the density
+    head's loss reaches the encoder. And the total is the published weighting of the per-term losses."""
+    from viper.agent.world_model import LossScales
+
+    rows = stream_of([40], seed=3)
+    replay, source = fill(model, [rows], chunk_steps=16)
+    count = int(replay.count[0])
+    torch.manual_seed(0)
+    agent = Agent(AgentConfig(size="tiny", imag_horizon=3), 1, False, source.name, "cpu")
+    batch = agent.to_tensors({k: v[:1, :count] for k, v in replay.data.items()})
+    total, _, metrics = agent.wm.loss(batch)
+    weights = {"image": 1.0, "reward": 1.0, "density": 1.0, "cont": 1.0, "dyn": 0.5, "rep": 0.1}
+    by_hand = sum(weights[k] * float(metrics[f"loss/{k}"]) for k in weights)
+    assert set(metrics) >= {f"loss/{k}" for k in weights} and float(total.detach()) == pytest.approx(by_hand, rel=1e-5)
+    encoder = list(agent.wm.encoder.parameters())
+    for head in ("reward", "density"):  # one head's loss alone: every other scale 0, the other head's target 0
+        agent.wm.scales = LossScales(image=0.0, cont=0.0, dyn=0.0, rep=0.0, reward=1.0)
+        other = "density" if head == "reward" else "reward"
+        alone = {**batch, other: torch.zeros_like(batch[other])}
+        with torch.no_grad():  # the other head's loss constant in the features; this one's output layer not 0
+            agent.wm.heads[other].out.linear.weight.zero_()
+            agent.wm.heads[head].out.linear.weight.normal_(0.0, 0.1)
+        loss, _, _ = agent.wm.loss(alone)
+        grads = torch.autograd.grad(loss, encoder, allow_unused=True)
+        reached = any(g is not None and g.abs().sum() > 0 for g in grads)
+        assert reached == (head == "density"), head
+
+
 def test_reward_fingerprint_tells_raw_weights_from_ema():
     """state.pt holds both weight sets, so its hash alone would let a resumed run mix EMA- and raw-scored replay."""
     ema = reward_model(4, 1)
