@@ -154,6 +154,7 @@ def test_atari_seeding():
 
     a, b = frames(4), frames(4)
     np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, frames(5))  # and the seed is used (sticky actions differ)
 
 
 def test_unknown_game_mask():

@@ -164,7 +164,7 @@ def test_bad_specs_are_clear_errors(env, spec, message):
 
 def test_checkpoint_without_a_checkpoint_is_a_clear_error(env, tmp_path):
     """An existing folder without a complete agent checkpoint (or no agent module yet): a ViperError."""
-    with pytest.raises(ViperError, match="checkpoint"):
+    with pytest.raises(ViperError, match="no complete agent checkpoint"):
         make_policy(f"checkpoint:{tmp_path}", "dmc/cartpole_balance", env, seed=0)
 
 

@@ -151,7 +151,10 @@ def test_reward_model_loads_the_trained_pair(data_dir):
         paths.prior_dir(data_dir, "dmc"),
         config_lib.RewardConfig(checkpoint="best", device="cpu"),
     )
-    assert best.prior is not None
+    checkpoints = paths.prior_dir(data_dir, "dmc") / "checkpoints"
+    assert best.prior_path == checkpoints / (checkpoints / "best").read_text().strip()  # the recorded best step
+    saved = torch.load(best.prior_path / "state.pt", map_location="cpu", weights_only=False)["ema"]
+    assert all(torch.equal(best.prior.state_dict()[k].cpu(), v) for k, v in saved.items())
     raw = VideoReward.load(
         paths.tokenizer_dir(data_dir, "dmc"),
         paths.prior_dir(data_dir, "dmc"),

@@ -250,6 +250,11 @@ def test_store_batches_are_task_balanced_as_released(tmp_path):
         batch = next(stream)
         shades = [int(frame[0, 0, 0]) // 50 - 1 for frame in batch]
         assert shades == [t for t, count in combine_order(3, 8, index) for _ in range(count)], (index, shades)
+    # DDP: two ranks of 4 draw the two halves of that one-device batch of 8, in order.
+    halves = [StoreFrames(paths.store(tmp_path, "dmc")).batches(4, 0, rank, 5, world_size=2) for rank in (0, 1)]
+    for index in range(5, 11):
+        shades = [int(frame[0, 0, 0]) // 50 - 1 for half in halves for frame in next(half)]
+        assert shades == [t for t, count in combine_order(3, 8, index) for _ in range(count)], (index, shades)
 
 
 def cli_command(data_dir: Path) -> list[str]:
