@@ -269,9 +269,9 @@ def _lambda_return_loop(reward, value, disc, lam):
     return out
 
 
-def _actor_critic(scales: dict[str, float], seed: int = 0) -> ActorCritic:
+def _actor_critic(scales: dict[str, float], seed: int = 0, discrete: bool = False, entropy: float = 0.0):
     torch.manual_seed(seed)
-    ac = ActorCritic(6, 2, False, 1, 16, scales, ACSettings(actor_entropy=0.0))
+    ac = ActorCritic(6, 2, discrete, 1, 16, scales, ACSettings(actor_entropy=entropy))
     with torch.no_grad():
         for critic in ac.critics.values():
             critic.out.linear.weight.normal_(0.0, 0.5)  # non-zero values, so baselines matter
@@ -287,10 +287,15 @@ def _imagined(seed: int = 0, horizon: int = 5, n: int = 40):
     return feat, actions, cont
 
 
-def test_advantages_of_two_critics_are_mixed_as_published():
+@pytest.mark.parametrize("discrete", [False, True], ids=["backprop", "reinforce"])
+def test_advantages_of_two_critics_are_mixed_as_published(discrete):
+    """Advantages, actor loss (backprop through the dynamics, or REINFORCE with the entropy bonus) and the two
+    critics' losses (two-hot regression to the lambda-return plus the slow-critic regulariser) by hand."""
     scales = {"density": 2.0, "disag": 0.5}
-    ac = _actor_critic(scales)
+    ac = _actor_critic(scales, discrete=discrete, entropy=3e-4 if discrete else 0.0)
     feat, actions, cont = _imagined()
+    if discrete:  # one-hot actions of the discrete (Atari) actor
+        actions = torch.nn.functional.one_hot(torch.randint(0, 2, (5, 40), generator=torch.Generator()), 2).float()
     gen = torch.Generator().manual_seed(1)
     rewards = {"density": -300 + 80 * torch.randn(5, 40, generator=gen), "disag": torch.rand(5, 40, generator=gen)}
     # Normalisers mid-run: EMA percentiles away from zero (density spans hundreds of nats, disag about 1).
@@ -301,25 +306,45 @@ def test_advantages_of_two_critics_are_mixed_as_published():
     s = ac.settings
     with torch.no_grad():
         values = {k: TwoHot(ac.critics[k](feat)).mean().numpy().astype(np.float64) for k in scales}
+        slow = {k: TwoHot(ac.slow_critics[k](feat[:-1])).mean() for k in scales}
         actor_out = ac.actor(feat[:-1])
-    actor_loss, _, metrics = ac.losses(feat, actions, actor_out, rewards, cont)
+    actor_loss, critic_loss, metrics = ac.losses(feat, actions, actor_out, rewards, cont)
 
     # Hand computation, in float64 with NumPy.
     c = cont.numpy().astype(np.float64)
     disc = s.discount * c[1:]
     weight = np.cumprod(s.discount * c, 0) / s.discount
     advantage = np.zeros((5, 40))
+    expected_critic = 0.0
     for k, w in scales.items():
         ret = _lambda_return_loop(rewards[k].numpy().astype(np.float64), values[k], disc, s.return_lambda)
+        with torch.no_grad():
+            dist = TwoHot(ac.critics[k](feat[:-1]))
+            per_state = -dist.log_prob(torch.as_tensor(ret, dtype=torch.float32)) - s.slowreg * dist.log_prob(slow[k])
+        expected_critic += float(np.mean(per_state.numpy().astype(np.float64) * weight[:-1]))
         q5, q95 = np.percentile(ret, [5, 95])
         low = s.retnorm_decay * lows[k] + (1 - s.retnorm_decay) * q5
         high = s.retnorm_decay * highs[k] + (1 - s.retnorm_decay) * q95
         scale = max(1.0, high - low)
         assert float(metrics[f"{k}/return_scale"]) == pytest.approx(scale, rel=1e-4)
         advantage += w / sum(scales.values()) * (ret - values[k][:-1]) / scale
-    expected = np.mean(-advantage * weight[:-1])
+    if discrete:  # REINFORCE: -log pi(a) x sg(advantage), minus the entropy bonus
+        with torch.no_grad():
+            dist = ac.dist(actor_out)
+            log_pi = dist.log_prob(actions).numpy().astype(np.float64)
+            entropy = dist.entropy().numpy().astype(np.float64)
+        expected = np.mean((-log_pi * advantage - s.actor_entropy * entropy) * weight[:-1])
+    else:
+        expected = np.mean(-advantage * weight[:-1])
     assert float(metrics["advantage"]) == pytest.approx(advantage.mean(), rel=1e-4, abs=1e-6)
     assert float(actor_loss.detach()) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert float(critic_loss.detach()) == pytest.approx(expected_critic, rel=1e-4)
+    # The slow critics then move 2% of the way to the critics (published fraction 0.02, every update).
+    before = {k: [p.detach().clone() for p in ac.slow_critics[k].parameters()] for k in scales}
+    ac.update_slow()
+    for k in scales:
+        for old, new, fast in zip(before[k], ac.slow_critics[k].parameters(), ac.critics[k].parameters(), strict=True):
+            torch.testing.assert_close(new, old + 0.02 * (fast - old))
 
 
 def test_beta_zero_removes_the_disagreement_critics_influence():
