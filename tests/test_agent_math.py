@@ -236,6 +236,25 @@ def test_replay_sequences_are_contiguous_within_one_stream_and_start_fresh():
     np.testing.assert_array_equal(batch["image"][..., 0, 0, 0], (steps % 100_000) % 256)
 
 
+def test_replay_draws_every_stored_window_equally_often():
+    """Uniform over all stored windows, whatever the streams' sizes: streams of 30 and 12 steps hold 27 and 9
+    windows of 4 steps; each of the 36 starts is drawn 1/36 of the time (within 5 sigma of 72k draws)."""
+    spec = {"step": ((), np.int64), "is_first": ((), bool)}
+    replay = Replay(1000, 2, spec, seed=0)
+    for t in range(30):
+        streams = np.array([0, 1]) if t < 12 else np.array([0])
+        replay.add({"step": 100_000 * streams + t, "is_first": np.zeros(len(streams), bool)}, streams)
+    counts: dict[int, int] = {}
+    for _ in range(36):
+        for first in replay.sample(2000, 4)["step"][:, 0].tolist():
+            counts[first] = counts.get(first, 0) + 1
+    legal = [t for t in range(27)] + [100_000 + t for t in range(9)]
+    assert sorted(counts) == legal  # every window reachable, nothing else drawn
+    n, p = 72_000, 1 / 36
+    sigma = (n * p * (1 - p)) ** 0.5
+    assert all(abs(c - n * p) < 5 * sigma for c in counts.values()), counts
+
+
 def test_replay_ring_overwrites_oldest_and_save_load_round_trips(tmp_path):
     replay = _filled_replay(capacity=3000, streams=2, steps=4000, seed=3)
     assert len(replay) == 3000 and replay.sizes().tolist() == [1500, 1500]
