@@ -98,18 +98,20 @@ def test_a_setting_added_later_at_its_default_keeps_old_checkpoints_resumable(tm
 
 
 def test_agent_fingerprint_defaults_cover_every_run_shaping_setting():
-    from types import SimpleNamespace
-
+    from viper.agent.rewards import TaskReward
     from viper.agent.train import fingerprint, fingerprint_defaults
     from viper.config import AgentConfig
 
-    source = SimpleNamespace(name="task")
-    current = fingerprint(AgentConfig(), "dmc/cartpole_balance", source)
-    assert set(fingerprint_defaults()["agent"]) == set(current["agent"])
-    # A checkpoint written before any one of them existed resumes under the defaults.
+    current = fingerprint(AgentConfig(), "dmc/cartpole_balance", TaskReward())
+    checker = Checkpointer("unused", fingerprint=current, defaults=fingerprint_defaults())
+    # A checkpoint written before any one of the settings existed resumes under the defaults.
     for key in current["agent"]:
         old = {**current, "agent": {k: v for k, v in current["agent"].items() if k != key}}
-        assert Checkpointer("unused", fingerprint=current, defaults=fingerprint_defaults()).changes_from(old) == []
+        assert checker.changes_from(old) == []
+    # A run-shaping setting changed is named; a resumable one (a longer run, another device) is not recorded.
+    changed = fingerprint(AgentConfig(model_lr=2e-4), "dmc/cartpole_balance", TaskReward())
+    assert Checkpointer("unused", fingerprint=changed).changes_from(current) == ["agent.model_lr: 0.0001 -> 0.0002"]
+    assert fingerprint(AgentConfig(env_steps=123, device="cpu"), "dmc/cartpole_balance", TaskReward()) == current
 
 
 def test_rng_state_round_trip():
