@@ -169,10 +169,22 @@ def test_more_envs_than_sequences_per_batch_trains_once_a_stream_holds_a_sequenc
     latest = tmp_path / "run" / "checkpoints" / (tmp_path / "run" / "checkpoints" / "latest").read_text().strip()
     stored = np.load(latest / "replay" / "action.npy")
     assert np.isfinite(stored).all() and np.abs(stored).max() > 1.0
-    # train_ratio 0 acts and fills replay without training (the 2023 Ratio would otherwise owe one update).
-    idle = C.load(preset="tiny", overrides=[f"data_dir={tmp_path}", *opts, "agent.train_ratio=0"], params_path=None)
-    metrics = run(idle, TASK, 0, "task", tmp_path / "idle")
+    # train_ratio 0 acts and fills replay without training (the 2023 Ratio would otherwise owe one update). With
+    # collect.fast_render=false the agent's envs render as MuJoCo's defaults do (as imported videos were).
+    over = [f"data_dir={tmp_path}", *opts, "agent.train_ratio=0", "collect.fast_render=false"]
+    metrics = run(C.load(preset="tiny", overrides=over, params_path=None), TASK, 0, "task", tmp_path / "idle")
     assert metrics["updates"] == 0 and metrics["replay_steps"] == 120
+    latest = tmp_path / "idle" / "checkpoints" / (tmp_path / "idle" / "checkpoints" / "latest").read_text().strip()
+    assert json.loads((latest / "fingerprint.json").read_text())["fast_render"] is False
+    first = np.load(latest / "replay" / "image.npy")[0, 0]
+    resets = {}
+    for fast in (True, False):
+        pool = EnvPool(TASK, 0, 4, 2, cfg.agent.episode_env_steps or None, False, fast_render=fast)
+        try:
+            resets[fast] = pool.reset()[0]
+        finally:
+            pool.close()
+    assert np.array_equal(first, resets[False]) and not np.array_equal(first, resets[True])
 
 
 def test_a_diverging_agent_stops_with_a_clear_error_and_keeps_its_last_finite_checkpoint(tmp_path):
