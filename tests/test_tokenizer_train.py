@@ -60,6 +60,21 @@ def test_tiny_preset_overfits_a_fixed_batch():
     assert recon.shape == frames.shape and recon.dtype == np.uint8
 
 
+def test_generator_loss_is_the_published_sum_and_r1_is_lazy():
+    """loss = L1 + VQ (codebook + 0.25 commitment) + gan_weight x generator loss (LPIPS off without its weights);
+    the R1 penalty is applied every r1_every_grad_steps updates only."""
+    over = ("tokenizer.gan_weight=0.3", "tokenizer.gan_start_grad_steps=0", "tokenizer.r1_every_grad_steps=3")
+    cfg = tiny_cfg(Path("unused"), *over).tokenizer
+    trainer = tokenizer.TokenizerTrainer(cfg, common.setup_distributed())
+    assert trainer.perceptual is None
+    frames = synthetic_frames(4)
+    for step in range(4):
+        stats = {k: float(v) for k, v in trainer.step(step, frames).items()}
+        by_hand = stats["loss/recon_l1"] + stats["loss/vq"] + 0.3 * stats["loss/gan_g"]
+        assert stats["loss/total"] == pytest.approx(by_hand, rel=1e-5), step
+        assert (stats["loss/r1"] != 0) == (step % 3 == 0), (step, stats["loss/r1"])
+
+
 @pytest.mark.parametrize("fake", ["updated", "reused"])
 def test_discriminator_scores_the_reconstruction_the_setting_names(fake):
     """Released: the discriminator's fakes come from the VQ-GAN after this step's update (``updated``)."""
