@@ -73,6 +73,70 @@ def test_frame_log_probs_match_a_prefix_by_prefix_reference():
     assert (fast < 0).all()
 
 
+def naive_logits(model: VideoGPT, tokens: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+    """Slow reference forward, position by position in float64 from the modules' weights: right-shifted inputs
+    plus per-axis position tables side by side, pre-LN blocks with task-conditioned LayerNorm (LN(x) * (1 + W_s c)
+    + W_b c), attention of each query over the keys at or before it, x * sigmoid(1.702 x) MLP, final LN, head."""
+    from viper.models.videogpt import LN_EPS
+
+    def w(linear):
+        return linear.weight.detach().double(), (None if linear.bias is None else linear.bias.detach().double())
+
+    def dense(linear, x):
+        weight, bias = w(linear)
+        return x @ weight.T + (0 if bias is None else bias)
+
+    def cond_ln(norm, x, c):
+        mean, var = x.mean(), ((x - x.mean()) ** 2).mean()
+        y = (x - mean) / torch.sqrt(var + LN_EPS)
+        return y * (1 + w(norm.scale)[0] @ c) + w(norm.bias)[0] @ c
+
+    spec = model.spec
+    (gh, gw), heads = spec.grid, spec.heads
+    out = []
+    for b in range(tokens.shape[0]):
+        c = torch.nn.functional.one_hot(task_ids[b], spec.num_classes).double()
+        flat = tokens[b].reshape(-1)
+        xs = []
+        for i in range(flat.numel()):
+            t, y, x = i // (gh * gw), i % (gh * gw) // gw, i % gw
+            inp = (
+                model.start.detach().double() if i == 0 else dense(model.proj_in, model.codebook[flat[i - 1]].double())
+            )
+            pos = torch.cat([model.pos_t[t], model.pos_h[y], model.pos_w[x]]).detach().double()
+            xs.append(inp + pos)
+        for block in model.blocks:
+            normed = [cond_ln(block.ln1, x, c) for x in xs]
+            qkv = [dense(block.attn.qkv, x) for x in normed]
+            d, dh = spec.d_model, spec.d_model // heads
+            attended = []
+            for i in range(len(xs)):
+                parts = []
+                for g in range(heads):
+                    q = qkv[i][g * dh : (g + 1) * dh]
+                    keys = [qkv[j][d + g * dh : d + (g + 1) * dh] for j in range(i + 1)]
+                    values = [qkv[j][2 * d + g * dh : 2 * d + (g + 1) * dh] for j in range(i + 1)]
+                    scores = torch.stack([q @ k / dh**0.5 for k in keys])
+                    weights = torch.softmax(scores, 0)
+                    parts.append(sum(a * v for a, v in zip(weights, values, strict=True)))
+                attended.append(dense(block.attn.out, torch.cat(parts)))
+            xs = [x + a for x, a in zip(xs, attended, strict=True)]
+            first, last = block.mlp[0], block.mlp[3]
+            hidden = [dense(first, cond_ln(block.ln2, x, c)) for x in xs]
+            xs = [x + dense(last, h * torch.sigmoid(1.702 * h)) for x, h in zip(xs, hidden, strict=True)]
+        out.append(torch.stack([dense(model.head, cond_ln(model.ln_f, x, c)) for x in xs]))
+    return torch.stack(out)
+
+
+def test_forward_matches_a_naive_position_by_position_reference():
+    model = make_prior()
+    tokens, ids = tokens_for(model, 2, frames=3), torch.tensor([1, 2])
+    with torch.no_grad():
+        fast = model(tokens, ids).reshape(2, -1, model.spec.codebook_size)
+        slow = naive_logits(model, tokens, ids)
+    torch.testing.assert_close(fast.double(), slow, atol=1e-4, rtol=1e-4)
+
+
 def test_joint_equals_sum_of_per_frame_conditionals_and_last_frames_matches():
     model = make_prior()
     tokens = tokens_for(model, 3)
