@@ -192,12 +192,12 @@ def test_arguments_and_bad_tasks(tmp_path):
 
 def die_once(job):
     """A rollout worker that kills its own process (SIGKILL, as the OOM killer would) the first time it gets
-    episode 1 and in every try of episode 2; other episodes return at once. Markers live in $DIE_MARKERS."""
+    episode 1 and in every try of episode 2; other tries roll out for real. Markers live in $DIE_MARKERS."""
     marker = Path(os.environ["DIE_MARKERS"]) / str(job.index)
     if job.index == 2 or (job.index == 1 and not marker.exists()):
         marker.write_text(str(int(marker.read_text()) + 1 if marker.exists() else 1))
         os.kill(os.getpid(), signal.SIGKILL)
-    return job.index, {"pid": os.getpid()}
+    return collect.run_job(job)
 
 
 def test_a_dead_worker_is_retried_then_named_never_waited_for(tmp_path, monkeypatch, capsys):
@@ -209,13 +209,19 @@ def test_a_dead_worker_is_retried_then_named_never_waited_for(tmp_path, monkeypa
     got = dict(collect._rollouts(jobs, workers=2, run=die_once, retries=1))
     assert sorted(got) == [0, 1, 3] and (tmp_path / "1").read_text() == "1"
     assert "rolling out episodes" in capsys.readouterr().err
+    # The retried episode is the one the dead worker was rolling out (rollouts are seeded by the job).
+    _, direct = collect.run_job(jobs[1])
+    np.testing.assert_array_equal(got[1]["frames"], direct["frames"])
+    np.testing.assert_array_equal(got[1]["actions"], direct["actions"])
 
     yielded = []
     jobs = [dataclasses.replace(job, index=i) for i in (0, 2)]
-    with pytest.raises(ViperError, match=r"died 2 times .*episodes \[2\] are not rolled out"):
+    # Episode 0 may not finish before episode 2's worker breaks the pool: it is then named too, never lost.
+    with pytest.raises(ViperError, match=r"died 2 times .*episodes \[(0, )?2\] are not rolled out") as err:
         for index, _ in collect._rollouts(jobs, workers=2, run=die_once, retries=1):
             yielded.append(index)
-    assert (tmp_path / "2").read_text() == "2" and set(yielded) <= {0}
+    named = [0, 2] if "[0, 2]" in str(err.value) else [2]
+    assert (tmp_path / "2").read_text() == "2" and sorted(yielded + named) == [0, 2]
 
 
 def test_imported_videos_are_not_collected_over_unless_asked(tmp_path, capsys):
