@@ -145,14 +145,15 @@ def _rollouts(
     pending = {job.index: job for job in jobs}
     for attempt in range(retries + 1):
         pool = ProcessPoolExecutor(min(workers, len(pending)), mp_context=multiprocessing.get_context("spawn"))
-        what = "died"
+        what, broken, processes = "died", False, []
         try:
             waiting = {pool.submit(run, job) for job in pending.values()}
+            processes = list(getattr(pool, "_processes", {}).values())  # spawned by the submits
             while waiting:
                 done, waiting = wait(waiting, timeout=stall_s or None, return_when=FIRST_COMPLETED)
                 if not done:
                     what = f"hung (no rollout finished in {stall_s:g} s, collect.stall_seconds_per_step)"
-                    for process in list(getattr(pool, "_processes", {}).values()):
+                    for process in processes:
                         process.kill()  # the pool breaks: the wait below returns its futures at once
                     continue
                 for future in done:
@@ -161,6 +162,7 @@ def _rollouts(
                     yield index, episode
             return
         except BrokenProcessPool as exc:
+            broken = True
             if attempt == retries:
                 raise ViperError(
                     f"{jobs[0].task}: a rollout worker process {what} {retries + 1} times ({exc}); episodes "
@@ -173,6 +175,13 @@ def _rollouts(
                 file=sys.stderr,
             )
         finally:
+            if broken:
+                # The executor only SIGTERMs a broken pool's other workers, and workers inherit an ignored
+                # SIGTERM from a parent started that way (shells' background jobs, some job runners): one then
+                # blocked writing its finished episode into a result pipe nobody read, and the shutdown waited
+                # for it forever. SIGKILL cannot be ignored.
+                for process in processes:
+                    process.kill()
             pool.shutdown(wait=True, cancel_futures=True)
 
 
