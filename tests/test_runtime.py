@@ -145,3 +145,29 @@ def test_device_settings_resolve_or_name_the_setting():
     if not torch.backends.mps.is_available():
         with pytest.raises(ViperError, match=r"agent.device='mps': no Apple GPU"):
             runtime.resolve_device("mps", "agent.device")
+
+
+def _ignore_sigterm_and_sleep(ready) -> None:
+    import signal
+    import time
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ready.set()
+    time.sleep(60)
+
+
+def test_kill_workers_ends_workers_that_ignore_sigterm():
+    """What a broken process pool's survivors need (the executor's SIGTERM does not end them)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    worker = context.Process(target=_ignore_sigterm_and_sleep, args=(ready,))
+    worker.start()
+    assert ready.wait(60)  # the child ignores SIGTERM from here on
+    worker.terminate()
+    worker.join(2)
+    assert worker.is_alive()  # SIGTERM ignored
+    runtime.kill_workers([worker])
+    worker.join(10)
+    assert not worker.is_alive()

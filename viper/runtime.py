@@ -102,3 +102,13 @@ def resolve_device(name: str, key: str, local_rank: int = 0):
         if match.group(1) is not None and int(match.group(1)) >= torch.cuda.device_count():
             raise ViperError(f"{key}={name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(name)
+
+
+def kill_workers(processes) -> None:
+    """SIGKILL the worker processes of a broken ``ProcessPoolExecutor`` (``pool._processes.values()``) before its
+    shutdown. The executor only SIGTERMs them, and a worker that inherited an ignored SIGTERM (from a parent
+    started as a shell's background job or by some job runners) survives that; one blocked writing its result
+    into a pipe nobody reads any more then makes ``shutdown`` wait forever."""
+    for process in list(processes):
+        if process.is_alive():
+            process.kill()

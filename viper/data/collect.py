@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from viper import paths
+from viper import paths, runtime
 from viper.checkpoint import json_digest
 from viper.config import CollectConfig, Config, override
 from viper.data.filtering import assign_split, select_episodes, task_key, trim_episode
@@ -153,8 +153,7 @@ def _rollouts(
                 done, waiting = wait(waiting, timeout=stall_s or None, return_when=FIRST_COMPLETED)
                 if not done:
                     what = f"hung (no rollout finished in {stall_s:g} s, collect.stall_seconds_per_step)"
-                    for process in processes:
-                        process.kill()  # the pool breaks: the wait below returns its futures at once
+                    runtime.kill_workers(processes)  # the pool breaks: the wait below returns its futures at once
                     continue
                 for future in done:
                     index, episode = future.result()
@@ -176,12 +175,7 @@ def _rollouts(
             )
         finally:
             if broken:
-                # The executor only SIGTERMs a broken pool's other workers, and workers inherit an ignored
-                # SIGTERM from a parent started that way (shells' background jobs, some job runners): one then
-                # blocked writing its finished episode into a result pipe nobody read, and the shutdown waited
-                # for it forever. SIGKILL cannot be ignored.
-                for process in processes:
-                    process.kill()
+                runtime.kill_workers(processes)  # survivors of the executor's SIGTERM would hang the shutdown
             pool.shutdown(wait=True, cancel_futures=True)
 
 

@@ -23,6 +23,7 @@ import argparse
 import json
 import zlib
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from viper import paths
+from viper import paths, runtime
 from viper.checkpoint import json_digest
 from viper.config import Config
 from viper.errors import ViperError
@@ -259,6 +260,9 @@ def run(cfg: Config) -> dict[str, float]:
             task: evaluate_task(cfg, reward, task, key, policies, episodes, pool)
             for task, (key, policies) in plan.items()
         }
+    except BrokenProcessPool:
+        runtime.kill_workers(getattr(pool, "_processes", {}).values())  # before the shutdown waits for them
+        raise
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
