@@ -211,10 +211,11 @@ def collect_task(
     # Opened for this task only: the Prefect flow collects several tasks into one store at once.
     store = open_store(store_url, "a", chunk_frames=cfg.chunk_frames, shard_frames=cfg.shard_frames, task=task)
     key = fingerprint(cfg, ROLLOUT_FIELDS + FILTER_FIELDS)
-    if task in store.tasks and store.task(task).attrs.get("source", {}).get("fingerprint") == key:
+    existing = store.task(task) if task in store.tasks else None
+    if existing is not None and existing.attrs.get("source", {}).get("fingerprint") == key:
         store.discard_staging(task, COLLECTING)
-        return _summary(store.task(task), rolled_out=cfg.episodes_per_task)
-    origin = imported_from(store.task(task)) if task in store.tasks else None
+        return _summary(existing, rolled_out=cfg.episodes_per_task)
+    origin = imported_from(existing) if existing is not None else None
     if origin is not None and not replace_imported:
         raise ViperError(
             f"{store_url}: the videos of {task} were imported ({origin}), not collected; collecting would replace "

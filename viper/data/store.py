@@ -63,11 +63,9 @@ def _damage(where: str, what: str):
     many open files, timeouts of a remote store) pass unchanged: they say nothing about the stored data."""
     try:
         yield
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
+    except (OSError, RuntimeError, ValueError) as exc:
+        if isinstance(exc, OSError) and exc.errno != errno.EINVAL:
             raise
-        raise ViperError(f"{where}: {what} cannot be read ({exc}); {DAMAGED}") from exc
-    except (RuntimeError, ValueError) as exc:
         raise ViperError(f"{where}: {what} cannot be read ({exc}); {DAMAGED}") from exc
 
 
