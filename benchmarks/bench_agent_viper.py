@@ -28,7 +28,7 @@ from viper import config as config_lib
 from viper.agent.agent import Agent
 from viper.agent.replay import Replay
 from viper.agent.rewards import Inserter, TaskReward
-from viper.agent.train import replay_spec
+from viper.agent.run_spec import replay_spec
 from viper.agent.viper_reward import ViperReward
 from viper.models.prior_checkpoint import LoadedPrior
 from viper.models.videogpt import VideoGPT

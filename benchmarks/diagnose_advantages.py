@@ -25,7 +25,7 @@ import torch
 from viper.agent.agent import Agent
 from viper.agent.policy import checkpoint_folder, load_policy
 from viper.agent.replay import Replay
-from viper.agent.train import replay_spec
+from viper.agent.run_spec import replay_spec
 
 
 def load(path: str) -> tuple[Agent, Replay, Path]:

@@ -99,7 +99,7 @@ def test_a_setting_added_later_at_its_default_keeps_old_checkpoints_resumable(tm
 
 def test_agent_fingerprint_defaults_cover_every_run_shaping_setting():
     from viper.agent.rewards import TaskReward
-    from viper.agent.train import fingerprint, fingerprint_defaults
+    from viper.agent.run_spec import fingerprint, fingerprint_defaults
     from viper.config import AgentConfig
 
     current = fingerprint(AgentConfig(), "dmc/cartpole_balance", TaskReward())

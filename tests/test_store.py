@@ -284,7 +284,7 @@ def test_only_damage_reads_as_damage():
     unchanged: "the store is damaged, re-collect" would send users to throw away intact data."""
     import errno
 
-    from viper.data.store import _damage
+    from viper.data.taskgroup import _damage
 
     for error in (OSError(errno.EMFILE, "Too many open files"), TimeoutError("read timed out")):
         with pytest.raises(type(error)), _damage("s.zarr/t", "chunk 0"):

@@ -1,10 +1,10 @@
 """Typed, frozen configuration: one dataclass per stage, presets as partial overrides, strict loading.
 
-The stage sections (``CollectConfig`` ... ``EvaluateConfig``) and the task lists live in ``viper.sections`` and
-are re-exported here; this module holds the whole ``Config``, the loader and the validation.
+The stage sections (``CollectConfig`` ... ``EvaluateConfig``) live in ``viper.sections`` and the task lists in
+``viper.fields``, re-exported here; this module holds the whole ``Config``, the loader and the validation.
 
 Resolution order (later wins):
-  1. the dataclass defaults in ``viper.sections`` (the published code's settings: reference/viper-original.md),
+  1. the dataclass defaults in ``viper.sections`` (the published code's settings: viper_rl's ``viper_rl/configs``),
   2. the named preset(s) from ``viper.presets`` in the order given (``--preset demo`` or ``tiny,size_xs``),
   3. the per-section overrides written in ``params.yaml`` (besides its ``preset:`` key),
   4. ``-S section.key=value`` overrides from the command line (DVC's syntax; values parsed as YAML).
@@ -28,15 +28,12 @@ from typing import Any
 import yaml
 
 from viper.errors import ViperError
+from viper.fields import ATARI_TASKS, DMC_TASKS, Matches, Range
 from viper.sections import (
-    ATARI_TASKS,
-    DMC_TASKS,
     AgentConfig,
     CollectConfig,
     EvaluateConfig,
-    Matches,
     PriorConfig,
-    Range,
     RewardConfig,
     TokenizerConfig,
 )

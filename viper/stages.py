@@ -24,7 +24,7 @@ DATA = "data"
 EXTERNAL_INPUTS = (str(paths.published_dir(DATA)),)
 """Inputs that users provide rather than a stage (a tracked README keeps the folder present for DVC)."""
 
-COMMON_CODE = ("viper/config.py", "viper/sections.py", "viper/presets.py", "viper/paths.py")
+COMMON_CODE = ("viper/config.py", "viper/sections.py", "viper/fields.py", "viper/presets.py", "viper/paths.py")
 TOKENIZER_CODE = (
     "viper/models/vqgan.py",
     "viper/models/layers.py",

@@ -20,6 +20,7 @@ of the rewards inserted for them).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import signal
 import time
@@ -36,25 +37,11 @@ from viper.agent.driver import EnvPool
 from viper.agent.evaluation import Evaluator
 from viper.agent.replay import Replay
 from viper.agent.rewards import Inserter, make_reward_source
+from viper.agent.run_spec import fingerprint, fingerprint_defaults, replay_spec, sequence_length
 from viper.checkpoint import Checkpointer, StopSignals, rng_state, set_rng_state
 from viper.config import AgentConfig, Config
 from viper.errors import Stopped, ViperError
 from viper.metrics import Logger, write_json
-
-
-def replay_spec(image_shape: tuple[int, ...], action_dim: int, reward_name: str) -> dict[str, tuple]:
-    """Keys stored per step: frame, action taken, task reward, flags, and the optimised reward if different."""
-    spec = {
-        "image": (image_shape, np.uint8),
-        "action": ((action_dim,), np.float32),
-        "reward": ((), np.float32),
-        "is_first": ((), bool),
-        "is_last": ((), bool),
-        "is_terminal": ((), bool),
-    }
-    if reward_name != "reward":
-        spec[reward_name] = ((), np.float32)
-    return spec
 
 
 def _new_counters(acfg: AgentConfig) -> dict[str, Any]:
@@ -134,7 +121,7 @@ def run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[s
         "task": task,
         "reward": reward,
         "seed": seed,
-        "agent": _config_dict(acfg),
+        "agent": dataclasses.asdict(acfg),
         "action_dim": envs.action_dim,
         "discrete": envs.discrete,
         "reward_name": source.name,
@@ -219,77 +206,6 @@ def run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[s
         "replay_steps_at_start": start_replay,
         "replay_steps": len(replay),
     }
-
-
-def _config_dict(acfg: AgentConfig) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(acfg)
-
-
-RESUMABLE_CHANGES = (
-    "tasks",
-    "seeds",
-    "env_steps",
-    "eval_every_env_steps",
-    "eval_episodes",
-    "eval_sample",
-    "log_every_env_steps",
-    "checkpoint_every_env_steps",
-    "keep_checkpoints",
-    "parallel_envs",
-    "compile",
-    "compile_loops",
-    "compile_mode",
-    "cuda_graph",
-    "device",
-)
-"""Agent settings that may change without invalidating a run (a longer ``env_steps`` continues it)."""
-
-
-def fingerprint(acfg: AgentConfig, task: str, source, fast_render: bool = True) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: the run-shaping agent settings, task, rendering mode and
-    reward source."""
-    shaping = _run_shaping(acfg)
-    reward = source.fingerprint() if hasattr(source, "fingerprint") else {}
-    fp = {"agent": shaping, "task": task, "reward_source": source.name, "reward_model": reward}
-    if not fast_render:  # only recorded when off, so existing fast-render checkpoints keep resuming
-        fp["fast_render"] = False
-    return fp
-
-
-def fingerprint_defaults() -> dict[str, Any]:
-    """The default agent settings, for settings added after a checkpoint was written (``Checkpointer``)."""
-    return {"agent": _run_shaping(AgentConfig())}
-
-
-def _run_shaping(acfg: AgentConfig) -> dict[str, Any]:
-    """The agent settings a checkpoint must share to be resumed: all but ``RESUMABLE_CHANGES``."""
-    return {k: v for k, v in _config_dict(acfg).items() if k not in RESUMABLE_CHANGES}
-
-
-def sequence_length(acfg: AgentConfig, source) -> int:
-    """Steps per replayed sequence: ``batch_length``, or with a chunked reward source (viper) the released
-    relabelling replay's item length, chunk - context (``agent.viper_batch_length`` overrides it)."""
-    if source.context_steps == 0:
-        return acfg.batch_length
-    if acfg.viper_batch_length < 0:
-        raise ViperError(f"agent.viper_batch_length={acfg.viper_batch_length}: expected 0 (released) or a length")
-    length = acfg.viper_batch_length or source.chunk_steps - source.context_steps
-    if length < 2:
-        # One-step sequences are all episode starts: the world model would learn no dynamics (and the
-        # disagreement ensemble, which predicts the next step, would average over nothing).
-        origin = (
-            f"agent.viper_batch_length={acfg.viper_batch_length}"
-            if acfg.viper_batch_length
-            else f"relabel chunks of {source.chunk_steps} steps (agent.batch_length={acfg.batch_length}, at least "
-            f"context + 1) minus the reward model's {source.context_steps} context steps"
-        )
-        raise ViperError(
-            f"reward viper: replayed sequences of {length} step(s) ({origin}); they need >= 2 steps: raise "
-            f"agent.batch_length above {source.context_steps + 1} or set agent.viper_batch_length >= 2"
-        )
-    return length
 
 
 def _can_train(replay: Replay, batch_steps: int, length: int) -> bool:

@@ -1,9 +1,9 @@
 """The VIPER reward as an agent reward source: the video model's log-likelihood of each real step's window.
 
-Published mechanics (reference/viper-original.md, "Reward"): rewards are computed once, on real data, when
+Published mechanics (viper_rl's ``VideoGPTRewardModel`` and replay): rewards are computed once, on real data, when
 chunks of an env stream enter replay: 64-step chunks (the released replay's stream length, its batch length),
 of which the first 15 are context; the agent replays 49-step sequences of the scored steps, as the released
-replay does (``viper.agent.train.sequence_length``). The context is the released code's ``seq_len * frame_skip
+replay does (``viper.agent.run_spec.sequence_length``). The context is the released code's ``seq_len * frame_skip
 - 1`` of the reward model: 15 for every released (seq_len, frame_skip) pair, although the (8, 2) and (4, 4)
 windows span only 15 and 13 steps (their first 1 or 3 scoreable steps stay context, as released). A prior with
 another window (e.g. the CPU presets' 4-frame windows) gets its own context, and a note is printed when that

@@ -1,9 +1,9 @@
 """The ``collect`` stage: roll out a policy for every task, filter as published, write the video store.
 
 Per task, resumable and idempotent:
-  1. Roll out ``episodes_per_task`` episodes in ``workers`` processes (spawned: EGL/MuJoCo state must not be
-     forked). Episode ``i`` of task ``t`` uses seed ``SeedSequence([seed, crc32(t), i])``, so a config always
-     produces the same episodes. Each finished rollout is appended (atomically) to a hidden staging group
+  1. Roll out ``episodes_per_task`` episodes in ``workers`` processes (``viper.data.rollouts``). Episode
+     ``i`` of task ``t`` uses seed ``SeedSequence([seed, crc32(t), i])``, so a config always produces the same
+     episodes. Each finished rollout is appended (atomically) to a hidden staging group
      ``.<name>.collecting``, which records the rollout index; a re-run after a kill rolls out only the missing
      indices.
   2. Filter (``viper.data.filtering``: return percentile, cap, drop first frames, seeded test split) and write
@@ -19,23 +19,20 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import multiprocessing
-import sys
-from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from viper import paths, runtime
+from viper import paths
 from viper.checkpoint import json_digest
 from viper.config import CollectConfig, Config, override
 from viper.data.filtering import assign_split, select_episodes, task_key, trim_episode
-from viper.data.store import TaskGroup, VideoStore, open_store
+from viper.data.rollouts import RolloutJob, parallel_rollouts, stall_limit
+from viper.data.store import VideoStore, open_store
+from viper.data.taskgroup import TaskGroup
 from viper.errors import ViperError
 
 COLLECTING, BUILDING = "collecting", "building"
@@ -75,108 +72,6 @@ def fingerprint(cfg: CollectConfig, fields: tuple[str, ...]) -> str:
     values = {f: getattr(cfg, f) for f in fields}
     values["code"] = rollout_code_hash()
     return json_digest(values)
-
-
-@dataclass(frozen=True)
-class RolloutJob:
-    """One episode to roll out in a worker process."""
-
-    task: str
-    policy: str
-    index: int
-    seed: int
-    action_repeat: int
-    episode_env_steps: int
-    fast_render: bool
-    expert_settings: tuple[str, ...] = ()
-
-
-def run_job(job: RolloutJob) -> tuple[int, dict[str, Any]]:
-    """Worker entry point: ``(index, {frames, actions, rewards, task_return})`` of one rollout."""
-    from viper.experts import rollout
-
-    ep = rollout(
-        job.task,
-        job.policy,
-        job.seed,
-        action_repeat=job.action_repeat,
-        episode_env_steps=job.episode_env_steps,
-        fast_render=job.fast_render,
-        expert_settings=job.expert_settings,
-    )
-    out = {"frames": ep.frames, "actions": ep.actions, "rewards": ep.rewards, "task_return": float(ep.task_return)}
-    return job.index, out
-
-
-WORKER_RETRIES = 2
-"""Fresh pools a collection tries after a worker process died or hung, before giving up on the unfinished episodes."""
-
-
-MIN_STALL_S = 600.0
-"""The shortest stall limit, whatever the episode length (process start-up, a busy machine)."""
-
-
-def stall_limit(cfg: CollectConfig) -> float:
-    """Seconds without a finished rollout after which the workers are presumed hung; 0: never. Every episode
-    started at or after the last finish, so the gap between finishes is at most one episode's duration."""
-    if cfg.stall_seconds_per_step <= 0:
-        return 0.0
-    return max(MIN_STALL_S, cfg.stall_seconds_per_step * cfg.episode_env_steps)
-
-
-def _rollouts(
-    jobs: list[RolloutJob],
-    workers: int,
-    run: Callable = run_job,
-    retries: int = WORKER_RETRIES,
-    stall_s: float = 0.0,
-):
-    """Yield ``(index, episode)`` as rollouts finish (any order); ``workers`` spawned processes.
-
-    A worker that dies (a native crash in rendering, the OOM killer) breaks its pool; so does one that hangs:
-    when no rollout has finished for ``stall_s`` seconds (``stall_limit``; 0 waits forever) the pool's
-    processes are killed. The episodes not yet yielded are rolled out again in a fresh pool, up to
-    ``retries`` times (rollouts are seeded, so a retry gives the same episodes), then a ``ViperError`` names
-    them. (``multiprocessing.Pool`` would wait forever for a dead worker's result instead.)
-    """
-    if workers <= 1 or len(jobs) <= 1:
-        yield from map(run, jobs)
-        return
-    pending = {job.index: job for job in jobs}
-    for attempt in range(retries + 1):
-        pool = ProcessPoolExecutor(min(workers, len(pending)), mp_context=multiprocessing.get_context("spawn"))
-        what, broken, processes = "died", False, []
-        try:
-            waiting = {pool.submit(run, job) for job in pending.values()}
-            processes = list(getattr(pool, "_processes", {}).values())  # spawned by the submits
-            while waiting:
-                done, waiting = wait(waiting, timeout=stall_s or None, return_when=FIRST_COMPLETED)
-                if not done:
-                    what = f"hung (no rollout finished in {stall_s:g} s, collect.stall_seconds_per_step)"
-                    runtime.kill_workers(processes)  # the pool breaks: the wait below returns its futures at once
-                    continue
-                for future in done:
-                    index, episode = future.result()
-                    del pending[index]
-                    yield index, episode
-            return
-        except BrokenProcessPool as exc:
-            broken = True
-            if attempt == retries:
-                raise ViperError(
-                    f"{jobs[0].task}: a rollout worker process {what} {retries + 1} times ({exc}); episodes "
-                    f"{sorted(pending)} are not rolled out. The finished ones are kept: run the same command "
-                    "again to roll out the rest"
-                ) from exc
-            print(
-                f"{jobs[0].task}: a rollout worker process {what}; rolling out episodes {sorted(pending)} again "
-                f"in fresh processes (retry {attempt + 1} of {retries})",
-                file=sys.stderr,
-            )
-        finally:
-            if broken:
-                runtime.kill_workers(processes)  # survivors of the executor's SIGTERM would hang the shutdown
-            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _staging(store: VideoStore, cfg: CollectConfig, task: str) -> TaskGroup:
@@ -239,7 +134,7 @@ def collect_task(
         if i not in done
     ]
     with tqdm(total=cfg.episodes_per_task, initial=len(done), desc=task, disable=not progress, unit="ep") as bar:
-        for index, ep in _rollouts(jobs, cfg.workers, stall_s=stall_limit(cfg)):
+        for index, ep in parallel_rollouts(jobs, cfg.workers, stall_s=stall_limit(cfg)):
             staging.append(ep["frames"], ep["actions"], ep["rewards"], task_return=ep["task_return"], episode_id=index)
             bar.update(1)
             bar.set_postfix(ret=f"{ep['task_return']:.1f}")

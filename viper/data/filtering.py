@@ -1,6 +1,6 @@
 """The published expert-data filter: keep high-return episodes, drop their first frames, cap, split 95/5.
 
-Published DMC data (reference/viper-original.md): keep episodes at or above the 90th percentile of return,
+Published DMC data (viper_rl's ``prepare_data.ipynb``): keep episodes at or above the 90th percentile of return,
 drop the first 50 frames of each, at most 500 per task, 95/5 train/test split. Atari: no return filter. All
 four knobs live in ``CollectConfig`` (``keep_return_percentile``, ``drop_first_frames``,
 ``max_episodes_per_task``, ``test_fraction``).

@@ -26,7 +26,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from viper.data.store import EPISODE_ARRAYS, FRAME_SHAPE, SPLITS, VideoStore
+from viper.data.store import VideoStore
+from viper.data.taskgroup import EPISODE_ARRAYS, FRAME_SHAPE, SPLITS
 from viper.errors import ViperError
 
 FORMAT = "viper-task-group"

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from viper.data.fastread import join_chunks
-from viper.data.store import TaskGroup, VideoStore, open_store
+from viper.data.store import VideoStore, open_store
+from viper.data.taskgroup import TaskGroup
 from viper.errors import ViperError
 
 

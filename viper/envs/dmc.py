@@ -1,7 +1,7 @@
 """DeepMind Control Suite adapter: a gymnasium env with 64x64 RGB uint8 frames and actions in [-1, 1].
 
 Frames are rendered from camera 0 (quadruped: camera 2), as DreamerV3 and the published VIPER data do.
-Rendering dominates collection time (reference/environment.md), so ``fast_render`` (default) changes how
+Rendering dominates collection time (benchmarks/results/envs.md), so ``fast_render`` (default) changes how
 pixels are produced, not which objects are drawn. Measured at 64x64 on the 2-core CPU (EGL/llvmpipe, render
 calls only): default settings ~25 frames/s; shadows off ~10x faster; reflections off a further ~1.3-1.9x;
 an offscreen buffer of the frame size with multisampling off (``offsamples = 0``, set before the first

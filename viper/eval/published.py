@@ -1,7 +1,7 @@
 """Published VIPER results (Escontrela et al., 2023), read from the paper's figures: +-5-10% of the axis.
 
-Source: the paper's result figures (the project's notes on them: reference/viper-original.md, kept outside this
-repository). DMC: episode return (max 1000) at ~15M env frames; Atari:
+Source: the paper's result figures (Escontrela et al. 2023, arXiv:2305.14343; per-task values read off the
+plots). DMC: episode return (max 1000) at ~15M env frames; Atari:
 human-normalised score at 10M env frames. ``None`` where the paper reports nothing for the task.
 """
 

@@ -1,4 +1,4 @@
-"""VideoGPT prior over token videos, as released with VIPER (reference/viper-original.md, "VideoGPT prior").
+"""VideoGPT prior over token videos, as released with VIPER (viper_rl's ``viper_rl/videogpt/models/``).
 
 A window of T frames, each an h x w grid of codebook indices, is flattened in raster order (time, row,
 column) into N = T*h*w tokens. Token i is predicted from tokens < i by a pre-LN causal transformer:

@@ -1,6 +1,6 @@
 """VQ-GAN frame tokenizer: the published taming-style model and the ``Tokenizer`` that the prior uses.
 
-Model (reference/viper-original.md "VQ-GAN tokenizer", viper_rl's ``VQGAN``): conv encoder with
+Model (viper_rl's ``VQGAN`` in ``videogpt/models/vqgan.py``, sizes in ``configs/vqgan/``): conv encoder with
 ``len(channel_mult)`` levels (``res_blocks`` residual blocks each, stride-2 conv between levels), a mid block
 res-attention-res, a 1x1 conv to ``embed_dim``, the vector quantizer, a 1x1 conv back and the mirrored decoder
 with one more residual block per level. ``z_channels = embed_dim`` (both 64 as published). 64x64 frames give a

@@ -3,7 +3,7 @@
 For step t of an episode the window holds the L = seq_len frames ``t - (L-1)*s, ..., t - s, t`` (s =
 frame_skip); both come from the prior's checkpoint, so a window spans ``1 + (L-1)*s`` raw steps. Frames are
 Atari-masked (score area blanked, as the tokens the prior was trained on), encoded once per episode, and the
-windows are batched through the prior. Two definitions (reference/viper-original.md, "Reward"):
+windows are batched through the prior. Two definitions (the paper; viper_rl's ``VideoGPTRewardModel``):
 
 * ``joint`` (default, the released code): r_t = sum_j log p(x_j | x_<j, task) over all L frames of the window.
 * ``conditional`` (the paper's formula): r_t = log p(x_t | the L-1 earlier window frames, task).

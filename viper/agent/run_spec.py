@@ -1,0 +1,92 @@
+"""What makes an agent run what it is: the replay's per-step keys, the replayed sequence length, and the
+fingerprint a checkpoint must match to be resumed (``viper.agent.train`` runs the loop)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from viper.config import AgentConfig
+from viper.errors import ViperError
+
+
+def replay_spec(image_shape: tuple[int, ...], action_dim: int, reward_name: str) -> dict[str, tuple]:
+    """Keys stored per step: frame, action taken, task reward, flags, and the optimised reward if different."""
+    spec = {
+        "image": (image_shape, np.uint8),
+        "action": ((action_dim,), np.float32),
+        "reward": ((), np.float32),
+        "is_first": ((), bool),
+        "is_last": ((), bool),
+        "is_terminal": ((), bool),
+    }
+    if reward_name != "reward":
+        spec[reward_name] = ((), np.float32)
+    return spec
+
+
+RESUMABLE_CHANGES = (
+    "tasks",
+    "seeds",
+    "env_steps",
+    "eval_every_env_steps",
+    "eval_episodes",
+    "eval_sample",
+    "log_every_env_steps",
+    "checkpoint_every_env_steps",
+    "keep_checkpoints",
+    "parallel_envs",
+    "compile",
+    "compile_loops",
+    "compile_mode",
+    "cuda_graph",
+    "device",
+)
+"""Agent settings that may change without invalidating a run (a longer ``env_steps`` continues it)."""
+
+
+def fingerprint(acfg: AgentConfig, task: str, source, fast_render: bool = True) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the run-shaping agent settings, task, rendering mode and
+    reward source."""
+    shaping = _run_shaping(acfg)
+    reward = source.fingerprint() if hasattr(source, "fingerprint") else {}
+    fp = {"agent": shaping, "task": task, "reward_source": source.name, "reward_model": reward}
+    if not fast_render:  # only recorded when off, so existing fast-render checkpoints keep resuming
+        fp["fast_render"] = False
+    return fp
+
+
+def fingerprint_defaults() -> dict[str, Any]:
+    """The default agent settings, for settings added after a checkpoint was written (``Checkpointer``)."""
+    return {"agent": _run_shaping(AgentConfig())}
+
+
+def _run_shaping(acfg: AgentConfig) -> dict[str, Any]:
+    """The agent settings a checkpoint must share to be resumed: all but ``RESUMABLE_CHANGES``."""
+    return {k: v for k, v in dataclasses.asdict(acfg).items() if k not in RESUMABLE_CHANGES}
+
+
+def sequence_length(acfg: AgentConfig, source) -> int:
+    """Steps per replayed sequence: ``batch_length``, or with a chunked reward source (viper) the released
+    relabelling replay's item length, chunk - context (``agent.viper_batch_length`` overrides it)."""
+    if source.context_steps == 0:
+        return acfg.batch_length
+    if acfg.viper_batch_length < 0:
+        raise ViperError(f"agent.viper_batch_length={acfg.viper_batch_length}: expected 0 (released) or a length")
+    length = acfg.viper_batch_length or source.chunk_steps - source.context_steps
+    if length < 2:
+        # One-step sequences are all episode starts: the world model would learn no dynamics (and the
+        # disagreement ensemble, which predicts the next step, would average over nothing).
+        origin = (
+            f"agent.viper_batch_length={acfg.viper_batch_length}"
+            if acfg.viper_batch_length
+            else f"relabel chunks of {source.chunk_steps} steps (agent.batch_length={acfg.batch_length}, at least "
+            f"context + 1) minus the reward model's {source.context_steps} context steps"
+        )
+        raise ViperError(
+            f"reward viper: replayed sequences of {length} step(s) ({origin}); they need >= 2 steps: raise "
+            f"agent.batch_length above {source.context_steps + 1} or set agent.viper_batch_length >= 2"
+        )
+    return length
