@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.params is not None and not Path(args.params).exists():
             raise ViperError(f"--params {args.params}: no such file (leave --params out to use ./params.yaml)")
         cfg = config_lib.load(args.preset, args.overrides, args.params or "params.yaml")
+        _note_overridden_data_dir(args.command, cfg, Path(args.params or "params.yaml"))
         if args.command == "config":
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
             return 0
@@ -208,6 +209,24 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"viper {args.command}: error: {_disk_full(exc, cfg)}", file=sys.stderr)
         return 2
+
+
+def _note_overridden_data_dir(command: str, cfg, params_path: Path) -> None:
+    """One line when ``-S data_dir`` overrides params.yaml's ``data_dir``: dvc.yaml's commands pin it to data/, and
+    a ``data_dir`` the user set in params.yaml must not be ignored there without a word."""
+    from viper.stages import DATA
+
+    if not params_path.is_file():
+        return
+    wanted = (yaml.safe_load(params_path.read_text()) or {}).get("data_dir")  # load() checked it is a mapping
+    if wanted is None or Path(str(wanted)) == Path(cfg.data_dir):
+        return
+    print(
+        f"viper {command}: writing under {cfg.data_dir}/ (-S data_dir={cfg.data_dir}), not {params_path}'s data_dir "
+        f"{wanted!r}: dvc.yaml's stages always write under {DATA}/, where DVC tracks their outputs; run viper commands "
+        "without -S data_dir to write elsewhere",
+        file=sys.stderr,
+    )
 
 
 def _disk_full(exc: OSError, cfg) -> str:
