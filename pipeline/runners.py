@@ -22,7 +22,10 @@ def make_runner(kind: str = "local", workers: int = 2, address: str | None = Non
             raise RuntimeError("the dask runner needs the extra: pip install -e '.[dask]'") from exc
         if address:
             return DaskTaskRunner(address=address)
-        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1})
+        # LocalCluster's dashboard listens on every interface by default (":8787"); servers here bind loopback
+        # unless told otherwise. Another cluster holding the port gets a free one (Dask logs the address).
+        local = {"n_workers": workers, "threads_per_worker": 1, "dashboard_address": "127.0.0.1:8787"}
+        return DaskTaskRunner(cluster_kwargs=local)
     if kind == "ray":
         try:
             from prefect_ray import RayTaskRunner

@@ -3,6 +3,8 @@ streaming, the flows' checks and the deployments' options. End-to-end runs live 
 
 from __future__ import annotations
 
+import pytest
+
 from viper import dvc_yaml
 from viper.cli import main as viper_main
 
@@ -23,3 +25,11 @@ def test_a_pinned_data_dir_that_params_yaml_contradicts_is_said_in_one_line(tmp_
     assert len(notes) == 1 and "params.yaml's data_dir 'scratch'" in notes[0] and "under data/" in notes[0], notes
     assert viper_main(["config"]) == 0  # no override: nothing to say
     assert capsys.readouterr().err == ""
+
+
+def test_the_local_dask_cluster_serves_its_dashboard_on_loopback_only():
+    pytest.importorskip("prefect_dask", reason="the [dask] extra (in requirements.lock) is not installed")
+    from pipeline.runners import make_runner
+
+    address = make_runner("dask", workers=1).cluster_kwargs.get("dashboard_address", ":8787")
+    assert address.startswith("127.0.0.1:"), address
