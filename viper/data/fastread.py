@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import google_crc32c
@@ -55,8 +56,16 @@ def join_chunks(chunks: dict[int, np.ndarray], chunk_rows: int, start: int, stop
 class ShardedFrames:
     """Frames ``[start, stop)`` of one sharded uint8 array in a local folder (``read``)."""
 
-    def __init__(self, array_dir: Path, shape: tuple[int, ...], shard_rows: int, chunk_rows: int) -> None:
+    def __init__(
+        self,
+        array_dir: Path,
+        shape: tuple[int, ...],
+        shard_rows: int,
+        chunk_rows: int,
+        on_open: Callable[[], None] | None = None,
+    ) -> None:
         self.array_dir = array_dir
+        self.on_open = on_open
         self.shape = shape
         self.shard_rows, self.chunk_rows = shard_rows, chunk_rows
         self.chunk_shape = (chunk_rows, *shape[1:])
@@ -65,8 +74,9 @@ class ShardedFrames:
         self._shards: dict[int, tuple[int, np.ndarray] | None] = {}
 
     @classmethod
-    def open(cls, array_dir: str | Path) -> ShardedFrames | None:
-        """A reader if ``array_dir/zarr.json`` describes the layout above, else None."""
+    def open(cls, array_dir: str | Path, on_open: Callable[[], None] | None = None) -> ShardedFrames | None:
+        """A reader if ``array_dir/zarr.json`` describes the layout above, else None. ``on_open`` runs after each
+        shard file is opened (or found missing) and may raise: e.g. a check that the array was not replaced."""
         array_dir = Path(array_dir)
         try:
             meta = json.loads((array_dir / "zarr.json").read_text())
@@ -95,7 +105,7 @@ class ShardedFrames:
             or shard[0] % inner[0]
         ):
             return None
-        return cls(array_dir, tuple(meta["shape"]), shard[0], inner[0])
+        return cls(array_dir, tuple(meta["shape"]), shard[0], inner[0], on_open)
 
     def _shard(self, s: int) -> tuple[int, np.ndarray] | None:
         """(open file descriptor, index (chunks_per_shard, 2) uint64) of shard ``s``; None if not written."""
@@ -104,8 +114,16 @@ class ShardedFrames:
             try:
                 fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
+                if self.on_open is not None:
+                    self.on_open()
                 self._shards[s] = None  # zarr writes no shard whose chunks are all fill value
                 return None
+            if self.on_open is not None:
+                try:
+                    self.on_open()
+                except BaseException:
+                    os.close(fd)
+                    raise
             size = os.fstat(fd).st_size
             nbytes = self.chunks_per_shard * 16 + 4
             raw = os.pread(fd, nbytes, size - nbytes)

@@ -5,7 +5,8 @@ tracks each task group as its own output), and renames or removes whole groups s
 one step. Local paths and ``file://`` URLs use zarr's ``LocalStore``, whose every key write is a temp file
 plus rename (a killed writer never leaves a half-written chunk, shard or ``zarr.json``). Other URLs
 (``memory://``, ``s3://``, ``gs://``) go through ``FsspecStore``; object stores replace an object in one PUT,
-so the same guarantee holds per key there, but renaming a group is a copy (not atomic) on object stores.
+so the same guarantee holds per key there, but renaming a group is a copy (not atomic) on object stores:
+``Location.rename`` orders that copy so that only a complete group ever has its ``zarr.json``.
 """
 
 from __future__ import annotations
@@ -95,19 +96,40 @@ class Location:
         return sorted(names)
 
     def remove(self, name: str) -> None:
-        """Delete ``<root>/<name>`` and everything under it (no error if absent)."""
+        """Delete ``<root>/<name>`` and everything under it (no error if absent).
+
+        The group's ``zarr.json`` goes first: a kill part-way leaves a folder that is no group (``has_group``
+        is False; the next ``create_task`` or ``promote`` overwrites it), never a group missing arrays."""
         path = self._join(name)
         if self.is_local:
+            Path(path, "zarr.json").unlink(missing_ok=True)
             shutil.rmtree(path, ignore_errors=True)
         elif self.fs.exists(path):
+            if self.fs.exists(f"{path}/zarr.json"):
+                self.fs.rm_file(f"{path}/zarr.json")
             self.fs.rm(path, recursive=True)
 
     def rename(self, src: str, dst: str) -> None:
-        """Move ``<root>/<src>`` to ``<root>/<dst>`` (``dst`` must not exist; atomic on local disks)."""
+        """Move group ``<root>/<src>`` to ``<root>/<dst>``, which must not be a group (atomic on local disks).
+
+        Elsewhere a rename is a copy: any leftover ``dst`` folder (a copy a kill cut short) is removed first,
+        the group's ``zarr.json`` is copied last and deleted from ``src`` first, so at every moment
+        ``has_group`` is True only for a complete group (``promote`` and ``recover_swaps`` rely on it).
+        """
+        if self.has_group(dst):
+            raise ViperError(f"{self.url}: cannot move {src} to {dst}: {dst} is a group")
         if self.is_local:
+            shutil.rmtree(self._join(dst), ignore_errors=True)  # a folder without zarr.json: a cut-short remove
             os.rename(self._join(src), self._join(dst))
-        else:
-            self.fs.mv(self._join(src), self._join(dst), recursive=True)
+            return
+        source, target = self._join(src), self._join(dst)
+        if self.fs.exists(target):
+            self.fs.rm(target, recursive=True)
+        meta = f"{source}/zarr.json"
+        for path in sorted(self.fs.find(source), key=lambda p: p == meta):  # the group's zarr.json last
+            self.fs.copy(path, target + path[len(source) :])
+        self.fs.rm_file(meta)
+        self.fs.rm(source, recursive=True)
 
     def remove_temp_files(self, name: str) -> int:
         """Delete zarr's ``*.partial`` temp files under a group left by a killed writer; returns the count."""
@@ -167,7 +189,7 @@ def recover_swaps(location: Location, only: str | None = None) -> None:
     for child in location.children():
         if mine(child, "old"):
             name = child[1 : -len(".old")]
-            if location.has_group(name):
+            if location.has_group(name) or not location.has_group(child):  # replaced, or a cut-short remove
                 location.remove(child)
             else:
                 location.rename(child, name)

@@ -27,6 +27,8 @@ so writers of other tasks may run beside it; one that opens it for every task mu
 from __future__ import annotations
 
 import datetime
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -101,10 +103,43 @@ class VideoStore:
             for name in self._names(hidden=True):
                 if only is None or belongs(name, only):
                     self.location.remove_temp_files(name)
-                    self._open(name).repair()
+                    self._repair(name)
 
     def __repr__(self) -> str:
         return f"VideoStore({self.url!r}, mode={self.mode!r})"
+
+    def _repair(self, name: str) -> None:
+        if name.endswith(".creating"):  # always scratch: ``create_task`` moves a finished one into place
+            self.location.remove(name)
+            return
+        try:
+            self._open(name).repair()
+        except ViperError as exc:
+            if not name.startswith("."):
+                raise
+            # A working group cut short while being created or removed (arrays missing, no attributes yet):
+            # scratch that the command that made it rebuilds (rollouts are seeded, imports re-read their files).
+            print(f"{self.url}/{name}: removing an incomplete working group ({exc})", file=sys.stderr)
+            self.location.remove(name)
+
+    def _interrupted_swap(self, name: str, wait_s: float = 2.0) -> bool:
+        """Whether group ``name`` is absent mid-swap (see ``promote``) for longer than a live swap takes: its
+        writer was killed, or is copying a remote group."""
+        deadline = time.monotonic() + wait_s
+        while not self.location.has_group(name) and any(
+            self.location.has_group(hidden(name, tag)) for tag in ("ready", "old")
+        ):
+            if time.monotonic() > deadline:
+                return True
+            time.sleep(0.1)
+        return False
+
+    def _swap_error(self, name: str) -> ViperError:
+        return ViperError(
+            f"{self.url}/{name}: this task's group is being replaced, or its writer was killed mid-swap; the next "
+            f"write finishes the swap: run the command that wrote it again (`viper collect --task <suite>/{name}` "
+            "or `viper import`)"
+        )
 
     def _names(self, hidden: bool = False) -> list[str]:
         names = self.location.children()
@@ -118,6 +153,12 @@ class VideoStore:
     def tasks(self) -> list[str]:
         """Full task names (``dmc/cartpole_balance``) of the task groups, sorted."""
         names = []
+        if self.mode == "r":  # a writer finishes interrupted swaps on open; a reader must not skip their tasks
+            for child in self._names(hidden=True):
+                for tag in ("ready", "old"):
+                    name = child[1 : -len(tag) - 1]
+                    if child == hidden(name, tag) and self._interrupted_swap(name):
+                        raise self._swap_error(name)
         for name in self._names():
             meta = self.location.read_json(f"{name}/zarr.json") or {}
             task = meta.get("attributes", {}).get("task")
@@ -129,6 +170,8 @@ class VideoStore:
         """The group of ``task`` (full name, or the group name without the suite prefix)."""
         name = _short(task)
         if name.startswith(".") or not self.location.has_group(name):
+            if self._interrupted_swap(name):
+                raise self._swap_error(name)
             held = ", ".join(self.tasks) or "no tasks"
             raise ViperError(f"{self.url}: unknown task {task!r}; the store holds: {held}")
         group = self._open(name)
@@ -140,7 +183,10 @@ class VideoStore:
         """Create an empty task group (``name`` overrides the group name, e.g. a hidden staging group)."""
         self._writable()
         _check_full(task)
-        name = name or _short(task)
+        if name is None:  # built aside and moved into place: a kill mid-way leaves no half-made task group
+            self.create_task(task, attrs, name=hidden(_short(task), "creating"))
+            promote(self.location, hidden(_short(task), "creating"), _short(task))
+            return self._open(_short(task))
         group = zarr.open_group(store=self._zstore, path=name, mode="w")
         for key, dtype in EPISODE_ARRAYS.items():
             group.create_array(key, shape=(0,), dtype=dtype, chunks=(INDEX_CHUNK,))

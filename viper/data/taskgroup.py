@@ -12,6 +12,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,42 @@ class TaskGroup:
 
     def refresh(self) -> None:
         """Re-read the commit record and the per-episode index (sees episodes committed since opening)."""
-        self._group = zarr.open_group(store=self._zstore, path=self.name, mode=self._mode)
-        self._sync()
+        for _ in range(3):
+            self._group = zarr.open_group(store=self._zstore, path=self.name, mode=self._mode)
+            self.uid = self._group.attrs.get("uid")
+            try:
+                self._sync()
+            except ViperError:
+                if self._current_uid() == self.uid:
+                    raise
+                continue  # replaced while its index was read (a swap, see ``promote``): read the new group
+            if self._current_uid() == self.uid:
+                return
+        raise self._replaced()
+
+    def _current_uid(self) -> str | None:
+        """The ``uid`` in the group's ``zarr.json`` now (None where no group is, e.g. mid-swap)."""
+        if self._local_dir is not None:
+            try:
+                return json.loads((self._local_dir / "zarr.json").read_text()).get("attributes", {}).get("uid")
+            except FileNotFoundError:
+                return None
+        try:
+            return zarr.open_group(store=self._zstore, path=self.name, mode="r").attrs.get("uid")
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            return None
+
+    def _replaced(self) -> ViperError:
+        return ViperError(
+            f"{self.where}: the task was replaced (re-collected or re-imported) since this reader opened it; "
+            "open the store again to read the new episodes"
+        )
+
+    def _check_same(self) -> None:
+        """Reads go by path, so after a swap they would reach the new group's bytes through this handle's old
+        index (other frames, or zeros where the new group has no shard): refuse instead."""
+        if self._current_uid() != self.uid:
+            raise self._replaced()
 
     def _sync(self) -> None:
         try:
@@ -88,7 +123,16 @@ class TaskGroup:
         if self._fast is not None:
             self._fast.close()
         # Local stores read frames without zarr's per-call thread hops (viper/data/fastread.py).
-        self._fast = ShardedFrames.open(self._local_dir / "frames") if self._local_dir is not None else None
+        # An open shard file keeps the version indexed here; opening one checks the group is still this one
+        # (through a weak reference: the reader's open files close when this handle is dropped, not at a gc).
+        handle = weakref.ref(self)
+
+        def check() -> None:
+            if (group := handle()) is not None:
+                group._check_same()
+
+        local = self._local_dir
+        self._fast = ShardedFrames.open(local / "frames", on_open=check) if local is not None else None
         index = {k: self._group[k][: self.num_episodes] for k in EPISODE_ARRAYS}
         if self._frames.shape[0] < self.num_frames or any(len(v) < self.num_episodes for v in index.values()):
             raise ViperError(f"{self.where}: corrupt store, arrays are shorter than the commit record")
@@ -136,7 +180,11 @@ class TaskGroup:
         if not 0 <= start <= stop <= self.num_frames:
             raise ViperError(f"{self.where}: frames [{start}, {stop}) out of range (task has {self.num_frames} frames)")
         with _damage(self.where, f"frames [{start}, {stop})"):
-            return self._fast.read(start, stop) if self._fast is not None else self._frames[start:stop]
+            if self._fast is not None:
+                return self._fast.read(start, stop)
+            frames = self._frames[start:stop]
+        self._check_same()
+        return frames
 
     @property
     def fast_reads(self) -> bool:
@@ -149,7 +197,11 @@ class TaskGroup:
         if not 0 <= lo < hi:
             raise ViperError(f"{self.where}: chunk {c} out of range (task has {self.num_frames} frames)")
         with _damage(self.where, f"chunk {c}"):
-            return self._fast.chunk(c)[: hi - lo] if self._fast is not None else self._frames[lo:hi]
+            if self._fast is not None:
+                return self._fast.chunk(c)[: hi - lo]
+            frames = self._frames[lo:hi]
+        self._check_same()
+        return frames
 
     def read_episode(self, i: int) -> dict[str, np.ndarray]:
         """``frames`` uint8 (L, 64, 64, 3) and, when stored, ``actions`` float32 (L, A), ``rewards`` (L,)."""
@@ -159,6 +211,8 @@ class TaskGroup:
             if key in self._group:
                 with _damage(self.where, f"{key} [{start}, {stop})"):
                     out[key] = self._group[key][start:stop]
+        if len(out) > 1:
+            self._check_same()
         return out
 
     def episodes(self, split: str = "all") -> np.ndarray:
