@@ -8,8 +8,9 @@
   ``[dask]`` / ``[ray]`` extras). Their outputs land where the DVC stages expect them; the next ``dvc repro``
   records them.
 
-Retries are safe because stages resume from their checkpoints. Long stages report progress to Prefect (a
-progress artifact fed by the stage's progress bar) and finish with a table artifact of their metrics.
+Retries are safe because stages resume from their checkpoints; a failure that a second try cannot change (a config
+or input error, a diverged agent, an operator's Ctrl-C or SIGTERM) is not retried. Long stages report progress to
+Prefect (a progress artifact fed by the stage's progress bar) and finish with a table artifact of their metrics.
 """
 
 from __future__ import annotations
@@ -35,6 +36,37 @@ from viper.metrics import write_text
 from viper.stages import StageSpec, by_name
 
 _PERCENT = re.compile(r"(\d{1,3})%\|")
+# DVC exits 255 whatever the stage's command exited with; its error line carries the command's own status.
+_DVC_STAGE_STATUS = re.compile(r"failed to run: .*, exited with (-?\d+)")
+
+FINAL_STATUSES = {
+    2: "a config, usage or input error (a diverged agent's too)",
+    3: "a command that is not implemented",
+    130: "stopped by the operator (SIGINT)",
+    143: "stopped by the operator (SIGTERM)",
+    -2: "stopped by the operator (SIGINT)",  # Popen's status for a child the signal killed
+    -15: "stopped by the operator (SIGTERM)",
+    251: "a DVC configuration error",
+    252: "DVC interrupted by the operator",
+    253: "not a DVC repository",
+    254: "a DVC usage error",
+}
+"""Exit statuses a retry cannot change: a second try fails the same way or undoes the operator's stop. Any other
+status (a crash, SIGKILL / 137, out of memory) is retried: the stage resumes from its checkpoints."""
+
+
+class StageFailed(RuntimeError):
+    """A stage command exited non-zero; ``status`` is the command's own exit status (the stage's, under DVC)."""
+
+    def __init__(self, cmd: list[str], status: int) -> None:
+        why = FINAL_STATUSES.get(status)
+        super().__init__(f"{' '.join(cmd)} failed with exit status {status}" + (f": {why}, not retried" if why else ""))
+        self.status = status
+
+
+def retry_may_help(task, task_run, state) -> bool:
+    """Prefect's ``retry_condition_fn``: retry unless the stage exited with one of ``FINAL_STATUSES``."""
+    return getattr(state.data, "status", None) not in FINAL_STATUSES
 
 
 def _venv_bin() -> str:
@@ -48,6 +80,7 @@ def _stream(cmd: list[str], cwd: Path, progress_key: str | None) -> None:
     env = dict(os.environ, PATH=_venv_bin() + os.pathsep + os.environ.get("PATH", ""))
     artifact = create_progress_artifact(0.0, key=progress_key) if progress_key else None
     last = 0.0
+    stage_status = None
     with subprocess.Popen(
         cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     ) as proc:
@@ -58,6 +91,8 @@ def _stream(cmd: list[str], cwd: Path, progress_key: str | None) -> None:
             # tqdm redraws with carriage returns: treat them as line ends.
             *lines, buffer = re.split(r"[\r\n]", buffer)
             for line in filter(None, (s.strip() for s in lines)):
+                if status := _DVC_STAGE_STATUS.search(line):
+                    stage_status = int(status.group(1))
                 match = _PERCENT.search(line)
                 if match and artifact is not None:
                     percent = float(match.group(1))
@@ -68,7 +103,7 @@ def _stream(cmd: list[str], cwd: Path, progress_key: str | None) -> None:
                 elif not match:
                     logger.info(line)
         if proc.wait() != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed with exit status {proc.returncode}")
+            raise StageFailed(cmd, proc.returncode if stage_status is None else stage_status)
 
 
 def _publish_metrics(stage: StageSpec, project: Path) -> dict:
@@ -86,7 +121,7 @@ def _publish_metrics(stage: StageSpec, project: Path) -> dict:
     return metrics
 
 
-@task(retries=1, retry_delay_seconds=5, task_run_name="dvc-{stage_name}")
+@task(retries=1, retry_delay_seconds=5, retry_condition_fn=retry_may_help, task_run_name="dvc-{stage_name}")
 def run_stage(stage_name: str, project_dir: str) -> dict:
     """Bring one DVC stage up to date (resumes a killed run); return its summary metrics."""
     project = Path(project_dir).resolve()
@@ -125,7 +160,7 @@ def reproduce(preset: str = "demo", stages: list[str] | None = None, project_dir
     return results
 
 
-@task(retries=1, retry_delay_seconds=5, task_run_name="{command}-{label}")
+@task(retries=1, retry_delay_seconds=5, retry_condition_fn=retry_may_help, task_run_name="{command}-{label}")
 def run_command(command: str, args: list[str], label: str, project_dir: str) -> int:
     """Run one ``viper`` stage command with extra arguments (one process per call).
 

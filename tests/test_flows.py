@@ -3,7 +3,10 @@ streaming, the flows' checks and the deployments' options. End-to-end runs live 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from prefect import flow
 
 from viper import dvc_yaml
 from viper.cli import main as viper_main
@@ -33,3 +36,43 @@ def test_the_local_dask_cluster_serves_its_dashboard_on_loopback_only():
 
     address = make_runner("dask", workers=1).cluster_kwargs.get("dashboard_address", ":8787")
     assert address.startswith("127.0.0.1:"), address
+
+
+@flow
+def in_a_flow(task, *args):
+    """Run one task inside a flow run, as the pipeline's flows do (its logs then reach the API too)."""
+    return task(*args)
+
+
+def _fake_dvc(bin_dir: Path, runs: Path, body: str) -> None:
+    """A `dvc` that records each start in ``runs`` and then does ``body`` (shell)."""
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / "dvc"
+    script.write_text(f'#!/bin/sh\necho run >> "{runs}"\n{body}\n')
+    script.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    ("body", "runs_expected"),
+    [
+        # What DVC prints and exits with when the stage's command fails: the command's status decides.
+        ("echo \"ERROR: failed to reproduce 'collect': failed to run: viper collect, exited with 2\"; exit 255", 1),
+        ("echo \"ERROR: failed to reproduce 'collect': failed to run: viper collect, exited with 143\"; exit 255", 1),
+        ("echo \"ERROR: failed to reproduce 'collect': failed to run: viper collect, exited with -9\"; exit 255", 3),
+        ("exit 130", 1),  # a Ctrl-C that reached the command itself
+        ("kill -9 $$", 3),  # a crash: the stage resumes, so a retry helps
+    ],
+    ids=["config-error", "sigterm-stop", "stage-killed", "ctrl-c", "crash"],
+)
+def test_a_stage_is_retried_only_when_a_retry_can_help(tmp_path, monkeypatch, prefect_api, body, runs_expected):
+    from pipeline import flows
+
+    runs = tmp_path / "runs"
+    _fake_dvc(tmp_path / "bin", runs, body)
+    monkeypatch.setattr(flows, "_venv_bin", lambda: str(tmp_path / "bin"))
+    with pytest.raises(flows.StageFailed, match="failed with exit status") as failed:
+        in_a_flow(flows.run_stage.with_options(retries=2, retry_delay_seconds=0), "collect", str(tmp_path))
+    assert len(runs.read_text().splitlines()) == runs_expected, failed.value
+    assert (runs_expected == 1) == ("not retried" in str(failed.value)), failed.value
+    # The fan-out task follows the same rule.
+    assert flows.run_command.retry_condition_fn is flows.run_stage.retry_condition_fn is flows.retry_may_help
