@@ -189,3 +189,27 @@ def test_a_remote_rename_copies_the_group_metadata_last(monkeypatch):
     where.rename(hidden(NAME, "building"), hidden(NAME, "ready"))
     assert copied[-1].endswith(f"{hidden(NAME, 'ready')}/zarr.json") and len(copied) > 5
     assert where.has_group(hidden(NAME, "ready")) and not where.has_group(hidden(NAME, "building"))
+
+
+def test_tokens_re_written_while_being_read_are_read_from_one_group(tmp_path, monkeypatch):
+    """read_tokens reads the attributes, then the arrays: a re-tokenize between them paired the old tokenizer's
+    hash with the new tokens. It reads again until both come from one group."""
+    from viper.data import tokens as tokens_lib
+
+    url = tmp_path / "tok.zarr"
+    old, new = (np.full((30, 8, 8), value, np.int16) for value in (1, 2))
+    tokens_lib.write_tokens(url, TASK, old, np.array([30]), np.array([0]), "hash-old")
+    real_open = tokens_lib.zarr.open_group
+    calls = []
+
+    def swap_after_open(*args, **kwargs):
+        group = real_open(*args, **kwargs)
+        if not calls:  # a re-tokenize lands after the attributes were read
+            calls.append(dict(group.attrs))
+            tokens_lib.write_tokens(url, TASK, new, np.array([30]), np.array([0]), "hash-new")
+        return group
+
+    monkeypatch.setattr(tokens_lib.zarr, "open_group", swap_after_open)
+    got = tokens_lib.read_tokens(url, TASK)
+    assert calls[0]["tokenizer_hash"] == "hash-old"
+    assert got.tokenizer_hash == "hash-new" and (got.tokens == 2).all()

@@ -154,8 +154,15 @@ def read_tokens(path: str | Path, task: str, expected_hash: str | None = None) -
             f"video store has no {task!r} either, name the tasks it holds with -S 'collect.tasks=[...]' (the prior "
             "trains on collect.tasks)"
         )
-    group = zarr.open_group(store=location.zarr_store(read_only=True), path=name, mode="r")
-    attrs = dict(group.attrs)
+    for _ in range(3):
+        group = zarr.open_group(store=location.zarr_store(read_only=True), path=name, mode="r")
+        attrs = dict(group.attrs)
+        arrays = {key: group[key][:] for key in ("tokens", "episode_ends", "split")}
+        # A re-tokenize may swap the group in between (``promote``): keep only a read of one group throughout.
+        if (location.read_json(f"{name}/zarr.json") or {}).get("attributes") == attrs:
+            break
+    else:
+        raise ViperError(f"{path}/{name}: replaced again and again while being read; retry when `viper tokenize` ends")
     if attrs.get("schema_version") != SCHEMA_VERSION or attrs.get("task") != task:
         raise ViperError(f"{path}/{name}: not a token group for {task!r} (attributes {attrs})")
     found = attrs["tokenizer_hash"]
@@ -166,9 +173,9 @@ def read_tokens(path: str | Path, task: str, expected_hash: str | None = None) -
         )
     return TokenGroup(
         task=task,
-        tokens=group["tokens"][:],
-        episode_ends=group["episode_ends"][:],
-        split=group["split"][:],
+        tokens=arrays["tokens"],
+        episode_ends=arrays["episode_ends"],
+        split=arrays["split"],
         tokenizer_hash=found,
         codebook_size=attrs.get("codebook_size"),
         store_identity=str(attrs.get("store_identity", "")),
