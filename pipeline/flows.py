@@ -148,11 +148,12 @@ def set_preset(project_dir: str | Path, preset: str) -> None:
 @flow(name="viper-reproduce", log_prints=True)
 def reproduce(preset: str = "demo", stages: list[str] | None = None, project_dir: str = ".") -> dict:
     """Run the pipeline for ``preset`` stage by stage through DVC; ``stages`` limits it (default: all)."""
-    set_preset(project_dir, preset)
+    # Every check before params.yaml changes: a refused run leaves the checkout's preset as it was.
     names = [s.name for s in dvc_yaml.active_stages()]
     unknown = sorted(set(stages or ()) - set(names))
     if unknown:
-        raise ValueError(f"unknown or not yet implemented stages {unknown}; available: {names}")
+        raise ValueError(f"stages: unknown or not yet implemented {unknown}; available: {names}")
+    set_preset(project_dir, preset)
     results = {}
     for name in names:
         if stages is None or name in stages:

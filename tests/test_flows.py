@@ -76,3 +76,13 @@ def test_a_stage_is_retried_only_when_a_retry_can_help(tmp_path, monkeypatch, pr
     assert (runs_expected == 1) == ("not retried" in str(failed.value)), failed.value
     # The fan-out task follows the same rule.
     assert flows.run_command.retry_condition_fn is flows.run_stage.retry_condition_fn is flows.retry_may_help
+
+
+def test_reproduce_refuses_an_unknown_stage_before_touching_params(tmp_path, prefect_api):
+    from pipeline.flows import reproduce
+
+    params = tmp_path / "params.yaml"
+    params.write_bytes(b"# keep me\npreset: demo\ncollect: {}\n")
+    with pytest.raises(ValueError, match=r"stages: unknown or not yet implemented \['colect'\]"):
+        reproduce(preset="tiny", stages=["colect"], project_dir=str(tmp_path))
+    assert params.read_bytes() == b"# keep me\npreset: demo\ncollect: {}\n"
