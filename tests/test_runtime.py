@@ -172,3 +172,20 @@ def test_kill_workers_ends_workers_that_ignore_sigterm():
     runtime.kill_workers([worker])
     worker.join(10)
     assert not worker.is_alive()
+
+
+def test_importing_viper_raises_a_low_open_files_limit():
+    """The store's direct reader keeps every shard it reads open: a soft limit of 256 (the hard one stays) is
+    raised on import, up to the hard limit."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip(f"the hard open-files limit here is {hard}")
+    code = (
+        "import resource; N = resource.RLIMIT_NOFILE; resource.setrlimit(N, (256, resource.getrlimit(N)[1]));"
+        "import viper; print(resource.getrlimit(N)[0])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    expected = runtime.OPEN_FILES if hard == resource.RLIM_INFINITY else min(runtime.OPEN_FILES, hard)
+    assert int(out) == expected

@@ -48,8 +48,27 @@ def settings() -> dict[str, str]:
     return out
 
 
+OPEN_FILES = 65536
+"""The open-files limit a viper process asks for (up to the hard limit): the store's direct reader keeps each
+shard file it reads open (``viper.data.fastread``), per task and per DataLoader worker, and ~1,000 shards of a
+17-task paper-scale store would pass the common soft limit of 1,024."""
+
+
+def raise_open_files_limit() -> None:
+    """Raise the soft open-files limit towards ``OPEN_FILES``; never above the hard limit, never lowered."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def configure() -> None:
-    """Set every runtime.env variable that the environment does not already set."""
+    """Set every runtime.env variable that the environment does not already set; raise the open-files limit."""
+    raise_open_files_limit()
     for key, value in settings().items():
         if key == "PREFECT_HOME":
             value = str(Path(value).absolute())
