@@ -86,3 +86,29 @@ def test_reproduce_refuses_an_unknown_stage_before_touching_params(tmp_path, pre
     with pytest.raises(ValueError, match=r"stages: unknown or not yet implemented \['colect'\]"):
         reproduce(preset="tiny", stages=["colect"], project_dir=str(tmp_path))
     assert params.read_bytes() == b"# keep me\npreset: demo\ncollect: {}\n"
+
+
+@pytest.mark.parametrize(
+    ("missing", "not_implemented"),
+    [("viper.data.collect", True), ("viper.data", True), ("zarr", False), ("viper.data.col", False)],
+)
+def test_only_a_missing_stage_module_means_not_implemented(monkeypatch, missing, not_implemented):
+    import importlib
+
+    from viper import cli
+    from viper.stages import by_name
+
+    stage = by_name("collect")
+    real = importlib.import_module
+
+    def import_module(name, *args, **kwargs):
+        if name == cli.STAGES[stage.command].module:
+            raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib, "import_module", import_module)
+    if not_implemented:
+        assert not dvc_yaml.implemented(stage)
+    else:  # a dependency the stage needs is missing: dvc-yaml must fail, not drop the stage
+        with pytest.raises(ModuleNotFoundError, match=missing):
+            dvc_yaml.active_stages()

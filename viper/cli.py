@@ -143,18 +143,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             metavar="PATH",
             help="write the stage's summary metrics as JSON here (dvc.yaml uses data/metrics/<stage>.json)",
         )
-        module = _import_stage(stage) if name == command else None
+        module = import_stage(stage) if name == command else None
         if module is not None and hasattr(module, "add_arguments"):
             module.add_arguments(stage_parser, name)
     return parser
 
 
-def _import_stage(stage: Stage):
+def import_stage(stage: Stage):
+    """The stage's module, or None when that module (or its package) does not exist yet."""
     try:
         return importlib.import_module(stage.module)
     except ModuleNotFoundError as exc:
-        # Only a missing stage module means "not implemented"; a missing dependency inside it is a real error.
-        if exc.name is not None and stage.module.startswith(exc.name):
+        # Only a missing stage module means "not implemented"; a missing dependency inside it (zarr, say) is a real
+        # error, which would otherwise drop the stage from dvc.yaml without a word.
+        if exc.name is not None and (stage.module == exc.name or stage.module.startswith(exc.name + ".")):
             return None
         raise
 
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if getattr(args, "metrics_out", None) and Path(args.metrics_out).is_dir():
             raise ViperError(f"--metrics-out {args.metrics_out}: is a directory; expected a JSON file path")
-        module = _import_stage(STAGES[args.command])
+        module = import_stage(STAGES[args.command])
         if module is None or not hasattr(module, "cli"):
             print(f"viper {args.command}: not implemented yet (see the open issues)", file=sys.stderr)
             return 3
