@@ -1,14 +1,18 @@
-"""Fuzzed episode files (hypothesis): a damaged or mis-shaped npz is a ViperError naming the file and the
-expected array, never an uncaught traceback."""
+"""Fuzzed episode files (hypothesis): a damaged or mis-shaped npz, or a damaged HDF5 export, is a ViperError
+naming the file and what was expected, never an uncaught traceback."""
 
 from __future__ import annotations
+
+import uuid
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from viper.data import hdf5
 from viper.data.importers import load_npz_episode
+from viper.data.store import open_store
 from viper.errors import ViperError
 
 
@@ -61,3 +65,41 @@ def test_fuzzed_array_shapes(tmp_path, shape, dtype):
     else:
         with pytest.raises(ViperError, match="arr.npz: arr_0 is"):
             load_npz_episode(path)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A small task exported by `viper export`: (file bytes, the episodes' frames)."""
+    root = tmp_path_factory.mktemp("h5")
+    store = open_store(root / "a.zarr", "a", chunk_frames=8, shard_frames=32)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 4, (10, 64, 64, 3), dtype=np.uint8) for _ in range(2)]
+    for f in frames:
+        store.append_episode("dmc/cheetah_run", f, rng.normal(size=(10, 2)), rng.normal(size=10), attrs={})
+    hdf5.export_task(open_store(root / "a.zarr"), "dmc/cheetah_run", root / "task.h5")
+    return (root / "task.h5").read_bytes(), frames
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    cut=st.floats(0, 1),
+    flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(1, 255)), min_size=1, max_size=4),
+)
+def test_fuzzed_hdf5_is_a_clear_error_or_the_same_frames(tmp_path, exported, cut, flips):
+    """HDF5's own OSError / RuntimeError (a chunk that fails to decode, a B-tree cut short) escaped as tracebacks
+    without the file's name; a flipped frame byte imported silently. Each chunk now carries a checksum."""
+    data, frames = bytearray(exported[0]), exported[1]
+    for where, value in flips:
+        data[int(where * len(data))] ^= value
+    path = tmp_path / "fuzz.h5"
+    path.write_bytes(bytes(data[: int(len(data) * cut)]) if cut < 0.3 else bytes(data))
+    store = open_store(tmp_path / f"{uuid.uuid4().hex}.zarr", "a")
+    try:
+        task = hdf5.import_task(path, store)
+    except ViperError as exc:
+        assert "fuzz.h5" in str(exc)
+        assert store.tasks == []  # nothing half-imported
+    else:
+        group = open_store(store.url).task(task)
+        for i, f in enumerate(frames):
+            np.testing.assert_array_equal(group.read_episode(i)["frames"], f)

@@ -4,6 +4,7 @@ Schema (``format = "viper-task-group"``, ``schema_version = 1``):
 
     /                 attrs: format, schema_version, task, suite, group_attrs (JSON of the store group's attrs)
     /frames           (N, 64, 64, 3) uint8, chunks (32, 64, 64, 3), gzip level 4
+    (every dataset written with a fletcher32 checksum per chunk; files without one import too)
     /episode_ends     (E,) int64  exclusive end frame of each episode
     /lengths          (E,) int64
     /returns          (E,) float32 (NaN when unknown)
@@ -19,6 +20,7 @@ group and swaps it in, like every other whole-task write.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -46,11 +48,17 @@ def export_task(store: VideoStore, task: str, output: str | Path) -> dict[str, i
             f.attrs.update(format=FORMAT, schema_version=SCHEMA_VERSION, task=group.task, suite=group.attrs["suite"])
             f.attrs["group_attrs"] = json.dumps(group.attrs)
             n = group.num_frames
+            # fletcher32: a checksum per chunk, so a flipped byte fails the import instead of changing a frame.
             frames = f.create_dataset(
-                "frames", (n, *FRAME_SHAPE), np.uint8, chunks=(min(32, max(n, 1)), *FRAME_SHAPE), compression="gzip"
+                "frames",
+                (n, *FRAME_SHAPE),
+                np.uint8,
+                chunks=(min(32, max(n, 1)), *FRAME_SHAPE),
+                compression="gzip",
+                fletcher32=True,
             )
             for key, dtype in EPISODE_ARRAYS.items():
-                f.create_dataset(key, data=np.asarray(getattr(group, key), dtype=dtype))
+                f.create_dataset(key, data=np.asarray(getattr(group, key), dtype=dtype), fletcher32=True)
             rows = {}
             for i in range(group.num_episodes):
                 # One episode at a time: memory stays at one episode whatever the task size.
@@ -60,7 +68,7 @@ def export_task(store: VideoStore, task: str, output: str | Path) -> dict[str, i
                 for key in ("actions", "rewards"):
                     if key in ep:
                         if key not in rows:
-                            rows[key] = f.create_dataset(key, (n, *ep[key].shape[1:]), np.float32)
+                            rows[key] = f.create_dataset(key, (n, *ep[key].shape[1:]), np.float32, fletcher32=True)
                         rows[key][start:stop] = ep[key]
             if group.mask is not None:
                 f.create_dataset("mask", data=group.mask)
@@ -115,6 +123,19 @@ def _task(f: h5py.File, path: Path) -> str:
     return task
 
 
+@contextlib.contextmanager
+def _reading(path: Path):
+    """HDF5's own errors while reading (a flipped byte in a chunk or a B-tree, a file cut short) become one
+    error naming the file; the task's group in the store is untouched until the whole file was read."""
+    try:
+        yield
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+        raise ViperError(
+            f"{path}: damaged HDF5 file ({type(exc).__name__}: {exc}); nothing was imported: export it again "
+            "(`viper export`) or restore the file"
+        ) from exc
+
+
 def _open(path: Path) -> h5py.File:
     if not path.is_file():
         raise ViperError(f"{path}: HDF5 file not found")
@@ -126,7 +147,7 @@ def _open(path: Path) -> h5py.File:
 
 def task_of(path: str | Path) -> str:
     """The task an exported HDF5 file holds (its ``task`` attribute, checked), e.g. to pick the suite's store."""
-    with _open(Path(path)) as f:
+    with _open(Path(path)) as f, _reading(Path(path)):
         return _task(f, Path(path))
 
 
@@ -134,7 +155,9 @@ def import_task(path: str | Path, store: VideoStore, task: str | None = None) ->
     """Import an exported task group into ``store`` (replacing that task); returns the task name."""
     path = Path(path)
     with _open(path) as f:
-        stored, ends, split, _ = _check(f, path)
+        with _reading(path):
+            stored, ends, split, _ = _check(f, path)
+            group_attrs = f.attrs.get("group_attrs", "{}")
         if task is not None and task != stored:
             raise ViperError(f"{path}: holds task {stored!r}, not {task!r}")
         suite = stored.split("/", 1)[0]
@@ -142,7 +165,7 @@ def import_task(path: str | Path, store: VideoStore, task: str | None = None) ->
         if others:
             raise ViperError(f"{path}: holds {stored}, but {store.url} holds {others[0]}: a store keeps one suite")
         try:
-            attrs = json.loads(f.attrs.get("group_attrs", "{}"))
+            attrs = json.loads(group_attrs)
         except (TypeError, ValueError) as exc:
             raise ViperError(f"{path}: attribute group_attrs is not a JSON object ({exc})") from exc
         if not isinstance(attrs, dict):
@@ -156,17 +179,21 @@ def import_task(path: str | Path, store: VideoStore, task: str | None = None) ->
         group = store.staging(stored, IMPORTING, attrs=keep)
         names = {v: k for k, v in SPLITS.items()}
         for i, stop in enumerate(ends):
-            start = int(stop - (f["lengths"][i]))
-            rows = {k: f[k][start:stop] for k in ("actions", "rewards") if k in f}
+            with _reading(path):
+                start = int(stop - (f["lengths"][i]))
+                rows = {k: f[k][start:stop] for k in ("frames", "actions", "rewards") if k in f}
+                task_return, episode_id = float(f["returns"][i]), int(f["episode_ids"][i])
             group.append(
-                f["frames"][start:stop],
+                rows["frames"],
                 rows.get("actions"),
                 rows.get("rewards"),
                 split=names[int(split[i])],
-                task_return=float(f["returns"][i]),
-                episode_id=int(f["episode_ids"][i]),
+                task_return=task_return,
+                episode_id=episode_id,
             )
-        if "mask" in f:
-            group.set_mask(f["mask"][:].astype(bool))
+        with _reading(path):
+            mask = f["mask"][:].astype(bool) if "mask" in f else None
+        if mask is not None:
+            group.set_mask(mask)
     store.promote(stored, IMPORTING)
     return stored
