@@ -43,7 +43,7 @@ def train_experts(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"experts_trained": len(tasks)}
     for task in tasks:
         out = paths.expert_dir(cfg.data_dir, task)
-        metrics = run(cfg, task, seed, "task", out)
+        metrics = run(cfg, task, seed, "task", out, command="expert")
         print(f"expert: {task}: eval task return {metrics['eval_task_return']:.1f} ({out})")
         results.update({f"{paths.slug(task)}/{k}": v for k, v in metrics.items()})
     if not tasks:

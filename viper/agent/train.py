@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from viper import runtime
+from viper import locks, runtime
 from viper.agent.agent import Agent
 from viper.agent.divergence import Diverged, divergence_advice, nonfinite_modules, nonfinite_weights
 from viper.agent.driver import EnvPool
@@ -60,16 +60,25 @@ def _new_counters(acfg: AgentConfig) -> dict[str, Any]:
     }
 
 
-def run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[str, Any]:
+def run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path, command: str = "train-agent") -> dict[str, Any]:
     """Train (or resume) one agent on ``task`` with reward source ``reward`` in ``out_dir``.
 
-    Returns metrics: env steps and frames, updates, last evaluation return, wall time, and resume facts
-    (``checkpoint_loads``, ``start_env_steps``, ``replay_steps_at_start``, ``replay_steps``).
+    Holds ``out_dir``'s lock (``viper.locks``) for the whole run, so a second process training into the same folder
+    is refused with a ``ViperError`` (naming ``viper <command>``, ``train-agent`` or ``expert``, and this process's
+    pid) instead of interleaving its checkpoints with this run's. Returns metrics: env steps and frames, updates,
+    last evaluation return, wall time, and resume facts (``checkpoint_loads``, ``start_env_steps``,
+    ``replay_steps_at_start``, ``replay_steps``).
     """
+    out_dir = Path(out_dir)
+    # Taken before the reward model, envs or agent are built, so a refused run costs nothing.
+    with locks.folder(cfg.data_dir, out_dir, f"viper {command}"):
+        return _run(cfg, task, seed, reward, out_dir)
+
+
+def _run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[str, Any]:
     acfg = cfg.agent
     source = make_reward_source(reward, cfg, task)
     sequence_length(acfg, source)  # a chunk that leaves one-step sequences is refused before any env starts
-    out_dir = Path(out_dir)
     device = runtime.resolve_device(acfg.device, "agent.device")
     random.seed(seed)
     np.random.seed(seed)

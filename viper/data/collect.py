@@ -12,12 +12,14 @@ Per task, resumable and idempotent:
 A task group whose recorded fingerprint matches the config is left alone, so re-running is a no-op; a
 different config re-collects the task and replaces its group in one swap. The store therefore depends only
 on the config, not on worker count, timing or interruptions. A group that was imported (``viper import``) is
-not replaced unless asked (``--replace-imported``): a user's own videos cannot be rolled out again.
+not replaced unless asked (``--replace-imported``): a user's own videos cannot be rolled out again. One process
+collects a task at a time: ``run`` holds the task's lock (``task_lock``) around its work, and a second is refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +28,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from viper import paths
+from viper import locks, paths
 from viper.checkpoint import json_digest
 from viper.config import CollectConfig, Config, override
 from viper.data.filtering import assign_split, select_episodes, task_key, trim_episode
@@ -252,15 +254,31 @@ def run(
     url = str(paths.store(cfg.data_dir, c.suite))
     out: dict[str, Any] = {"store": url}
     if c.policy == PUBLISHED:
-        return {**out, **import_published_tasks(cfg, tasks, url)}
+        with contextlib.ExitStack() as held:
+            for task in tasks:
+                held.enter_context(task_lock(cfg, url, task))
+            return {**out, **import_published_tasks(cfg, tasks, url)}
     parse_expert_settings(c.expert_settings)  # every entry checked before any rollout
     for task in tasks:
         # Only the task's own settings enter its config, so they (not another task's) decide its fingerprint.
         own = settings_of_task(c.expert_settings, task)
         task_cfg = replace(c, policy=expert_policy(cfg, task), expert_settings=own)
-        for name, value in collect_task(task_cfg, task, url, progress, replace_imported).items():
-            out[f"{task}/{name}"] = value
+        with task_lock(cfg, url, task):
+            for name, value in collect_task(task_cfg, task, url, progress, replace_imported).items():
+                out[f"{task}/{name}"] = value
     return out
+
+
+def task_lock(cfg: Config, url: str, task: str) -> contextlib.AbstractContextManager:
+    """The lock on one task group of the store at ``url`` (``viper.locks``): the store allows one writer per task
+    (``viper.data.store``), and two ``viper collect`` runs for a task would otherwise both stage and promote its
+    group. Per task, so the Prefect flow's one-task-per-process fan-out still collects several tasks at once. A
+    store at a non-local URL is not locked: a lock file on this machine cannot stop a writer elsewhere."""
+    if "://" in url and not url.startswith("file://"):
+        return contextlib.nullcontext()
+    return locks.exclusive(
+        locks.lock_file(cfg.data_dir, f"collect-{paths.slug(task)}"), f"{task} in {url}", "viper collect"
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:

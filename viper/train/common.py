@@ -23,13 +23,14 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from viper import runtime
+from viper import locks, runtime
 from viper.checkpoint import rng_state, set_rng_state
 from viper.errors import ViperError
 
@@ -73,6 +74,15 @@ def teardown_distributed(ctx: DistContext) -> None:
     """Destroy the process group if ``setup_distributed`` created it."""
     if ctx.owns_group and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def run_lock(
+    data_dir: str | Path, run_dir: str | Path, command: str, ctx: DistContext
+) -> contextlib.AbstractContextManager:
+    """The run folder's lock (``viper.locks``), taken by rank 0 alone: the ranks of one torchrun job are one writer
+    (rank 0 writes the checkpoints), and a refused rank 0 exits with the message, after which torchrun stops the
+    other ranks."""
+    return locks.folder(data_dir, run_dir, command) if ctx.is_main else contextlib.nullcontext()
 
 
 def barrier(ctx: DistContext) -> None:

@@ -235,98 +235,105 @@ def _evaluate(ema, prior, tokenizer, test, pc, run_dir, log, step) -> tuple[floa
 
 
 def run(cfg: Config) -> dict[str, float]:
-    """Train (or resume) the suite's prior; returns the summary metrics, also in ``<prior_dir>/metrics.json``."""
+    """Train (or resume) the suite's prior; returns the summary metrics, also in ``<prior_dir>/metrics.json``.
+
+    Rank 0 holds the run folder's lock (``viper.locks``) throughout: a second run for the suite is refused."""
+    run_dir = paths.prior_dir(cfg.data_dir, cfg.collect.suite)
+    ctx = common.setup_distributed()
+    try:
+        with common.run_lock(cfg.data_dir, run_dir, "viper train-videogpt", ctx):
+            return _train(cfg, run_dir, ctx)
+    finally:
+        common.teardown_distributed(ctx)
+
+
+def _train(cfg: Config, run_dir: Path, ctx: common.DistContext) -> dict[str, float]:
     from viper.models.vqgan import load_tokenizer
 
     pc = cfg.prior
     suite = cfg.collect.suite
     tasks = tuple(sorted(cfg.collect.tasks))
-    run_dir = paths.prior_dir(cfg.data_dir, suite)
-    ctx = common.setup_distributed()
+    tokenizer = load_tokenizer(paths.tokenizer_dir(cfg.data_dir, suite), device=ctx.device)
+    tokens_path = paths.tokens(cfg.data_dir, suite)
+    splits = load_splits(tokens_path, tasks, tokenizer.hash, tokenizer.grid)
+    codebook = tokenizer.codebook.cpu()
+    spec = spec_for(pc, tokenizer.grid, codebook, len(tasks))
+    common.seed_torch(pc.seed)
+    prior = VideoGPT(spec, codebook).to(ctx.device)
+    ema = EMA(prior, pc.ema_decay)
+    common.decorrelate_ranks(pc.seed, ctx)  # dropout differs across ranks; a resume restores each rank's
+    optimizer = torch.optim.AdamW(prior.parameters(), lr=pc.lr, weight_decay=pc.weight_decay)
+    per_rank = common.rank_batch("prior.batch_size", pc.batch_size, ctx)
+    ckpt = Checkpointer(
+        run_dir / "checkpoints",
+        pc.keep_checkpoints,
+        fingerprint(pc, tasks, tokenizer.hash, ctx.world_size, store_identities(tokens_path, tasks)),
+        defaults={"prior": fingerprint(PriorConfig(), tasks, tokenizer.hash, ctx.world_size)["prior"]},
+    )
+    stale = ckpt.stale_message("prior")
+    if stale and ctx.is_main:
+        print(stale, flush=True)
+    progress = Progress()
+    loaded = common.load_latest(ckpt, ctx, map_location="cpu")
+    if loaded is not None:
+        state = loaded[0]
+        prior.load_state_dict(state["model"])
+        ema.model.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        common.restore_rng(state, pc.seed, ctx)
+        progress = Progress(**state["progress"])
+    windows = TrainWindows(splits["train"], pc.seq_len, pc.frame_skip, per_rank, pc.seed, ctx.rank, ctx.world_size)
+    test = eval_windows(splits["test"], pc.seq_len, pc.frame_skip, pc.eval_windows_per_task)
+    trained = common.maybe_compile(common.wrap_ddp(PriorLoss(prior), ctx), pc.compile)
+    log = None
+    if ctx.is_main:
+        log = Logger(run_dir / "logs", total=pc.train_grad_steps, desc="prior", initial=progress.step)
+    train_nats: list[float] = []
     try:
-        tokenizer = load_tokenizer(paths.tokenizer_dir(cfg.data_dir, suite), device=ctx.device)
-        tokens_path = paths.tokens(cfg.data_dir, suite)
-        splits = load_splits(tokens_path, tasks, tokenizer.hash, tokenizer.grid)
-        codebook = tokenizer.codebook.cpu()
-        spec = spec_for(pc, tokenizer.grid, codebook, len(tasks))
-        common.seed_torch(pc.seed)
-        prior = VideoGPT(spec, codebook).to(ctx.device)
-        ema = EMA(prior, pc.ema_decay)
-        common.decorrelate_ranks(pc.seed, ctx)  # dropout differs across ranks; a resume restores each rank's
-        optimizer = torch.optim.AdamW(prior.parameters(), lr=pc.lr, weight_decay=pc.weight_decay)
-        per_rank = common.rank_batch("prior.batch_size", pc.batch_size, ctx)
-        ckpt = Checkpointer(
-            run_dir / "checkpoints",
-            pc.keep_checkpoints,
-            fingerprint(pc, tasks, tokenizer.hash, ctx.world_size, store_identities(tokens_path, tasks)),
-            defaults={"prior": fingerprint(PriorConfig(), tasks, tokenizer.hash, ctx.world_size)["prior"]},
-        )
-        stale = ckpt.stale_message("prior")
-        if stale and ctx.is_main:
-            print(stale, flush=True)
-        progress = Progress()
-        loaded = common.load_latest(ckpt, ctx, map_location="cpu")
-        if loaded is not None:
-            state = loaded[0]
-            prior.load_state_dict(state["model"])
-            ema.model.load_state_dict(state["ema"])
-            optimizer.load_state_dict(state["optimizer"])
-            common.restore_rng(state, pc.seed, ctx)
-            progress = Progress(**state["progress"])
-        windows = TrainWindows(splits["train"], pc.seq_len, pc.frame_skip, per_rank, pc.seed, ctx.rank, ctx.world_size)
-        test = eval_windows(splits["test"], pc.seq_len, pc.frame_skip, pc.eval_windows_per_task)
-        trained = common.maybe_compile(common.wrap_ddp(PriorLoss(prior), ctx), pc.compile)
-        log = None
-        if ctx.is_main:
-            log = Logger(run_dir / "logs", total=pc.train_grad_steps, desc="prior", initial=progress.step)
-        train_nats: list[float] = []
-        try:
-            while progress.step < pc.train_grad_steps:
-                tokens, ids = windows.batch(progress.step)
-                nats = train_step(trained, optimizer, tokens.to(ctx.device), ids.to(ctx.device), pc.bf16)
-                train_nats.append(nats)
-                ema.update(prior, first=progress.step == 0)
-                progress.step = step = progress.step + 1
-                final = step == pc.train_grad_steps
-                if common.every(step, pc.log_every_grad_steps) or final:
-                    # Every rank joins the all-reduce; rank 0 logs.
-                    bits = common.all_reduce_mean({"b": float(np.mean(train_nats))}, ctx)["b"] / LN2
-                    train_nats.clear()
-                    if log is not None:
-                        log.scalars({"prior/train_bits_per_token": bits}, step)
-                evaluated = common.every(step, pc.eval_every_grad_steps) or final
-                if evaluated and log is not None:
-                    progress.last_eval, raw = _evaluate(ema, prior, tokenizer, test, pc, run_dir, log, step)
-                    progress.raw_is_best = raw < progress.best_raw_nll
-                    progress.best_raw_nll = min(progress.best_raw_nll, raw)
-                if common.every(step, pc.checkpoint_every_grad_steps) or final:
-                    rngs = common.gather_rng_states(ctx)
-                    if ctx.is_main:
-                        # Only checkpointed steps can be "best"; eval and checkpoint cadences usually agree.
-                        if evaluated and progress.last_eval < progress.best_nll:
-                            progress.best_nll, progress.best_step = progress.last_eval, step
-                        if progress.raw_is_best:
-                            progress.released_step = step
-                        state = _state(prior, ema, optimizer, spec, tasks, tokenizer.hash, pc, progress, rngs)
-                        _save(ckpt, state, progress)
-                    common.barrier(ctx)
+        while progress.step < pc.train_grad_steps:
+            tokens, ids = windows.batch(progress.step)
+            nats = train_step(trained, optimizer, tokens.to(ctx.device), ids.to(ctx.device), pc.bf16)
+            train_nats.append(nats)
+            ema.update(prior, first=progress.step == 0)
+            progress.step = step = progress.step + 1
+            final = step == pc.train_grad_steps
+            if common.every(step, pc.log_every_grad_steps) or final:
+                # Every rank joins the all-reduce; rank 0 logs.
+                bits = common.all_reduce_mean({"b": float(np.mean(train_nats))}, ctx)["b"] / LN2
+                train_nats.clear()
                 if log is not None:
-                    log.advance(step)
-        finally:
+                    log.scalars({"prior/train_bits_per_token": bits}, step)
+            evaluated = common.every(step, pc.eval_every_grad_steps) or final
+            if evaluated and log is not None:
+                progress.last_eval, raw = _evaluate(ema, prior, tokenizer, test, pc, run_dir, log, step)
+                progress.raw_is_best = raw < progress.best_raw_nll
+                progress.best_raw_nll = min(progress.best_raw_nll, raw)
+            if common.every(step, pc.checkpoint_every_grad_steps) or final:
+                rngs = common.gather_rng_states(ctx)
+                if ctx.is_main:
+                    # Only checkpointed steps can be "best"; eval and checkpoint cadences usually agree.
+                    if evaluated and progress.last_eval < progress.best_nll:
+                        progress.best_nll, progress.best_step = progress.last_eval, step
+                    if progress.raw_is_best:
+                        progress.released_step = step
+                    state = _state(prior, ema, optimizer, spec, tasks, tokenizer.hash, pc, progress, rngs)
+                    _save(ckpt, state, progress)
+                common.barrier(ctx)
             if log is not None:
-                log.close()
-        metrics = {
-            "prior/eval_bits_per_token": progress.last_eval,
-            "prior/best_eval_bits_per_token": progress.best_nll,
-            "prior/best_step": progress.best_step,
-            "prior/released_step": progress.released_step,
-            "prior/grad_steps": progress.step,
-        }
-        if ctx.is_main:
-            write_json(run_dir / "metrics.json", metrics)
-        return metrics
+                log.advance(step)
     finally:
-        common.teardown_distributed(ctx)
+        if log is not None:
+            log.close()
+    metrics = {
+        "prior/eval_bits_per_token": progress.last_eval,
+        "prior/best_eval_bits_per_token": progress.best_nll,
+        "prior/best_step": progress.best_step,
+        "prior/released_step": progress.released_step,
+        "prior/grad_steps": progress.step,
+    }
+    if ctx.is_main:
+        write_json(run_dir / "metrics.json", metrics)
+    return metrics
 
 
 def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, float]:

@@ -245,7 +245,8 @@ def run(
     try:
         store = paths.store(cfg.data_dir, suite)
         run_dir = paths.tokenizer_dir(cfg.data_dir, suite)
-        return _train(cfg.tokenizer, run_dir, ctx, frames, store, stop_at_grad_steps, progress)
+        with common.run_lock(cfg.data_dir, run_dir, "viper train-tokenizer", ctx):
+            return _train(cfg.tokenizer, run_dir, ctx, frames, store, stop_at_grad_steps, progress)
     finally:
         common.teardown_distributed(ctx)
 
