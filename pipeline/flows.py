@@ -15,6 +15,8 @@ Prefect (a progress artifact fed by the stage's progress bar) and finish with a 
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import json
 import os
 import re
@@ -75,33 +77,62 @@ def _venv_bin() -> str:
 
 
 def _stream(cmd: list[str], cwd: Path, progress_key: str | None) -> None:
-    """Run ``cmd``; forward its output to the Prefect log and its progress-bar percentage to an artifact."""
+    """Run ``cmd``; forward its output to the Prefect log and its progress-bar percentage to an artifact.
+
+    Output is forwarded as it arrives (a line reaches the log while the command still runs, a last line without a
+    newline too). A logging or artifact call that fails (the API gone, say) is warned about once and never stops
+    the stage: its pipe must keep draining, or the command would block on a full pipe or die of a broken one.
+    """
     logger = get_run_logger()
-    env = dict(os.environ, PATH=_venv_bin() + os.pathsep + os.environ.get("PATH", ""))
-    artifact = create_progress_artifact(0.0, key=progress_key) if progress_key else None
+    # PYTHONUNBUFFERED: a Python stage's prints would otherwise wait in its pipe buffer until it exits.
+    env = dict(os.environ, PATH=_venv_bin() + os.pathsep + os.environ.get("PATH", ""), PYTHONUNBUFFERED="1")
+    failed: set[str] = set()
+
+    def guarded(what: str, call, *args, **kwargs):
+        try:
+            return call(*args, **kwargs)
+        except Exception as exc:  # whatever the API raises, the stage goes on
+            if what not in failed:
+                failed.add(what)
+                with contextlib.suppress(Exception):
+                    logger.warning(f"{what} failed ({exc!r}); the stage keeps running, its output keeps being read")
+            return None
+
+    artifact = (
+        guarded("creating the progress artifact", create_progress_artifact, 0.0, key=progress_key)
+        if progress_key
+        else None
+    )
     last = 0.0
     stage_status = None
-    with subprocess.Popen(
-        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-    ) as proc:
+
+    def forward(line: str) -> None:
+        nonlocal last, stage_status
+        if status := _DVC_STAGE_STATUS.search(line):
+            stage_status = int(status.group(1))
+        match = _PERCENT.search(line)
+        if match is None:
+            guarded("logging the stage's output", logger.info, line)
+        elif artifact is not None:
+            percent = float(match.group(1))
+            # A stage draws one bar per task or run: a percentage below the last is the next bar starting.
+            if percent >= last + 1 or percent == 100 or percent < last:
+                guarded("updating the progress artifact", update_progress_artifact, artifact, percent)
+                last = percent
+
+    with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
         assert proc.stdout is not None
+        # Bytes as they come (read1 returns what the pipe holds), decoded across chunk boundaries.
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         buffer = ""
-        while chunk := proc.stdout.read(256):
-            buffer += chunk
+        while chunk := proc.stdout.read1(4096):
+            buffer += decoder.decode(chunk)
             # tqdm redraws with carriage returns: treat them as line ends.
             *lines, buffer = re.split(r"[\r\n]", buffer)
             for line in filter(None, (s.strip() for s in lines)):
-                if status := _DVC_STAGE_STATUS.search(line):
-                    stage_status = int(status.group(1))
-                match = _PERCENT.search(line)
-                if match and artifact is not None:
-                    percent = float(match.group(1))
-                    # A stage draws one bar per task or run: a percentage below the last is the next bar starting.
-                    if percent >= last + 1 or percent == 100 or percent < last:
-                        update_progress_artifact(artifact, percent)
-                        last = percent
-                elif not match:
-                    logger.info(line)
+                forward(line)
+        if rest := (buffer + decoder.decode(b"", final=True)).strip():
+            forward(rest)
         if proc.wait() != 0:
             raise StageFailed(cmd, proc.returncode if stage_status is None else stage_status)
 

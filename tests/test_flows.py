@@ -3,10 +3,13 @@ streaming, the flows' checks and the deployments' options. End-to-end runs live 
 
 from __future__ import annotations
 
+import logging
+import sys
+import time
 from pathlib import Path
 
 import pytest
-from prefect import flow
+from prefect import flow, task
 
 from viper import dvc_yaml
 from viper.cli import main as viper_main
@@ -112,3 +115,55 @@ def test_only_a_missing_stage_module_means_not_implemented(monkeypatch, missing,
     else:  # a dependency the stage needs is missing: dvc-yaml must fail, not drop the stage
         with pytest.raises(ModuleNotFoundError, match=missing):
             dvc_yaml.active_stages()
+
+
+class _Records(logging.Handler):
+    """(arrival time, message) of every record, to see when a line reached the log."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.seen: list[tuple[float, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append((time.monotonic(), record.getMessage()))
+
+
+@pytest.fixture
+def task_log():
+    handler = _Records()
+    logger = logging.getLogger("prefect.task_runs")
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+
+
+@task
+def stream(code: str, cwd: str, progress_key: str | None = None) -> None:
+    from pipeline import flows
+
+    flows._stream([sys.executable, "-c", code], Path(cwd), progress_key)
+
+
+def test_stage_output_reaches_the_log_as_it_comes_and_a_last_line_without_newline_too(tmp_path, prefect_api, task_log):
+    code = "import time; print('a', flush=True); time.sleep(2); print('b', end='', flush=True)"
+    in_a_flow(stream, code, str(tmp_path))
+    when = {message: at for at, message in task_log.seen if message in ("a", "b")}
+    assert set(when) == {"a", "b"}, task_log.seen
+    # "a" was logged while the child still slept, not when its pipe closed.
+    assert when["b"] - when["a"] > 1.5, when
+
+
+def test_a_failing_artifact_update_is_warned_about_once_and_the_stage_goes_on(
+    tmp_path, prefect_api, task_log, monkeypatch
+):
+    from pipeline import flows
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("the Prefect API is gone")
+
+    monkeypatch.setattr(flows, "update_progress_artifact", unreachable)
+    code = "import sys; [print(f'{p}%|###', file=sys.stderr) for p in (10, 50, 100)]; print('done')"
+    in_a_flow(stream, code, str(tmp_path), "test-progress")
+    messages = [message for _, message in task_log.seen]
+    assert "done" in messages, messages
+    assert sum("updating the progress artifact failed" in m for m in messages) == 1, messages
