@@ -2,13 +2,14 @@
 
 Layout of ``<run>/checkpoints/``::
 
-    step_000001000/  state.pt  (any extra files)  done
+    step_000001000/  state.pt  state.sha256  (any extra files)  done
     step_000002000/  ...
     latest           text file holding "step_000002000"
 
 A folder without ``done`` (a kill mid-write) is never loaded and is removed on the next save. ``latest`` is
 replaced atomically (``os.replace``), so it always names a complete folder. Resume is re-running the same
-command: ``load_latest()`` returns the newest complete checkpoint or ``None``. ``StopSignals`` lets a loop turn
+command: ``load_latest()`` returns the newest complete checkpoint or ``None`` (one whose ``state.pt`` cannot be read
+moves to ``damaged/`` and the one before it loads). ``StopSignals`` lets a loop turn
 Ctrl-C / SIGTERM into "save a checkpoint, then stop" instead of losing the work since the last one.
 
 A ``fingerprint`` (e.g. the stage's config section as a dict) is stored beside every checkpoint; checkpoints
@@ -27,9 +28,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import random
 import shutil
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -38,9 +41,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from viper.errors import ViperError
+
 DONE = "done"
 LATEST = "latest"
 SUPERSEDED = "superseded"
+DAMAGED = "damaged"
+CHECKSUM = "state.sha256"
 
 
 def file_sha256(path: str | Path) -> str:
@@ -209,6 +216,8 @@ class Checkpointer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         torch.save(state, tmp / "state.pt")
+        # torch.load checks the archive's structure, not the tensors' bytes: a checksum tells a damaged file.
+        (tmp / CHECKSUM).write_text(file_sha256(tmp / "state.pt"))
         if self.fingerprint is not None:
             (tmp / "fingerprint.json").write_text(json.dumps(self.fingerprint, sort_keys=True))
         if extra is not None:
@@ -228,11 +237,27 @@ class Checkpointer:
     def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path] | None:
         """``(state, folder)`` of the newest complete checkpoint, or ``None`` when there is none. Without one of
         this run's settings beside the live ones, a superseded one made with them is moved back and loaded."""
-        path = self.latest_path() or self._restore_superseded()
-        if path is None:
-            return None
-        self.loads += 1
-        return torch.load(path / "state.pt", map_location=map_location, weights_only=False), path
+        while (path := self.latest_path() or self._restore_superseded()) is not None:
+            try:
+                recorded = path / CHECKSUM  # absent in checkpoints written before it existed
+                if recorded.exists() and recorded.read_text().strip() != file_sha256(path / "state.pt"):
+                    raise ValueError(f"its sha256 differs from the one recorded in {CHECKSUM}")
+                state = torch.load(path / "state.pt", map_location=map_location, weights_only=False)
+            except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
+                # Bytes lost after the ``done`` marker (a crash before the disk flushed, a bad sector): resume from
+                # the checkpoint before it, keeping this one for inspection.
+                moved = self._set_aside(path, DAMAGED)
+                print(f"{path / 'state.pt'} cannot be read ({exc}); moved to {moved}", file=sys.stderr)
+                continue
+            self.loads += 1
+            return state, path
+        damaged = self.directory / DAMAGED
+        if damaged.is_dir() and any(damaged.iterdir()):
+            raise ViperError(
+                f"{self.directory}: no readable checkpoint left; the unreadable ones are in {damaged}. Remove that "
+                "folder to start this run anew"
+            )
+        return None
 
     def _prune(self, protect: tuple[str, ...]) -> None:
         for leftover in self.directory.glob(".tmp_step_*"):
@@ -247,15 +272,17 @@ class Checkpointer:
             if path.name not in protect:
                 shutil.rmtree(path, ignore_errors=True)
 
-    def _set_aside(self, path: Path) -> None:
-        """Move a checkpoint of other settings into ``superseded/`` (renamed ``.1``, ``.2``... on a clash)."""
-        target_dir = self.directory / SUPERSEDED
+    def _set_aside(self, path: Path, into: str = SUPERSEDED) -> Path:
+        """Move a checkpoint of other settings into ``superseded/`` (or an unreadable one into ``damaged/``),
+        renamed ``.1``, ``.2``... on a clash; returns where it went."""
+        target_dir = self.directory / into
         target_dir.mkdir(exist_ok=True)
         target, n = target_dir / path.name, 0
         while target.exists():
             n += 1
             target = target_dir / f"{path.name}.{n}"
         path.rename(target)
+        return target
 
 
 def _plain(value: Any) -> Any:

@@ -39,6 +39,7 @@ INFRASTRUCTURE = (
     "viper/errors.py",
     "viper/metrics.py",
     "viper/checkpoint.py",
+    "viper/locks.py",
     "viper/stages.py",
 )
 """Code that never changes what a stage writes (process set-up, errors, metric logging, checkpoint files, this
