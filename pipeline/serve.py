@@ -64,6 +64,17 @@ def deployments(
     ]
 
 
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (0 workers would register deployments that never run)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of at least 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: expected at least 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.serve", description=__doc__.splitlines()[0])
     parser.add_argument("--project-dir", default=".", help="the repository to run in (default: %(default)s)")
@@ -72,7 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--preset", default="demo", help="default preset parameter (default: %(default)s)")
     parser.add_argument("--runner", default="local", choices=RUNNERS, help="task runner for fan-out flows")
-    parser.add_argument("--workers", type=int, default=2, help="parallel stage processes (default: %(default)s)")
+    parser.add_argument(
+        "--workers", type=_positive, default=2, help="parallel stage processes, at least 1 (default: %(default)s)"
+    )
     parser.add_argument(
         "--address", help="with --runner dask or ray: the cluster's scheduler address (default: start a local cluster)"
     )

@@ -167,3 +167,18 @@ def test_a_failing_artifact_update_is_warned_about_once_and_the_stage_goes_on(
     messages = [message for _, message in task_log.seen]
     assert "done" in messages, messages
     assert sum("updating the progress artifact failed" in m for m in messages) == 1, messages
+
+
+@pytest.mark.parametrize("workers", ["0", "-3", "two"])
+def test_serve_refuses_workers_below_one_before_registering(monkeypatch, capsys, workers):
+    from pipeline import serve
+
+    def must_not_register(*args, **kwargs):
+        raise AssertionError("deployments were built for a refused --workers")
+
+    monkeypatch.setattr(serve, "deployments", must_not_register)
+    monkeypatch.setattr(serve, "serve", must_not_register)
+    with pytest.raises(SystemExit) as exit_:
+        serve.main(["--preset", "tiny", "--workers", workers])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "argument --workers" in err and "at least 1" in err, err
