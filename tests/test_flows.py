@@ -182,3 +182,25 @@ def test_serve_refuses_workers_below_one_before_registering(monkeypatch, capsys,
         serve.main(["--preset", "tiny", "--workers", workers])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "argument --workers" in err and "at least 1" in err, err
+
+
+def test_every_folder_viper_paths_names_is_a_stage_output_or_an_external_input():
+    """viper/paths.py is where stages find their folders and dvc.yaml's outs come from: nothing it names may lie
+    outside what DVC tracks (a stage writing there would be invisible to `dvc status`)."""
+    import inspect
+
+    from viper import paths
+    from viper.stages import DATA, EXTERNAL_INPUTS, STAGES
+
+    sample = {"suite": "dmc", "task": "dmc/cartpole_balance", "reward": "viper", "seed": 0}
+    tracked = [Path(out) for stage in STAGES for out in stage.outs] + [Path(i) for i in EXTERNAL_INPUTS]
+    named = {
+        name: fn(DATA, **{arg: sample[arg] for arg in list(inspect.signature(fn).parameters)[1:]})
+        for name, fn in inspect.getmembers(paths, inspect.isfunction)
+        if fn.__module__ == paths.__name__ and list(inspect.signature(fn).parameters)[:1] == ["data_dir"]
+    }
+    assert len(named) >= 10, sorted(named)
+    for name, path in named.items():
+        assert any(path == root or root in path.parents for root in tracked), (name, path)
+    # and the other way round: every stage output is a folder paths.py names
+    assert {str(root) for root in tracked} <= {str(path) for path in named.values()}

@@ -14,9 +14,14 @@ def slug(task: str) -> str:
     return task.replace("/", "-")
 
 
+def videos_dir(data_dir: str | Path) -> Path:
+    """The video stores (``collect``'s DVC output)."""
+    return Path(data_dir) / "videos"
+
+
 def store(data_dir: str | Path, suite: str) -> Path:
     """Zarr video store of one suite: one group per task."""
-    return Path(data_dir) / "videos" / f"{suite}.zarr"
+    return videos_dir(data_dir) / f"{suite}.zarr"
 
 
 def published_dir(data_dir: str | Path) -> Path:
@@ -25,37 +30,72 @@ def published_dir(data_dir: str | Path) -> Path:
     return Path(data_dir) / "published"
 
 
+def tokens_dir(data_dir: str | Path) -> Path:
+    """The token stores (``tokenize``'s DVC output)."""
+    return Path(data_dir) / "tokens"
+
+
 def tokens(data_dir: str | Path, suite: str) -> Path:
     """Token store of one suite (same group layout as the video store, written by ``tokenize``).
 
     Kept apart from the video store so that DVC sees ``collect`` and ``tokenize`` write different outputs.
     """
-    return Path(data_dir) / "tokens" / f"{suite}.zarr"
+    return tokens_dir(data_dir) / f"{suite}.zarr"
+
+
+def tokenizers_dir(data_dir: str | Path) -> Path:
+    """Every suite's VQ-GAN run (``train-tokenizer``'s DVC output)."""
+    return Path(data_dir) / "tokenizer"
 
 
 def tokenizer_dir(data_dir: str | Path, suite: str) -> Path:
     """VQ-GAN run folder: ``checkpoints/``, ``metrics.json``, ``plots/``, ``logs/``."""
-    return Path(data_dir) / "tokenizer" / suite
+    return tokenizers_dir(data_dir) / suite
+
+
+def priors_dir(data_dir: str | Path) -> Path:
+    """Every suite's VideoGPT run (``train-videogpt``'s DVC output)."""
+    return Path(data_dir) / "prior"
 
 
 def prior_dir(data_dir: str | Path, suite: str) -> Path:
     """VideoGPT run folder: ``checkpoints/``, ``metrics.json``, ``plots/``, ``logs/``."""
-    return Path(data_dir) / "prior" / suite
+    return priors_dir(data_dir) / suite
+
+
+def reward_evals_dir(data_dir: str | Path) -> Path:
+    """Every suite's reward diagnostics (``reward-eval``'s DVC output)."""
+    return Path(data_dir) / "reward_eval"
 
 
 def reward_eval_dir(data_dir: str | Path, suite: str) -> Path:
     """Reward diagnostics: ``metrics.json``, scatter plots."""
-    return Path(data_dir) / "reward_eval" / suite
+    return reward_evals_dir(data_dir) / suite
+
+
+def experts_dir(data_dir: str | Path) -> Path:
+    """Every trained expert (``expert``'s DVC output)."""
+    return Path(data_dir) / "experts"
 
 
 def expert_dir(data_dir: str | Path, task: str) -> Path:
     """Agent trained on the task reward to supply expert videos for a task without a scripted expert."""
-    return Path(data_dir) / "experts" / slug(task)
+    return experts_dir(data_dir) / slug(task)
+
+
+def agents_dir(data_dir: str | Path) -> Path:
+    """Every agent run (``train-agent``'s DVC output)."""
+    return Path(data_dir) / "agents"
 
 
 def agent_dir(data_dir: str | Path, reward: str, task: str, seed: int) -> Path:
     """One agent run (``reward`` is ``task`` for experts/oracles or ``viper``)."""
-    return Path(data_dir) / "agents" / reward / slug(task) / f"seed{seed}"
+    return agents_dir(data_dir) / reward / slug(task) / f"seed{seed}"
+
+
+def evaluate_dir(data_dir: str | Path) -> Path:
+    """``results.json``, ``baselines.json`` and the episode GIFs of ``evaluate`` (its DVC output)."""
+    return Path(data_dir) / "evaluate"
 
 
 def report_dir(data_dir: str | Path) -> Path:

@@ -21,6 +21,17 @@ from viper import paths
 
 DATA = "data"
 
+# Each stage's output folder, from viper/paths.py (where the stages themselves find them).
+EXPERTS = str(paths.experts_dir(DATA))
+VIDEOS = str(paths.videos_dir(DATA))
+TOKENIZER = str(paths.tokenizers_dir(DATA))
+TOKENS = str(paths.tokens_dir(DATA))
+PRIOR = str(paths.priors_dir(DATA))
+REWARD_EVAL = str(paths.reward_evals_dir(DATA))
+AGENTS = str(paths.agents_dir(DATA))
+EVALUATE = str(paths.evaluate_dir(DATA))
+REPORT = str(paths.report_dir(DATA))
+
 EXTERNAL_INPUTS = (str(paths.published_dir(DATA)),)
 """Inputs that users provide rather than a stage (a tracked README keeps the folder present for DVC)."""
 
@@ -91,7 +102,7 @@ STAGES: tuple[StageSpec, ...] = (
         ("collect", "agent"),
         ("viper/agent", "viper/envs", "viper/experts", "viper/eval/video.py"),
         (),
-        (f"{DATA}/experts",),
+        (EXPERTS,),
         "train task-reward agents as experts for collect tasks without a scripted expert",
     ),
     StageSpec(
@@ -99,8 +110,8 @@ STAGES: tuple[StageSpec, ...] = (
         "collect",
         ("collect",),
         ("viper/envs", "viper/experts", "viper/data"),
-        (f"{DATA}/experts", *EXTERNAL_INPUTS),
-        (f"{DATA}/videos",),
+        (EXPERTS, *EXTERNAL_INPUTS),
+        (VIDEOS,),
         "roll out expert policies (or import the published videos) into the Zarr video store",
     ),
     StageSpec(
@@ -117,8 +128,8 @@ STAGES: tuple[StageSpec, ...] = (
             "viper/envs/masks.py",
             "viper/data",
         ),
-        (f"{DATA}/videos",),
-        (f"{DATA}/tokenizer",),
+        (VIDEOS,),
+        (TOKENIZER,),
         "train the VQ-GAN tokenizer on single frames",
     ),
     StageSpec(
@@ -126,8 +137,8 @@ STAGES: tuple[StageSpec, ...] = (
         "tokenize",
         ("tokenizer", "collect"),
         (*TOKENIZER_CODE, "viper/train/tokenize.py", "viper/envs/masks.py", "viper/data"),
-        (f"{DATA}/videos", f"{DATA}/tokenizer"),
-        (f"{DATA}/tokens",),
+        (VIDEOS, TOKENIZER),
+        (TOKENS,),
         "encode every stored frame into tokens",
     ),
     StageSpec(
@@ -141,8 +152,8 @@ STAGES: tuple[StageSpec, ...] = (
             "viper/train/prior_data.py",
             "viper/data",
         ),
-        (f"{DATA}/tokens", f"{DATA}/tokenizer"),
-        (f"{DATA}/prior",),
+        (TOKENS, TOKENIZER),
+        (PRIOR,),
         "train the task-conditioned VideoGPT prior",
     ),
     StageSpec(
@@ -159,8 +170,8 @@ STAGES: tuple[StageSpec, ...] = (
             "viper/agent",  # the trained experts' noisy episodes
             "viper/data",
         ),
-        (f"{DATA}/videos", f"{DATA}/tokenizer", f"{DATA}/prior", f"{DATA}/experts"),
-        (f"{DATA}/reward_eval",),
+        (VIDEOS, TOKENIZER, PRIOR, EXPERTS),
+        (REWARD_EVAL,),
         "score expert / noisy / random episodes with the reward model",
     ),
     StageSpec(
@@ -168,8 +179,8 @@ STAGES: tuple[StageSpec, ...] = (
         "train-agent",
         ("agent", "reward", "collect"),
         (*REWARD_CODE, "viper/agent", "viper/envs", "viper/eval/video.py", "viper/data", "viper/experts"),
-        (f"{DATA}/tokenizer", f"{DATA}/prior"),
-        (f"{DATA}/agents",),
+        (TOKENIZER, PRIOR),
+        (AGENTS,),
         "train DreamerV3 agents on the VIPER reward for every (task, seed)",
     ),
     StageSpec(
@@ -177,8 +188,8 @@ STAGES: tuple[StageSpec, ...] = (
         "evaluate",
         ("evaluate", "agent", "collect", "reward"),
         (*REWARD_CODE, "viper/eval/agent_eval.py", "viper/eval/video.py", "viper/agent", "viper/envs", "viper/experts"),
-        (f"{DATA}/agents", f"{DATA}/tokenizer", f"{DATA}/prior"),
-        (f"{DATA}/evaluate",),
+        (AGENTS, TOKENIZER, PRIOR),
+        (EVALUATE,),
         "roll out the trained agents: task and VIPER returns, videos",
     ),
     StageSpec(
@@ -187,8 +198,8 @@ STAGES: tuple[StageSpec, ...] = (
         ("evaluate", "agent", "collect"),
         ("viper/eval/report.py", "viper/eval/keys.py", "viper/eval/published.py"),
         # the agents' logs and the tokenizer's and prior's pictures go into the report too
-        (f"{DATA}/reward_eval", f"{DATA}/evaluate", f"{DATA}/agents", f"{DATA}/tokenizer", f"{DATA}/prior"),
-        (f"{DATA}/report",),
+        (REWARD_EVAL, EVALUATE, AGENTS, TOKENIZER, PRIOR),
+        (REPORT,),
         "write the Markdown/HTML report beside the published results",
     ),
 )

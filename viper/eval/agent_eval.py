@@ -38,10 +38,6 @@ BASELINE = "random"
 """Policy every evaluated task is also rolled out with (``viper.experts`` uniform random actions)."""
 
 
-def evaluate_dir(data_dir: str | Path) -> Path:
-    return Path(data_dir) / "evaluate"
-
-
 def load_reward_model(cfg: Config):
     """The VIPER reward model of the preset's suite, or ``None`` when it has not been trained."""
     from viper.reward import VideoReward
@@ -133,7 +129,7 @@ def run(cfg: Config) -> dict[str, Any]:
     summary metrics."""
     reward_model = load_reward_model(cfg)
     settings = settings_key(cfg, reward_model)
-    out = evaluate_dir(cfg.data_dir)
+    out = paths.evaluate_dir(cfg.data_dir)
     records, kept = [], {out / "summary.json", out / "results.json", out / "baselines.json"}
     for task in cfg.agent.tasks:
         for seed in cfg.agent.seeds:

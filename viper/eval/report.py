@@ -101,8 +101,8 @@ def agent_rows(cfg: Config, data_dir: Path) -> list[dict[str, Any]]:
     """One row per configured task: our VIPER and oracle agents' task returns (mean over seeds) beside the
     paper's, in the paper's unit (Atari human-normalised); and the summed VIPER reward each kind of agent's
     episodes get (does the VIPER agent look more like the expert videos than the oracle?)."""
-    results = _read_json(data_dir / "evaluate" / "results.json") or []
-    baselines = {b["task"]: b for b in _read_json(data_dir / "evaluate" / "baselines.json") or []}
+    results = _read_json(paths.evaluate_dir(data_dir) / "results.json") or []
+    baselines = {b["task"]: b for b in _read_json(paths.evaluate_dir(data_dir) / "baselines.json") or []}
     returns: dict[tuple[str, str], list[float]] = defaultdict(list)
     likelihoods: dict[tuple[str, str], list[float]] = defaultdict(list)
     for record in results:
@@ -174,7 +174,7 @@ AgentSeries = dict[tuple[str, str, str], dict[str, list[tuple[int, float]]]]
 
 def agent_series(data_dir: Path) -> AgentSeries:
     """The plotted series of every agent run under ``data/agents``, each log read once."""
-    logs = sorted((data_dir / "agents").glob("*/*/seed*/logs/metrics.jsonl"))
+    logs = sorted(paths.agents_dir(data_dir).glob("*/*/seed*/logs/metrics.jsonl"))
     return {(log.parts[-5], log.parts[-4], log.parts[-3]): read_series(log, _plotted("agent")) for log in logs}
 
 
@@ -284,7 +284,7 @@ def run(cfg: Config) -> dict[str, Any]:
     report.blocks += [("h", "Stage metrics"), ("table", stage_rows)]
 
     sources = [paths.tokenizer_dir(data_dir, cfg.collect.suite), paths.prior_dir(data_dir, cfg.collect.suite)]
-    sources += [paths.reward_eval_dir(data_dir, cfg.collect.suite), data_dir / "evaluate"]
+    sources += [paths.reward_eval_dir(data_dir, cfg.collect.suite), paths.evaluate_dir(data_dir)]
     pictures = _copy_pictures(sources, data_dir, assets)
     if pictures:
         report.blocks.append(("h", "Pictures: reconstructions, predictions, reward curves, episodes"))
