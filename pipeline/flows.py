@@ -63,7 +63,11 @@ class StageFailed(RuntimeError):
     def __init__(self, cmd: list[str], status: int) -> None:
         why = FINAL_STATUSES.get(status)
         super().__init__(f"{' '.join(cmd)} failed with exit status {status}" + (f": {why}, not retried" if why else ""))
-        self.status = status
+        self.cmd, self.status = cmd, status
+
+    def __reduce__(self):
+        # Dask and Ray hand a failed task's exception back pickled; the default would call StageFailed(message).
+        return type(self), (self.cmd, self.status)
 
 
 def retry_may_help(task, task_run, state) -> bool:
@@ -198,7 +202,9 @@ def run_command(command: str, args: list[str], label: str, project_dir: str) -> 
 
     Returns the id of the process that drove it: a Dask or Ray worker's with those runners, this one's locally.
     """
-    _stream([sys.executable, "-m", "viper.cli", command, *args], Path(project_dir).resolve(), progress_key=None)
+    # Pinned as dvc.yaml pins its stages: the outputs (and the writers' locks) are where `dvc repro` expects them.
+    cmd = [sys.executable, "-m", "viper.cli", command, "-S", dvc_yaml.PINNED_DATA_DIR, *args]
+    _stream(cmd, Path(project_dir).resolve(), progress_key=None)
     return os.getpid()
 
 

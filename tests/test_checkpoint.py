@@ -64,6 +64,20 @@ def test_an_unreadable_checkpoint_is_kept_aside_and_the_one_before_it_resumes(tm
         ckpt.load_latest()
 
 
+def test_a_damaged_checkpoint_of_other_settings_does_not_block_a_fresh_start(tmp_path):
+    """Only this run's own damaged checkpoints stop a fresh start; a DDP rank > 0 never moves a checkpoint (rank 0
+    loaded that file: a fault on another rank is that rank's, and moving it would split the ranks' steps)."""
+    old = Checkpointer(tmp_path, fingerprint={"lr": 1})
+    old.save(1, {"step": 1})
+    (tmp_path / "step_000000001" / "state.pt").write_bytes(b"torn")
+    with pytest.raises(ViperError, match="cannot be read on this rank"):
+        old.load_latest(set_aside=False)
+    assert (tmp_path / "step_000000001").is_dir()
+    with pytest.raises(ViperError, match="no readable checkpoint left"):
+        old.load_latest()
+    assert Checkpointer(tmp_path, fingerprint={"lr": 2}).load_latest() is None  # other settings start anew
+
+
 def test_fingerprint_mismatch_starts_fresh_and_keeps_the_old_run_in_superseded(tmp_path):
     Checkpointer(tmp_path, fingerprint={"layers": 2}).save(100, {"step": 100})
     assert Checkpointer(tmp_path, fingerprint={"layers": 2}).load_latest()[0]["step"] == 100

@@ -81,6 +81,25 @@ def test_a_stage_is_retried_only_when_a_retry_can_help(tmp_path, monkeypatch, pr
     assert flows.run_command.retry_condition_fn is flows.run_stage.retry_condition_fn is flows.retry_may_help
 
 
+def test_a_stage_failure_survives_the_pickling_dask_and_ray_use():
+    import pickle
+
+    from pipeline import flows
+
+    failed = pickle.loads(pickle.dumps(flows.StageFailed(["viper", "collect"], 2)))
+    assert failed.status == 2 and str(failed) == str(flows.StageFailed(["viper", "collect"], 2))
+
+
+def test_fan_out_commands_pin_the_data_dir_as_the_dvc_stages_do(tmp_path, monkeypatch, prefect_api):
+    """The flows' own commands write (and lock) where `dvc repro`'s stages do, whatever params.yaml says."""
+    from pipeline import flows
+
+    seen = []
+    monkeypatch.setattr(flows, "_stream", lambda cmd, cwd, progress_key: seen.append(cmd))
+    in_a_flow(flows.run_command, "collect", ["--task", "dmc/cartpole_balance"], "label", str(tmp_path))
+    assert seen[0][3:] == ["collect", "-S", dvc_yaml.PINNED_DATA_DIR, "--task", "dmc/cartpole_balance"]
+
+
 def test_reproduce_refuses_an_unknown_stage_before_touching_params(tmp_path, prefect_api):
     from pipeline.flows import reproduce
 

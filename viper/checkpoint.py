@@ -234,9 +234,12 @@ class Checkpointer:
         self._prune(protect + (final.name,))
         return final
 
-    def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path] | None:
+    def load_latest(
+        self, map_location: str | torch.device = "cpu", set_aside: bool = True
+    ) -> tuple[dict[str, Any], Path] | None:
         """``(state, folder)`` of the newest complete checkpoint, or ``None`` when there is none. Without one of
-        this run's settings beside the live ones, a superseded one made with them is moved back and loaded."""
+        this run's settings beside the live ones, a superseded one made with them is moved back and loaded.
+        ``set_aside=False``: an unreadable checkpoint is an error instead of being moved to ``damaged/``."""
         while (path := self.latest_path() or self._restore_superseded()) is not None:
             try:
                 recorded = path / CHECKSUM  # absent in checkpoints written before it existed
@@ -244,6 +247,8 @@ class Checkpointer:
                     raise ValueError(f"its sha256 differs from the one recorded in {CHECKSUM}")
                 state = torch.load(path / "state.pt", map_location=map_location, weights_only=False)
             except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
+                if not set_aside:  # a DDP rank > 0: rank 0 loaded this very file, so the fault is not the file's
+                    raise ViperError(f"{path / 'state.pt'}: cannot be read on this rank ({exc})") from exc
                 # Bytes lost after the ``done`` marker (a crash before the disk flushed, a bad sector): resume from
                 # the checkpoint before it, keeping this one for inspection.
                 moved = self._set_aside(path, DAMAGED)
@@ -252,7 +257,8 @@ class Checkpointer:
             self.loads += 1
             return state, path
         damaged = self.directory / DAMAGED
-        if damaged.is_dir() and any(damaged.iterdir()):
+        # Only this run's own: after a settings change, older damaged checkpoints must not stop a fresh start.
+        if damaged.is_dir() and any(p.is_dir() and self._matches(p) for p in damaged.iterdir()):
             raise ViperError(
                 f"{self.directory}: no readable checkpoint left; the unreadable ones are in {damaged}. Remove that "
                 "folder to start this run anew"

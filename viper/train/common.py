@@ -103,7 +103,7 @@ def load_latest(ckpt, ctx: DistContext, **kwargs):
     other ranks then read what it left."""
     loaded = ckpt.load_latest(**kwargs) if ctx.is_main else None
     barrier(ctx)
-    return loaded if ctx.is_main else ckpt.load_latest(**kwargs)
+    return loaded if ctx.is_main else ckpt.load_latest(**kwargs, set_aside=False)
 
 
 def broadcast_object(value: object, ctx: DistContext) -> object:
