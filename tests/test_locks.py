@@ -118,3 +118,33 @@ def test_a_trainer_refuses_its_suites_run_folder_while_another_process_trains_it
     # Refused before any input is read: this data_dir has no videos, tokens or tokenizer to train from.
     with pytest.raises(ViperError, match=rf"is writing {re.escape(str(run_dir))} \(pid {holder.pid}\)"):
         (tokenizer if stage == "tokenizer" else prior).run(cfg)
+
+
+def test_import_takes_the_task_lock_collect_takes_and_leaves_other_tasks_writers_alone(tmp_path, hold, capsys):
+    """`viper import` wrote a task group with no lock, and the published-data collect opened the store as its
+    only writer (cleaning every task's working groups) while holding only its own tasks' locks."""
+    import numpy as np
+    import zarr
+
+    from viper import cli
+    from viper.data.location import hidden
+
+    data = tmp_path / "data"
+    source = paths.published_dir(data) / "dmc"
+    for split in ("train", "test"):
+        (source / "cartpole_balance" / split).mkdir(parents=True)
+        np.savez(source / "cartpole_balance" / split / "ep0.npz", np.zeros((4, 64, 64, 3), np.uint8))
+    holder = hold(locks.lock_file(data, "collect-dmc-cartpole_balance"))
+    args = ["import", str(source), "--preset", "tiny", "-S", f"data_dir={data}"]
+    assert cli.main(args) == 2
+    assert f"writing {TASK} in" in capsys.readouterr().err and not paths.store(data, "dmc").exists()
+    holder.kill()
+    holder.wait()
+    # Another task's writer is creating its working group (zarr.json written, arrays not yet) meanwhile.
+    store = paths.store(data, "dmc")
+    other = hidden("cartpole_swingup", "collecting")
+    zarr.open_group(store=zarr.storage.LocalStore(store), path=other, mode="w")
+    assert cli.main(args) == 0
+    cfg = config_lib.load("tiny,published", [f"data_dir={data}", f"collect.tasks=[{TASK}]"], params_path=None)
+    assert collect.run(cfg, progress=False)[f"{TASK}/episodes"] == 2  # <data_dir>/published/dmc again
+    assert (store / other / "zarr.json").exists()  # neither writer touched the other task's group

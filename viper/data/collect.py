@@ -215,8 +215,11 @@ def import_published_tasks(cfg: Config, tasks: tuple[str, ...], url: str) -> dic
             f"collect.policy=published: {root} does not exist; place the published dataset there as "
             f"<task>/{{train,test}}/*.npz (README: 'Reproducing from the published datasets')"
         )
-    store = open_store(url, "a", chunk_frames=c.chunk_frames, shard_frames=c.shard_frames)
-    summary = import_published(root, store, c.suite, list(tasks), c.manifest or None)
+    summary = {}
+    for task in tasks:
+        # A writer of this task only (the caller holds its lock): writers of other tasks may be mid-write.
+        store = open_store(url, "a", chunk_frames=c.chunk_frames, shard_frames=c.shard_frames, task=task)
+        summary.update(import_published(root, store, c.suite, [task], c.manifest or None))
     return {f"{task}/episodes": count for task, count in summary.items()}
 
 
@@ -269,16 +272,14 @@ def run(
     return out
 
 
-def task_lock(cfg: Config, url: str, task: str) -> contextlib.AbstractContextManager:
+def task_lock(cfg: Config, url: str, task: str, command: str = "viper collect") -> contextlib.AbstractContextManager:
     """The lock on one task group of the store at ``url`` (``viper.locks``): the store allows one writer per task
     (``viper.data.store``), and two ``viper collect`` runs for a task would otherwise both stage and promote its
     group. Per task, so the Prefect flow's one-task-per-process fan-out still collects several tasks at once. A
     store at a non-local URL is not locked: a lock file on this machine cannot stop a writer elsewhere."""
     if "://" in url and not url.startswith("file://"):
         return contextlib.nullcontext()
-    return locks.exclusive(
-        locks.lock_file(cfg.data_dir, f"collect-{paths.slug(task)}"), f"{task} in {url}", "viper collect"
-    )
+    return locks.exclusive(locks.lock_file(cfg.data_dir, f"collect-{paths.slug(task)}"), f"{task} in {url}", command)
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:

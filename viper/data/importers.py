@@ -240,14 +240,21 @@ def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, Any]:
         return info
     if h5 and args.manifest:
         verify(source.parent, [source], read_manifest(args.manifest))  # the file, listed by its name
-    store = open_store(url, "a", chunk_frames=cfg.collect.chunk_frames, shard_frames=cfg.collect.shard_frames)
-    before = {task: store.task(task).num_episodes for task in store.tasks}
-    if h5:
-        task = hdf5.import_task(source, store, task=(args.task or [None])[0])
-        summary = {task: store.task(task).num_episodes}
-    else:
-        summary = import_published(source, store, cfg.collect.suite, args.task, args.manifest)
-    for task, count in summary.items():
-        replaced = f" (replacing the {before[task]} episodes it held)" if task in before else ""
-        print(f"{url}: {task}: {count} episodes{replaced}")
+    from viper.data.collect import task_lock
+
+    tasks = [hdf5.task_of(source)] if h5 else list(scan_published(source, cfg.collect.suite, args.task))
+    summary = {}
+    for task in tasks:
+        # One task at a time, as its only writer: the lock `viper collect` takes, and a store handle that leaves
+        # other tasks' working groups alone (their writers may be running).
+        with task_lock(cfg, url, task, "viper import"):
+            store = open_store(url, "a", cfg.collect.chunk_frames, cfg.collect.shard_frames, task=task)
+            before = store.task(task).num_episodes if task in store.tasks else None
+            if h5:
+                hdf5.import_task(source, store, task=(args.task or [None])[0])
+            else:
+                import_published(source, store, cfg.collect.suite, [task], args.manifest)
+            summary[task] = store.task(task).num_episodes
+        replaced = f" (replacing the {before} episodes it held)" if before is not None else ""
+        print(f"{url}: {task}: {summary[task]} episodes{replaced}")
     return {f"{task}/episodes": n for task, n in summary.items()}
