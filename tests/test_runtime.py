@@ -189,3 +189,14 @@ def test_importing_viper_raises_a_low_open_files_limit():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     expected = runtime.OPEN_FILES if hard == resource.RLIM_INFINITY else min(runtime.OPEN_FILES, hard)
     assert int(out) == expected
+
+
+def test_a_refused_open_files_limit_never_stops_viper(monkeypatch):
+    import resource
+
+    def refuse(*args):
+        raise ValueError("not allowed here")
+
+    monkeypatch.setattr(resource, "getrlimit", lambda kind: (256, resource.RLIM_INFINITY))
+    monkeypatch.setattr(resource, "setrlimit", refuse)
+    runtime.raise_open_files_limit()  # best effort: no error

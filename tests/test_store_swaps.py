@@ -213,3 +213,29 @@ def test_tokens_re_written_while_being_read_are_read_from_one_group(tmp_path, mo
     got = tokens_lib.read_tokens(url, TASK)
     assert calls[0]["tokenizer_hash"] == "hash-old"
     assert got.tokenizer_hash == "hash-new" and (got.tokens == 2).all()
+
+
+def test_tokens_caught_mid_swap_are_read_again_and_a_damaged_group_is_named(tmp_path, monkeypatch):
+    """Between the old group moving aside and the new one moving in, the arrays are not there: read again (a
+    traceback before). An array that stays missing is damage, said as such, not as a swap."""
+    import shutil
+
+    from viper.data import tokens as tokens_lib
+
+    url = tmp_path / "tok.zarr"
+    tokens_lib.write_tokens(url, TASK, np.ones((30, 8, 8), np.int16), np.array([30]), np.array([0]), "hash")
+    real_open = tokens_lib.zarr.open_group
+    calls = []
+
+    def missing_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise zarr.errors.GroupNotFoundError("mid-swap")
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(tokens_lib.zarr, "open_group", missing_once)
+    assert (tokens_lib.read_tokens(url, TASK).tokens == 1).all() and len(calls) == 2
+    monkeypatch.undo()
+    shutil.rmtree(url / NAME / "split")
+    with pytest.raises(ViperError, match=r"cannot be read .*; run `viper tokenize` to write it again"):
+        tokens_lib.read_tokens(url, TASK)

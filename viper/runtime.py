@@ -24,6 +24,7 @@ process starts, so ``restart_if_needed`` re-executes the ``viper`` command once 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
@@ -63,7 +64,9 @@ def raise_open_files_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
     if soft != resource.RLIM_INFINITY and soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        # Best effort: macOS, say, refuses values below an "unlimited" hard limit that its kernel caps.
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
 def configure() -> None:

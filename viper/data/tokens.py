@@ -154,15 +154,21 @@ def read_tokens(path: str | Path, task: str, expected_hash: str | None = None) -
             f"video store has no {task!r} either, name the tasks it holds with -S 'collect.tasks=[...]' (the prior "
             "trains on collect.tasks)"
         )
+    # A re-tokenize may swap the group in while it is read (``promote``): keep only a read of one group throughout,
+    # and read again after one caught mid-swap (the old group moved aside, the new one not yet in).
+    problem = "replaced again and again while being read; retry when `viper tokenize` ends"
     for _ in range(3):
-        group = zarr.open_group(store=location.zarr_store(read_only=True), path=name, mode="r")
-        attrs = dict(group.attrs)
-        arrays = {key: group[key][:] for key in ("tokens", "episode_ends", "split")}
-        # A re-tokenize may swap the group in between (``promote``): keep only a read of one group throughout.
+        try:
+            group = zarr.open_group(store=location.zarr_store(read_only=True), path=name, mode="r")
+            attrs = dict(group.attrs)
+            arrays = {key: group[key][:] for key in ("tokens", "episode_ends", "split")}
+        except (KeyError, FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.ArrayNotFoundError) as exc:
+            problem = f"cannot be read ({type(exc).__name__}: {exc}); run `viper tokenize` to write it again"
+            continue
         if (location.read_json(f"{name}/zarr.json") or {}).get("attributes") == attrs:
             break
     else:
-        raise ViperError(f"{path}/{name}: replaced again and again while being read; retry when `viper tokenize` ends")
+        raise ViperError(f"{path}/{name}: {problem}")
     if attrs.get("schema_version") != SCHEMA_VERSION or attrs.get("task") != task:
         raise ViperError(f"{path}/{name}: not a token group for {task!r} (attributes {attrs})")
     found = attrs["tokenizer_hash"]
