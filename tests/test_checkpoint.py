@@ -41,24 +41,32 @@ def test_torn_checkpoint_is_ignored_and_cleaned(tmp_path):
     assert not (tmp_path / "step_000000009").exists() and not (tmp_path / ".tmp_step_000000010").exists()
 
 
-@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def save_with_replay(folder):
+    """An agent-like checkpoint's extra files: a replay array in a sub-folder."""
+    (folder / "replay").mkdir()
+    np.save(folder / "replay" / "image.npy", np.arange(4000, dtype=np.uint8))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "replay"])
 def test_an_unreadable_checkpoint_is_kept_aside_and_the_one_before_it_resumes(tmp_path, damage):
-    """Bytes lost after `done` (a crash before the disk flushed): torch.load's traceback ended every resume.
-    The folder moves to damaged/ (nothing deleted) and the previous checkpoint loads; with none left, an error
-    names the folder instead of a silent fresh start."""
+    """Bytes lost after `done` (a crash before the disk flushed): torch.load's traceback ended every resume, and
+    a zeroed stretch of tensor or replay bytes loaded silently. Every file's checksum is checked now: the folder
+    moves to damaged/ (nothing deleted) and the previous checkpoint loads; with none left, an error names the
+    folder instead of a silent fresh start."""
     ckpt = Checkpointer(tmp_path, keep=3)
     for step in (1, 2):
-        ckpt.save(step, {"step": step, "w": torch.arange(1000.0)})
-    state_file = tmp_path / "step_000000002" / "state.pt"
+        ckpt.save(step, {"step": step, "w": torch.arange(1000.0)}, extra=save_with_replay)
+    state_file = tmp_path / "step_000000002" / ("replay/image.npy" if damage == "replay" else "state.pt")
     data = bytearray(state_file.read_bytes())
     if damage == "truncated":
         data = data[: len(data) // 2]
     else:
-        data[len(data) // 3 : len(data) // 3 + 64] = bytes(64)  # zeroed bytes inside the zip archive
+        data[len(data) // 3 : len(data) // 3 + 64] = bytes(64)  # zeroed bytes inside the archive / array
     state_file.write_bytes(bytes(data))
     state, path = ckpt.load_latest()
     assert state["step"] == 1 and path.name == "step_000000001"
-    assert (tmp_path / "damaged" / "step_000000002" / "state.pt").read_bytes() == bytes(data)
+    kept = tmp_path / "damaged" / "step_000000002" / state_file.relative_to(tmp_path / "step_000000002")
+    assert kept.read_bytes() == bytes(data)
     (path / "state.pt").write_bytes(b"")
     with pytest.raises(ViperError, match="no readable checkpoint left; the unreadable ones are in .*damaged"):
         ckpt.load_latest()

@@ -2,14 +2,14 @@
 
 Layout of ``<run>/checkpoints/``::
 
-    step_000001000/  state.pt  state.sha256  (any extra files)  done
+    step_000001000/  state.pt  fingerprint.json  (any extra files)  checksums.json  done
     step_000002000/  ...
     latest           text file holding "step_000002000"
 
 A folder without ``done`` (a kill mid-write) is never loaded and is removed on the next save. ``latest`` is
 replaced atomically (``os.replace``), so it always names a complete folder. Resume is re-running the same
-command: ``load_latest()`` returns the newest complete checkpoint or ``None`` (one whose ``state.pt`` cannot be read
-moves to ``damaged/`` and the one before it loads). ``StopSignals`` lets a loop turn
+command: ``load_latest()`` returns the newest complete checkpoint or ``None`` (one whose files differ from their
+recorded checksums or do not load moves to ``damaged/`` and the one before it loads). ``StopSignals`` lets a loop turn
 Ctrl-C / SIGTERM into "save a checkpoint, then stop" instead of losing the work since the last one.
 
 A ``fingerprint`` (e.g. the stage's config section as a dict) is stored beside every checkpoint; checkpoints
@@ -38,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import torch
 
@@ -47,7 +48,33 @@ DONE = "done"
 LATEST = "latest"
 SUPERSEDED = "superseded"
 DAMAGED = "damaged"
-CHECKSUM = "state.sha256"
+CHECKSUMS = "checksums.json"
+
+
+def file_crc32c(path: Path) -> int:
+    """CRC-32C of a file's bytes (hardware-accelerated: GB/s, so a checkpoint's replay buffer is cheap to check)."""
+    checksum = google_crc32c.Checksum()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            checksum.update(block)
+    return int.from_bytes(checksum.digest(), "big")
+
+
+def _checksums(folder: Path) -> dict[str, int]:
+    """``{relative path: CRC-32C}`` of every file under ``folder`` but the checksum file and ``done``."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in (CHECKSUMS, DONE))
+    return {p.relative_to(folder).as_posix(): file_crc32c(p) for p in files}
+
+
+def _check_files(folder: Path) -> None:
+    """Raise ``ValueError`` naming the first file whose bytes differ from those ``save`` recorded (checkpoints
+    written before the checksums existed have none to check)."""
+    recorded = folder / CHECKSUMS
+    if not recorded.exists():
+        return
+    for name, crc in json.loads(recorded.read_text()).items():
+        if not (folder / name).is_file() or file_crc32c(folder / name) != crc:
+            raise ValueError(f"{name} is missing or differs from its checksum in {CHECKSUMS}")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -216,12 +243,13 @@ class Checkpointer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         torch.save(state, tmp / "state.pt")
-        # torch.load checks the archive's structure, not the tensors' bytes: a checksum tells a damaged file.
-        (tmp / CHECKSUM).write_text(file_sha256(tmp / "state.pt"))
         if self.fingerprint is not None:
             (tmp / "fingerprint.json").write_text(json.dumps(self.fingerprint, sort_keys=True))
         if extra is not None:
             extra(tmp)
+        # torch.load checks the archive's structure, not the tensors' bytes, and np.load the replay's even less:
+        # a checksum of every file tells a damaged checkpoint from a good one.
+        (tmp / CHECKSUMS).write_text(json.dumps(_checksums(tmp)))
         (tmp / DONE).write_text(str(step))
         _fsync_dir(tmp)
         if final.exists():  # the same step saved again, or another settings' run at this step: keep that one
@@ -242,17 +270,15 @@ class Checkpointer:
         ``set_aside=False``: an unreadable checkpoint is an error instead of being moved to ``damaged/``."""
         while (path := self.latest_path() or self._restore_superseded()) is not None:
             try:
-                recorded = path / CHECKSUM  # absent in checkpoints written before it existed
-                if recorded.exists() and recorded.read_text().strip() != file_sha256(path / "state.pt"):
-                    raise ValueError(f"its sha256 differs from the one recorded in {CHECKSUM}")
+                _check_files(path)
                 state = torch.load(path / "state.pt", map_location=map_location, weights_only=False)
             except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
                 if not set_aside:  # a DDP rank > 0: rank 0 loaded this very file, so the fault is not the file's
-                    raise ViperError(f"{path / 'state.pt'}: cannot be read on this rank ({exc})") from exc
+                    raise ViperError(f"{path}: cannot be read on this rank ({exc})") from exc
                 # Bytes lost after the ``done`` marker (a crash before the disk flushed, a bad sector): resume from
                 # the checkpoint before it, keeping this one for inspection.
                 moved = self._set_aside(path, DAMAGED)
-                print(f"{path / 'state.pt'} cannot be read ({exc}); moved to {moved}", file=sys.stderr)
+                print(f"{path}: cannot be read ({exc}); moved to {moved}", file=sys.stderr)
                 continue
             self.loads += 1
             return state, path
