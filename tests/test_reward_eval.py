@@ -53,18 +53,22 @@ def test_episodes_without_a_return_are_left_out_of_the_spearman_and_noisy_catego
     assert not [k for k in quiet if "noisy" in k] and quiet["auroc_expert_vs_random"] == 1.0
 
 
-def test_the_resume_key_changes_with_everything_a_score_depends_on():
+def test_the_resume_key_changes_with_everything_a_score_depends_on(tmp_path):
     from viper import config as config_lib
     from viper.eval.reward_eval import record_key
 
     cfg = config_lib.load("tiny", params_path=None)
+    trained = tmp_path / "checkpoints" / "step_000000001"  # an agent trained on the task reward
+    trained.mkdir(parents=True)
+    (trained / "state.pt").write_bytes(b"weights")
+    (trained / "done").write_text("1")
     policies = {"noisy:0.5": "noisy:0.5", "random": "random"}
     base = record_key(cfg, "model", TASK, "videos", policies)
     assert record_key(cfg, "model", TASK, "videos", dict(policies)) == base
     changed = [
         record_key(cfg, "other model", TASK, "videos", policies),
         record_key(cfg, "model", TASK, "replaced videos", policies),
-        record_key(cfg, "model", TASK, "videos", {**policies, "noisy:0.5": "noisy:0.5:checkpoint:/x"}),
+        record_key(cfg, "model", TASK, "videos", {**policies, "noisy:0.5": f"noisy:0.5:checkpoint:{tmp_path}"}),
     ]
     for override in ("evaluate.seed=7", "collect.drop_first_frames=3", "collect.episode_env_steps=41",
                      f"collect.expert_settings=[{TASK}:centre_gain=3.0]"):  # fmt: skip

@@ -182,6 +182,12 @@ def _check_together(sections: dict[str, Any]) -> None:
         raise ConfigError(
             f"prior.heads={prior.heads} must divide prior.d_model={prior.d_model} (each head gets d_model / heads)"
         )
+    labels = [f"{eps:g}" for eps in sections["evaluate"].noisy_epsilons]
+    if len(set(labels)) < len(labels):  # each names a category (noisy:<eps>): two with one name would merge
+        raise ConfigError(
+            f"evaluate.noisy_epsilons={list(sections['evaluate'].noisy_epsilons)}: two values print alike "
+            f"({', '.join(labels)}); expected distinct values to 6 significant digits"
+        )
     if not 1 <= len(tokenizer.channel_mult) <= 7:
         raise ConfigError(
             f"tokenizer.channel_mult={list(tokenizer.channel_mult)}: expected 1 to 7 entries (64x64 frames halve "

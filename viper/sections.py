@@ -326,11 +326,11 @@ class AgentConfig:
 class EvaluateConfig:
     """Reward diagnostics (``reward-eval``) and agent evaluation (``evaluate``)."""
 
-    reward_eval_episodes: int = 10
+    reward_eval_episodes: Count = 10
     """Episodes per category (held-out expert, each noisy epsilon, random) scored per task."""
     noisy_epsilons: tuple[Fraction, ...] = (0.25, 0.5, 0.75)
     """Random-action probabilities of the noisy-expert episodes."""
-    agent_episodes: int = 10
+    agent_episodes: Count = 10
     """Evaluation episodes per trained agent."""
     agent_sample: bool = True
     """Agents sample their actions, as in the training episodes whose returns the released code reports;

@@ -14,7 +14,7 @@ import torch
 
 from viper.agent.agent import Agent
 from viper.agent.driver import clip_action
-from viper.checkpoint import Checkpointer
+from viper.checkpoint import Checkpointer, file_sha256
 from viper.config import AgentConfig
 from viper.errors import ViperError
 
@@ -29,6 +29,13 @@ def checkpoint_folder(path: str | Path) -> Path:
         if found is not None:
             return found
     raise ViperError(f"{path}: no complete agent checkpoint (expected <run>/checkpoints/step_*/done)")
+
+
+def checkpoint_identity(path: str | Path) -> str:
+    """The checkpoint a ``checkpoint:<path>`` policy loads, by content: its folder name and the sha256 (16 hex)
+    of its weights (a retrained run may reuse a folder name; a copy or ``dvc checkout`` changes only times)."""
+    folder = checkpoint_folder(path)
+    return f"{folder.name}:{file_sha256(folder / 'state.pt')[:16]}"
 
 
 class CheckpointPolicy:

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +34,7 @@ from viper.data.rollouts import RolloutJob, parallel_rollouts, stall_limit
 from viper.data.store import VideoStore, open_store
 from viper.data.taskgroup import TaskGroup
 from viper.errors import ViperError
+from viper.experts.rollout import rollout_code_hash
 
 COLLECTING, BUILDING = "collecting", "building"
 ROLLOUT_FIELDS = (
@@ -54,19 +53,6 @@ def episode_seed(seed: int, task: str, index: int) -> int:
     """Seed of rollout ``index`` of ``task`` (a 31-bit int derived from ``(seed, crc32(task), index)``)."""
     state = np.random.SeedSequence([seed, task_key(task), index]).generate_state(1)[0]
     return int(state & 0x7FFFFFFF)
-
-
-def rollout_code_hash() -> str:
-    """sha256 (16 hex) of the environment and expert sources: changed rollout code means changed data.
-
-    DVC keeps the store as a persistent output across code changes, so the store itself must notice them.
-    """
-    root = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    for folder in ("envs", "experts"):
-        for path in sorted((root / folder).rglob("*.py")):
-            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def fingerprint(cfg: CollectConfig, fields: tuple[str, ...]) -> str:

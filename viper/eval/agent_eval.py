@@ -88,22 +88,22 @@ def evaluate_policy(
 
 def settings_key(cfg: Config, reward_model) -> dict[str, Any]:
     """What every evaluated episode depends on besides the policy: the reward model and the episode settings."""
+    from viper.experts.rollout import rollout_code_hash
+
     e = cfg.evaluate
     return {
         "reward_model": reward_model.identity() if reward_model is not None else None,
         "episodes": [e.seed, e.agent_episodes, e.video_episodes, e.agent_sample],
         "env": [cfg.agent.action_repeat, cfg.agent.episode_env_steps, cfg.collect.fast_render],
+        "code": rollout_code_hash(),  # changed env code means other episodes (as collect's fingerprint says)
     }
 
 
 def _checkpoint(run_dir: Path) -> dict[str, Any]:
-    """The checkpoint a run's policy loads: its folder name, and its weights file's size and time (a retrained
-    run may reuse a folder name)."""
-    from viper.agent.policy import checkpoint_folder
+    """The checkpoint a run's policy loads, by content (``viper.agent.policy.checkpoint_identity``)."""
+    from viper.agent.policy import checkpoint_identity
 
-    folder = checkpoint_folder(run_dir)
-    stat = (folder / "state.pt").stat()
-    return {"name": folder.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {"checkpoint": checkpoint_identity(run_dir)}
 
 
 def _evaluated(

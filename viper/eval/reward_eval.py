@@ -107,14 +107,24 @@ def record_key(cfg: Config, reward_identity: str, task: str, videos: str, polici
     c = cfg.collect
     rollouts = [cfg.evaluate.seed, c.action_repeat, c.episode_env_steps, c.fast_render, c.drop_first_frames]
     parts = [reward_identity, videos, rollouts, sorted(policies.values()), list(c.expert_settings)]
+    from viper.agent.policy import checkpoint_identity
+    from viper.experts.rollout import rollout_code_hash
+
+    # What the rollouts run: the env/expert code (as collect's fingerprint) and a trained expert's weights.
+    trained = sorted({spec.split(":checkpoint:", 1)[1] for spec in policies.values() if ":checkpoint:" in spec})
+    parts += [rollout_code_hash(), [checkpoint_identity(path) for path in trained]]
     return json_digest(parts)
 
 
 def _mean_reward(reward: VideoReward, frames: np.ndarray, task: str) -> float:
-    rewards = reward.score(frames[None], task)[0]
+    """Mean of the rewards an agent gets for the episode (``agent_rewards``: after the context steps)."""
+    rewards = reward.agent_rewards(frames, task)
     finite = rewards[np.isfinite(rewards)]
     if finite.size == 0:
-        raise ViperError(f"{task}: an episode of {len(frames)} frames is shorter than one reward window")
+        raise ViperError(
+            f"{task}: an episode of {len(frames)} frames gets no reward: the first {reward.context_steps} steps are "
+            "the reward model's context"
+        )
     return float(finite.mean())
 
 

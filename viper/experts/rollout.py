@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import gymnasium
 import numpy as np
@@ -94,3 +96,17 @@ def rollout(
         task_return=float(np.sum(rewards, dtype=np.float64)),
         terminated=bool(terminated),
     )
+
+
+def rollout_code_hash() -> str:
+    """sha256 (16 hex) of the environment and expert sources: changed rollout code means other episodes.
+
+    DVC keeps the store and the evaluations as persistent outputs across code changes, so they must notice them
+    themselves (collect's task fingerprints, reward-eval's and evaluate's resume keys).
+    """
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for folder in ("envs", "experts"):
+        for path in sorted((root / folder).rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]

@@ -93,9 +93,11 @@ class VideoReward:
 
     def identity(self) -> str:
         """What the rewards depend on: the tokenizer's hash, the prior checkpoint's content (a retrained prior
-        reuses step folder names), the mode and the weights that score (state.pt holds both EMA and raw)."""
+        reuses step folder names), the mode, the weights that score (state.pt holds both EMA and raw) and bf16."""
         prior = file_sha256(self.prior_path / "state.pt")[:16]
-        return f"{self.tokenizer.hash}|{prior}|{self.cfg.mode}|{self.cfg.weights}"
+        identity = f"{self.tokenizer.hash}|{prior}|{self.cfg.mode}|{self.cfg.weights}"
+        # bf16 scoring (CUDA only) gives other numbers than float32: its scores must not mix with CPU ones.
+        return identity + "|bf16" if self.device.type == "cuda" and self.cfg.bf16 else identity
 
     @property
     def window_frames(self) -> int:
