@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from viper.metrics import Logger
 
 
@@ -29,3 +31,26 @@ def test_viper_dvclive_0_drops_only_dvclive(tmp_path, monkeypatch):
     assert not (tmp_path / "dvclive").exists()
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
     assert any((tmp_path / "tensorboard").iterdir())
+
+
+def test_a_figure_is_saved_whole_or_not_at_all(tmp_path):
+    """A kill mid-save left a truncated PNG where the report's learning curves were (saved in place)."""
+    from matplotlib.figure import Figure
+
+    from viper.metrics import save_figure
+
+    fig = Figure(figsize=(2, 2))
+    fig.subplots().plot([0, 1], [1, 0])
+    path = save_figure(fig, tmp_path / "plots" / "curve.png")
+    good = path.read_bytes()
+    assert good[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def killed(target, **kwargs):
+        with open(target, "wb") as handle:
+            handle.write(good[:100])
+        raise KeyboardInterrupt
+
+    fig.savefig = killed
+    with pytest.raises(KeyboardInterrupt):
+        save_figure(fig, path)
+    assert path.read_bytes() == good

@@ -133,6 +133,16 @@ def write_text(path: str | Path, text: str) -> None:
     tmp.replace(path)
 
 
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Save a matplotlib figure as PNG atomically (a temp file beside ``path``, then a rename); returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=dpi)
+    tmp.replace(path)
+    return path
+
+
 def write_json(path: str | Path, values: Mapping[str, Any]) -> None:
     """Write a metrics JSON (e.g. for ``dvc metrics``) atomically."""
     write_text(path, json.dumps(dict(values), indent=2, sort_keys=True) + "\n")

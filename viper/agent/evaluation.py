@@ -20,6 +20,7 @@ import viper.envs
 from viper.agent.driver import clip_action, env_seed, run_episode
 from viper.config import AgentConfig
 from viper.eval.video import reward_video, write_gif
+from viper.metrics import save_figure
 
 EVAL_STREAM = 10_000
 """Seed stream of the evaluation env (training envs use streams 0..envs-1)."""
@@ -122,11 +123,7 @@ class Evaluator:
         ax.set_title(self.task)
         ax.legend(loc="best")
         fig.tight_layout()
-        folder = self.out_dir / "plots"
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / ".returns.png.tmp"
-        fig.savefig(tmp, format="png", dpi=100)
-        tmp.replace(folder / "returns.png")
+        save_figure(fig, self.out_dir / "plots" / "returns.png")
 
     def close(self) -> None:
         if self.env is not None:

@@ -24,7 +24,7 @@ from viper import paths
 from viper.config import Config
 from viper.eval.keys import reward_eval_by_task
 from viper.eval.published import TARGET_RATIO, in_published_unit, published
-from viper.metrics import write_json, write_text
+from viper.metrics import save_figure, write_json, write_text
 from viper.stages import STAGES, metrics_path
 
 PICTURE_SUFFIXES = (".png", ".gif")
@@ -198,10 +198,8 @@ def learning_curves(runs: AgentSeries, out: Path) -> list[Path]:
         ax.set(title=task, xlabel="agent steps", ylabel="task return")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        path = out / f"curve_{task}.png"
-        fig.savefig(path)
+        written.append(save_figure(fig, out / f"curve_{task}.png"))
         plt.close(fig)
-        written.append(path)
     return written
 
 

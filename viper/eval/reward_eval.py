@@ -37,7 +37,7 @@ from viper.config import Config
 from viper.errors import ViperError
 from viper.eval.keys import reward_eval_by_task, reward_eval_key
 from viper.eval.stats import auroc, spearman
-from viper.metrics import write_json
+from viper.metrics import save_figure, write_json
 from viper.reward.model import VideoReward
 
 
@@ -238,10 +238,7 @@ def scatter(per_task: dict[str, list[Scored]], metrics: dict[str, float], path: 
         ax.set_xlabel("task return")
         ax.set_ylabel("mean VIPER reward (nats/step)")
         ax.legend(fontsize=7)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def run(cfg: Config) -> dict[str, float]:

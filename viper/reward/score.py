@@ -16,6 +16,7 @@ import numpy as np
 from viper import paths
 from viper.config import Config
 from viper.errors import ViperError
+from viper.metrics import save_figure
 from viper.reward.model import VideoReward
 
 
@@ -92,11 +93,7 @@ def plot(frames: np.ndarray, rewards: np.ndarray, path: Path, title: str, shown:
     ax.set_ylabel("reward (nats)")
     ax.set_xlim(0, max(1, len(rewards) - 1))
     fig.suptitle(title, fontsize=10)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def run(
