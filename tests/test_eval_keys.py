@@ -33,12 +33,13 @@ def test_noisy_expert_scores_follow_the_trained_experts_weights_and_the_rollout_
     checkpoint(expert, 1, b"first weights")
     policies = reward_eval.noisy_policies(cfg, TASK)
     assert all(":checkpoint:" in spec for spec in policies.values())
-    first = reward_eval.record_key(cfg, "model", TASK, "videos", policies)
+    first = reward_eval.record_keys(cfg, "model", TASK, "videos", policies)
     checkpoint(expert, 2, b"retrained weights")  # `viper expert` trained on
-    retrained = reward_eval.record_key(cfg, "model", TASK, "videos", policies)
-    assert retrained != first
+    retrained = reward_eval.record_keys(cfg, "model", TASK, "videos", policies)
+    assert all(retrained[category] != first[category] for category in policies)
     monkeypatch.setattr(sys.modules["viper.experts.rollout"], "rollout_code_hash", lambda: "other env code")
-    assert reward_eval.record_key(cfg, "model", TASK, "videos", policies) != retrained
+    changed_code = reward_eval.record_keys(cfg, "model", TASK, "videos", policies)
+    assert all(changed_code[category] != retrained[category] for category in policies)
 
 
 def test_an_evaluated_checkpoint_is_known_by_its_weights_not_its_file_times(tmp_path, monkeypatch):

@@ -53,9 +53,11 @@ def test_episodes_without_a_return_are_left_out_of_the_spearman_and_noisy_catego
     assert not [k for k in quiet if "noisy" in k] and quiet["auroc_expert_vs_random"] == 1.0
 
 
-def test_the_resume_key_changes_with_everything_a_score_depends_on(tmp_path):
+def test_each_categorys_key_changes_with_what_its_scores_depend_on_and_only_that(tmp_path):
+    """One key per task re-scored every category after any change (a new epsilon re-ran the random rollouts);
+    each category's key now holds only what its scores depend on."""
     from viper import config as config_lib
-    from viper.eval.reward_eval import record_key
+    from viper.eval.reward_eval import record_keys
 
     cfg = config_lib.load("tiny", params_path=None)
     trained = tmp_path / "checkpoints" / "step_000000001"  # an agent trained on the task reward
@@ -63,19 +65,28 @@ def test_the_resume_key_changes_with_everything_a_score_depends_on(tmp_path):
     (trained / "state.pt").write_bytes(b"weights")
     (trained / "done").write_text("1")
     policies = {"noisy:0.5": "noisy:0.5", "random": "random"}
-    base = record_key(cfg, "model", TASK, "videos", policies)
-    assert record_key(cfg, "model", TASK, "videos", dict(policies)) == base
-    changed = [
-        record_key(cfg, "other model", TASK, "videos", policies),
-        record_key(cfg, "model", TASK, "replaced videos", policies),
-        record_key(cfg, "model", TASK, "videos", {**policies, "noisy:0.5": f"noisy:0.5:checkpoint:{tmp_path}"}),
-    ]
-    for override in ("evaluate.seed=7", "collect.drop_first_frames=3", "collect.episode_env_steps=41",
-                     f"collect.expert_settings=[{TASK}:centre_gain=3.0]"):  # fmt: skip
-        changed.append(
-            record_key(config_lib.load("tiny", [override], params_path=None), "model", TASK, "videos", policies)
-        )
-    assert base not in changed and len(set(changed)) == len(changed)
+    base = record_keys(cfg, "model", TASK, "videos", policies)
+    assert record_keys(cfg, "model", TASK, "videos", dict(policies)) == base and len(set(base.values())) == 5
+
+    def changed(keys: dict[str, str]) -> set[str]:
+        return {category for category, key in keys.items() if base.get(category) != key}
+
+    stored, rolled = {"expert", "shuffled", "reversed"}, {"noisy:0.5", "random"}
+    assert changed(record_keys(cfg, "other model", TASK, "videos", policies)) == stored | rolled
+    assert changed(record_keys(cfg, "model", TASK, "replaced videos", policies)) == stored
+    trained_expert = {**policies, "noisy:0.5": f"noisy:0.5:checkpoint:{tmp_path}"}
+    assert changed(record_keys(cfg, "model", TASK, "videos", trained_expert)) == {"noisy:0.5"}
+    more = {**policies, "noisy:0.9": "noisy:0.9"}
+    assert changed(record_keys(cfg, "model", TASK, "videos", more)) == {"noisy:0.9"}  # nothing else re-scored
+    for override, expected in (
+        ("evaluate.seed=7", rolled | {"shuffled"}),
+        ("collect.drop_first_frames=3", rolled),
+        ("collect.episode_env_steps=41", rolled),
+        (f"collect.expert_settings=[{TASK}:centre_gain=3.0]", {"noisy:0.5"}),
+        ("collect.expert_settings=[dmc/cartpole_swingup:pump_gain=4.0]", set()),  # another task's expert
+    ):
+        other = config_lib.load("tiny", [override], params_path=None)
+        assert changed(record_keys(other, "model", TASK, "videos", policies)) == expected, override
 
 
 def test_missing_category_is_an_error_not_a_silent_number():
@@ -90,7 +101,7 @@ def test_episode_log_keeps_only_records_of_the_same_model(tmp_path):
     lines.append(json.dumps({**asdict(rows[4]), "model": "other"}))
     lines.append('{"task": "cut short')
     path.write_text("\n".join(lines) + "\n")
-    done = _load_done(path, "m")
+    done = _load_done(path, {r.category: "m" for r in rows})
     assert set(done) == {(r.task, r.category, r.index) for r in rows[:4]}
 
 

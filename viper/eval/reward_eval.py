@@ -13,8 +13,8 @@ and reports AUROC(expert vs random), AUROC(expert vs each epsilon), AUROC(expert
 episode mean reward (NaN steps before the first full window excluded), and the Spearman correlation between
 episode mean reward and task return over expert, noisy and random episodes (those with a known return: imported
 videos have none). Outputs under ``viper.paths.reward_eval_dir``: ``metrics.json``, ``episodes.jsonl`` (one line
-per scored episode; a re-run skips the episodes already scored under the same key: the reward model's weights
-and definition, the task's videos and the rollout settings), ``scatter.png``.
+per scored episode; a re-run skips the episodes already scored under their category's key, ``record_keys``:
+the reward model, and the task's videos or the category's rollout settings), ``scatter.png``.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class Scored:
     task_return: float
     steps: int
     model: str
-    """Key of what the score depends on (``record_key``: reward model, the task's videos, rollout settings)."""
+    """Key of what the score depends on (``record_keys``: reward model, the task's videos, rollout settings)."""
 
 
 def _rollout(task: str, policy: str, seed: int, cfg: Config) -> tuple[np.ndarray, float]:
@@ -101,19 +101,36 @@ def _expert_episodes(cfg: Config, task: str) -> list[tuple[int, np.ndarray, floa
     return [(int(i), group.read_episode(int(i))["frames"], float(group.returns[i])) for i in test]
 
 
-def record_key(cfg: Config, reward_identity: str, task: str, videos: str, policies: dict[str, str]) -> str:
-    """16 hex digits naming what a score of ``task`` depends on: the reward model (``reward_identity``, its
-    ``VideoReward.identity``), the task's videos (store identity) and every setting of the fresh rollouts."""
-    c = cfg.collect
-    rollouts = [cfg.evaluate.seed, c.action_repeat, c.episode_env_steps, c.fast_render, c.drop_first_frames]
-    parts = [reward_identity, videos, rollouts, sorted(policies.values()), list(c.expert_settings)]
+EPISODE_CATEGORIES = ("expert", "shuffled", "reversed")
+"""Categories scored from the store's held-out expert episodes (the others are fresh rollouts)."""
+
+
+def record_keys(cfg: Config, reward_identity: str, task: str, videos: str, policies: dict[str, str]) -> dict[str, str]:
+    """Category -> 16 hex digits naming what its scores depend on, so a change re-scores only the categories it
+    affects. All: the reward model (``reward_identity``, its ``VideoReward.identity``). Expert, shuffled and
+    reversed: the task's videos (store identity); shuffled also ``evaluate.seed`` (the permutations). A rollout
+    category (``policies``: category -> spec): its spec, seed and episode settings, the env/expert code, and for
+    a noisy expert this task's ``collect.expert_settings`` or the trained expert's weights."""
     from viper.agent.policy import checkpoint_identity
+    from viper.experts.policies import settings_of_task
     from viper.experts.rollout import rollout_code_hash
 
-    # What the rollouts run: the env/expert code (as collect's fingerprint) and a trained expert's weights.
-    trained = sorted({spec.split(":checkpoint:", 1)[1] for spec in policies.values() if ":checkpoint:" in spec})
-    parts += [rollout_code_hash(), [checkpoint_identity(path) for path in trained]]
-    return json_digest(parts)
+    c = cfg.collect
+    keys = {
+        "expert": json_digest([reward_identity, videos]),
+        "reversed": json_digest([reward_identity, videos, "reversed"]),
+        "shuffled": json_digest([reward_identity, videos, cfg.evaluate.seed]),
+    }
+    episodes = [cfg.evaluate.seed, c.action_repeat, c.episode_env_steps, c.fast_render, c.drop_first_frames]
+    code = rollout_code_hash()
+    for category, spec in policies.items():
+        expert = ""
+        if ":checkpoint:" in spec:
+            expert = checkpoint_identity(spec.split(":checkpoint:", 1)[1])
+        elif spec.startswith("noisy:"):
+            expert = list(settings_of_task(c.expert_settings, task))
+        keys[category] = json_digest([reward_identity, spec, episodes, code, expert])
+    return keys
 
 
 def _mean_reward(reward: VideoReward, frames: np.ndarray, task: str) -> float:
@@ -129,12 +146,12 @@ def _mean_reward(reward: VideoReward, frames: np.ndarray, task: str) -> float:
 
 
 def evaluate_task(
-    cfg: Config, reward: VideoReward, task: str, model: str, policies: dict[str, str], out: Path, pool
+    cfg: Config, reward: VideoReward, task: str, keys: dict[str, str], policies: dict[str, str], out: Path, pool
 ) -> list[Scored]:
-    """Score every category of ``task`` (``policies``: category -> spec of the fresh rollouts) under the key
-    ``model``, reusing the records of ``out`` with that key and appending new ones; a progress bar counts the
-    episodes, reused ones included."""
-    done = _load_done(out, model)
+    """Score every category of ``task`` (``policies``: category -> spec of the fresh rollouts) under its key
+    (``keys``, ``record_keys``), reusing the records of ``out`` with that key and appending new ones; a progress
+    bar counts the episodes, reused ones included."""
+    done = _load_done(out, keys)
     experts = _expert_episodes(cfg, task)
     n = cfg.evaluate.reward_eval_episodes
     total = 3 * len(experts) + len(policies) * n
@@ -142,7 +159,8 @@ def evaluate_task(
     records: list[Scored] = []
 
     def keep(category: str, index: int, frames: np.ndarray, task_return: float) -> None:
-        record = Scored(task, category, index, _mean_reward(reward, frames, task), task_return, len(frames), model)
+        score = _mean_reward(reward, frames, task)
+        record = Scored(task, category, index, score, task_return, len(frames), keys[category])
         records.append(record)
         with out.open("a") as fh:  # one line per episode: a killed run keeps what it scored
             fh.write(json.dumps(asdict(record)) + "\n")
@@ -204,7 +222,8 @@ def task_metrics(records: list[Scored], epsilons: tuple[float, ...]) -> dict[str
     return out
 
 
-def _load_done(path: Path, model: str) -> dict[tuple, Scored]:
+def _load_done(path: Path, keys: dict[str, str]) -> dict[tuple, Scored]:
+    """``(task, category, index)`` -> the records of ``path`` scored under their category's current key."""
     done = {}
     if path.exists():
         for line in path.read_text().splitlines():
@@ -212,7 +231,7 @@ def _load_done(path: Path, model: str) -> dict[tuple, Scored]:
                 record = Scored(**json.loads(line))
             except (json.JSONDecodeError, TypeError):
                 continue  # a line cut short by a kill
-            if record.model == model:
+            if record.model == keys.get(record.category):
                 done[(record.task, record.category, record.index)] = record
     return done
 
@@ -254,9 +273,9 @@ def run(cfg: Config) -> dict[str, float]:
     plan = {}
     for task in cfg.collect.tasks:
         policies = {**noisy_policies(cfg, task), "random": "random"}
-        plan[task] = (record_key(cfg, model, task, _group(cfg, task).identity, policies), policies)
+        plan[task] = (record_keys(cfg, model, task, _group(cfg, task).identity, policies), policies)
     # Start the file afresh with only the records still valid, so stale lines never accumulate.
-    done = [r for task, (key, _) in plan.items() for r in _load_done(episodes, key).values() if r.task == task]
+    done = [r for task, (keys, _) in plan.items() for r in _load_done(episodes, keys).values() if r.task == task]
     tmp = episodes.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(asdict(r)) + "\n" for r in done))
     tmp.replace(episodes)
@@ -264,8 +283,8 @@ def run(cfg: Config) -> dict[str, float]:
     pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else None
     try:
         per_task = {
-            task: evaluate_task(cfg, reward, task, key, policies, episodes, pool)
-            for task, (key, policies) in plan.items()
+            task: evaluate_task(cfg, reward, task, keys, policies, episodes, pool)
+            for task, (keys, policies) in plan.items()
         }
     except BrokenProcessPool:
         runtime.kill_workers(getattr(pool, "_processes", {}).values())  # before the shutdown waits for them
