@@ -71,6 +71,11 @@ def test_killed_run_resumes_with_one_load_and_its_replay(tmp_path):
     # A finished run re-run does not train again.
     again = run(cfg, TASK, 0, "task", run_dir)
     assert again["checkpoint_loads"] == 1 and again["updates"] == metrics["updates"]
+    # A longer run continues it, saving on its own schedule (it saved again at once at step 301 before).
+    longer = C.load(preset="tiny", overrides=[f"data_dir={data}", *RESUME, "agent.env_steps=400"], params_path=None)
+    assert run(longer, TASK, 0, "task", run_dir)["env_steps"] == 400
+    assert not (run_dir / "checkpoints" / "step_000000301").exists()
+    assert (run_dir / "checkpoints" / "step_000000400" / "done").exists()
 
     # A checkpoint policy's episode depends on its seed alone (evaluate and collect reproduce), and leaves the
     # caller's torch RNG where it was.
@@ -152,6 +157,28 @@ def test_a_stop_signal_saves_a_checkpoint_where_the_run_stopped_and_the_run_resu
     metrics = run(cfg, TASK, 0, "task", run_dir)
     assert metrics["checkpoint_loads"] == 1 and metrics["start_env_steps"] == stopped_at
     assert metrics["replay_steps_at_start"] == stopped_at and metrics["env_steps"] == stopped_at + 20
+
+
+def test_a_stop_during_a_periodic_save_does_not_save_that_step_again(tmp_path, monkeypatch):
+    """Ctrl-C landing in the periodic save: the stop then saved the same step again (at paper scale a second
+    12 GB write, with the scheduler's kill on its way)."""
+    from viper.checkpoint import Checkpointer
+
+    saves, real_save = [], Checkpointer.save
+
+    def save_then_interrupt(self, step, *args, **kwargs):
+        out = real_save(self, step, *args, **kwargs)
+        saves.append(step)
+        if len(saves) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # StopSignals turns it into a stop request
+        return out
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_interrupt)
+    opts = ["agent.env_steps=300", "agent.checkpoint_every_env_steps=40", "agent.eval_every_env_steps=10000"]
+    cfg = C.load(preset="tiny", overrides=[f"data_dir={tmp_path}", *opts], params_path=None)
+    with pytest.raises(viper.errors.Stopped, match="at env step 40"):
+        run(cfg, TASK, 0, "task", paths.agent_dir(tmp_path, "task", TASK, 0))
+    assert saves == [40]
 
 
 def test_more_envs_than_sequences_per_batch_trains_once_a_stream_holds_a_sequence(tmp_path):

@@ -134,6 +134,28 @@ def test_relabel_inserts_each_step_with_its_own_window_and_skips_episode_starts(
         assert data["is_last"].sum() == sum(1 for ln in lengths[stream] if ln > source.context_steps)
 
 
+def test_a_checkpoint_inserts_the_steps_waiting_for_their_chunk_with_the_same_rewards(model):
+    """A resumed run restarts its envs, so steps still waiting for their relabel chunk at a checkpoint were never
+    inserted (up to chunk - K per env and resume). ``flush_partial`` inserts them; the rewards and the steps
+    after it are those of an uninterrupted chunking."""
+    rows = stream_of([60], seed=3)
+    source = ViperReward(model, TASK, 16)
+    replay = Replay(10_000, 1, replay_spec((64, 64, 3), 1, source.name), seed=0)
+    inserter = Inserter(replay, source, 1)
+    keys = ("image", "action", "reward", "is_first", "is_last", "is_terminal")
+    for row in rows[:40]:
+        inserter.add({k: np.asarray(row[k])[None] for k in keys})
+    before = int(replay.count[0])
+    inserter.flush_partial()  # the checkpoint at step 40
+    assert before < 40 - source.context_steps == int(replay.count[0])
+    for row in rows[40:]:
+        inserter.add({k: np.asarray(row[k])[None] for k in keys})
+    expected = reference_inserts(rows, model)
+    count = int(replay.count[0])
+    assert count == len(expected) and replay.data["action"][0, :count, 0].tolist() == [t for _, t, *_ in expected]
+    np.testing.assert_allclose(replay.data["density"][0, :count], [v for *_, v, _ in expected], rtol=1e-5, atol=1e-3)
+
+
 def test_chunked_rewards_equal_the_whole_episode_score(model):
     rows = stream_of([37], seed=7)
     replay, source = fill(model, [rows], chunk_steps=11)

@@ -131,6 +131,15 @@ class Inserter:
         if ready:
             self._flush(ready)
 
+    def flush_partial(self) -> None:
+        """Score and insert every stream's waiting steps now (before a checkpoint: a resumed run restarts its envs
+        with fresh episodes, so steps still waiting for their chunk would never reach replay). A step's reward
+        depends only on its own window, so the values are those a full chunk would give; the last K steps stay
+        as the next chunk's context."""
+        waiting = [s for s, buffer in enumerate(self.pending) if len(buffer) > self.source.context_steps]
+        if self.source.chunk_steps > 1 and waiting:
+            self._flush(waiting)
+
     def _flush(self, ready: list[int]) -> None:
         ctx = self.source.context_steps
         # Streams that started together have chunks of equal length; score each length group in one call.

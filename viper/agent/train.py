@@ -138,9 +138,15 @@ def _run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[
     score = getattr(source, "score_episode", None)
     evaluator = Evaluator(task, seed, acfg, out_dir, counters["restarts"], score, fast_render=fast_render)
 
+    inserter = Inserter(replay, source, acfg.envs)
+    saved_at = [counters["env_steps"]] if loaded is not None else [None]
+
     def save() -> None:
+        if saved_at[0] == counters["env_steps"]:  # e.g. a Ctrl-C during the periodic save of this very step
+            return
         if nonfinite_modules(agent):  # never overwrite good state with NaNs
             raise Diverged(f"the agent's weights are not finite at env step {counters['env_steps']}")
+        inserter.flush_partial()  # the steps waiting for their relabel chunk would not survive a resume
         state = {
             "agent": agent.state_dict(),
             "optim": agent.optimizer_state(),
@@ -149,6 +155,7 @@ def _run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[
             "meta": meta,
         }
         ckpt.save(counters["env_steps"], state, extra=lambda f: replay.save(f / "replay"))
+        saved_at[0] = counters["env_steps"]
 
     try:
         if counters["env_steps"] < acfg.env_steps:
@@ -166,7 +173,7 @@ def _run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[
                     agent,
                     envs,
                     replay,
-                    Inserter(replay, source, acfg.envs),
+                    inserter,
                     evaluator,
                     counters,
                     act_rng,
@@ -321,8 +328,11 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
         if step >= counters["next_eval"]:
             counters["next_eval"] += acfg.eval_every_env_steps
             _evaluate(agent, evaluator, counters, log)
-        if step >= counters["next_checkpoint"] and step < acfg.env_steps:
-            counters["next_checkpoint"] += acfg.checkpoint_every_env_steps
-            save()
+        if step >= counters["next_checkpoint"]:
+            # Past the final step too, so that a longer env_steps does not save again at once on resume.
+            while counters["next_checkpoint"] <= step:
+                counters["next_checkpoint"] += acfg.checkpoint_every_env_steps
+            if step < acfg.env_steps:
+                save()
         if stop.signum is not None:
             return

@@ -103,7 +103,8 @@ def _checkpoint(run_dir: Path) -> dict[str, Any]:
     """The checkpoint a run's policy loads, by content (``viper.agent.policy.checkpoint_identity``)."""
     from viper.agent.policy import checkpoint_identity
 
-    return {"checkpoint": checkpoint_identity(run_dir)}
+    name, weights = checkpoint_identity(run_dir).split(":", 1)
+    return {"name": name, "weights": weights}
 
 
 def _evaluated(
