@@ -36,7 +36,8 @@ def prefect_api():
     """One Prefect test harness (a temporary local API and database) for every flow test of the session."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    # Its default 30 s start-up limit was passed once on a loaded 2-core machine (a red suite, not a defect).
+    with prefect_test_harness(server_startup_timeout=180):
         yield
 
 

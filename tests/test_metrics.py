@@ -54,3 +54,20 @@ def test_a_figure_is_saved_whole_or_not_at_all(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         save_figure(fig, path)
     assert path.read_bytes() == good
+
+
+def test_a_resumed_log_sets_aside_the_rows_logged_after_its_checkpoint(tmp_path):
+    """A killed run logged steps past its last checkpoint; the resumed run logs them again, so metrics.jsonl's
+    steps went backwards (the report's learning curves zigzagged). Those rows move aside, nothing is deleted."""
+    log_dir = tmp_path / "logs"
+    with Logger(log_dir, tensorboard=False, dvclive=False, progress=False) as log:
+        for step in range(1, 11):
+            log.scalars({"agent/loss": step}, step)
+    with open(log_dir / "metrics.jsonl", "a") as handle:
+        handle.write('{"step": 11, "agent/lo')  # a line cut short by the kill
+    with Logger(log_dir, initial=6, tensorboard=False, dvclive=False, progress=False) as log:
+        log.scalars({"agent/loss": 7.5}, 7)
+    steps = [json.loads(line)["step"] for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6, 7]
+    aside = [json.loads(line)["step"] for line in (log_dir / "metrics.replaced.jsonl").read_text().splitlines()]
+    assert aside == [7, 8, 9, 10]

@@ -9,9 +9,10 @@ Keys are namespaced by stage (``tokenizer/recon_l1``, ``prior/bits_per_token``, 
             log.scalars({"tokenizer/recon_l1": l1}, step)
             log.advance(step + 1)
 
-``metrics.jsonl`` is appended (one JSON object per ``scalars`` call:
-``{"step": s, "time_s": t, key: value}``), so a resumed run continues
-the same file. dvclive and TensorBoard are optional sinks that can be switched off.
+``metrics.jsonl`` is appended (one JSON object per ``scalars`` call: ``{"step": s, "time_s": t, key: value}``),
+so a resumed run continues the same file; rows past the step it resumes from (logged after the last checkpoint
+by the run that was killed) move to ``metrics.replaced.jsonl`` first, so every key's steps only increase.
+dvclive and TensorBoard are optional sinks that can be switched off.
 """
 
 from __future__ import annotations
@@ -25,6 +26,28 @@ from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
+
+REPLACED = "metrics.replaced.jsonl"
+"""Rows of ``metrics.jsonl`` past the step a run resumed from (``Logger``), kept rather than deleted."""
+
+
+def _set_aside_rows_after(path: Path, step: int) -> None:
+    """Move the rows of ``path`` logged after ``step`` to ``REPLACED`` beside it: a killed run logged them after
+    its last checkpoint and the resumed run logs those steps again (a run that starts afresh, step 0, sets aside
+    an older run's rows). Kept rows are rewritten atomically; a line cut short by a kill is dropped."""
+    if not path.exists():
+        return
+    kept, later = [], []
+    for line in path.read_text().splitlines():
+        try:
+            row_step = json.loads(line)["step"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+        (kept if row_step <= step else later).append(line + "\n")
+    if later:
+        with open(path.with_name(REPLACED), "a") as aside:
+            aside.writelines(later)
+        write_text(path, "".join(kept))
 
 
 def _float(value: Any) -> float:
@@ -53,6 +76,8 @@ class Logger:
     ) -> None:
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            _set_aside_rows_after(self.log_dir / "metrics.jsonl", initial)
         self._jsonl = open(self.log_dir / "metrics.jsonl", "a" if resume else "w")  # noqa: SIM115
         self._start = time.time()
         self._bar = tqdm(total=total, initial=initial, desc=desc, disable=not progress, dynamic_ncols=True)
@@ -60,7 +85,8 @@ class Logger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.log_dir / "tensorboard"))
+            # purge_step: TensorBoard hides the events a killed run logged past the step it resumes from.
+            self._tb = SummaryWriter(str(self.log_dir / "tensorboard"), purge_step=initial + 1 if initial else None)
         self._live = None
         if dvclive and os.environ.get("VIPER_DVCLIVE", "1") != "0":
             from dvclive import Live
