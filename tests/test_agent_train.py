@@ -277,3 +277,28 @@ def test_divergence_advice_names_the_numerics_settings_in_effect_on_the_device()
     assert divergence_advice(cfg, cuda=True).startswith("agent.bf16=false, agent.cuda_graph=false, agent.compile_loops")
     assert divergence_advice(cfg, cuda=False).startswith("agent.compile_loops=false, lower learning rates")
     assert divergence_advice(C.AgentConfig(bf16=False, cuda_graph=False), cuda=True).startswith("lower learning rates")
+
+
+def test_evaluation_episodes_depend_on_the_step_not_on_restarts_and_leave_training_draws_alone(tmp_path):
+    """The eval env was seeded by the restart count and the agent sampled from the training RNG: a resumed run
+    evaluated other episodes than an uninterrupted one at the same step."""
+    from viper.agent.agent import Agent
+    from viper.agent.evaluation import Evaluator
+    from viper.config import AgentConfig
+
+    acfg = AgentConfig(size="tiny", eval_episodes=2, episode_env_steps=40)
+    torch.manual_seed(0)
+    agent = Agent(acfg, 1, False, "reward", "cpu")
+    played = []
+    for restart in (0, 1):
+        evaluator = Evaluator(TASK, 0, acfg, tmp_path / f"run{restart}", restart)
+        torch.manual_seed(restart)  # the training RNG, wherever the run's own draws left it
+        state = torch.get_rng_state()
+        try:
+            played.append(evaluator(agent, 1000).task_returns)
+        finally:
+            evaluator.close()
+        assert torch.equal(torch.get_rng_state(), state)
+    assert played[0] == played[1] and played[0][0] != played[0][1]
+    gifs = [(tmp_path / f"run{r}" / "videos" / "eval_000001000.gif").read_bytes() for r in (0, 1)]
+    assert gifs[0] == gifs[1]

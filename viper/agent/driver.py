@@ -113,13 +113,15 @@ def clip_action(action: np.ndarray) -> np.ndarray:
     return np.clip(action, -1.0, 1.0)
 
 
-def run_episode(env: gymnasium.Env, act, max_steps: int | None = None) -> tuple[float, np.ndarray, int]:
-    """Roll out one episode with ``act(frame, is_first) -> float action (A,)``.
+def run_episode(
+    env: gymnasium.Env, act, max_steps: int | None = None, seed: int | None = None
+) -> tuple[float, np.ndarray, int]:
+    """Roll out one episode with ``act(frame, is_first) -> float action (A,)``; ``seed`` reseeds the env's reset.
 
     Returns (task return, frames uint8 (L+1, H, W, C) including the reset frame, agent steps L).
     """
     discrete = isinstance(env.action_space, gymnasium.spaces.Discrete)
-    obs, _ = env.reset()
+    obs, _ = env.reset(seed=seed)
     frames, total, steps, is_first = [obs], 0.0, 0, True
     while True:
         action = act(obs, is_first)

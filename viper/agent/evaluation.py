@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import viper.envs
 from viper.agent.driver import clip_action, env_seed, run_episode
@@ -71,6 +72,7 @@ class Evaluator:
                 fast_render=self.fast_render,
             )
         returns, viper_returns, lengths = [], [], []
+        cuda = [agent.device] if agent.device.type == "cuda" else []
         for episode in range(self.acfg.eval_episodes):
             carry = [agent.initial_carry(1)]
 
@@ -78,7 +80,12 @@ class Evaluator:
                 action, carry[0] = agent.act(obs[None], np.array([is_first]), carry[0], self.acfg.eval_sample)
                 return action[0] if agent.discrete else clip_action(action[0])
 
-            total, frames, steps = run_episode(self.env, act)
+            # Seeded by (run, step, episode), not by the restart count or the training RNG: a resumed run plays
+            # the same evaluation episodes as an uninterrupted one, and evaluating leaves training's draws alone.
+            seed = int(np.random.SeedSequence([self.seed, EVAL_STREAM, env_step, episode]).generate_state(1)[0])
+            with torch.random.fork_rng(devices=cuda):
+                torch.manual_seed(seed)
+                total, frames, steps = run_episode(self.env, act, seed=seed % (2**31 - 1))
             returns.append(total)
             lengths.append(steps)
             rewards = None
