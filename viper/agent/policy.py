@@ -31,11 +31,11 @@ def checkpoint_folder(path: str | Path) -> Path:
     raise ViperError(f"{path}: no complete agent checkpoint (expected <run>/checkpoints/step_*/done)")
 
 
-def checkpoint_identity(path: str | Path) -> str:
-    """The checkpoint a ``checkpoint:<path>`` policy loads, by content: its folder name and the sha256 (16 hex)
-    of its weights (a retrained run may reuse a folder name; a copy or ``dvc checkout`` changes only times)."""
+def checkpoint_identity(path: str | Path) -> dict[str, str]:
+    """The checkpoint a ``checkpoint:<path>`` policy loads, by content: its folder ``name`` and the sha256 (16 hex)
+    of its ``weights`` (a retrained run may reuse a folder name; a copy or ``dvc checkout`` changes only times)."""
     folder = checkpoint_folder(path)
-    return f"{folder.name}:{file_sha256(folder / 'state.pt')[:16]}"
+    return {"name": folder.name, "weights": file_sha256(folder / "state.pt")[:16]}
 
 
 class CheckpointPolicy:

@@ -152,14 +152,14 @@ class VideoStore:
     @property
     def tasks(self) -> list[str]:
         """Full task names (``dmc/cartpole_balance``) of the task groups, sorted."""
-        names = []
+        names, groups = [], self._names(hidden=True)
         if self.mode == "r":  # a writer finishes interrupted swaps on open; a reader must not skip their tasks
-            for child in self._names(hidden=True):
+            for child in groups:
                 for tag in ("ready", "old"):
                     name = child[1 : -len(tag) - 1]
                     if child == hidden(name, tag) and self._interrupted_swap(name):
                         raise self._swap_error(name)
-        for name in self._names():
+        for name in (group for group in groups if not group.startswith(".")):
             meta = self.location.read_json(f"{name}/zarr.json") or {}
             task = meta.get("attributes", {}).get("task")
             if task is not None:

@@ -103,8 +103,7 @@ def _checkpoint(run_dir: Path) -> dict[str, Any]:
     """The checkpoint a run's policy loads, by content (``viper.agent.policy.checkpoint_identity``)."""
     from viper.agent.policy import checkpoint_identity
 
-    name, weights = checkpoint_identity(run_dir).split(":", 1)
-    return {"name": name, "weights": weights}
+    return checkpoint_identity(run_dir)
 
 
 def _evaluated(
