@@ -21,6 +21,7 @@ from viper import paths
 from viper.agent.divergence import divergence_advice
 from viper.agent.driver import EnvPool
 from viper.agent.policy import load_policy
+from viper.agent.replay import read_saved
 from viper.agent.rewards import make_reward_source
 from viper.agent.train import fingerprint, run
 
@@ -194,7 +195,7 @@ def test_more_envs_than_sequences_per_batch_trains_once_a_stream_holds_a_sequenc
     # Replay keeps the actor's samples as drawn (the env clips them), as the released driver records them: the
     # Gaussian at its initial std leaves [-1, 1] for about a quarter of the samples.
     latest = tmp_path / "run" / "checkpoints" / (tmp_path / "run" / "checkpoints" / "latest").read_text().strip()
-    stored = np.load(latest / "replay" / "action.npy")
+    stored = np.concatenate([steps["action"] for steps in read_saved(latest / "replay").values()])
     assert np.isfinite(stored).all() and np.abs(stored).max() > 1.0
     # train_ratio 0 acts and fills replay without training (the 2023 Ratio would otherwise owe one update). With
     # collect.fast_render=false the agent's envs render as MuJoCo's defaults do (as imported videos were).
@@ -203,7 +204,7 @@ def test_more_envs_than_sequences_per_batch_trains_once_a_stream_holds_a_sequenc
     assert metrics["updates"] == 0 and metrics["replay_steps"] == 120
     latest = tmp_path / "idle" / "checkpoints" / (tmp_path / "idle" / "checkpoints" / "latest").read_text().strip()
     assert json.loads((latest / "fingerprint.json").read_text())["fast_render"] is False
-    first = np.load(latest / "replay" / "image.npy")[0, 0]
+    first = read_saved(latest / "replay")[0]["image"][0]
     resets = {}
     for fast in (True, False):
         pool = EnvPool(TASK, 0, 4, 2, cfg.agent.episode_env_steps or None, False, fast_render=fast)

@@ -13,6 +13,7 @@ import pytest
 from viper import config as config_lib
 from viper import paths
 from viper.agent import commands as agent_stage
+from viper.agent.replay import read_saved
 from viper.data import collect
 from viper.reward import score
 from viper.train import prior, tokenize, tokenizer
@@ -55,10 +56,9 @@ def test_tiny_pipeline_viper_agent_logs_the_rewards_viper_score_gives(tmp_path):
     # The replay: each stretch between is_first flags is one training episode from step K = window - 1 on;
     # its relabelled rewards from step 2K on (those whose whole window lies in the stretch) are `viper score`'s.
     folder = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
-    count = json.loads((folder / "replay" / "replay.json").read_text())["count"][0]
-    image, density, first, last = (
-        np.load(folder / "replay" / f"{k}.npy")[0, :count] for k in ("image", "density", "is_first", "is_last")
-    )
+    stream = read_saved(folder / "replay")[0]
+    count = len(stream["image"])
+    image, density, first, last = (stream[k] for k in ("image", "density", "is_first", "is_last"))
     starts = np.flatnonzero(first).tolist()
     assert starts and starts[0] == 0
     context = int(np.isnan(scored).sum())

@@ -60,10 +60,31 @@ def file_crc32c(path: Path) -> int:
     return int.from_bytes(checksum.digest(), "big")
 
 
-def _checksums(folder: Path) -> dict[str, int]:
-    """``{relative path: CRC-32C}`` of every file under ``folder`` but the checksum file and ``done``."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in (CHECKSUMS, DONE))
-    return {p.relative_to(folder).as_posix(): file_crc32c(p) for p in files}
+def _checksums(folder: Path, known: dict[tuple[int, int], int]) -> dict[str, int]:
+    """``{relative path: CRC-32C}`` of every file under ``folder`` but the checksum file and ``done``. A file that
+    is a hard link of one in ``known`` (``(device, inode) -> CRC``) takes its recorded CRC unread."""
+    out = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in (CHECKSUMS, DONE)):
+        stat = path.stat()
+        crc = known.get((stat.st_dev, stat.st_ino)) if stat.st_nlink > 1 else None
+        out[path.relative_to(folder).as_posix()] = file_crc32c(path) if crc is None else crc
+    return out
+
+
+def _recorded_checksums(folder: Path | None) -> dict[tuple[int, int], int]:
+    """``(device, inode) -> CRC`` of the files a complete checkpoint recorded, for files linked from it."""
+    try:
+        recorded = json.loads((folder / CHECKSUMS).read_text()) if folder is not None else {}
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for name, crc in recorded.items():
+        try:
+            stat = (folder / name).stat()
+        except OSError:
+            continue
+        out[(stat.st_dev, stat.st_ino)] = crc
+    return out
 
 
 def _check_files(folder: Path) -> None:
@@ -248,8 +269,10 @@ class Checkpointer:
         if extra is not None:
             extra(tmp)
         # torch.load checks the archive's structure, not the tensors' bytes, and np.load the replay's even less:
-        # a checksum of every file tells a damaged checkpoint from a good one.
-        (tmp / CHECKSUMS).write_text(json.dumps(_checksums(tmp)))
+        # a checksum of every file tells a damaged checkpoint from a good one. Files ``extra`` hard-linked from
+        # the latest checkpoint (replay blocks) keep the CRC recorded there; a load checks them all the same.
+        known = _recorded_checksums(self.latest_path())
+        (tmp / CHECKSUMS).write_text(json.dumps(_checksums(tmp, known)))
         (tmp / DONE).write_text(str(step))
         _fsync_dir(tmp)
         if final.exists():  # the same step saved again, or another settings' run at this step: keep that one

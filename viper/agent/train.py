@@ -154,7 +154,9 @@ def _run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[
             "rng": rng_state(),
             "meta": meta,
         }
-        ckpt.save(counters["env_steps"], state, extra=lambda f: replay.save(f / "replay"))
+        previous = ckpt.latest_path()  # the replay blocks it saved whole are linked, not written again
+        previous = previous / "replay" if previous is not None else None
+        ckpt.save(counters["env_steps"], state, extra=lambda f: replay.save(f / "replay", previous))
         saved_at[0] = counters["env_steps"]
 
     try:

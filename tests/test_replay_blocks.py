@@ -1,0 +1,161 @@
+"""Replay checkpoints as blocks: a save links the whole blocks of the previous save, a load restores exactly the
+buffer that was saved, and the checkpoint's checksums of linked blocks are carried over unread."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import viper.checkpoint as checkpoint_lib
+from viper.agent import replay as replay_lib
+from viper.agent.replay import Replay, read_saved
+from viper.checkpoint import Checkpointer
+from viper.errors import ViperError
+
+SPEC = {"image": ((2, 2, 3), np.uint8), "step": ((), np.int64), "is_first": ((), bool)}
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    monkeypatch.setattr(replay_lib, "BLOCK_STEPS", 100)
+
+
+class Recorded:
+    """A replay and, beside it, every step ever added to each stream in a plain list (the reference)."""
+
+    def __init__(self, capacity: int, streams: int, seed: int = 0):
+        self.replay = Replay(capacity, streams, SPEC, seed)
+        self.steps: list[list[int]] = [[] for _ in range(streams)]
+
+    def add(self, n: int, streams: list[int] | None = None) -> None:
+        for _ in range(n):
+            idx = list(range(self.replay.streams)) if streams is None else streams
+            values = [1000 * s + len(self.steps[s]) for s in idx]
+            self.replay.add(
+                {
+                    "image": np.broadcast_to(
+                        (np.asarray(values) % 256).astype(np.uint8)[:, None, None, None], (len(idx), 2, 2, 3)
+                    ),
+                    "step": np.asarray(values, np.int64),
+                    "is_first": np.asarray([v % 37 == 0 for v in values]),
+                },
+                np.asarray(idx),
+            )
+            for s, v in zip(idx, values, strict=True):
+                self.steps[s].append(v)
+
+    def expected(self, stream: int) -> list[int]:
+        """The steps the ring still holds: the newest ``capacity`` ones."""
+        return self.steps[stream][-self.replay.capacity :]
+
+
+def test_incremental_saves_link_whole_blocks_and_round_trip_through_the_ring(tmp_path):
+    rec = Recorded(capacity=2 * 550, streams=2)  # 550 steps per stream: not a multiple of the block size
+    rec.add(230)
+    rec.add(45, streams=[1])
+    saves = []
+    for n in range(6):  # past the ring's first wrap (550 steps) and the buffer's growth
+        saves.append(tmp_path / f"save{n}")
+        rec.replay.save(saves[-1], saves[-2] if n else None)
+        for stream, steps in read_saved(saves[-1]).items():
+            assert steps["step"].tolist() == rec.expected(stream)
+            assert (steps["image"][:, 0, 0, 0] == np.asarray(rec.expected(stream)) % 256).all()
+        rec.add(130)
+
+    # Whole blocks are the previous save's files (one inode); each stream's partial newest block is written anew.
+    meta = json.loads((saves[-1] / "replay.json").read_text())
+    blocks = json.loads((saves[-2] / "replay.json").read_text())["blocks"]
+    whole_before = {e["file"] for e in blocks if e["stop"] - e["start"] == replay_lib.BLOCK_STEPS}
+    assert len(whole_before) >= 4
+    for entry in meta["blocks"]:
+        shared = (saves[-2] / entry["file"]).exists() and os.path.samefile(
+            saves[-1] / entry["file"], saves[-2] / entry["file"]
+        )
+        assert shared == (entry["file"] in whole_before), entry
+    # The oldest block's first steps were overwritten in memory, yet its linked file still holds them.
+    oldest = min(meta["blocks"], key=lambda e: (e["stream"], e["start"]))
+    assert oldest["start"] < meta["count"][oldest["stream"]] - rec.replay.capacity
+
+    # A load restores the very buffer: same layout, counters and sampling RNG, so the same draws follow.
+    rec.replay.save(tmp_path / "last", saves[-1])
+    loaded = Replay(1100, 2, SPEC, seed=9)
+    loaded.load(tmp_path / "last")
+    assert loaded.alloc == rec.replay.alloc and loaded.count.tolist() == rec.replay.count.tolist()
+    a, b = rec.replay.sample(64, 20), loaded.sample(64, 20)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_a_save_of_another_buffer_is_never_linked(tmp_path):
+    """Blocks carry no content check of their own: only a save of the same buffer's history may be linked."""
+    first, other = Recorded(400, 1), Recorded(400, 1, seed=1)
+    first.add(250)
+    other.add(250)
+    other.replay.save(tmp_path / "other")
+    first.replay.save(tmp_path / "first", previous=tmp_path / "other")
+    assert not any(os.path.samefile(p, tmp_path / "other" / p.name) for p in (tmp_path / "first").glob("*.npz"))
+    # A loaded buffer continues its lineage: its next save links the blocks of the save it came from.
+    resumed = Replay(400, 1, SPEC, seed=0)
+    resumed.load(tmp_path / "first")
+    resumed.save(tmp_path / "next", previous=tmp_path / "first")
+    assert os.path.samefile(tmp_path / "next" / "s000_b0000000.npz", tmp_path / "first" / "s000_b0000000.npz")
+
+
+def test_checkpoints_from_before_the_blocks_still_load(tmp_path):
+    rec = Recorded(600, 2)
+    rec.add(350)
+    folder = tmp_path / "old"
+    folder.mkdir()
+    for key, array in rec.replay.data.items():  # the whole-array layout of earlier saves
+        np.save(folder / f"{key}.npy", array)
+    meta = {
+        "capacity": 300,
+        "streams": 2,
+        "alloc": rec.replay.alloc,
+        "count": rec.replay.count.tolist(),
+        "rng": rec.replay.rng.bit_generator.state,
+    }
+    (folder / "replay.json").write_text(json.dumps(meta))
+    loaded = Replay(600, 2, SPEC, seed=5)
+    loaded.load(folder)
+    a, b = rec.replay.sample(16, 10), loaded.sample(16, 10)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    loaded.save(tmp_path / "new")
+    assert read_saved(tmp_path / "new")[1]["step"].tolist() == rec.expected(1)
+
+
+def test_checkpoints_carry_linked_blocks_checksums_and_a_damaged_block_is_found(tmp_path, monkeypatch):
+    rec = Recorded(4000, 1)
+    ckpt = Checkpointer(tmp_path / "ckpt", keep=2)
+
+    def save(step: int) -> None:
+        previous = ckpt.latest_path()
+        ckpt.save(step, {"step": step}, extra=lambda f: rec.replay.save(f / "replay", previous and previous / "replay"))
+
+    rec.add(450)
+    save(1)
+    read = []
+    real = checkpoint_lib.file_crc32c
+    monkeypatch.setattr(checkpoint_lib, "file_crc32c", lambda path: read.append(path.name) or real(path))
+    rec.add(300)
+    save(2)
+    # Blocks 0-3 were whole at step 1: linked, not read again. Block 4 (partial then) and the new ones are read.
+    read_blocks = sorted(n for n in read if n.endswith(".npz"))
+    assert read_blocks == [f"s000_b000000{b}.npz" for b in (4, 5, 6, 7)]
+    recorded = json.loads((tmp_path / "ckpt" / "step_000000002" / "checksums.json").read_text())
+    for name, crc in recorded.items():
+        assert crc == real(tmp_path / "ckpt" / "step_000000002" / name), name
+    state, path = ckpt.load_latest()
+    assert state["step"] == 2
+    # A damaged linked block damages both checkpoints that share it: none resumes silently with wrong steps.
+    block = path / "replay" / "s000_b0000001.npz"
+    data = bytearray(block.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    with open(block, "r+b") as handle:  # in place, as a bad sector would: the inode stays shared
+        handle.write(bytes(data))
+    with pytest.raises(ViperError, match="no readable checkpoint left"):
+        ckpt.load_latest()
