@@ -71,10 +71,10 @@ def test_incremental_saves_link_whole_blocks_and_round_trip_through_the_ring(tmp
     whole_before = {e["file"] for e in blocks if e["stop"] - e["start"] == replay_lib.BLOCK_STEPS}
     assert len(whole_before) >= 4
     for entry in meta["blocks"]:
-        shared = (saves[-2] / entry["file"]).exists() and os.path.samefile(
-            saves[-1] / entry["file"], saves[-2] / entry["file"]
-        )
-        assert shared == (entry["file"] in whole_before), entry
+        for key in SPEC:  # every key's file of a block is linked, or none
+            name = f"{entry['file']}.{key}.npy"
+            shared = (saves[-2] / name).exists() and os.path.samefile(saves[-1] / name, saves[-2] / name)
+            assert shared == (entry["file"] in whole_before), (entry, key)
     # The oldest block's first steps were overwritten in memory, yet its linked file still holds them.
     oldest = min(meta["blocks"], key=lambda e: (e["stream"], e["start"]))
     assert oldest["start"] < meta["count"][oldest["stream"]] - rec.replay.capacity
@@ -96,12 +96,13 @@ def test_a_save_of_another_buffer_is_never_linked(tmp_path):
     other.add(250)
     other.replay.save(tmp_path / "other")
     first.replay.save(tmp_path / "first", previous=tmp_path / "other")
-    assert not any(os.path.samefile(p, tmp_path / "other" / p.name) for p in (tmp_path / "first").glob("*.npz"))
+    assert not any(os.path.samefile(p, tmp_path / "other" / p.name) for p in (tmp_path / "first").glob("*.npy"))
     # A loaded buffer continues its lineage: its next save links the blocks of the save it came from.
     resumed = Replay(400, 1, SPEC, seed=0)
     resumed.load(tmp_path / "first")
     resumed.save(tmp_path / "next", previous=tmp_path / "first")
-    assert os.path.samefile(tmp_path / "next" / "s000_b0000000.npz", tmp_path / "first" / "s000_b0000000.npz")
+    name = "s000_b0000000.image.npy"
+    assert os.path.samefile(tmp_path / "next" / name, tmp_path / "first" / name)
 
 
 def test_checkpoints_from_before_the_blocks_still_load(tmp_path):
@@ -144,15 +145,16 @@ def test_checkpoints_carry_linked_blocks_checksums_and_a_damaged_block_is_found(
     rec.add(300)
     save(2)
     # Blocks 0-3 were whole at step 1: linked, not read again. Block 4 (partial then) and the new ones are read.
-    read_blocks = sorted(n for n in read if n.endswith(".npz"))
-    assert read_blocks == [f"s000_b000000{b}.npz" for b in (4, 5, 6, 7)]
+    read_blocks = sorted(n for n in read if n.endswith(".image.npy"))
+    assert read_blocks == [f"s000_b000000{b}.image.npy" for b in (4, 5, 6, 7)]
+    assert len([n for n in read if n.startswith("s000_b")]) == 4 * len(SPEC)
     recorded = json.loads((tmp_path / "ckpt" / "step_000000002" / "checksums.json").read_text())
     for name, crc in recorded.items():
         assert crc == real(tmp_path / "ckpt" / "step_000000002" / name), name
     state, path = ckpt.load_latest()
     assert state["step"] == 2
     # A damaged linked block damages both checkpoints that share it: none resumes silently with wrong steps.
-    block = path / "replay" / "s000_b0000001.npz"
+    block = path / "replay" / "s000_b0000001.image.npy"
     data = bytearray(block.read_bytes())
     data[len(data) // 2] ^= 0xFF
     with open(block, "r+b") as handle:  # in place, as a bad sector would: the inode stays shared

@@ -7,7 +7,8 @@ the RSSM there) and always start with ``is_first`` set, as the 2023 replay does.
 to ``capacity_steps / streams`` per stream, then overwrites the oldest steps. The whole buffer (stored steps,
 counters and the sampling RNG) is saved into and restored from a checkpoint folder.
 
-A checkpoint stores each stream's steps in blocks of ``BLOCK_STEPS`` absolute steps (``s<stream>_b<block>.npz``).
+A checkpoint stores each stream's steps in blocks of ``BLOCK_STEPS`` absolute steps, one ``.npy`` per key
+(``s<stream>_b<block>.<key>.npy``).
 A step never changes once added, so a block the previous checkpoint of the same buffer saved whole is hard-linked
 from it instead of written again: a save writes only the steps added since the previous one (plus each stream's
 partial newest block), and the checkpoints kept on disk share their blocks. At the published 1M-step replay a save
@@ -106,16 +107,16 @@ class Replay:
             first, stop = int(self.count[stream] - self.sizes()[stream]), int(self.count[stream])
             for block in range(first // BLOCK_STEPS, -(-stop // BLOCK_STEPS)):
                 start, end = max(block * BLOCK_STEPS, first), min((block + 1) * BLOCK_STEPS, stop)
-                name = f"s{stream:03d}_b{block:07d}.npz"
+                name = f"s{stream:03d}_b{block:07d}"
                 entry = {"file": name, "stream": stream, "start": start, "stop": end}
                 old = reusable.get(name)
                 if old is not None and old["start"] <= start and old["stop"] >= end:
-                    _link_or_copy(Path(previous) / name, folder / name)
+                    for key in self.data:
+                        _link_or_copy(Path(previous) / f"{name}.{key}.npy", folder / f"{name}.{key}.npy")
                     entry.update(start=old["start"], stop=old["stop"])
                 else:
-                    pos = np.arange(start, end) % self.alloc
-                    with open(folder / name, "wb") as handle:
-                        np.savez(handle, **{k: v[stream, pos] for k, v in self.data.items()})
+                    for key, array in self.data.items():
+                        np.save(folder / f"{name}.{key}.npy", array[stream, _ring_index(start, end, self.alloc)])
                 blocks.append(entry)
         meta = {
             "capacity": self.capacity,
@@ -143,28 +144,44 @@ class Replay:
             self.data = {k: np.load(folder / f"{k}.npy") for k in self.spec}
             return
         self.data = {k: np.zeros((self.streams, self.alloc, *s), d) for k, (s, d) in self.spec.items()}
-        for stream, steps in enumerate(read_saved(folder, meta).values()):
-            first = int(self.count[stream] - self.sizes()[stream])
-            pos = np.arange(first, int(self.count[stream])) % self.alloc
+        for entry, lo, hi in _live_parts(meta):
+            pos = _ring_index(entry["start"] + lo, entry["start"] + hi, self.alloc)
             for key in self.spec:
-                self.data[key][stream, pos] = steps[key]
+                block = np.load(folder / f"{entry['file']}.{key}.npy")
+                self.data[key][entry["stream"], pos] = block[lo:hi]
 
 
-def read_saved(folder: str | Path, meta: dict | None = None) -> dict[int, dict[str, np.ndarray]]:
+def _ring_index(start: int, stop: int, alloc: int) -> slice | np.ndarray:
+    """Ring positions of absolute steps ``[start, stop)``: a slice unless the run wraps past the ring's end."""
+    first = start % alloc
+    if first + (stop - start) <= alloc:
+        return slice(first, first + stop - start)
+    return np.arange(start, stop) % alloc
+
+
+def read_saved(folder: str | Path) -> dict[int, dict[str, np.ndarray]]:
     """The steps a saved replay holds: stream -> key -> array of its stored steps, oldest first."""
     folder = Path(folder)
-    meta = meta or json.loads((folder / META).read_text())
-    count = np.asarray(meta["count"], np.int64)
-    sizes = np.minimum(count, meta["capacity"])
+    meta = json.loads((folder / META).read_text())
     parts: dict[int, dict[str, list]] = {s: {} for s in range(meta["streams"])}
+    for entry, lo, hi in _live_parts(meta):
+        for path in sorted(folder.glob(f"{entry['file']}.*.npy")):
+            key = path.name[len(entry["file"]) + 1 : -len(".npy")]
+            parts[entry["stream"]].setdefault(key, []).append(np.load(path)[lo:hi])
+    return {s: {k: np.concatenate(v) for k, v in keys.items()} for s, keys in parts.items()}
+
+
+def _live_parts(meta: dict) -> list[tuple[dict, int, int]]:
+    """``(block entry, lo, hi)``: the rows ``[lo, hi)`` of each saved block that the buffer still holds (a linked
+    oldest block keeps steps the ring has since overwritten), in the order of the listing (oldest first)."""
+    count = np.asarray(meta["count"], np.int64)
+    first = count - np.minimum(count, meta["capacity"])
+    out = []
     for entry in meta["blocks"]:
         stream = entry["stream"]
-        lo = max(entry["start"], int(count[stream] - sizes[stream])) - entry["start"]
-        hi = min(entry["stop"], int(count[stream])) - entry["start"]
-        with np.load(folder / entry["file"]) as data:
-            for key in data.files:
-                parts[stream].setdefault(key, []).append(data[key][lo:hi])
-    return {s: {k: np.concatenate(v) for k, v in keys.items()} for s, keys in parts.items()}
+        lo = max(entry["start"], int(first[stream])) - entry["start"]
+        out.append((entry, lo, min(entry["stop"], int(count[stream])) - entry["start"]))
+    return out
 
 
 def _reusable_blocks(previous: Path, lineage: str) -> dict[str, dict]:
