@@ -187,3 +187,14 @@ def test_stop_signals_turn_sigterm_into_a_request_and_restore_the_handler():
     thread.start()
     thread.join()
     assert seen == [None] and signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (a GPU session)")
+def test_rng_state_saved_on_more_gpus_restores_on_fewer():
+    """A checkpoint of an 8-GPU node resumed on this machine: ``set_rng_state_all`` raised IndexError on the
+    first GPU the machine lacks; the GPUs it has get their states."""
+    state = rng_state()
+    expected = torch.rand(4, device="cuda")
+    state["cuda"] = list(state["cuda"]) + [torch.cuda.get_rng_state(0)] * 8  # more GPUs than this machine has
+    set_rng_state(state)
+    torch.testing.assert_close(torch.rand(4, device="cuda"), expected)

@@ -15,7 +15,7 @@ from viper import config as config_lib
 from viper import paths
 from viper.checkpoint import Checkpointer
 from viper.data.tokens import write_tokens
-from viper.errors import ViperError
+from viper.errors import Stopped, ViperError
 from viper.models.prior_checkpoint import BEST, load_prior
 from viper.models.vqgan import VQGAN, VQGANArch, load_tokenizer
 from viper.reward import VideoReward
@@ -135,6 +135,75 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path, data_dir):
     # A changed model setting never resumes the old run: it trains anew from step 0.
     metrics = prior_stage.run(tiny_cfg(tmp_path, steps=2, d_model=16))
     assert metrics["prior/grad_steps"] == 2
+
+
+def test_a_stop_signal_saves_the_update_it_stopped_at_and_the_resume_matches_an_uninterrupted_run(
+    tmp_path, data_dir, monkeypatch
+):
+    """SIGTERM during update 3 (checkpoints every 4): update 3 is saved, the run stops, and resuming gives the
+    uninterrupted run's weights and the same best / released checkpoints (a stop's save marks neither)."""
+    import os
+    import shutil
+    import signal
+
+    for name in ("tokenizer", "tokens"):
+        shutil.copytree(data_dir / name, tmp_path / name)
+    straight = prior_stage.run(tiny_cfg(tmp_path, steps=8))
+    checkpoints = paths.prior_dir(tmp_path, "dmc") / "checkpoints"
+    expected = torch.load(Checkpointer(checkpoints).latest_path() / "state.pt", weights_only=False)
+    shutil.rmtree(paths.prior_dir(tmp_path, "dmc"))
+    real, calls = prior_stage.train_step, []
+
+    def step_then_signal(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(prior_stage, "train_step", step_then_signal)
+    with pytest.raises(Stopped, match="stopped by SIGTERM at prior update 3 of 8; checkpoint saved in"):
+        prior_stage.run(tiny_cfg(tmp_path, steps=8))
+    assert (checkpoints / "latest").read_text() == "step_000000003"
+    monkeypatch.undo()
+    resumed = prior_stage.run(tiny_cfg(tmp_path, steps=8))
+    state = torch.load(Checkpointer(checkpoints).latest_path() / "state.pt", weights_only=False)
+    for key, value in expected["model"].items():
+        torch.testing.assert_close(state["model"][key], value, rtol=0, atol=0, msg=key)
+    for key in ("prior/best_step", "prior/released_step", "prior/eval_bits_per_token"):
+        assert resumed[key] == straight[key], key
+
+
+def _prior_worker(rank: int, world: int, port: int, data_dir: str) -> None:
+    import os
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    prior_stage.run(tiny_cfg(Path(data_dir), steps=8))
+
+
+def test_a_run_resumed_on_more_gpus_continues_instead_of_starting_anew(tmp_path, data_dir, capfd):
+    """The GPU count is recorded but does not block a resume: a run preempted on 1 GPU and restarted on 2 (here 2
+    gloo processes) continued nothing before: it set the run aside and trained from update 0."""
+    import shutil
+    import socket
+
+    for name in ("tokenizer", "tokens"):
+        shutil.copytree(data_dir / name, tmp_path / name)
+    prior_stage.run(tiny_cfg(tmp_path, steps=4))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_prior_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    assert "resuming a run of 1 process(es) on 2: same global batch" in capfd.readouterr().out
+    checkpoints = paths.prior_dir(tmp_path, "dmc") / "checkpoints"
+    assert not (checkpoints / "superseded").exists()
+    state = torch.load(checkpoints / "step_000000008" / "state.pt", weights_only=False)
+    assert len(state["rng_ranks"]) == 2 and (checkpoints / "step_000000004" / "done").exists()
+    # A changed model setting still never resumes the old run.
+    prior_stage.run(tiny_cfg(tmp_path, steps=2, d_model=16))
+    assert (checkpoints / "superseded" / "step_000000008").exists()
 
 
 def test_reward_model_loads_the_trained_pair(data_dir):

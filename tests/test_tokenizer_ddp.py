@@ -3,7 +3,9 @@ own random numbers and each resumes its own stream, and the batch must divide am
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 import torch
 
 from viper import config, paths
+from viper.checkpoint import StopSignals
 from viper.errors import ViperError
 from viper.models.vqgan import load_tokenizer
 from viper.train import common, tokenizer
@@ -86,6 +89,32 @@ def test_ranks_draw_different_random_numbers_and_each_resumes_its_own(tmp_path):
     torch.manual_seed(7)
     torch.rand(4)
     assert torch.equal(r0["first"], torch.rand(4))  # a single process's draws are unchanged
+
+
+def _stop_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    ctx = common.setup_distributed("cpu")
+    try:
+        stop = StopSignals()
+        seen = [common.stop_signal(stop, ctx)]
+        if rank == 1:
+            stop.signum = int(signal.SIGTERM)  # as its handler records a signal that reached this rank alone
+        seen.append(common.stop_signal(stop, ctx))
+        Path(out, f"stop{rank}").write_text(json.dumps(seen))
+    finally:
+        common.teardown_distributed(ctx)
+
+
+def test_a_stop_signal_that_reached_one_rank_stops_every_rank_at_the_same_update(tmp_path):
+    """DDP: a rank that saw no signal must still join the stop save (a lone rank would wait in the next
+    all-reduce forever, and rank 0 alone writes the checkpoint)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_stop_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        assert json.loads((tmp_path / f"stop{rank}").read_text()) == [None, int(signal.SIGTERM)]
 
 
 def test_ranks_must_divide_the_global_batch():

@@ -18,7 +18,7 @@ import torch
 from viper import config, paths
 from viper.data.store import open_store
 from viper.data.tokens import StaleTokensError, read_tokens
-from viper.errors import ViperError
+from viper.errors import Stopped, ViperError
 from viper.models.vqgan import load_tokenizer
 from viper.train import common, tokenize, tokenizer
 from viper.train.frames import ArrayFrames, StoreFrames
@@ -118,6 +118,56 @@ def test_resume_continues_exactly(tmp_path):
     # A finished run re-run does no update and loads once.
     again = tokenizer.run(tiny_cfg(tmp_path / "a", *over), frames=frames, progress=False)
     assert again["start_step"] == 12 and again["tokenizer_hash"] == resumed["tokenizer_hash"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stop_signal_saves_the_update_it_stopped_at_and_the_resume_matches_an_uninterrupted_run(
+    tmp_path, monkeypatch, signum
+):
+    """Ctrl-C or a scheduler's SIGTERM during update 5 (checkpoints every 6): the run lost updates 1-5 before;
+    now it saves update 5, stops with ``Stopped`` (the CLI exits 128 + signum) and resumes from there exactly."""
+    frames = ArrayFrames(synthetic_frames(24, 1), synthetic_frames(8, 2))
+    over = ("tokenizer.train_grad_steps=12", "tokenizer.checkpoint_every_grad_steps=6",
+            "tokenizer.eval_every_grad_steps=6", "tokenizer.gan_start_grad_steps=3")  # fmt: skip
+    real = tokenizer.TokenizerTrainer.step
+
+    def step_then_signal(self, step, batch):
+        out = real(self, step, batch)
+        if step == 4:  # during the fifth update
+            os.kill(os.getpid(), signum)
+        return out
+
+    monkeypatch.setattr(tokenizer.TokenizerTrainer, "step", step_then_signal)
+    name = signal.Signals(signum).name
+    with pytest.raises(Stopped, match=f"stopped by {name} at tokenizer update 5 of 12; checkpoint saved in .*"):
+        tokenizer.run(tiny_cfg(tmp_path / "a", *over), frames=frames, progress=False)
+    checkpoints = paths.tokenizer_dir(tmp_path / "a", "dmc") / "checkpoints"
+    assert (checkpoints / "latest").read_text() == "step_000000005"
+    monkeypatch.undo()
+    resumed = tokenizer.run(tiny_cfg(tmp_path / "a", *over), frames=frames, progress=False)
+    assert resumed["start_step"] == 5 and resumed["step"] == 12
+    straight = tokenizer.run(tiny_cfg(tmp_path / "b", *over), frames=frames, progress=False)
+    assert straight["tokenizer_hash"] == resumed["tokenizer_hash"]
+
+
+def test_moving_the_lpips_weights_file_keeps_the_run_resumable(tmp_path):
+    """The fingerprint holds the LPIPS weights' sha256, not their path: a moved file resumed nothing before (the
+    run was set aside and trained from update 0); other weights still do not resume."""
+    from viper.models.lpips import LPIPS
+
+    torch.manual_seed(0)
+    torch.save(LPIPS().state_dict(), tmp_path / "vgg_a.pt")
+    frames = ArrayFrames(synthetic_frames(8, 1), synthetic_frames(4, 2))
+    over = ["tokenizer.train_grad_steps=3", "tokenizer.gan_weight=0", "tokenizer.eval_every_grad_steps=100"]
+    cfg = tiny_cfg(tmp_path / "data", *over, f"tokenizer.lpips_weights_path={tmp_path / 'vgg_a.pt'}")
+    assert tokenizer.run(cfg, frames=frames, stop_at_grad_steps=2, progress=False)["step"] == 2
+    (tmp_path / "vgg_a.pt").rename(tmp_path / "vgg_b.pt")
+    cfg = tiny_cfg(tmp_path / "data", *over, f"tokenizer.lpips_weights_path={tmp_path / 'vgg_b.pt'}")
+    resumed = tokenizer.run(cfg, frames=frames, progress=False)
+    assert resumed["checkpoint_loads"] == 1 and resumed["start_step"] == 2
+    torch.manual_seed(1)
+    torch.save(LPIPS().state_dict(), tmp_path / "vgg_b.pt")  # other weights at the same path
+    assert tokenizer.run(cfg, frames=frames, progress=False)["start_step"] == 0
 
 
 def test_logged_train_metrics_average_the_updates_since_the_last_log(tmp_path):

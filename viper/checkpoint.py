@@ -126,7 +126,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # One state per GPU the saving process saw: a run resumed on fewer GPUs (another node, a smaller
+        # allocation) restores those it has (set_rng_state_all would raise IndexError on the first missing one).
+        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -146,11 +149,14 @@ class Checkpointer:
         keep: int = 3,
         fingerprint: dict[str, Any] | None = None,
         defaults: dict[str, Any] | None = None,
+        resumable: tuple[str, ...] = (),
     ) -> None:
         self.directory = Path(directory)
         self.keep = max(1, keep)
         self.fingerprint = None if fingerprint is None else _plain(fingerprint)
         self.defaults = _plain(defaults or {})
+        self.resumable = resumable
+        """Fingerprint keys recorded but not compared: a checkpoint whose only changes are there still resumes."""
         self.loads = 0
         """How many times a checkpoint was loaded by this object (resume tests assert exactly one)."""
 
@@ -225,7 +231,8 @@ class Checkpointer:
 
     def changes_from(self, stored: dict[str, Any]) -> list[str]:
         """``changes`` against a fingerprint dict (as a checkpoint stores it) rather than a folder."""
-        return _differences(_plain(stored), self.fingerprint, self.defaults, "")
+        changes = _differences(_plain(stored), self.fingerprint, self.defaults, "")
+        return [c for c in changes if c.split(":")[0].split(".")[0] not in self.resumable]
 
     def _done(self) -> list[Path]:
         if not self.directory.exists():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,8 @@ import torch.distributed as dist
 from torch import nn
 
 from viper import locks, runtime
-from viper.checkpoint import rng_state, set_rng_state
-from viper.errors import ViperError
+from viper.checkpoint import StopSignals, rng_state, set_rng_state
+from viper.errors import Stopped, ViperError
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,27 @@ def warmup_lr(step: int, base_lr: float, warmup_steps: int) -> float:
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def stop_signal(stop: StopSignals, ctx: DistContext) -> int | None:
+    """The stop signal (SIGINT / SIGTERM) any rank received, else None; collective under DDP (every rank calls
+    it once per update), so all ranks save the same update and stop together even when the signal reached only
+    some of them, or reached them during different updates."""
+    signum = stop.signum or 0
+    if ctx.distributed:
+        flag = torch.tensor([signum], dtype=torch.int64, device=ctx.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        signum = int(flag.item())
+    return signum or None
+
+
+def stopped(signum: int, what: str, step: int, total: int, directory: Path) -> Stopped:
+    """The ``Stopped`` a loop raises once it saved its checkpoint at ``step`` (the CLI exits 128 + signum)."""
+    return Stopped(
+        f"stopped by {signal.Signals(signum).name} at {what} update {step} of {total}; checkpoint saved in "
+        f"{directory}; run the same command to resume",
+        signum,
+    )
 
 
 def every(count: int, period: int) -> bool:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from viper import paths
-from viper.checkpoint import Checkpointer
+from viper.checkpoint import Checkpointer, StopSignals
 from viper.config import Config, PriorConfig
 from viper.data.tokens import store_identities
 from viper.metrics import Logger, write_json
@@ -241,13 +241,13 @@ def run(cfg: Config) -> dict[str, float]:
     run_dir = paths.prior_dir(cfg.data_dir, cfg.collect.suite)
     ctx = common.setup_distributed()
     try:
-        with common.run_lock(cfg.data_dir, run_dir, "viper train-videogpt", ctx):
-            return _train(cfg, run_dir, ctx)
+        with common.run_lock(cfg.data_dir, run_dir, "viper train-videogpt", ctx), StopSignals() as stop:
+            return _train(cfg, run_dir, ctx, stop)
     finally:
         common.teardown_distributed(ctx)
 
 
-def _train(cfg: Config, run_dir: Path, ctx: common.DistContext) -> dict[str, float]:
+def _train(cfg: Config, run_dir: Path, ctx: common.DistContext, stop: StopSignals) -> dict[str, float]:
     from viper.models.vqgan import load_tokenizer
 
     pc = cfg.prior
@@ -269,6 +269,7 @@ def _train(cfg: Config, run_dir: Path, ctx: common.DistContext) -> dict[str, flo
         pc.keep_checkpoints,
         fingerprint(pc, tasks, tokenizer.hash, ctx.world_size, store_identities(tokens_path, tasks)),
         defaults={"prior": fingerprint(PriorConfig(), tasks, tokenizer.hash, ctx.world_size)["prior"]},
+        resumable=("world_size",),  # more or fewer GPUs continue the run (see below)
     )
     stale = ckpt.stale_message("prior")
     if stale and ctx.is_main:
@@ -282,6 +283,15 @@ def _train(cfg: Config, run_dir: Path, ctx: common.DistContext) -> dict[str, flo
         optimizer.load_state_dict(state["optimizer"])
         common.restore_rng(state, pc.seed, ctx)
         progress = Progress(**state["progress"])
+        saved_world = len(state.get("rng_ranks") or [None])
+        if saved_world != ctx.world_size and ctx.is_main:
+            # The global batch keeps its size and task mix (each rank draws batch_size / world_size windows);
+            # which windows are drawn from here on differs from a run that kept its GPU count.
+            print(
+                f"prior: resuming a run of {saved_world} process(es) on {ctx.world_size}: same global batch, "
+                "other window draws than the run would have made on its old GPU count",
+                flush=True,
+            )
     windows = TrainWindows(splits["train"], pc.seq_len, pc.frame_skip, per_rank, pc.seed, ctx.rank, ctx.world_size)
     test = eval_windows(splits["test"], pc.seq_len, pc.frame_skip, pc.eval_windows_per_task)
     trained = common.maybe_compile(common.wrap_ddp(PriorLoss(prior), ctx), pc.compile)
@@ -308,19 +318,24 @@ def _train(cfg: Config, run_dir: Path, ctx: common.DistContext) -> dict[str, flo
                 progress.last_eval, raw = _evaluate(ema, prior, tokenizer, test, pc, run_dir, log, step)
                 progress.raw_is_best = raw < progress.best_raw_nll
                 progress.best_raw_nll = min(progress.best_raw_nll, raw)
-            if common.every(step, pc.checkpoint_every_grad_steps) or final:
+            signum = common.stop_signal(stop, ctx)  # Ctrl-C / SIGTERM: save this update, then stop
+            periodic = common.every(step, pc.checkpoint_every_grad_steps) or final
+            if periodic or signum:
                 rngs = common.gather_rng_states(ctx)
-                if ctx.is_main:
+                if ctx.is_main and periodic:  # a stop's extra save marks nothing: resumed = uninterrupted
                     # Only checkpointed steps can be "best"; eval and checkpoint cadences usually agree.
                     if evaluated and progress.last_eval < progress.best_nll:
                         progress.best_nll, progress.best_step = progress.last_eval, step
                     if progress.raw_is_best:
                         progress.released_step = step
+                if ctx.is_main:
                     state = _state(prior, ema, optimizer, spec, tasks, tokenizer.hash, pc, progress, rngs)
                     _save(ckpt, state, progress)
                 common.barrier(ctx)
             if log is not None:
                 log.advance(step)
+            if signum and not final:
+                raise common.stopped(signum, "prior", step, pc.train_grad_steps, ckpt.directory)
     finally:
         if log is not None:
             log.close()

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from viper import paths
-from viper.checkpoint import Checkpointer
+from viper.checkpoint import Checkpointer, StopSignals, file_sha256
 from viper.config import Config, TokenizerConfig
 from viper.errors import ViperError
 from viper.metrics import Logger, write_json
@@ -201,6 +201,10 @@ def fingerprint(cfg: TokenizerConfig, data: dict[str, str] | None = None) -> dic
     """The config fields a checkpoint must share with the current run to be resumed (viper.checkpoint), and the
     training data's identity per task (``StoreFrames.identity``), so replaced or extended videos retrain."""
     fp = {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_FIELDS}
+    if cfg.lpips_weights_path and Path(cfg.lpips_weights_path).is_file():
+        # The weights' bytes, not where they lie: moving the file must not restart a run (a missing file is
+        # refused before this, by build_perceptual).
+        fp["lpips_weights_path"] = "sha256:" + file_sha256(cfg.lpips_weights_path)
     if data is not None:
         fp["videos"] = data  # read in stale messages as "videos.<task>: <old> -> <new>"
     return fp
@@ -245,8 +249,8 @@ def run(
     try:
         store = paths.store(cfg.data_dir, suite)
         run_dir = paths.tokenizer_dir(cfg.data_dir, suite)
-        with common.run_lock(cfg.data_dir, run_dir, "viper train-tokenizer", ctx):
-            return _train(cfg.tokenizer, run_dir, ctx, frames, store, stop_at_grad_steps, progress)
+        with common.run_lock(cfg.data_dir, run_dir, "viper train-tokenizer", ctx), StopSignals() as stop:
+            return _train(cfg.tokenizer, run_dir, ctx, frames, store, stop_at_grad_steps, progress, stop)
     finally:
         common.teardown_distributed(ctx)
 
@@ -259,6 +263,7 @@ def _train(
     store: Path,
     stop_at: int | None,
     progress: bool,
+    stop: StopSignals,
 ) -> dict[str, Any]:
     say = print if ctx.is_main else (lambda _msg: None)
     per_rank = common.rank_batch("tokenizer.batch_size", tcfg.batch_size, ctx)
@@ -317,13 +322,16 @@ def _train(
                     logger.scalars({f"tokenizer/{k}": v for k, v in values.items()}, done)
             if logger is not None and (common.every(done, tcfg.eval_every_grad_steps) or done == total):
                 metrics = _evaluate(trainer, test, run_dir, logger, done)
-            if common.every(done, tcfg.checkpoint_every_grad_steps) or done == end:
+            signum = common.stop_signal(stop, ctx)  # Ctrl-C / SIGTERM: save this update, then stop
+            if common.every(done, tcfg.checkpoint_every_grad_steps) or done == end or signum:
                 rngs = common.gather_rng_states(ctx)
                 if ctx.is_main:
                     ckpt.save(done, {**trainer.state_dict(), "step": done, "rng": rngs[0], "rng_ranks": rngs})
                 common.barrier(ctx)
             if logger is not None:
                 logger.advance(done)
+            if signum and done < end:
+                raise common.stopped(signum, "tokenizer", done, total, ckpt.directory)
         if logger is not None and end == total and not metrics:
             metrics = _evaluate(trainer, test, run_dir, logger, total)  # resumed at the end: eval only
         final_hash = weights_hash(trainer.model.state_dict())
