@@ -80,3 +80,20 @@ def test_ranks_draw_their_share_of_the_one_device_batch(splits):
     for step in (0, 1, 7):
         shares = [r.batch(step)[1] for r in ranks]
         assert sorted(np.concatenate(shares).tolist()) == sorted(one.batch(step)[1].tolist())
+
+
+def test_token_ids_outside_the_codebook_are_refused_at_load_naming_the_task(tmp_path):
+    """The prior checks index ranges on the CPU only (a GPU check would stall every update), so the splits check
+    the stored ids once when they load: a store whose ids were altered after writing is named, not trained on."""
+    import zarr
+
+    from viper.data.tokens import _name
+    from viper.errors import ViperError
+
+    url = tmp_path / "dmc.zarr"
+    tokens = np.zeros((6, 2, 2), np.int16)
+    write_tokens(url, TASKS[0], tokens, np.array([3, 6]), np.array([0, 1]), "h", codebook_size=8)
+    assert load_splits(url, TASKS[:1], "h", (2, 2))["train"][TASKS[0]].tokens.max() == 0
+    zarr.open_group(url / _name(TASKS[0]), mode="r+")["tokens"][4] = 8
+    with pytest.raises(ViperError, match=r"cartpole_balance token ids must lie in \[0, 8\), got \[0, 8\]"):
+        load_splits(url, TASKS[:1], "h", (2, 2))

@@ -190,7 +190,12 @@ class VideoGPT(nn.Module):
     # Input checks and embeddings
 
     def check_inputs(self, tokens: torch.Tensor, task_ids: torch.Tensor | None) -> torch.Tensor | None:
-        """Validate tokens (B, T, h, w) and task ids (B,); return the one-hot condition (B, C) or None."""
+        """Validate tokens (B, T, h, w) and task ids (B,); return the one-hot condition (B, C) or None.
+
+        The index ranges are checked for CPU tensors only: on a GPU, reading them back would make the CPU wait
+        for the device at every update and every reward chunk. GPU inputs come from checked places (token
+        store splits at load, the tokenizer's own encodings, task ids from ``task_id``), and an index out of
+        range there still fails loudly, as a device-side assert of the embedding lookup."""
         spec = self.spec
         if tokens.dim() != 4 or tuple(tokens.shape[2:]) != spec.grid or not 1 <= tokens.shape[1] <= spec.seq_len:
             raise PriorInputError(
@@ -199,7 +204,8 @@ class VideoGPT(nn.Module):
             )
         if tokens.dtype not in (torch.int16, torch.int32, torch.int64, torch.uint8):
             raise PriorInputError(f"prior tokens: expected an integer tensor, got {tokens.dtype}")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= spec.codebook_size):
+        on_cpu = tokens.device.type == "cpu"
+        if on_cpu and tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= spec.codebook_size):
             raise PriorInputError(
                 f"prior tokens: indices must lie in [0, {spec.codebook_size}), "
                 f"got [{int(tokens.min())}, {int(tokens.max())}]"
@@ -211,7 +217,7 @@ class VideoGPT(nn.Module):
         task_ids = torch.as_tensor(task_ids, device=tokens.device).long().reshape(-1)
         if task_ids.shape[0] != tokens.shape[0]:
             raise PriorInputError(f"task_ids: expected {tokens.shape[0]} ids, got {task_ids.shape[0]}")
-        if task_ids.numel() and (int(task_ids.min()) < 0 or int(task_ids.max()) >= spec.num_classes):
+        if on_cpu and task_ids.numel() and (int(task_ids.min()) < 0 or int(task_ids.max()) >= spec.num_classes):
             raise PriorInputError(
                 f"task_ids: the prior knows task ids 0..{spec.num_classes - 1}, got {task_ids.tolist()}"
             )

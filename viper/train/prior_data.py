@@ -38,6 +38,13 @@ def load_splits(
         group = read_tokens(path, task, expected_hash=tokenizer_hash)
         if group.grid != tuple(grid):
             raise ViperError(f"{path}: {task} tokens have grid {group.grid}, the tokenizer makes {grid}")
+        size = group.codebook_size
+        if size is not None and group.tokens.size and not 0 <= group.tokens.min() <= group.tokens.max() < size:
+            # Checked here, on the CPU, once: the prior's own check would stall the GPU at every update.
+            raise ViperError(
+                f"{path}: {task} token ids must lie in [0, {size}), got [{group.tokens.min()}, "
+                f"{group.tokens.max()}]; run `viper tokenize` again"
+            )
         starts = group.episode_ends - group.lengths
         for split, code in (("train", 0), ("test", 1)):
             chosen = np.flatnonzero(group.split == code)
