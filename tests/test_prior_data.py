@@ -8,6 +8,7 @@ import pytest
 
 from viper.data.tokens import write_tokens
 from viper.data.windows import combine_order
+from viper.errors import ViperError
 from viper.train.prior_data import TrainWindows, eval_windows, load_splits
 
 TASKS = ("dmc/cartpole_balance", "dmc/cartpole_swingup")
@@ -88,7 +89,6 @@ def test_token_ids_outside_the_codebook_are_refused_at_load_naming_the_task(tmp_
     import zarr
 
     from viper.data.tokens import _name
-    from viper.errors import ViperError
 
     url = tmp_path / "dmc.zarr"
     tokens = np.zeros((6, 2, 2), np.int16)
@@ -97,3 +97,10 @@ def test_token_ids_outside_the_codebook_are_refused_at_load_naming_the_task(tmp_
     zarr.open_group(url / _name(TASKS[0]), mode="r+")["tokens"][4] = 8
     with pytest.raises(ViperError, match=r"cartpole_balance token ids must lie in \[0, 8\), got \[0, 8\]"):
         load_splits(url, TASKS[:1], "h", (2, 2))
+
+
+def test_no_test_episode_long_enough_names_the_store_the_window_and_the_longest_episodes(splits):
+    """Test episodes of at most 7 frames, a window of 25: the message names the store and both numbers."""
+    with pytest.raises(ViperError, match=r"dmc.zarr: no test-split episode spans a prior window of 25 frames .*"
+                       r"'dmc/cartpole_balance': 7, 'dmc/cartpole_swingup': 6"):  # fmt: skip
+        eval_windows(splits["test"], 13, 2, 4, "data/tokens/dmc.zarr")

@@ -276,3 +276,24 @@ def test_score_command_prints_a_summary_and_plots_the_curve(data_dir, tmp_path, 
     np.savez(tmp_path / "objects.npz", arr_0=np.array([None, 1], dtype=object))
     assert cli.main(["score", str(tmp_path / "objects.npz"), "--task", TASKS[1], *common]) == 2
     assert "objects.npz: not a readable .npz of uint8 frames" in capsys.readouterr().err
+
+
+def test_unreadable_or_foreign_model_checkpoints_are_errors_naming_the_file(tmp_path):
+    """A truncated state.pt, or one whose model description this code cannot build, raised torch's or the
+    dataclass's traceback without the file's name."""
+    from viper.models.prior_checkpoint import CHECKPOINT_FORMAT
+
+    prior_dir, tokenizer_dir = tmp_path / "prior", tmp_path / "tokenizer"
+    Checkpointer(prior_dir / "checkpoints").save(1, {"format": CHECKPOINT_FORMAT, "spec": {"layers": 2}, "ema": {}})
+    with pytest.raises(ViperError, match=r"step_000000001/state.pt: its model description and weights do not fit"):
+        load_prior(prior_dir)
+    Checkpointer(tokenizer_dir / "checkpoints").save(1, {"model": {}, "arch": {"widths": 3}})
+    with pytest.raises(ViperError, match=r"state.pt: its 'arch' does not describe this code's VQ-GAN"):
+        load_tokenizer(tokenizer_dir)
+    for run in (prior_dir, tokenizer_dir):
+        state = run / "checkpoints" / "step_000000001" / "state.pt"
+        state.write_bytes(state.read_bytes()[:40])
+    with pytest.raises(ViperError, match=r"state.pt: cannot be read as a prior checkpoint"):
+        load_prior(prior_dir)
+    with pytest.raises(ViperError, match=r"state.pt: cannot be read as a tokenizer checkpoint"):
+        load_tokenizer(tokenizer_dir)

@@ -6,6 +6,7 @@ prior's trainer, ``best`` (lowest EMA eval NLL) and ``released`` (the one the re
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,13 +73,23 @@ def load_prior(
     if weights not in ("ema", "raw"):
         raise ViperError(f"prior weights {weights!r}: expected 'ema' or 'raw'")
     folder = checkpoint_folder(path, which)
-    state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+    file = folder / "state.pt"
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=False)
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise ViperError(f"{file}: cannot be read as a prior checkpoint ({exc})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ViperError(f"{folder / 'state.pt'}: not a VideoGPT prior checkpoint ({CHECKPOINT_FORMAT})")
-    spec = PriorSpec.from_dict(state["spec"])
-    params = state["ema" if weights == "ema" else "model"]
-    model = VideoGPT(spec, params["codebook"])
-    model.load_state_dict(params)
+        raise ViperError(f"{file}: not a VideoGPT prior checkpoint ({CHECKPOINT_FORMAT})")
+    try:
+        spec = PriorSpec.from_dict(state["spec"])
+        params = state["ema" if weights == "ema" else "model"]
+        model = VideoGPT(spec, params["codebook"])
+        model.load_state_dict(params)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ViperError(
+            f"{file}: its model description and weights do not fit this code's VideoGPT ({type(exc).__name__}: "
+            f"{exc}); was it written by another version? Train the prior again (viper train-videogpt)"
+        ) from None
     model.to(device).eval().requires_grad_(False)
     return LoadedPrior(
         model=model,

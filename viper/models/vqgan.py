@@ -13,6 +13,7 @@ Frames cross this module's boundary as uint8 ``(N, 64, 64, 3)`` (H W C); inside 
 from __future__ import annotations
 
 import hashlib
+import pickle
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -229,10 +230,19 @@ def load_tokenizer(
 ) -> Tokenizer:
     """Load the newest complete tokenizer checkpoint (eval mode). ``expected`` checks the architecture."""
     source = resolve_checkpoint(run_dir_or_checkpoint)
-    state = torch.load(source, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=False)
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise ViperError(f"{source}: cannot be read as a tokenizer checkpoint ({exc})") from None
     if not isinstance(state, dict) or "model" not in state or "arch" not in state:
         raise ViperError(f"{source}: not a tokenizer checkpoint (expected keys 'model' and 'arch')")
-    saved = VQGANArch(**{**state["arch"], "channel_mult": tuple(state["arch"]["channel_mult"])})
+    try:
+        saved = VQGANArch(**{**state["arch"], "channel_mult": tuple(state["arch"]["channel_mult"])})
+    except (KeyError, TypeError) as exc:
+        raise ViperError(
+            f"{source}: its 'arch' does not describe this code's VQ-GAN ({exc}); was it written by another "
+            "version? Train the tokenizer again (viper train-tokenizer)"
+        ) from None
     if expected is not None:
         check_arch(saved, VQGANArch.from_config(expected), source)
     model = VQGAN(saved)

@@ -293,7 +293,7 @@ def _train(cfg: Config, run_dir: Path, ctx: common.DistContext, stop: StopSignal
                 flush=True,
             )
     windows = TrainWindows(splits["train"], pc.seq_len, pc.frame_skip, per_rank, pc.seed, ctx.rank, ctx.world_size)
-    test = eval_windows(splits["test"], pc.seq_len, pc.frame_skip, pc.eval_windows_per_task)
+    test = eval_windows(splits["test"], pc.seq_len, pc.frame_skip, pc.eval_windows_per_task, tokens_path)
     trained = common.maybe_compile(common.wrap_ddp(PriorLoss(prior), ctx), pc.compile)
     log = None
     if ctx.is_main:

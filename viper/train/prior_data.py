@@ -93,9 +93,10 @@ class TrainWindows:
 
 
 def eval_windows(
-    test: dict[str, SplitTokens], seq_len: int, frame_skip: int, per_task: int
+    test: dict[str, SplitTokens], seq_len: int, frame_skip: int, per_task: int, where: str | Path = "token store"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Evenly spaced test windows, at most ``per_task`` per task: tokens (M, T, h, w), task ids (M,)."""
+    """Evenly spaced test windows, at most ``per_task`` per task: tokens (M, T, h, w), task ids (M,).
+    ``where`` (the token store) names the data in the error when no test episode is long enough."""
     windows, ids = [], []
     for task_id, task in enumerate(sorted(test)):
         starts = window_starts(np.diff(test[task].ends, prepend=0), seq_len, frame_skip)
@@ -105,8 +106,11 @@ def eval_windows(
         windows.append(gather(test[task].tokens, pick, seq_len, frame_skip))
         ids.append(torch.full((pick.size,), task_id, dtype=torch.long))
     if not windows:
+        need = 1 + (seq_len - 1) * frame_skip
+        longest = {t: int(np.diff(test[t].ends, prepend=0).max(initial=0)) for t in sorted(test)}
         raise ViperError(
-            "no test-split episode spans a prior window: the token store needs test episodes "
-            "(collect.test_fraction > 0) at least as long as 1 + (seq_len-1)*frame_skip frames"
+            f"{where}: no test-split episode spans a prior window of {need} frames (1 + (prior.seq_len - 1) * "
+            f"prior.frame_skip); the longest test episode per task: {longest} (0: none). Collect test episodes "
+            "(collect.test_fraction > 0) at least that long, or shorten the window"
         )
     return torch.cat(windows), torch.cat(ids)
