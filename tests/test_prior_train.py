@@ -100,15 +100,19 @@ def test_training_writes_checkpoints_metrics_and_pictures(data_dir, capsys):
     assert metrics["prior/released_step"] == expected
     assert (run_dir / "checkpoints" / "released").read_text() == f"step_{expected:09d}"
     assert load_prior(run_dir, "released").step == expected
-    # A run from before the pointer existed: the latest checkpoint, with a line saying so.
+    # A run from before the pointer and the marks existed: the latest checkpoint, with a line saying so.
     pointer = run_dir / "checkpoints" / "released"
-    kept = pointer.read_text()
+    marks = run_dir / "checkpoints" / "step_000000008" / "marks.json"
+    kept = pointer.read_text(), marks.read_text()
+    assert json.loads(kept[1]) == {"best": best, "released": kept[0]}
     pointer.unlink()
+    marks.unlink()
     try:
         assert load_prior(run_dir, "released").step == 8
         assert "has no 'released' checkpoint" in capsys.readouterr().out
     finally:
-        pointer.write_text(kept)
+        pointer.write_text(kept[0])
+        marks.write_text(kept[1])
     assert (loaded.seq_len, loaded.frame_skip) == (cfg.prior.seq_len, cfg.prior.frame_skip)
 
 
@@ -204,6 +208,27 @@ def test_a_run_resumed_on_more_gpus_continues_instead_of_starting_anew(tmp_path,
     # A changed model setting still never resumes the old run.
     prior_stage.run(tiny_cfg(tmp_path, steps=2, d_model=16))
     assert (checkpoints / "superseded" / "step_000000008").exists()
+
+
+def test_a_run_brought_back_after_a_settings_change_scores_with_its_own_best_and_released(tmp_path, data_dir, capsys):
+    """Settings changed and changed back: the first run comes back from superseded/, but the best / released
+    pointer files named the other run's steps, so scoring fell back to the latest checkpoint ("a run from before
+    it was recorded"). Each step folder now carries its run's marks."""
+    import shutil
+
+    from viper.models.prior_checkpoint import RELEASED, checkpoint_folder
+
+    for name in ("tokenizer", "tokens"):
+        shutil.copytree(data_dir / name, tmp_path / name)
+    first = prior_stage.run(tiny_cfg(tmp_path, steps=8))
+    prior_stage.run(tiny_cfg(tmp_path, steps=2, d_model=16, checkpoint_every_grad_steps=1))
+    again = prior_stage.run(tiny_cfg(tmp_path, steps=8))  # the first run, brought back (finished: no update)
+    assert again["prior/grad_steps"] == 8
+    run_dir = paths.prior_dir(tmp_path, "dmc")
+    capsys.readouterr()
+    for which, key in ((BEST, "prior/best_step"), (RELEASED, "prior/released_step")):
+        assert checkpoint_folder(run_dir, which).name == f"step_{first[key]:09d}", which
+    assert "has no 'released' checkpoint" not in capsys.readouterr().out
 
 
 def test_reward_model_loads_the_trained_pair(data_dir):

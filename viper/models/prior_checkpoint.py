@@ -6,6 +6,7 @@ prior's trainer, ``best`` (lowest EMA eval NLL) and ``released`` (the one the re
 
 from __future__ import annotations
 
+import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ RELEASED = "released"
 """File in ``checkpoints/`` naming the step folder the released training script would have kept (see
 ``viper.train.prior``: the last checkpoint saved while the raw weights' latest eval loss was the best so far)."""
 CHOICES = ("latest", BEST, RELEASED)
+MARKS = "marks.json"
+"""File in each step folder: ``{"best": step folder, "released": step folder}`` as of that save."""
 
 
 @dataclass(frozen=True)
@@ -48,20 +51,26 @@ def checkpoint_folder(path: str | Path, which: str = "latest") -> Path:
     if (path / DONE).exists():
         return path
     directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    if which in (BEST, RELEASED) and (directory / which).exists():
-        candidate = directory / (directory / which).read_text().strip()
-        if (candidate / DONE).exists():
-            return candidate
+    latest = Checkpointer(directory).latest_path()
+    if which in (BEST, RELEASED):
+        # The latest checkpoint's own marks first (the run it belongs to); the pointer file for runs from
+        # before the marks were saved.
+        marks = latest / MARKS if latest is not None else None
+        if marks is not None and marks.is_file():
+            name = json.loads(marks.read_text()).get(which)
+        else:
+            name = (directory / which).read_text().strip() if (directory / which).exists() else None
+        if name and (directory / name / DONE).exists():
+            return directory / name
     if which == RELEASED:
         print(
             f"prior: {directory} has no '{RELEASED}' checkpoint (a run from before it was recorded); scoring with "
             "the latest one",
             flush=True,
         )
-    found = Checkpointer(directory).latest_path()
-    if found is None:
+    if latest is None:
         raise ViperError(f"{path}: no complete prior checkpoint (run `viper train-videogpt` first)")
-    return found
+    return latest
 
 
 def load_prior(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from viper.checkpoint import Checkpointer, StopSignals
 from viper.config import Config, PriorConfig
 from viper.data.tokens import store_identities
 from viper.metrics import Logger, write_json
-from viper.models.prior_checkpoint import BEST, CHECKPOINT_FORMAT, RELEASED
+from viper.models.prior_checkpoint import BEST, CHECKPOINT_FORMAT, MARKS, RELEASED
 from viper.models.videogpt import PriorSpec, VideoGPT
 from viper.train import common
 from viper.train.prior_data import TrainWindows, eval_windows, load_splits
@@ -213,7 +214,11 @@ def _save(ckpt: Checkpointer, state: dict, progress: Progress) -> None:
     ``checkpoints/released`` name them (atomic)."""
     marked = {BEST: progress.best_step, RELEASED: progress.released_step}
     names = {pointer: Checkpointer.name(step) for pointer, step in marked.items() if step >= 0}
-    ckpt.save(progress.step, state, protect=tuple(names.values()))
+    # The marks travel inside the step folder too: a run set aside and brought back (settings changed and
+    # changed back) keeps its own, while the pointer files name the steps of whichever run saved last.
+    ckpt.save(
+        progress.step, state, extra=lambda f: (f / MARKS).write_text(json.dumps(names)), protect=tuple(names.values())
+    )
     for pointer, name in names.items():
         if (ckpt.directory / name).exists():
             tmp = ckpt.directory / f".{pointer}.tmp"
