@@ -162,7 +162,7 @@ def test_stage_end_to_end_on_real_rollouts(tmp_path, capsys):
     from viper.reward import score
 
     summary, rewards, png = score.run(cfg, paths.store(tmp_path, "dmc"), TASK, episode=2)
-    assert png == out / "score" / "dmc-cartpole_balance-ep2.reward.png" and png.stat().st_size > 1000
+    assert png == tmp_path / "scores" / "dmc" / "dmc-cartpole_balance-ep2.reward.png" and png.stat().st_size > 1000
     assert summary["score/scored_steps"] == np.isfinite(rewards).sum() == len(rewards) - 3
     with pytest.raises(ViperError, match="episodes 0..3"):
         score.run(cfg, paths.store(tmp_path, "dmc"), TASK, episode=9)

@@ -111,10 +111,8 @@ def run(
         paths.tokenizer_dir(cfg.data_dir, suite), paths.prior_dir(cfg.data_dir, suite), cfg.reward
     )
     rewards = reward.score(frames[None], task)[0]
-    if output is None:
-        source = Path(source)
-        folder = source.parent if source.suffix == ".npz" else paths.reward_eval_dir(cfg.data_dir, suite) / "score"
-        output = folder / f"{label}.reward.png"
+    if output is None:  # not beside the episode, which may lie in a stage's output (an agent's videos/)
+        output = paths.scores_dir(cfg.data_dir, suite) / f"{label}.reward.png"
     title = f"{task} {label}: {reward.mode} reward, window {reward.window_frames} steps (NaN before)"
     summary = {**summarize(rewards), "score/window_steps": float(reward.window_frames)}
     return summary, rewards, plot(frames, rewards, Path(output), title)
@@ -124,8 +122,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("source", help="episode .npz (uint8 frames under 'frames' or 'arr_0') or a video store")
     parser.add_argument("--task", required=True, help="full task name, e.g. dmc/cartpole_balance")
     parser.add_argument("--episode", type=int, default=None, help="episode index (with a video store)")
-    parser.add_argument("--output", type=Path, default=None, help="PNG to write (default: beside the .npz, "
-                        "or <data_dir>/reward_eval/<suite>/score/ for a store)")  # fmt: skip
+    parser.add_argument("--output", type=Path, default=None, help="PNG to write (default: <data_dir>/scores/<suite>/"
+                        "<episode>.reward.png, outside every DVC stage's outputs)")  # fmt: skip
 
 
 def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, float]:
