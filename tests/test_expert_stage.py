@@ -29,3 +29,13 @@ def test_expert_policy_uses_scripted_then_trained_experts(tmp_path):
     assert expert_policy(cfg, "dmc/cheetah_run") == f"checkpoint:{paths.expert_dir(tmp_path, 'dmc/cheetah_run')}"
     other = C.load("tiny", [f"data_dir={tmp_path}", "collect.policy=random"], params_path=None)
     assert expert_policy(other, "dmc/cheetah_run") == "random"
+
+
+def test_training_an_expert_for_a_task_with_a_scripted_one_says_collect_will_not_use_it(tmp_path, capsys):
+    """`viper expert --task dmc/cartpole_balance` trained an agent that collect's `expert` policy never uses,
+    without a word."""
+    args = ["expert", "--preset", "tiny", "-S", f"data_dir={tmp_path}", "--task", "dmc/cartpole_balance"]
+    assert main([*args, "-S", "agent.env_steps=4", "-S", "agent.eval_episodes=1"]) == 0
+    out = capsys.readouterr().out
+    expected = f"collect.policy=checkpoint:{paths.expert_dir(tmp_path, 'dmc/cartpole_balance')}"
+    assert "dmc/cartpole_balance has a scripted expert, which collect.policy=expert uses" in out and expected in out

@@ -43,6 +43,12 @@ def train_experts(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"experts_trained": len(tasks)}
     for task in tasks:
         out = paths.expert_dir(cfg.data_dir, task)
+        if task in scripted_tasks():
+            print(
+                f"expert: note: {task} has a scripted expert, which collect.policy=expert uses; the agent trained "
+                f"here is used only where a policy names it (collect.policy=checkpoint:{out})",
+                flush=True,
+            )
         metrics = run(cfg, task, seed, "task", out, command="expert")
         print(f"expert: {task}: eval task return {metrics['eval_task_return']:.1f} ({out})")
         results.update({f"{paths.slug(task)}/{k}": v for k, v in metrics.items()})
