@@ -226,12 +226,17 @@ def test_store_batches_resume_where_an_uninterrupted_run_would_be(tmp_path):
     assert all(h.shape == (32, 64, 64, 3) for h in halves) and not np.array_equal(*halves)
 
 
-def test_tokenize_writes_tokens_and_refuses_stale_ones(tmp_path):
+def test_tokenize_writes_tokens_and_refuses_stale_ones(tmp_path, capsys):
     write_store(tmp_path)
     cfg = tiny_cfg(tmp_path, "tokenizer.train_grad_steps=3")
-    tokenizer.run(cfg, progress=False)  # from the real store (ChunkPools, test split)
+    tokenizer.run(cfg, progress=False, stop_at_grad_steps=2)  # from the real store (ChunkPools, test split)
+    capsys.readouterr()
+    tokenize.run(cfg, device="cpu")  # a stopped run's tokenizer works, with a line saying it is unfinished
+    assert "stopped at update 2 of 3 (tokenizer.train_grad_steps); tokens made now go stale" in capsys.readouterr().out
+    tokenizer.run(cfg, progress=False)
     first = tokenize.run(cfg, device="cpu")
     assert first["tasks_encoded"] == 2 and first["frames"] == 2 * 3 * 12
+    assert "stopped at update" not in capsys.readouterr().out
     tok = load_tokenizer(paths.tokenizer_dir(tmp_path, "dmc"))
     store = open_store(paths.store(tmp_path, "dmc"))
     out = paths.tokens(tmp_path, "dmc")

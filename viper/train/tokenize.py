@@ -11,6 +11,7 @@ missing (each task is swapped in whole), and a replaced or extended task is enco
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,22 @@ def up_to_date(tokens_path, task: str, tokenizer_hash: str, num_frames: int, sto
     return tuple(recorded) == (SCHEMA_VERSION, task, tokenizer_hash, store_identity) and frames == num_frames
 
 
+def _note_unfinished(run_dir: Path, total: int) -> None:
+    """One line when the newest tokenizer checkpoint is short of ``train_grad_steps`` (a stopped run): its
+    tokens work, but finishing the run replaces them and retrains the prior made from them."""
+    from viper.checkpoint import Checkpointer
+
+    latest = Checkpointer(run_dir / "checkpoints").latest_path()
+    step = int(latest.name.split("_")[-1]) if latest is not None else total
+    if step < total:
+        print(
+            f"tokenize: note: the tokenizer in {run_dir} stopped at update {step} of {total} "
+            "(tokenizer.train_grad_steps); tokens made now go stale when it finishes (`viper train-tokenizer` "
+            "resumes it), and so does a prior trained on them",
+            flush=True,
+        )
+
+
 def run(cfg: Config, suite: str | None = None, device: str = "auto") -> dict[str, Any]:
     """Tokenise every task of ``suite``'s store (default ``cfg.collect.suite``); returns counts and the hash."""
     from viper.data.store import open_store
@@ -74,6 +91,7 @@ def run(cfg: Config, suite: str | None = None, device: str = "auto") -> dict[str
         paths.tokenizer_dir(cfg.data_dir, suite), runtime.resolve_device(device, "--device"), cfg.tokenizer
     )
     tokenizer.batch_size = cfg.tokenizer.tokenize_batch_frames
+    _note_unfinished(paths.tokenizer_dir(cfg.data_dir, suite), cfg.tokenizer.train_grad_steps)
     if tokenizer.codebook_size > np.iinfo(np.int16).max + 1:
         raise ViperError(f"tokenizer.codebook_size={tokenizer.codebook_size} does not fit int16 tokens")
     store = open_store(store_path, "r")
