@@ -8,8 +8,10 @@ import sys
 import pytest
 import yaml
 
+from viper import stages as dvc_stages
 from viper.cli import STAGES, main
-from viper.config import describe_section
+from viper.config import describe_section, describe_top_level
+from viper.errors import ViperError
 
 REQUIRED = [
     "collect",
@@ -116,3 +118,68 @@ def test_a_data_dir_that_is_a_file_is_refused_on_load(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("")
     assert main(["config", "-S", f"data_dir={tmp_path / 'notes.txt'}"]) == 2
     assert "notes.txt': is a file; expected the folder the stages write under" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec", dvc_stages.STAGES, ids=lambda spec: spec.name)
+def test_stage_help_lists_the_sections_dvc_tracks_and_the_top_level_keys(spec, capsys):
+    """A stage's --help lists what it reads: its params in viper/stages.py (dvc.yaml's), e.g. train-tokenizer's
+    collect section, and data_dir / preset (the help used to list one or two sections of them)."""
+    with pytest.raises(SystemExit):
+        main([spec.command, "--help"])
+    out = capsys.readouterr().out
+    for section in spec.sections:
+        for key, default, _ in describe_section(section):
+            assert f"  {key} = {default}" in out, (spec.command, key)
+    for key, default, _ in describe_top_level():
+        assert f"  {key} = {default}" in out, (spec.command, key)
+    assert STAGES[spec.command].sections == spec.sections
+
+
+def test_config_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["config", "--help"])
+    out = capsys.readouterr().out
+    assert "A `-S preset=...` (DVC's form) wins over --preset" in " ".join(out.split())
+    for section in ("collect", "tokenizer", "prior", "reward", "agent", "evaluate"):
+        assert all(f"  {key} = {default}" in out for key, default, _ in describe_section(section)), section
+    assert all(f"  {key} = {default}" in out for key, default, _ in describe_top_level())
+
+
+@pytest.mark.parametrize(
+    ("policy", "reason"),
+    [
+        ("noisy:2", "epsilon must be in [0, 1], got 2.0"),
+        ("noisy:often", "epsilon 'often' is not a number; expected 'expert', 'random'"),
+        ("noisy:0.5:random", "only a checkpoint agent takes noise this way"),
+        ("bogus", "unknown policy; expected 'expert', 'random', 'noisy:<epsilon in [0, 1]>[:checkpoint:<path>]'"),
+    ],
+)
+def test_a_bad_collect_policy_is_refused_on_load_as_collect_would(capsys, policy, reason):
+    """Policies were parsed only inside collect (after the expert stage); the reason is the one collect gives."""
+    from viper.experts.policies import make_policy
+
+    assert main(["config", "--preset", "tiny", "-S", f"collect.policy={policy}"]) == 2
+    err = capsys.readouterr().err
+    assert f"viper config: error: collect.policy={policy!r}: {reason}" in err
+    with pytest.raises(ViperError) as collect_says:
+        make_policy(policy, "dmc/cartpole_balance", env=None, seed=0)
+    assert reason in str(collect_says.value)
+
+
+@pytest.mark.parametrize("policy", ["expert", "random", "published", "noisy:0.25", "noisy:0.5:checkpoint:a/b"])
+def test_collect_policies_in_every_form_load(capsys, policy):
+    assert main(["config", "--preset", "tiny", "-S", f"collect.policy={policy}"]) == 0, capsys.readouterr().err
+
+
+def test_mismatched_action_repeats_are_noted_when_the_config_loads(capsys):
+    """Not an error (imported videos record their own repeat), but train-agent refuses collected ones."""
+    assert main(["config", "--preset", "tiny", "-S", "agent.action_repeat=4"]) == 0
+    err = capsys.readouterr().err
+    assert "note: agent.action_repeat=4 but collect.action_repeat=2: with agent.reward=viper" in err
+    assert main(["config", "--preset", "tiny", "-S", "agent.action_repeat=4", "-S", "agent.reward=task"]) == 0
+    assert "action_repeat" not in capsys.readouterr().err
+
+
+def test_an_empty_preset_exits_naming_the_presets(capsys):
+    assert main(["config", "--preset", ""]) == 2
+    assert "preset='': expected at least one preset name; known presets: cpu_agent" in capsys.readouterr().err

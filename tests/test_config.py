@@ -144,7 +144,82 @@ def test_task_names_are_checked_on_load():
         C.load("tiny", ["agent.tasks=[cartpole_balance]"], params_path=None)
     with pytest.raises(C.ConfigError, match=r"collect.tasks\[1\]='atari/pongg': expected one of .*atari/pong,"):
         C.load("tiny", ["collect.tasks=[dmc/cartpole_balance, atari/pongg]"], params_path=None)
-    assert C.load("tiny", ["agent.tasks=[atari/pong]"], params_path=None).agent.tasks == ("atari/pong",)
+    task_reward = ["agent.reward=task", "agent.tasks=[atari/pong]"]  # with reward viper: only collected tasks
+    assert C.load("tiny", task_reward, params_path=None).agent.tasks == ("atari/pong",)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        # Each used to load and fail only in a later stage (train-agent, after ~45 min of the demo pipeline).
+        (
+            ["agent.tasks=[dmc/walker_walk]"],
+            "agent.tasks=['dmc/walker_walk'] with agent.reward='viper': dmc/walker_walk not in "
+            "collect.tasks=['dmc/cartpole_balance', 'dmc/cartpole_swingup']; expected agent.tasks within collect.tasks "
+            "(the VIPER reward model learns only the collected tasks): add them to collect.tasks, narrow agent.tasks, "
+            "or set agent.reward=task",
+        ),
+        (
+            ["collect.suite=atari"],
+            "collect.tasks=['dmc/cartpole_balance', 'dmc/cartpole_swingup'] with collect.suite='atari': "
+            "dmc/cartpole_balance, dmc/cartpole_swingup are not in that suite; expected only atari/<task> tasks "
+            "(the suite names the one video store they are written to)",
+        ),
+        (
+            ["collect.tasks=[dmc/cartpole_balance, atari/pong]"],
+            "collect.tasks=['dmc/cartpole_balance', 'atari/pong'] with collect.suite='dmc': atari/pong is not in "
+            "that suite; expected only dmc/<task> tasks (the suite names the one video store they are written to)",
+        ),
+    ],
+)
+def test_sections_that_do_not_fit_together_are_refused_on_load(overrides, expected):
+    with pytest.raises(C.ConfigError) as err:
+        C.load("demo", overrides, params_path=None)
+    assert str(err.value) == expected
+
+
+def test_cross_section_rules_leave_consistent_settings_alone():
+    # The task reward needs no reward model, so any task goes; a collected task is fine with reward viper.
+    task_reward = C.load("demo", ["agent.tasks=[dmc/walker_walk]", "agent.reward=task"], params_path=None)
+    assert task_reward.agent.tasks == ("dmc/walker_walk",)
+    assert C.load("demo", ["agent.tasks=[dmc/cartpole_swingup]"], params_path=None).agent.reward == "viper"
+    both = ["collect.tasks=[dmc/walker_walk]", "agent.tasks=[dmc/walker_walk]"]
+    assert C.load("demo", both, params_path=None).collect.tasks == ("dmc/walker_walk",)
+
+
+@pytest.mark.parametrize(
+    "names",
+    # Every combination README.md, the Makefile, params.yaml, benchmarks/ and the tests use, and every preset.
+    [*PRESETS, "demo,cpu_agent", "demo,cpu_agent_xs", "demo,size_xs", "demo,size_s", "size_s,demo"]
+    + ["tiny,published", "paper_dmc,published", "paper_atari,published"],
+)
+def test_presets_and_their_documented_combinations_load(names):
+    assert C.load(names, params_path=None).preset == names
+
+
+@pytest.mark.parametrize("source", ["--preset", "-S preset", "params.yaml"])
+@pytest.mark.parametrize("empty", ["", " ", ","])
+def test_an_empty_preset_is_refused_not_read_as_the_defaults(tmp_path, source, empty):
+    """An empty name used to select the bare defaults (the paper's full-size settings) without a word."""
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"preset": empty if source == "params.yaml" else "tiny"}))
+    with pytest.raises(C.ConfigError) as err:
+        if source == "--preset":
+            C.load(empty, params_path=params)
+        elif source == "-S preset":
+            C.load(overrides=[f"preset='{empty}'"], params_path=params)
+        else:
+            C.load(params_path=params)
+    assert str(err.value) == (
+        f"preset={empty!r}: expected at least one preset name; known presets: {', '.join(sorted(PRESETS))} "
+        "(paper_dmc is the bare defaults)"
+    )
+
+
+def test_top_level_keys_are_described_for_help():
+    rows = {key: (default, doc) for key, default, doc in C.describe_top_level()}
+    assert set(rows) == set(C.TOP_LEVEL_KEYS)
+    assert rows["data_dir"][0] == "data" and "Root of every output" in rows["data_dir"][1]
 
 
 def test_unknown_preset_and_bad_override_syntax():

@@ -4,7 +4,8 @@ Every stage command takes ``--preset P`` and any number of ``-S section.key=valu
 and resolves the configuration the same way (``viper.config.load``). A stage module provides
 ``add_arguments(parser, command)`` (optional) and ``cli(cfg, args, command)``, which returns the stage's
 summary metrics (a flat dict, written by ``--metrics-out`` for DVC) or None; the table below is the only
-registry of commands (``viper/stages.py`` declares the DVC stages).
+registry of commands (``viper/stages.py`` declares the DVC stages, and with them the config sections each stage
+command reads, which its ``--help`` lists).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import yaml
 
 from viper import config as config_lib
 from viper import runtime
+from viper import stages as dvc_stages
 from viper.errors import Stopped, ViperError
 from viper.metrics import write_json
 from viper.presets import PRESETS
@@ -38,11 +40,17 @@ class Stage:
     """Config sections whose options this stage reads (listed in its --help)."""
 
 
+def _params(command: str) -> tuple[str, ...]:
+    """The config sections of the DVC stage that runs ``command``: its params in ``viper/stages.py`` (dvc.yaml's),
+    so that --help and DVC's staleness agree on what the stage reads."""
+    return next(spec.sections for spec in dvc_stages.STAGES if spec.command == command)
+
+
 STAGES: dict[str, Stage] = {
     "collect": Stage(
         "viper.data.collect",
         "roll out a policy in each task's env, filter, and write (replace) the task's videos in the video store",
-        ("collect",),
+        _params("collect"),
     ),
     "import": Stage(
         "viper.data.importers",
@@ -50,30 +58,38 @@ STAGES: dict[str, Stage] = {
         ("collect",),
     ),
     "export": Stage("viper.data.importers", "export one task of the video store to HDF5", ("collect",)),
-    "inspect": Stage("viper.data.inspect", "print a store's tasks, episodes, returns; write a preview", ()),
+    # The default store is <data_dir>/videos/<collect.suite>.zarr.
+    "inspect": Stage("viper.data.inspect", "print a store's tasks, episodes, returns; write a preview", ("collect",)),
     "expert": Stage(
         "viper.agent.commands",
         "train a DreamerV3 expert on the task reward for tasks without a scripted expert",
-        ("agent",),
+        _params("expert"),
     ),
-    "train-tokenizer": Stage("viper.train.tokenizer", "train the VQ-GAN frame tokenizer on the store", ("tokenizer",)),
+    "train-tokenizer": Stage(
+        "viper.train.tokenizer", "train the VQ-GAN frame tokenizer on the store", _params("train-tokenizer")
+    ),
     "tokenize": Stage(
-        "viper.train.tokenize", "encode every stored frame into tokens with the tokenizer", ("tokenizer",)
+        "viper.train.tokenize", "encode every stored frame into tokens with the tokenizer", _params("tokenize")
     ),
-    "train-videogpt": Stage("viper.train.prior", "train the task-conditioned VideoGPT prior over tokens", ("prior",)),
-    "score": Stage("viper.reward.score", "print and plot per-step VIPER rewards of one episode", ("reward", "prior")),
+    "train-videogpt": Stage(
+        "viper.train.prior", "train the task-conditioned VideoGPT prior over tokens", _params("train-videogpt")
+    ),
+    # The prior's settings come from its checkpoint; only the reward section applies.
+    "score": Stage("viper.reward.score", "print and plot per-step VIPER rewards of one episode", ("reward",)),
     "reward-eval": Stage(
         "viper.eval.reward_eval",
         "score expert / noisy / random episodes: AUROC, Spearman, scatter plot",
-        ("evaluate", "reward"),
+        _params("reward-eval"),
     ),
     "train-agent": Stage(
-        "viper.agent.commands",
-        "train a DreamerV3 agent on the VIPER (or task) reward",
-        ("agent", "reward"),
+        "viper.agent.commands", "train a DreamerV3 agent on the VIPER (or task) reward", _params("train-agent")
     ),
-    "evaluate": Stage("viper.eval.agent_eval", "roll out trained agents: task and VIPER returns, GIFs", ("evaluate",)),
-    "report": Stage("viper.eval.report", "write the Markdown/HTML report beside the published results", ("evaluate",)),
+    "evaluate": Stage(
+        "viper.eval.agent_eval", "roll out trained agents: task and VIPER returns, GIFs", _params("evaluate")
+    ),
+    "report": Stage(
+        "viper.eval.report", "write the Markdown/HTML report beside the published results", _params("report")
+    ),
 }
 
 
@@ -82,7 +98,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         "--preset",
         default=None,
         help=f"preset(s) applied over the defaults, comma-separated ({', '.join(PRESETS)}); "
-        "default: params.yaml's `preset:`, else demo",
+        "default: params.yaml's `preset:`, else demo. A `-S preset=...` (DVC's form) wins over --preset",
     )
     parser.add_argument(
         "-S",
@@ -100,10 +116,16 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _options_epilog(sections: tuple[str, ...]) -> str:
+    """The config keys a command reads, with defaults and docstrings: the top-level keys, then ``sections``."""
     lines = []
-    for section in sections:
-        lines.append(f"config options (-S {section}.KEY=VALUE; defaults before presets):")
-        for key, default, doc in config_lib.describe_section(section):
+    blocks = [("config options (-S KEY=VALUE):", config_lib.describe_top_level())]
+    blocks += [
+        (f"config options (-S {section}.KEY=VALUE; defaults before presets):", config_lib.describe_section(section))
+        for section in sections
+    ]
+    for title, rows in blocks:
+        lines.append(title)
+        for key, default, doc in rows:
             lines.append(f"  {key} = {default}")
             lines.extend(
                 textwrap.wrap(doc, 100, initial_indent="      ", subsequent_indent="      ", break_on_hyphens=False)
@@ -124,6 +146,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "config",
         help="print the fully resolved configuration of every stage as YAML",
         description="Print the fully resolved configuration (defaults, presets, params.yaml, -S) as YAML.",
+        epilog=_options_epilog(tuple(config_lib.SECTION_TYPES)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_config_options(cfg_parser)
     dvc_parser = sub.add_parser("dvc-yaml", help="write dvc.yaml from the stage table (paths live in Python)")
@@ -186,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.params is not None and not Path(args.params).exists():
             raise ViperError(f"--params {args.params}: no such file (leave --params out to use ./params.yaml)")
         cfg = config_lib.load(args.preset, args.overrides, args.params or "params.yaml")
+        check_policy(cfg.collect.policy)
         _note_overridden_data_dir(args.command, cfg, Path(args.params or "params.yaml"))
+        _note_action_repeats(args.command, cfg)
         if args.command == "config":
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
             return 0
@@ -211,6 +237,55 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"viper {args.command}: error: {_disk_full(exc, cfg)}", file=sys.stderr)
         return 2
+
+
+def check_policy(policy: str) -> None:
+    """``ConfigError`` unless ``collect.policy`` has a form collect accepts, with collect's own message.
+
+    Checked as the configuration loads, not when ``collect`` runs (after the ``expert`` stage). Here rather than
+    in ``viper.config``: the parser lives in ``viper.experts.policies``, which every stage would otherwise import.
+    A ``checkpoint:<path>`` may not exist yet (the ``expert`` stage writes it); collect checks the path.
+    """
+    kind, _, rest = policy.partition(":")
+    if policy in ("expert", "random", "published") or (kind == "checkpoint" and rest):
+        return
+    # Lazy: viper.experts imports MuJoCo, which the other policies do not need here.
+    from viper.experts.policies import SPEC_FORMS, parse_epsilon
+
+    if kind == "noisy":
+        raw, _, inner = rest.partition(":")
+        epsilon = f"noisy:{raw}"
+        try:
+            parse_epsilon(epsilon)
+        except ViperError as exc:  # its text names `policy 'noisy:<eps>'`, said here as the key
+            why = str(exc).removeprefix(f"policy {epsilon!r}: ")
+            raise config_lib.ConfigError(f"collect.policy={policy!r}: {why}") from None
+        inner_kind, _, path = inner.partition(":")
+        if not inner or (inner_kind == "checkpoint" and path):
+            return
+        raise config_lib.ConfigError(
+            f"collect.policy={policy!r}: only a checkpoint agent takes noise this way; expected {SPEC_FORMS}"
+        )
+    raise config_lib.ConfigError(
+        f"collect.policy={policy!r}: unknown policy; expected {SPEC_FORMS} (or 'published': import the published "
+        "videos)"
+    )
+
+
+def _note_action_repeats(command: str, cfg) -> None:
+    """One line when the agent would step at another action repeat than collect records its videos at: train-agent
+    refuses such a store with reward viper. Not an error: videos brought in by ``viper import`` record their own
+    repeat (or none), whatever ``collect.action_repeat`` says."""
+    agent, collect = cfg.agent, cfg.collect
+    if agent.reward != "viper" or collect.policy == "published" or agent.action_repeat == collect.action_repeat:
+        return
+    print(
+        f"viper {command}: note: agent.action_repeat={agent.action_repeat} but collect.action_repeat="
+        f"{collect.action_repeat}: with agent.reward=viper, train-agent refuses videos collected at another repeat "
+        "(the reward scores frames at the videos' rate); set both alike unless the videos were imported at "
+        f"repeat {agent.action_repeat}",
+        file=sys.stderr,
+    )
 
 
 def _note_overridden_data_dir(command: str, cfg, params_path: Path) -> None:

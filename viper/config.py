@@ -62,7 +62,8 @@ class Config:
     """The fully resolved configuration: one section per stage."""
 
     preset: str = "demo"
-    """Preset(s) applied over the defaults, comma-separated, in order."""
+    """Preset(s) applied over the defaults, comma-separated, in order: ``--preset``, or ``-S preset=...``, which wins
+    over it; default: params.yaml's ``preset:``, else demo."""
     data_dir: str = "data"
     """Root of every output (stores, checkpoints, metrics, plots, reports)."""
     collect: CollectConfig = field(default_factory=CollectConfig)
@@ -117,7 +118,13 @@ def load(
     names = cli_preset[-1] if cli_preset else preset if preset is not None else params.get("preset", "demo")
     if not isinstance(names, str):
         raise ConfigError(f"preset: expected a preset name (str), got {names!r}")
-    for name in [n.strip() for n in names.split(",") if n.strip()]:
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    if not chosen:  # an empty name used to select the bare defaults, the full paper settings, silently
+        raise ConfigError(
+            f"preset={names!r}: expected at least one preset name; known presets: {', '.join(sorted(PRESETS))} "
+            "(paper_dmc is the bare defaults)"
+        )
+    for name in chosen:
         if name not in PRESETS:
             raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
         _merge(tree, PRESETS[name], source=f"preset {name!r}")
@@ -170,11 +177,11 @@ def build(tree: dict[str, Any]) -> Config:
 
 def _check_together(sections: dict[str, Any]) -> None:
     """Settings valid one by one that do not fit together, refused on load (they failed mid-stage)."""
-    prior, tokenizer = sections["prior"], sections["tokenizer"]
+    prior, tokenizer, collect, agent = sections["prior"], sections["tokenizer"], sections["collect"], sections["agent"]
     for key, values in (
-        ("collect.tasks", sections["collect"].tasks),
-        ("agent.tasks", sections["agent"].tasks),
-        ("agent.seeds", sections["agent"].seeds),
+        ("collect.tasks", collect.tasks),
+        ("agent.tasks", agent.tasks),
+        ("agent.seeds", agent.seeds),
     ):
         if not values:
             raise ConfigError(f"{key}=[]: expected at least one entry (an empty list ran nothing, silently)")
@@ -192,6 +199,24 @@ def _check_together(sections: dict[str, Any]) -> None:
         raise ConfigError(
             f"tokenizer.channel_mult={list(tokenizer.channel_mult)}: expected 1 to 7 entries (64x64 frames halve "
             "len - 1 times to the token grid, e.g. [1, 2, 2, 2] -> 8x8)"
+        )
+    # One store per suite (collect refused a stray task only after the expert stage had run).
+    strays = [task for task in collect.tasks if task.partition("/")[0] != collect.suite]
+    if strays:
+        raise ConfigError(
+            f"collect.tasks={list(collect.tasks)} with collect.suite={collect.suite!r}: {', '.join(strays)} "
+            f"{'is' if len(strays) == 1 else 'are'} not in that suite; expected only {collect.suite}/<task> tasks "
+            "(the suite names the one video store they are written to)"
+        )
+    # The reward model learns the collected tasks only; train-agent used to find that out after collect, the
+    # tokenizer and the prior had run (``VideoReward.task_id``).
+    unknown = [task for task in agent.tasks if task not in collect.tasks]
+    if agent.reward == "viper" and unknown:
+        raise ConfigError(
+            f"agent.tasks={list(agent.tasks)} with agent.reward='viper': {', '.join(unknown)} not in "
+            f"collect.tasks={list(collect.tasks)}; expected agent.tasks within collect.tasks (the VIPER reward "
+            "model learns only the collected tasks): add them to collect.tasks, narrow agent.tasks, or set "
+            "agent.reward=task"
         )
 
 
@@ -231,6 +256,12 @@ def describe_section(name: str) -> list[tuple[str, str, str]]:
         )
         for f in dataclasses.fields(cls)
     ]
+
+
+def describe_top_level() -> list[tuple[str, str, str]]:
+    """``(key, default, docstring)`` rows of the keys outside the sections (``preset``, ``data_dir``)."""
+    docs, default = field_docs(Config), Config()
+    return [(key, str(getattr(default, key)), docs.get(key, "")) for key in TOP_LEVEL_KEYS]
 
 
 def _build_section(cls: type, name: str, values: dict[str, Any]) -> Any:
