@@ -136,6 +136,28 @@ def _reading(path: Path):
         ) from exc
 
 
+def _kept_attrs(group_attrs: str, path: Path) -> dict:
+    """The store group attributes an import keeps (``action_repeat``, ``source``) from the ``group_attrs`` JSON."""
+    try:
+        attrs = json.loads(group_attrs)
+    except (TypeError, ValueError) as exc:
+        raise ViperError(f"{path}: attribute group_attrs is not a JSON object ({exc})") from exc
+    if not isinstance(attrs, dict):
+        raise ViperError(f"{path}: attribute group_attrs is not a JSON object, got {type(attrs).__name__}")
+    repeat = attrs.get("action_repeat")
+    if repeat is not None and (isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1):
+        raise ViperError(f"{path}: group_attrs action_repeat={repeat!r}; expected an integer >= 1 (or none)")
+    return {k: attrs[k] for k in ("action_repeat", "source") if k in attrs}
+
+
+def check_suite(path: Path, task: str, held: list[str], url: str) -> None:
+    """Refuse importing ``task`` into a store (at ``url``, holding ``held``) of another suite."""
+    suite = task.split("/", 1)[0]
+    others = sorted(t for t in held if t.split("/", 1)[0] != suite)
+    if others:
+        raise ViperError(f"{path}: holds {task}, but {url} holds {others[0]}: a store keeps one suite")
+
+
 def _open(path: Path) -> h5py.File:
     if not path.is_file():
         raise ViperError(f"{path}: HDF5 file not found")
@@ -151,6 +173,22 @@ def task_of(path: str | Path) -> str:
         return _task(f, Path(path))
 
 
+def check_file(path: str | Path, rows_per_read: int = 1024) -> str:
+    """Validate an exported file without a store (schema, group attributes, and every dataset read once, so a
+    damaged chunk is found); returns its task. ``viper import`` runs it before it opens the store."""
+    path = Path(path)
+    with _open(path) as f, _reading(path):
+        task = _check(f, path)[0]
+        _kept_attrs(f.attrs.get("group_attrs", "{}"), path)
+        for data in f.values():
+            if isinstance(data, h5py.Dataset) and data.ndim:
+                for start in range(0, data.shape[0], rows_per_read):
+                    data[start : start + rows_per_read]
+            elif isinstance(data, h5py.Dataset):
+                data[()]
+    return task
+
+
 def import_task(path: str | Path, store: VideoStore, task: str | None = None) -> str:
     """Import an exported task group into ``store`` (replacing that task); returns the task name."""
     path = Path(path)
@@ -160,20 +198,8 @@ def import_task(path: str | Path, store: VideoStore, task: str | None = None) ->
             group_attrs = f.attrs.get("group_attrs", "{}")
         if task is not None and task != stored:
             raise ViperError(f"{path}: holds task {stored!r}, not {task!r}")
-        suite = stored.split("/", 1)[0]
-        others = sorted(t for t in store.tasks if t.split("/", 1)[0] != suite)
-        if others:
-            raise ViperError(f"{path}: holds {stored}, but {store.url} holds {others[0]}: a store keeps one suite")
-        try:
-            attrs = json.loads(group_attrs)
-        except (TypeError, ValueError) as exc:
-            raise ViperError(f"{path}: attribute group_attrs is not a JSON object ({exc})") from exc
-        if not isinstance(attrs, dict):
-            raise ViperError(f"{path}: attribute group_attrs is not a JSON object, got {type(attrs).__name__}")
-        repeat = attrs.get("action_repeat")
-        if repeat is not None and (isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1):
-            raise ViperError(f"{path}: group_attrs action_repeat={repeat!r}; expected an integer >= 1 (or none)")
-        keep = {k: attrs[k] for k in ("action_repeat", "source") if k in attrs}
+        check_suite(path, stored, store.tasks, store.url)
+        keep = _kept_attrs(group_attrs, path)
         keep["source"] = {**keep.get("source", {}), "imported_from": str(path)}
         store.discard_staging(stored, IMPORTING)
         group = store.staging(stored, IMPORTING, attrs=keep)

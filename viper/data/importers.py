@@ -3,12 +3,15 @@
 Published layout (viper_rl's datasets): ``<root>/<task>/{train,test}/*.npz``, one episode per file under key
 ``arr_0``, uint8 (T, 64, 64, 3); Atari adds ``<root>/mask_map.pkl`` (game -> mask multiplied into frames).
 Task folders are named without the suite (``cartpole_balance``; a ``<suite>_`` prefix is also accepted).
-Each task is written into a hidden group and swapped in whole, so a failed import never leaves half a task.
+Each task is written into a hidden group and swapped in whole, so a failed import never leaves half a task;
+``viper import`` checks every file (layout, manifest, frames) before it opens the store, so a refused import
+creates or changes no store.
 
 Manifest (optional, how users pin published data): a text file in ``sha256sum`` format, one line per file,
 ``<64 hex sha256><two spaces><path relative to root>`` (``#`` comments and blank lines ignored); make one
 with ``cd <root> && find . -type f \\( -name '*.npz' -o -name '*.pkl' \\) | sort | xargs sha256sum``. With a
-manifest every imported file must be listed and match; any listed file that is missing is an error too.
+manifest every imported file must be listed and match; any listed file that is missing is an error too (importing
+a subset with ``--task``: any listed file of those tasks).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import re
 import tokenize
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,12 @@ from viper.errors import ViperError
 
 KNOWN = {"dmc": DMC_TASKS, "atari": ATARI_TASKS}
 IMPORTING = "importing"
+H5_SUFFIXES = (".h5", ".hdf5")
+"""HDF5 file name endings ``viper import`` accepts (any case)."""
+SOURCES = (
+    "expected the published npz layout <root>/<task>/{train,test}/*.npz or one task's HDF5 file "
+    "(.h5/.hdf5, as `viper export` writes it)"
+)
 _MANIFEST_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
 
 
@@ -134,12 +144,13 @@ def scan_published(root: Path, suite: str, tasks: list[str] | None = None) -> di
     if suite not in KNOWN:
         raise ViperError(f"unknown suite {suite!r}; known suites: {', '.join(KNOWN)}")
     if not root.is_dir():
-        raise ViperError(f"{root}: not a folder; expected the published layout <root>/<task>/{{train,test}}/*.npz")
+        raise ViperError(f"{root}: {'not a folder' if root.exists() else 'does not exist'}; {SOURCES}")
     folders = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         task = f"{suite}/{folder.name.removeprefix(suite + '_')}"
         if task not in KNOWN[suite]:
-            raise ViperError(f"{folder}: unknown task {task!r}; known {suite} tasks: {', '.join(KNOWN[suite])}")
+            hint = _layout_hint(root, folder, suite)
+            raise ViperError(f"{folder}: unknown task {task!r}{hint}; known {suite} tasks: {', '.join(KNOWN[suite])}")
         folders[task] = folder
     wanted = tasks if tasks else sorted(folders)
     out = {}
@@ -151,8 +162,21 @@ def scan_published(root: Path, suite: str, tasks: list[str] | None = None) -> di
             raise ViperError(f"{folders[task]}: no episodes; expected {folders[task]}/{{train,test}}/*.npz")
         out[task] = files
     if not out:
-        raise ViperError(f"{root}: no task folders; expected <root>/<task>/{{train,test}}/*.npz")
+        raise ViperError(f"{root}: no task folders; expected <root>/<task>/{{train,test}}/*.npz" + _layout_hint(root))
     return out
+
+
+def _layout_hint(root: Path, folder: Path | None = None, suite: str = "") -> str:
+    """Which folder to pass when ``root`` is one level off the published layout (or names another suite)."""
+    if folder is not None and folder.name in KNOWN:
+        return f" ({folder.name!r} is a suite's folder, not a task's: pass {folder})"
+    if folder is not None and folder.name in ("train", "test"):
+        return f" ({root} is one task's folder: pass the folder above it, {root.parent})"
+    if folder is not None and root.name in KNOWN and root.name != suite:
+        return f" ({root} is named after suite {root.name!r}: add -S collect.suite={root.name})"
+    if folder is None and root.name in ("train", "test") and any(root.glob("*.npz")):
+        return f" ({root} holds the episodes of one task's split: pass {root.parent.parent})"
+    return ""
 
 
 def verify(root: Path, files: list[Path], manifest: dict[str, str] | None) -> dict[str, str]:
@@ -167,6 +191,78 @@ def verify(root: Path, files: list[Path], manifest: dict[str, str] | None) -> di
     return sums
 
 
+def _missing(root: Path, listed: list[str]) -> None:
+    """A pinned file that is gone is as wrong as a changed one: name the missing ones (and absent task folders)."""
+    missing = sorted(r for r in listed if not (root / r).is_file())
+    if not missing:
+        return
+    gone = sorted({r.split("/", 1)[0] for r in missing if "/" in r and not (root / r.split("/", 1)[0]).is_dir()})
+    absent = f" (no folder {', '.join(gone)} in {root})" if gone else ""
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    raise ViperError(f"{root}: files listed in the manifest are missing: {', '.join(missing[:5])}{more}{absent}")
+
+
+@dataclass(frozen=True)
+class PublishedTask:
+    """One task's checked source: ``files`` [(npz path, split)] in import order, the ``source`` record the store
+    group keeps, and the Atari ``mask`` file (None: no mask)."""
+
+    files: list[tuple[Path, str]]
+    source: dict[str, Any]
+    mask: Path | None
+
+
+def check_published(
+    root: str | Path,
+    suite: str,
+    tasks: list[str] | None = None,
+    manifest: str | Path | None = None,
+    read: bool = False,
+) -> dict[str, PublishedTask]:
+    """Check the published npz layout at ``root`` before anything is written: task folders, checksums against
+    ``manifest`` (every listed file of the imported tasks must be there; of every task when ``tasks`` is None),
+    and with ``read`` every episode decoded once (so a damaged file is refused before a store is opened)."""
+    root = Path(root)
+    found = scan_published(root, suite, tasks)
+    pinned = read_manifest(manifest) if manifest is not None else None
+    mask_file = root / "mask_map.pkl"
+    if pinned is not None and not tasks:
+        _missing(root, list(pinned))  # importing every task: every listed file, task folders included
+    out = {}
+    for task, files in found.items():
+        extra = [mask_file] if suite == "atari" and mask_file.is_file() else []
+        sums = verify(root, [p for p, _ in files] + extra, pinned)
+        if pinned is not None:
+            folder = files[0][0].parent.parent.name
+            # (the Atari mask file too, when the manifest pins it)
+            _missing(
+                root, [r for r in pinned if r.startswith(folder + "/") or (suite == "atari" and r == mask_file.name)]
+            )
+        if read:
+            for path, _ in files:
+                load_npz_episode(path)
+            if extra:
+                load_mask(mask_file, task)
+        dataset = hashlib.sha256("".join(f"{d}  {r}\n" for r, d in sorted(sums.items())).encode()).hexdigest()
+        source = {"format": "published-npz", "root": str(root), "files": len(files), "dataset_sha256": dataset}
+        if manifest is not None:
+            source["manifest_sha256"] = file_sha256(manifest)
+        out[task] = PublishedTask(files, source, mask_file if extra else None)
+    return out
+
+
+def write_published(store: VideoStore, task: str, checked: PublishedTask) -> int:
+    """Write one checked task into ``store`` (an atomic task-group replace); returns its episode count."""
+    store.discard_staging(task, IMPORTING)
+    group = store.staging(task, IMPORTING, attrs={"action_repeat": None, "source": checked.source})
+    for index, (path, split) in enumerate(checked.files):
+        group.append(load_npz_episode(path), split=split, episode_id=index)
+    if checked.mask is not None:
+        group.set_mask(load_mask(checked.mask, task))
+    store.promote(task, IMPORTING)
+    return len(checked.files)
+
+
 def import_published(
     root: str | Path,
     store: VideoStore,
@@ -174,36 +270,10 @@ def import_published(
     tasks: list[str] | None = None,
     manifest: str | Path | None = None,
 ) -> dict[str, int]:
-    """Import the published npz layout into ``store`` (one atomic task-group replace per task)."""
-    root = Path(root)
-    found = scan_published(root, suite, tasks)
-    pinned = read_manifest(manifest) if manifest is not None else None
-    mask_file = root / "mask_map.pkl"
-    summary = {}
-    for task, files in found.items():
-        extra = [mask_file] if suite == "atari" and mask_file.is_file() else []
-        sums = verify(root, [p for p, _ in files] + extra, pinned)
-        if pinned is not None:
-            # A pinned file that is gone is as wrong as a changed one.
-            folder = files[0][0].parent.parent.name
-            # (the Atari mask file too, when the manifest pins it)
-            mine = [r for r in pinned if r.startswith(folder + "/") or (suite == "atari" and r == mask_file.name)]
-            missing = sorted(r for r in mine if r not in sums)
-            if missing:
-                raise ViperError(f"{root}: files listed in the manifest are missing: {', '.join(missing[:5])}")
-        dataset = hashlib.sha256("".join(f"{d}  {r}\n" for r, d in sorted(sums.items())).encode()).hexdigest()
-        source = {"format": "published-npz", "root": str(root), "files": len(files), "dataset_sha256": dataset}
-        if manifest is not None:
-            source["manifest_sha256"] = file_sha256(manifest)
-        store.discard_staging(task, IMPORTING)
-        group = store.staging(task, IMPORTING, attrs={"action_repeat": None, "source": source})
-        for index, (path, split) in enumerate(files):
-            group.append(load_npz_episode(path), split=split, episode_id=index)
-        if extra:
-            group.set_mask(load_mask(mask_file, task))
-        store.promote(task, IMPORTING)
-        summary[task] = len(files)
-    return summary
+    """Import the published npz layout into ``store`` (one atomic task-group replace per task); every task's
+    files are checked (``check_published``) before the first is written."""
+    checked = check_published(root, suite, tasks, manifest)
+    return {task: write_published(store, task, one) for task, one in checked.items()}
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
@@ -229,31 +299,48 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, Any]:
     from viper.data import hdf5
 
-    source = Path(args.source) if command == "import" else None
-    h5 = source is not None and source.suffix in (".h5", ".hdf5")
-    # An HDF5 file names its task: without --store it goes to its own suite's store (not collect.suite's).
-    suite = hdf5.task_of(source).split("/", 1)[0] if h5 else cfg.collect.suite
-    url = args.store or str(paths.store(cfg.data_dir, suite))
     if command == "export":
+        url = args.store or str(paths.store(cfg.data_dir, cfg.collect.suite))
         info = hdf5.export_task(open_store(url), args.task, args.output)
         print(f"wrote {args.output}: {info['episodes']} episodes, {info['frames']} frames of {args.task}")
         return info
-    if h5 and args.manifest:
-        verify(source.parent, [source], read_manifest(args.manifest))  # the file, listed by its name
     from viper.data.collect import task_lock
 
-    tasks = [hdf5.task_of(source)] if h5 else list(scan_published(source, cfg.collect.suite, args.task))
+    source = Path(args.source)
+    h5 = source.suffix.lower() in H5_SUFFIXES
+    if source.is_file() and not h5:
+        raise ViperError(f"{source}: not a folder or an HDF5 file; {SOURCES}")
+    # Everything is checked before the store is opened for writing: a refused import creates or changes nothing.
+    if h5:
+        task = hdf5.task_of(source)
+        # An HDF5 file names its task: without --store it goes to its own suite's store (not collect.suite's).
+        url = args.store or str(paths.store(cfg.data_dir, task.split("/", 1)[0]))
+        if args.manifest:
+            verify(source.parent, [source], read_manifest(args.manifest))  # the file, listed by its name
+        hdf5.check_file(source)
+        other = next((t for t in args.task or [] if t != task), None)
+        if other is not None:
+            raise ViperError(f"{source}: holds task {task!r}, not {other!r}")
+        try:
+            held = open_store(url).tasks
+        except ViperError:  # no store yet (or a folder the writer's open below creates a store in or refuses)
+            held = []
+        hdf5.check_suite(source, task, held, url)
+        checked = {task: None}
+    else:
+        url = args.store or str(paths.store(cfg.data_dir, cfg.collect.suite))
+        checked = check_published(source, cfg.collect.suite, args.task, args.manifest, read=True)
     summary = {}
-    for task in tasks:
+    for task, one in checked.items():
         # One task at a time, as its only writer: the lock `viper collect` takes, and a store handle that leaves
         # other tasks' working groups alone (their writers may be running).
         with task_lock(cfg, url, task, "viper import"):
             store = open_store(url, "a", cfg.collect.chunk_frames, cfg.collect.shard_frames, task=task)
             before = store.task(task).num_episodes if task in store.tasks else None
-            if h5:
-                hdf5.import_task(source, store, task=(args.task or [None])[0])
+            if one is None:
+                hdf5.import_task(source, store, task=task)
             else:
-                import_published(source, store, cfg.collect.suite, [task], args.manifest)
+                write_published(store, task, one)
             summary[task] = store.task(task).num_episodes
         replaced = f" (replacing the {before} episodes it held)" if before is not None else ""
         print(f"{url}: {task}: {summary[task]} episodes{replaced}")
