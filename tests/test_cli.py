@@ -180,6 +180,20 @@ def test_mismatched_action_repeats_are_noted_when_the_config_loads(capsys):
     assert "action_repeat" not in capsys.readouterr().err
 
 
+def test_agent_tasks_the_reward_model_lacks_stop_train_agent_at_once_and_are_noted_elsewhere(tmp_path, capsys):
+    """train-agent with the VIPER reward on a task collect never gathered failed only after collect, the tokenizer
+    and the prior had run; now it exits before anything starts. The other commands (the pipeline's first stage, a
+    tokenizer for one's own videos with -S collect.tasks) run, with one line saying train-agent will refuse."""
+    over = ["--preset", "demo", "-S", f"data_dir={tmp_path}", "-S", "agent.tasks=[dmc/walker_walk]"]
+    assert main(["train-agent", *over]) == 2
+    assert "error: agent.tasks=['dmc/walker_walk'] with agent.reward='viper': dmc/walker_walk not in" in (
+        capsys.readouterr().err
+    )
+    assert main(["config", *over]) == 0
+    assert "note: agent.tasks=['dmc/walker_walk'] with agent.reward='viper'" in capsys.readouterr().err
+    assert not (tmp_path / "agents").exists()
+
+
 def test_an_empty_preset_exits_naming_the_presets(capsys):
     assert main(["config", "--preset", ""]) == 2
     assert "preset='': expected at least one preset name; known presets: cpu_agent" in capsys.readouterr().err

@@ -151,14 +151,7 @@ def test_task_names_are_checked_on_load():
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        # Each used to load and fail only in a later stage (train-agent, after ~45 min of the demo pipeline).
-        (
-            ["agent.tasks=[dmc/walker_walk]"],
-            "agent.tasks=['dmc/walker_walk'] with agent.reward='viper': dmc/walker_walk not in "
-            "collect.tasks=['dmc/cartpole_balance', 'dmc/cartpole_swingup']; expected agent.tasks within collect.tasks "
-            "(the VIPER reward model learns only the collected tasks): add them to collect.tasks, narrow agent.tasks, "
-            "or set agent.reward=task",
-        ),
+        # Each used to load and fail only in a later stage (collect, after the expert stage).
         (
             ["collect.suite=atari"],
             "collect.tasks=['dmc/cartpole_balance', 'dmc/cartpole_swingup'] with collect.suite='atari': "
@@ -176,6 +169,20 @@ def test_sections_that_do_not_fit_together_are_refused_on_load(overrides, expect
     with pytest.raises(C.ConfigError) as err:
         C.load("demo", overrides, params_path=None)
     assert str(err.value) == expected
+
+
+def test_agent_tasks_outside_the_collected_ones_are_named_for_the_viper_reward_only():
+    """The rule train-agent applies (viper/cli.py: an error there, a note elsewhere): with the VIPER reward every
+    agent task must be a collected one; the task reward, or a --task that was collected, is fine."""
+    cfg = C.load("demo", ["agent.tasks=[dmc/walker_walk]"], params_path=None)  # loads: only train-agent needs it
+    assert C.uncollected_agent_tasks(cfg, "viper") == (
+        "agent.tasks=['dmc/walker_walk'] with agent.reward='viper': dmc/walker_walk not in "
+        "collect.tasks=['dmc/cartpole_balance', 'dmc/cartpole_swingup']; expected agent.tasks within collect.tasks "
+        "(the VIPER reward model learns only the collected tasks): add them to collect.tasks, narrow agent.tasks, "
+        "or set agent.reward=task"
+    )
+    assert C.uncollected_agent_tasks(cfg, "task") is None
+    assert C.uncollected_agent_tasks(cfg, "viper", ("dmc/cartpole_swingup",)) is None
 
 
 def test_cross_section_rules_leave_consistent_settings_alone():

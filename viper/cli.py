@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         check_policy(cfg.collect.policy)
         _note_overridden_data_dir(args.command, cfg, Path(args.params or "params.yaml"))
         _note_action_repeats(args.command, cfg)
+        _check_agent_tasks(args, cfg)
         if args.command == "config":
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
             return 0
@@ -270,6 +271,25 @@ def check_policy(policy: str) -> None:
         f"collect.policy={policy!r}: unknown policy; expected {SPEC_FORMS} (or 'published': import the published "
         "videos)"
     )
+
+
+def _check_agent_tasks(args: argparse.Namespace, cfg) -> None:
+    """Agent tasks the VIPER reward model was not trained on: an error for ``train-agent`` (before any env
+    starts; only the tasks it will train: ``--task`` or ``agent.tasks``), one line for every other command, the
+    first stage of ``dvc repro`` included, so a pipeline that will fail there says so at its start."""
+    if args.command == "train-agent":
+        from viper.envs.suites import check_task
+
+        reward = getattr(args, "reward", None) or cfg.agent.reward
+        tasks = None
+        if getattr(args, "task", None):
+            check_task(args.task)  # a short name: "unknown task", not "not in collect.tasks"
+            tasks = (args.task,)
+        problem = config_lib.uncollected_agent_tasks(cfg, reward, tasks)
+        if problem:
+            raise config_lib.ConfigError(problem)
+    elif problem := config_lib.uncollected_agent_tasks(cfg, cfg.agent.reward):
+        print(f"viper {args.command}: note: {problem}; train-agent will refuse them", file=sys.stderr)
 
 
 def _note_action_repeats(command: str, cfg) -> None:

@@ -208,16 +208,23 @@ def _check_together(sections: dict[str, Any]) -> None:
             f"{'is' if len(strays) == 1 else 'are'} not in that suite; expected only {collect.suite}/<task> tasks "
             "(the suite names the one video store they are written to)"
         )
-    # The reward model learns the collected tasks only; train-agent used to find that out after collect, the
-    # tokenizer and the prior had run (``VideoReward.task_id``).
-    unknown = [task for task in agent.tasks if task not in collect.tasks]
-    if agent.reward == "viper" and unknown:
-        raise ConfigError(
-            f"agent.tasks={list(agent.tasks)} with agent.reward='viper': {', '.join(unknown)} not in "
-            f"collect.tasks={list(collect.tasks)}; expected agent.tasks within collect.tasks (the VIPER reward "
-            "model learns only the collected tasks): add them to collect.tasks, narrow agent.tasks, or set "
-            "agent.reward=task"
-        )
+
+
+def uncollected_agent_tasks(cfg: Config, reward: str, tasks: tuple[str, ...] | None = None) -> str | None:
+    """Why ``tasks`` (default ``agent.tasks``) cannot train on ``reward``, or None: the VIPER reward model learns
+    the collected tasks only, and ``train-agent`` found that out only after collect, the tokenizer and the prior
+    had run (``VideoReward.task_id``). Not a load error: stages that never read the agent (an import, a tokenizer
+    for ``-S collect.tasks=[...]`` of one's own videos) must not need ``agent.tasks`` narrowed as well."""
+    tasks = cfg.agent.tasks if tasks is None else tasks
+    unknown = [task for task in tasks if task not in cfg.collect.tasks]
+    if reward != "viper" or not unknown:
+        return None
+    return (
+        f"agent.tasks={list(tasks)} with agent.reward='viper': {', '.join(unknown)} not in "
+        f"collect.tasks={list(cfg.collect.tasks)}; expected agent.tasks within collect.tasks (the VIPER reward "
+        "model learns only the collected tasks): add them to collect.tasks, narrow agent.tasks, or set "
+        "agent.reward=task"
+    )
 
 
 def override(cfg: Config, section: str, **values: Any) -> Config:
