@@ -354,10 +354,23 @@ def test_collect_stage_imports_the_published_dataset_with_the_published_preset(t
     assert out["dmc/cartpole_balance/episodes"] == 4 and out["dmc/walker_walk/episodes"] == 4
     group = open_store(out["store"]).task("dmc/walker_walk")
     np.testing.assert_array_equal(group.read_episode(3)["frames"], episodes[("walker_walk", "test", 0)])
+    # Collect again (code or settings changed): the same files keep their groups, whose identity the tokenizer
+    # and prior record (a re-import gave them new ones, and the whole pipeline trained again).
+    identities = {task: open_store(out["store"]).task(task).identity for task in pinned.collect.tasks}
+    capsys.readouterr()
+    assert collect.run(pinned)["dmc/walker_walk/episodes"] == 4
+    assert "dmc/walker_walk: 4 published episodes, up to date" in capsys.readouterr().out
+    assert {task: open_store(out["store"]).task(task).identity for task in pinned.collect.tasks} == identities
     # A changed file fails the pinned import, naming it.
     np.savez_compressed(root / "walker_walk" / "train" / "ep000.npz", np.zeros((3, 64, 64, 3), np.uint8))
     with pytest.raises(ViperError, match=r"ep000\.npz: sha256 .* does not match the manifest"):
         collect.run(pinned)
+    # Without a manifest the changed file is imported again, replacing that task's group (the other keeps its).
+    assert collect.run(cfg)["dmc/walker_walk/episodes"] == 4
+    store = open_store(out["store"])
+    assert store.task("dmc/walker_walk").read_episode(0)["frames"].shape == (3, 64, 64, 3)
+    assert store.task("dmc/walker_walk").identity != identities["dmc/walker_walk"]
+    assert store.task("dmc/cartpole_balance").identity == identities["dmc/cartpole_balance"]
     assert cli.main(["expert", "--preset", "tiny,published", "-S", f"data_dir={data}"]) == 0
     assert "nothing to train" in capsys.readouterr().out
 

@@ -192,7 +192,7 @@ PUBLISHED = "published"
 
 def import_published_tasks(cfg: Config, tasks: tuple[str, ...], url: str) -> dict[str, Any]:
     """Import ``tasks`` from ``<published_dir>/<suite>`` (verified against ``collect.manifest`` when set)."""
-    from viper.data.importers import import_published
+    from viper.data.importers import check_published, write_published
 
     c = cfg.collect
     root = paths.published_dir(cfg.data_dir) / c.suite
@@ -203,10 +203,27 @@ def import_published_tasks(cfg: Config, tasks: tuple[str, ...], url: str) -> dic
         )
     summary = {}
     for task in tasks:
+        checked = check_published(root, c.suite, [task], c.manifest or None)[task]
         # A writer of this task only (the caller holds its lock): writers of other tasks may be mid-write.
         store = open_store(url, "a", chunk_frames=c.chunk_frames, shard_frames=c.shard_frames, task=task)
-        summary.update(import_published(root, store, c.suite, [task], c.manifest or None))
+        kept = store.task(task) if task in store.tasks else None
+        if kept is not None and _same_files(kept.attrs.get("source"), checked.source):
+            # The same bytes are in the store already: a new import would give the group a new identity, and
+            # the tokenizer, prior and agents trained on it would all train again for nothing.
+            print(f"collect: {task}: {kept.num_episodes} published episodes, up to date", flush=True)
+            summary[task] = kept.num_episodes
+            continue
+        summary[task] = write_published(store, task, checked)
     return {f"{task}/episodes": count for task, count in summary.items()}
+
+
+def _same_files(stored: Any, source: dict[str, Any]) -> bool:
+    """Whether a stored group's ``source`` record names the same published files as ``source`` (format, count,
+    the sha256 of their checksums); where the folder lies and which manifest checked it do not matter."""
+    if not isinstance(stored, dict):
+        return False
+    content = ("format", "files", "dataset_sha256")
+    return all(k in stored for k in content) and all(stored[k] == source[k] for k in content)
 
 
 def expert_policy(cfg: Config, task: str) -> str:
