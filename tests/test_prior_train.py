@@ -277,7 +277,7 @@ def test_score_command_prints_a_summary_and_plots_the_curve(data_dir, tmp_path, 
     assert "9 steps, 6 scored" in out and "mean" in out
     # Not beside the episode (it may lie in a stage's output, e.g. an agent's videos/): in data_dir/scores/.
     assert not (tmp_path / "episode.reward.png").exists()
-    assert (paths.scores_dir(data_dir, "dmc") / "episode.reward.png").stat().st_size > 0
+    assert (data_dir / "scores" / "dmc" / "episode.reward.png").stat().st_size > 0
     summary = json.loads((tmp_path / "m.json").read_text())
     assert summary["score/scored_steps"] == 6 and np.isfinite(summary["score/mean"])
     assert cli.main(["score", str(episode), "--task", "dmc/walker_walk", *common]) == 2

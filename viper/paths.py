@@ -68,11 +68,6 @@ def reward_evals_dir(data_dir: str | Path) -> Path:
     return Path(data_dir) / "reward_eval"
 
 
-def scores_dir(data_dir: str | Path, suite: str) -> Path:
-    """``viper score``'s default PNG folder: outside every stage output, so a score changes no DVC stage."""
-    return Path(data_dir) / "scores" / suite
-
-
 def reward_eval_dir(data_dir: str | Path, suite: str) -> Path:
     """Reward diagnostics: ``metrics.json``, scatter plots."""
     return reward_evals_dir(data_dir) / suite

@@ -96,6 +96,13 @@ def plot(frames: np.ndarray, rewards: np.ndarray, path: Path, title: str, shown:
     return save_figure(fig, path)
 
 
+def scores_dir(data_dir: str | Path, suite: str) -> Path:
+    """Where ``viper score`` writes by default: not beside the episode (it may lie in a stage's output, an
+    agent's ``videos/``) and outside every DVC stage output (so not in ``viper.paths``, whose folders all are),
+    so scoring an episode leaves every stage up to date."""
+    return Path(data_dir) / "scores" / suite
+
+
 def run(
     cfg: Config, source: str | Path, task: str, episode: int | None = None, output: Path | None = None
 ) -> tuple[dict[str, float], np.ndarray, Path]:
@@ -111,8 +118,8 @@ def run(
         paths.tokenizer_dir(cfg.data_dir, suite), paths.prior_dir(cfg.data_dir, suite), cfg.reward
     )
     rewards = reward.score(frames[None], task)[0]
-    if output is None:  # not beside the episode, which may lie in a stage's output (an agent's videos/)
-        output = paths.scores_dir(cfg.data_dir, suite) / f"{label}.reward.png"
+    if output is None:
+        output = scores_dir(cfg.data_dir, suite) / f"{label}.reward.png"
     title = f"{task} {label}: {reward.mode} reward, window {reward.window_frames} steps (NaN before)"
     summary = {**summarize(rewards), "score/window_steps": float(reward.window_frames)}
     return summary, rewards, plot(frames, rewards, Path(output), title)
