@@ -361,6 +361,16 @@ def test_collect_stage_imports_the_published_dataset_with_the_published_preset(t
     assert collect.run(pinned)["dmc/walker_walk/episodes"] == 4
     assert "dmc/walker_walk: 4 published episodes, up to date" in capsys.readouterr().out
     assert {task: open_store(out["store"]).task(task).identity for task in pinned.collect.tasks} == identities
+    # An export brought back by `viper import` carries the source record along (edited or not): not the files.
+    hdf5.export_task(open_store(out["store"]), "dmc/cartpole_balance", tmp_path / "cb.h5")
+    hdf5.import_task(tmp_path / "cb.h5", open_store(out["store"], "a"))
+    reimported = open_store(out["store"]).task("dmc/cartpole_balance").identity
+    capsys.readouterr()
+    collect.run(pinned)
+    assert "dmc/cartpole_balance: 4 published episodes, up to date" not in capsys.readouterr().out
+    after = open_store(out["store"]).task("dmc/cartpole_balance").identity
+    assert after not in (reimported, identities["dmc/cartpole_balance"])
+    identities["dmc/cartpole_balance"] = open_store(out["store"]).task("dmc/cartpole_balance").identity
     # A changed file fails the pinned import, naming it.
     np.savez_compressed(root / "walker_walk" / "train" / "ep000.npz", np.zeros((3, 64, 64, 3), np.uint8))
     with pytest.raises(ViperError, match=r"ep000\.npz: sha256 .* does not match the manifest"):

@@ -207,7 +207,7 @@ def import_published_tasks(cfg: Config, tasks: tuple[str, ...], url: str) -> dic
         # A writer of this task only (the caller holds its lock): writers of other tasks may be mid-write.
         store = open_store(url, "a", chunk_frames=c.chunk_frames, shard_frames=c.shard_frames, task=task)
         kept = store.task(task) if task in store.tasks else None
-        if kept is not None and _same_files(kept.attrs.get("source"), checked.source):
+        if kept is not None and _same_files(kept.attrs.get("source"), checked.source, kept.num_episodes):
             # The same bytes are in the store already: a new import would give the group a new identity, and
             # the tokenizer, prior and agents trained on it would all train again for nothing.
             print(f"collect: {task}: {kept.num_episodes} published episodes, up to date", flush=True)
@@ -217,13 +217,15 @@ def import_published_tasks(cfg: Config, tasks: tuple[str, ...], url: str) -> dic
     return {f"{task}/episodes": count for task, count in summary.items()}
 
 
-def _same_files(stored: Any, source: dict[str, Any]) -> bool:
-    """Whether a stored group's ``source`` record names the same published files as ``source`` (format, count,
-    the sha256 of their checksums); where the folder lies and which manifest checked it do not matter."""
-    if not isinstance(stored, dict):
+def _same_files(stored: Any, source: dict[str, Any], episodes: int) -> bool:
+    """Whether a stored group of ``episodes`` episodes holds the published files ``source`` describes (format,
+    count, the sha256 of their checksums); where the folder lies and which manifest checked it do not matter. A
+    group re-imported from an export (which carries the source record along, edited or not) or extended since
+    is not the published files."""
+    if not isinstance(stored, dict) or "imported_from" in stored or episodes != source["files"]:
         return False
     content = ("format", "files", "dataset_sha256")
-    return all(k in stored for k in content) and all(stored[k] == source[k] for k in content)
+    return all(k in stored and stored[k] == source[k] for k in content)
 
 
 def expert_policy(cfg: Config, task: str) -> str:
