@@ -161,3 +161,17 @@ def test_checkpoints_carry_linked_blocks_checksums_and_a_damaged_block_is_found(
         handle.write(bytes(data))
     with pytest.raises(ViperError, match="no readable checkpoint left"):
         ckpt.load_latest()
+
+
+def test_a_block_that_cannot_be_linked_is_written_from_memory(tmp_path):
+    """A previous block file gone (or a filesystem without hard links): the block is saved from the buffer, not
+    copied (a copy would be checksummed anew and certify whatever the old file holds now)."""
+    rec = Recorded(1000, 1)
+    rec.add(350)
+    rec.replay.save(tmp_path / "a")
+    (tmp_path / "a" / "s000_b0000001.step.npy").unlink()
+    rec.add(10)
+    rec.replay.save(tmp_path / "b", previous=tmp_path / "a")
+    assert read_saved(tmp_path / "b")[0]["step"].tolist() == rec.expected(0)
+    assert not os.path.samefile(tmp_path / "b" / "s000_b0000001.image.npy", tmp_path / "a" / "s000_b0000001.image.npy")
+    assert os.path.samefile(tmp_path / "b" / "s000_b0000000.image.npy", tmp_path / "a" / "s000_b0000000.image.npy")

@@ -12,14 +12,14 @@ A checkpoint stores each stream's steps in blocks of ``BLOCK_STEPS`` absolute st
 A step never changes once added, so a block the previous checkpoint of the same buffer saved whole is hard-linked
 from it instead of written again: a save writes only the steps added since the previous one (plus each stream's
 partial newest block), and the checkpoints kept on disk share their blocks. At the published 1M-step replay a save
-then costs seconds and ~0.1 GB rather than a 12 GB copy per checkpoint. Filesystems without hard links get copies.
+then costs seconds and ~0.1 GB rather than a 12 GB copy per checkpoint. Where a link fails (a filesystem
+without hard links, a file gone) the block is written from memory.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import uuid
 from pathlib import Path
 
@@ -110,9 +110,12 @@ class Replay:
                 name = f"s{stream:03d}_b{block:07d}"
                 entry = {"file": name, "stream": stream, "start": start, "stop": end}
                 old = reusable.get(name)
-                if old is not None and old["start"] <= start and old["stop"] >= end:
-                    for key in self.data:
-                        _link_or_copy(Path(previous) / f"{name}.{key}.npy", folder / f"{name}.{key}.npy")
+                if (
+                    old is not None
+                    and old["start"] <= start
+                    and old["stop"] >= end
+                    and _link_all(previous, folder, name, self.data)
+                ):
                     entry.update(start=old["start"], stop=old["stop"])
                 else:
                     for key, array in self.data.items():
@@ -195,8 +198,17 @@ def _reusable_blocks(previous: Path, lineage: str) -> dict[str, dict]:
     return {e["file"]: e for e in meta["blocks"] if e["stop"] - e["start"] == meta["block_steps"]}
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
+def _link_all(previous: str | Path, folder: Path, name: str, keys) -> bool:
+    """Hard-link every key's file of block ``name`` from ``previous`` into ``folder``; False (nothing linked)
+    where that fails: no hard links on this filesystem, or a file gone. The block is then written from memory,
+    never copied: a copy would be checksummed anew and so certify bytes damaged since the previous save."""
+    linked = []
     try:
-        os.link(source, target)
-    except OSError:  # no hard links here (some network and FUSE filesystems)
-        shutil.copyfile(source, target)
+        for key in keys:
+            os.link(Path(previous) / f"{name}.{key}.npy", folder / f"{name}.{key}.npy")
+            linked.append(folder / f"{name}.{key}.npy")
+    except OSError:
+        for path in linked:
+            path.unlink()
+        return False
+    return True
