@@ -97,10 +97,11 @@ def _stop_worker(rank: int, world: int, port: int, out: str) -> None:
     ctx = common.setup_distributed("cpu")
     try:
         stop = StopSignals()
-        seen = [common.stop_signal(stop, ctx)]
+        seen = [common.stop_signal(stop, ctx, common.STOP_POLL_UPDATES)]
         if rank == 1:
             stop.signum = int(signal.SIGTERM)  # as its handler records a signal that reached this rank alone
-        seen.append(common.stop_signal(stop, ctx))
+        seen.append(common.stop_signal(stop, ctx, common.STOP_POLL_UPDATES + 1))  # between polls: no collective
+        seen.append(common.stop_signal(stop, ctx, 2 * common.STOP_POLL_UPDATES))
         Path(out, f"stop{rank}").write_text(json.dumps(seen))
     finally:
         common.teardown_distributed(ctx)
@@ -114,7 +115,7 @@ def test_a_stop_signal_that_reached_one_rank_stops_every_rank_at_the_same_update
         port = s.getsockname()[1]
     torch.multiprocessing.spawn(_stop_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
-        assert json.loads((tmp_path / f"stop{rank}").read_text()) == [None, int(signal.SIGTERM)]
+        assert json.loads((tmp_path / f"stop{rank}").read_text()) == [None, None, int(signal.SIGTERM)]
 
 
 def test_ranks_must_divide_the_global_batch():

@@ -164,12 +164,19 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def stop_signal(stop: StopSignals, ctx: DistContext) -> int | None:
-    """The stop signal (SIGINT / SIGTERM) any rank received, else None; collective under DDP (every rank calls
-    it once per update), so all ranks save the same update and stop together even when the signal reached only
-    some of them, or reached them during different updates."""
+STOP_POLL_UPDATES = 10
+"""Under DDP, how often (in updates) the ranks agree on a stop: agreeing reads a device value back, which would
+make the CPU wait for the GPU at every update."""
+
+
+def stop_signal(stop: StopSignals, ctx: DistContext, step: int) -> int | None:
+    """The stop signal (SIGINT / SIGTERM) any rank received, else None. Under DDP a collective every
+    ``STOP_POLL_UPDATES`` updates (every rank calls it after each update ``step``; None in between), so all
+    ranks save the same update and stop together even when the signal reached only some of them."""
     signum = stop.signum or 0
     if ctx.distributed:
+        if not every(step, STOP_POLL_UPDATES):
+            return None
         flag = torch.tensor([signum], dtype=torch.int64, device=ctx.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         signum = int(flag.item())

@@ -323,7 +323,7 @@ def _train(cfg: Config, run_dir: Path, ctx: common.DistContext, stop: StopSignal
                 progress.last_eval, raw = _evaluate(ema, prior, tokenizer, test, pc, run_dir, log, step)
                 progress.raw_is_best = raw < progress.best_raw_nll
                 progress.best_raw_nll = min(progress.best_raw_nll, raw)
-            signum = common.stop_signal(stop, ctx)  # Ctrl-C / SIGTERM: save this update, then stop
+            signum = common.stop_signal(stop, ctx, step)  # Ctrl-C / SIGTERM: save this update, then stop
             periodic = common.every(step, pc.checkpoint_every_grad_steps) or final
             if periodic or signum:
                 rngs = common.gather_rng_states(ctx)

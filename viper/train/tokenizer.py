@@ -322,7 +322,7 @@ def _train(
                     logger.scalars({f"tokenizer/{k}": v for k, v in values.items()}, done)
             if logger is not None and (common.every(done, tcfg.eval_every_grad_steps) or done == total):
                 metrics = _evaluate(trainer, test, run_dir, logger, done)
-            signum = common.stop_signal(stop, ctx)  # Ctrl-C / SIGTERM: save this update, then stop
+            signum = common.stop_signal(stop, ctx, done)  # Ctrl-C / SIGTERM: save this update, then stop
             if common.every(done, tcfg.checkpoint_every_grad_steps) or done == end or signum:
                 rngs = common.gather_rng_states(ctx)
                 if ctx.is_main:
