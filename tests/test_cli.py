@@ -194,6 +194,19 @@ def test_agent_tasks_the_reward_model_lacks_stop_train_agent_at_once_and_are_not
     assert not (tmp_path / "agents").exists()
 
 
+def test_collect_tasks_outside_the_suite_stop_the_commands_that_read_them_only(tmp_path, capsys):
+    """`viper import atari_videos/ -S collect.suite=atari` (the import's own hint) must not fail over the preset's
+    DMC task list, which only the commands that read collect.tasks use."""
+    over = ["--preset", "demo", "-S", f"data_dir={tmp_path}", "-S", "collect.suite=atari"]
+    assert main(["collect", *over]) == 2
+    assert "error: collect.tasks=['dmc/cartpole_balance', 'dmc/cartpole_swingup'] with collect.suite='atari'" in (
+        capsys.readouterr().err
+    )
+    assert main(["inspect", *over]) == 2  # runs, and fails for its own reason: there is no atari store
+    err = capsys.readouterr().err
+    assert "note: collect.tasks=" in err and "atari.zarr" in err
+
+
 def test_an_empty_preset_exits_naming_the_presets(capsys):
     assert main(["config", "--preset", ""]) == 2
     assert "preset='': expected at least one preset name; known presets: cpu_agent" in capsys.readouterr().err

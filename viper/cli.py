@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         _note_overridden_data_dir(args.command, cfg, Path(args.params or "params.yaml"))
         _note_action_repeats(args.command, cfg)
         _check_agent_tasks(args, cfg)
+        _check_collect_tasks(args.command, cfg)
         if args.command == "config":
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
             return 0
@@ -271,6 +272,20 @@ def check_policy(policy: str) -> None:
         f"collect.policy={policy!r}: unknown policy; expected {SPEC_FORMS} (or 'published': import the published "
         "videos)"
     )
+
+
+SUITE_ONLY = ("config", "import", "export", "inspect", "tokenize", "score")
+"""Commands that read ``collect.suite`` (or a task named on the command line) but never ``collect.tasks``."""
+
+
+def _check_collect_tasks(command: str, cfg) -> None:
+    """Collect tasks outside ``collect.suite``: an error for the commands that read the task list, one line for
+    those that read the suite alone (``viper import my_atari_videos/ -S collect.suite=atari`` must work)."""
+    problem = config_lib.stray_collect_tasks(cfg)
+    if problem and command not in SUITE_ONLY:
+        raise config_lib.ConfigError(problem)
+    if problem:
+        print(f"viper {command}: note: {problem}", file=sys.stderr)
 
 
 def _check_agent_tasks(args: argparse.Namespace, cfg) -> None:

@@ -200,14 +200,21 @@ def _check_together(sections: dict[str, Any]) -> None:
             f"tokenizer.channel_mult={list(tokenizer.channel_mult)}: expected 1 to 7 entries (64x64 frames halve "
             "len - 1 times to the token grid, e.g. [1, 2, 2, 2] -> 8x8)"
         )
-    # One store per suite (collect refused a stray task only after the expert stage had run).
+
+
+def stray_collect_tasks(cfg: Config) -> str | None:
+    """Why ``collect.tasks`` do not fit ``collect.suite``, or None: one store per suite (collect refused a stray
+    task only after the expert stage had run). Not a load error: commands that read the suite alone (import,
+    inspect, export, tokenize, score) need no matching task list."""
+    collect = cfg.collect
     strays = [task for task in collect.tasks if task.partition("/")[0] != collect.suite]
-    if strays:
-        raise ConfigError(
-            f"collect.tasks={list(collect.tasks)} with collect.suite={collect.suite!r}: {', '.join(strays)} "
-            f"{'is' if len(strays) == 1 else 'are'} not in that suite; expected only {collect.suite}/<task> tasks "
-            "(the suite names the one video store they are written to)"
-        )
+    if not strays:
+        return None
+    return (
+        f"collect.tasks={list(collect.tasks)} with collect.suite={collect.suite!r}: {', '.join(strays)} "
+        f"{'is' if len(strays) == 1 else 'are'} not in that suite; expected only {collect.suite}/<task> tasks "
+        "(the suite names the one video store they are written to)"
+    )
 
 
 def uncollected_agent_tasks(cfg: Config, reward: str, tasks: tuple[str, ...] | None = None) -> str | None:
