@@ -104,3 +104,8 @@ def test_no_test_episode_long_enough_names_the_store_the_window_and_the_longest_
     with pytest.raises(ViperError, match=r"dmc.zarr: no test-split episode spans a prior window of 25 frames .*"
                        r"'dmc/cartpole_balance': 7, 'dmc/cartpole_swingup': 6"):  # fmt: skip
         eval_windows(splits["test"], 13, 2, 4, "data/tokens/dmc.zarr")
+
+
+def test_no_train_episode_long_enough_names_the_store_and_split(splits):
+    with pytest.raises(ViperError, match=r"^data/tokens/dmc.zarr \(train split\): task dmc/cartpole_balance: no ep"):
+        TrainWindows(splits["train"], 30, SKIP, 4, seed=0, where="data/tokens/dmc.zarr")

@@ -98,9 +98,11 @@ def test_batches_combine_tasks_as_the_released_loader_does(n_tasks, batch_size):
     assert all(len(b) == batch_size for b in got)  # 17 tasks: 64 windows, not 17 x 3 = 51
 
 
-def test_sampler_errors_name_the_task():
+def test_sampler_errors_name_the_task_and_where_its_episodes_come_from():
     with pytest.raises(ViperError, match="task dmc/short: no episode.*window of 16 frames"):
         WindowSampler({"dmc/short": np.array([5, 12])}, seq_len=16, frame_skip=1, seed=0)
+    with pytest.raises(ViperError, match=r"^data/tokens/dmc.zarr \(train split\): task dmc/short: no episode"):
+        WindowSampler({"dmc/short": np.array([5, 12])}, 16, 1, seed=0, where="data/tokens/dmc.zarr (train split)")
 
 
 @pytest.fixture(scope="module")

@@ -80,7 +80,9 @@ class WindowSampler:
         frame_skip: int,
         seed: int | Sequence[int],
         episodes_by_task: dict[str, np.ndarray] | None = None,
+        where: str = "",
     ) -> None:
+        """``where`` (e.g. the store and split) starts the error when a task has no episode long enough."""
         if not ends_by_task:
             raise ViperError("window sampler: no tasks given")
         self.tasks = sorted(ends_by_task)
@@ -95,7 +97,8 @@ class WindowSampler:
             counts = np.maximum(lengths[episodes] - span + 1, 0)
             if counts.sum() == 0:
                 raise ViperError(
-                    f"task {task}: no episode (of {len(episodes)} chosen) spans a window of {span} frames "
+                    f"{where + ': ' if where else ''}task {task}: no episode (of {len(episodes)} chosen) spans a "
+                    f"window of {span} frames "
                     f"(seq_len {seq_len}, frame_skip {frame_skip}); longest is {lengths[episodes].max(initial=0)}"
                 )
             self._episodes.append(episodes)
@@ -225,6 +228,7 @@ class FrameWindowDataset(torch.utils.data.IterableDataset):
             self.frame_skip,
             seed=[self.seed, self.rank, worker],
             episodes_by_task={t: g.episodes(self.split) for t, g in zip(self.tasks, groups, strict=True)},
+            where=f"{self.store} ({self.split} split)",
         )
         cache = ChunkCache(self.cache_chunks)
         batch_index = 0

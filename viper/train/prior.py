@@ -297,7 +297,9 @@ def _train(cfg: Config, run_dir: Path, ctx: common.DistContext, stop: StopSignal
                 "other window draws than the run would have made on its old GPU count",
                 flush=True,
             )
-    windows = TrainWindows(splits["train"], pc.seq_len, pc.frame_skip, per_rank, pc.seed, ctx.rank, ctx.world_size)
+    windows = TrainWindows(
+        splits["train"], pc.seq_len, pc.frame_skip, per_rank, pc.seed, ctx.rank, ctx.world_size, tokens_path
+    )
     test = eval_windows(splits["test"], pc.seq_len, pc.frame_skip, pc.eval_windows_per_task, tokens_path)
     trained = common.maybe_compile(common.wrap_ddp(PriorLoss(prior), ctx), pc.compile)
     log = None

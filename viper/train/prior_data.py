@@ -76,10 +76,12 @@ class TrainWindows:
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        where: str | Path = "token store",
     ) -> None:
         self.tasks = tuple(sorted(train))
         self.data = [train[t] for t in self.tasks]
-        self.sampler = WindowSampler({t: train[t].ends for t in self.tasks}, seq_len, frame_skip, seed=[seed, rank])
+        ends = {t: train[t].ends for t in self.tasks}
+        self.sampler = WindowSampler(ends, seq_len, frame_skip, seed=[seed, rank], where=f"{where} (train split)")
         self.seq_len, self.frame_skip, self.batch_size = seq_len, frame_skip, batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
 
