@@ -119,6 +119,28 @@ def test_killed_run_resumes_with_one_load_and_its_replay(tmp_path):
         env.close()
 
 
+def test_a_damaged_replay_block_resumes_the_run_without_those_steps(tmp_path, capsys):
+    """The kept checkpoints share their replay blocks (hard links), so a bad block damaged every one of them and
+    the run started anew from step 0; now the latest resumes (weights, counters) without the steps up to it."""
+    opts = ["agent.env_steps=60", "agent.checkpoint_every_env_steps=1000", "agent.eval_every_env_steps=1000"]
+    cfg = C.load(preset="tiny", overrides=[f"data_dir={tmp_path}", *opts], params_path=None)
+    run_dir = tmp_path / "run"
+    assert run(cfg, TASK, 0, "task", run_dir)["env_steps"] == 60
+    latest = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+    block = latest / "replay" / "s000_b0000000.image.npy"
+    data = bytearray(block.read_bytes())
+    data[-100] ^= 0xFF
+    with open(block, "r+b") as handle:
+        handle.write(bytes(data))
+    longer = C.load(
+        preset="tiny", overrides=[f"data_dir={tmp_path}", *opts[1:], "agent.env_steps=70"], params_path=None
+    )
+    metrics = run(longer, TASK, 0, "task", run_dir)
+    assert metrics["checkpoint_loads"] == 1 and metrics["start_env_steps"] == 60
+    assert metrics["replay_steps_at_start"] == 0 and metrics["replay_steps"] == 10
+    assert "1 replay block file(s) differ from their checksums (s000_b0000000.image.npy)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_stop_signal_saves_a_checkpoint_where_the_run_stopped_and_the_run_resumes_there(tmp_path, signum):
     # Ctrl-C in a terminal, `timeout` and cluster schedulers signal the whole process group: the main process

@@ -11,7 +11,7 @@ import pytest
 
 import viper.checkpoint as checkpoint_lib
 from viper.agent import replay as replay_lib
-from viper.agent.replay import Replay, read_saved
+from viper.agent.replay import Replay, is_block_file, read_saved
 from viper.checkpoint import Checkpointer
 from viper.errors import ViperError
 
@@ -175,3 +175,39 @@ def test_a_block_that_cannot_be_linked_is_written_from_memory(tmp_path):
     assert read_saved(tmp_path / "b")[0]["step"].tolist() == rec.expected(0)
     assert not os.path.samefile(tmp_path / "b" / "s000_b0000001.image.npy", tmp_path / "a" / "s000_b0000001.image.npy")
     assert os.path.samefile(tmp_path / "b" / "s000_b0000000.image.npy", tmp_path / "a" / "s000_b0000000.image.npy")
+
+
+def test_a_damaged_block_costs_the_steps_up_to_it_not_the_run(tmp_path):
+    """Kept checkpoints share blocks, so one bad block damaged all of them and the run started anew. Told to
+    tolerate block files, the latest loads: each stream keeps only its steps after its last damaged block (the
+    sequences stay contiguous), and the next save holds no damaged byte."""
+    rec = Recorded(4000, 2)
+    ckpt = Checkpointer(tmp_path / "ckpt", keep=2)
+
+    def save(step: int) -> None:
+        previous = ckpt.latest_path()
+        ckpt.save(step, {"step": step}, extra=lambda f: rec.replay.save(f / "replay", previous and previous / "replay"))
+
+    rec.add(450)
+    save(1)
+    rec.add(300)
+    save(2)
+    block = ckpt.latest_path() / "replay" / "s001_b0000002.step.npy"  # stream 1, steps 200-299
+    data = bytearray(block.read_bytes())
+    data[-3] ^= 0xFF
+    with open(block, "r+b") as handle:
+        handle.write(bytes(data))
+    state, folder = ckpt.load_latest(tolerate=is_block_file)
+    assert state["step"] == 2 and ckpt.damaged_files == ["replay/s001_b0000002.step.npy"]
+    resumed = Replay(4000, 2, SPEC, seed=0)
+    assert resumed.load(folder / "replay", damaged=("s001_b0000002.step.npy",)) == 300
+    assert resumed.sizes().tolist() == [750, 450]
+    batch = resumed.sample(200, 20)["step"]
+    assert (batch % 1000 >= 300)[batch >= 1000].all() and (np.diff(batch, axis=1) == 1).all()
+    resumed.add({k: np.zeros((2, *s), d) for k, (s, d) in SPEC.items()})
+    resumed.save(tmp_path / "next", previous=folder / "replay")
+    kept = read_saved(tmp_path / "next")
+    assert kept[1]["step"][:-1].tolist() == rec.expected(1)[300:] and len(kept[0]["step"]) == 751
+    assert not (tmp_path / "next" / "s001_b0000002.step.npy").exists()
+    # Not told to tolerate (or a file that is not a block), the checkpoint is unreadable as before.
+    assert not is_block_file("replay/replay.json") and not is_block_file("state.pt")

@@ -87,15 +87,20 @@ def _recorded_checksums(folder: Path | None) -> dict[tuple[int, int], int]:
     return out
 
 
-def _check_files(folder: Path) -> None:
+def _check_files(folder: Path, tolerate: Callable[[str], bool] | None = None) -> list[str]:
     """Raise ``ValueError`` naming the first file whose bytes differ from those ``save`` recorded (checkpoints
-    written before the checksums existed have none to check)."""
+    written before the checksums existed have none to check); files ``tolerate`` accepts (by relative path) are
+    returned instead, and the caller does without them."""
     recorded = folder / CHECKSUMS
     if not recorded.exists():
-        return
+        return []
+    bad = []
     for name, crc in json.loads(recorded.read_text()).items():
         if not (folder / name).is_file() or file_crc32c(folder / name) != crc:
-            raise ValueError(f"{name} is missing or differs from its checksum in {CHECKSUMS}")
+            if tolerate is None or not tolerate(name):
+                raise ValueError(f"{name} is missing or differs from its checksum in {CHECKSUMS}")
+            bad.append(name)
+    return bad
 
 
 def file_sha256(path: str | Path) -> str:
@@ -158,6 +163,8 @@ class Checkpointer:
         self.resumable = resumable
         """Fingerprint keys recorded but not compared: a checkpoint whose only changes are there still resumes."""
         self.loads = 0
+        self.damaged_files: list[str] = []
+        """Files the last ``load_latest`` found damaged but was told to tolerate."""
         """How many times a checkpoint was loaded by this object (resume tests assert exactly one)."""
 
     @staticmethod
@@ -293,14 +300,20 @@ class Checkpointer:
         return final
 
     def load_latest(
-        self, map_location: str | torch.device = "cpu", set_aside: bool = True
+        self,
+        map_location: str | torch.device = "cpu",
+        set_aside: bool = True,
+        tolerate: Callable[[str], bool] | None = None,
     ) -> tuple[dict[str, Any], Path] | None:
         """``(state, folder)`` of the newest complete checkpoint, or ``None`` when there is none. Without one of
         this run's settings beside the live ones, a superseded one made with them is moved back and loaded.
-        ``set_aside=False``: an unreadable checkpoint is an error instead of being moved to ``damaged/``."""
+        ``set_aside=False``: an unreadable checkpoint is an error instead of being moved to ``damaged/``.
+        ``tolerate(relative path)``: files the caller can do without (replay blocks); when only such files are
+        damaged the checkpoint still loads, and ``damaged_files`` lists them."""
+        self.damaged_files = []
         while (path := self.latest_path() or self._restore_superseded()) is not None:
             try:
-                _check_files(path)
+                self.damaged_files = _check_files(path, tolerate)
                 state = torch.load(path / "state.pt", map_location=map_location, weights_only=False)
             except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
                 if not set_aside:  # a DDP rank > 0: rank 0 loaded this very file, so the fault is not the file's

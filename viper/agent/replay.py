@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -47,6 +48,8 @@ class Replay:
         self.data = {k: np.zeros((streams, self.alloc, *s), d) for k, (s, d) in self.spec.items()}
         self.count = np.zeros(streams, np.int64)
         """Steps ever added per stream (the absolute index of the next step)."""
+        self.floor = np.zeros(streams, np.int64)
+        """Per stream, the absolute index below which steps were dropped (a damaged block at resume)."""
         self.rng = np.random.default_rng(seed)
         self.lineage = uuid.uuid4().hex
         """Names this buffer's history across saves and loads: blocks are linked only from a save of the same."""
@@ -56,7 +59,7 @@ class Replay:
 
     def sizes(self) -> np.ndarray:
         """Steps currently stored per stream."""
-        return np.minimum(self.count, self.capacity)
+        return np.minimum(self.count - self.floor, self.capacity)
 
     def _grow(self) -> None:
         new = min(2 * self.alloc, self.capacity)
@@ -126,6 +129,7 @@ class Replay:
             "streams": self.streams,
             "alloc": self.alloc,
             "count": self.count.tolist(),
+            "floor": self.floor.tolist(),
             "rng": self.rng.bit_generator.state,
             "lineage": self.lineage,
             "block_steps": BLOCK_STEPS,
@@ -133,25 +137,35 @@ class Replay:
         }
         (folder / META).write_text(json.dumps(meta))
 
-    def load(self, folder: str | Path) -> None:
+    def load(self, folder: str | Path, damaged: tuple[str, ...] = ()) -> int:
         """Restore what ``save`` wrote (or the whole-array ``<key>.npy`` files of checkpoints from before the
-        blocks); the stream count and keys must match this buffer's."""
+        blocks); the stream count and keys must match this buffer's. ``damaged`` names block files (relative to
+        ``folder``) whose bytes are bad: each stream keeps only its steps after its last damaged block (the
+        sequences stay contiguous). Returns the number of steps so dropped."""
         folder = Path(folder)
         meta = json.loads((folder / META).read_text())
         assert meta["streams"] == self.streams, f"{folder}: replay of {meta['streams']} streams, not {self.streams}"
         self.capacity, self.alloc = meta["capacity"], meta["alloc"]
         self.count = np.asarray(meta["count"], np.int64)
+        self.floor = np.asarray(meta.get("floor", [0] * self.streams), np.int64)
+        before = len(self)
+        bad = {name.split(".", 1)[0] for name in damaged}
+        for entry in meta.get("blocks", []):
+            if entry["file"] in bad:
+                self.floor[entry["stream"]] = max(self.floor[entry["stream"]], entry["stop"])
+        meta = {**meta, "floor": self.floor.tolist()}
         self.rng.bit_generator.state = meta["rng"]
         self.lineage = meta.get("lineage", uuid.uuid4().hex)
         if "blocks" not in meta:
             self.data = {k: np.load(folder / f"{k}.npy") for k in self.spec}
-            return
+            return 0
         self.data = {k: np.zeros((self.streams, self.alloc, *s), d) for k, (s, d) in self.spec.items()}
         for entry, lo, hi in _live_parts(meta):
             pos = _ring_index(entry["start"] + lo, entry["start"] + hi, self.alloc)
             for key in self.spec:
                 block = np.load(folder / f"{entry['file']}.{key}.npy")
                 self.data[key][entry["stream"], pos] = block[lo:hi]
+        return before - len(self)
 
 
 def _ring_index(start: int, stop: int, alloc: int) -> slice | np.ndarray:
@@ -160,6 +174,12 @@ def _ring_index(start: int, stop: int, alloc: int) -> slice | np.ndarray:
     if first + (stop - start) <= alloc:
         return slice(first, first + stop - start)
     return np.arange(start, stop) % alloc
+
+
+def is_block_file(name: str) -> bool:
+    """Whether ``name`` (relative to a checkpoint folder) is one of a saved replay's block files: a resume can do
+    without one (``Replay.load(damaged=...)``), unlike ``replay.json`` or the agent's state."""
+    return bool(re.fullmatch(r"replay/s\d+_b\d+\.[A-Za-z0-9_]+\.npy", name))
 
 
 def read_saved(folder: str | Path) -> dict[int, dict[str, np.ndarray]]:
@@ -178,12 +198,15 @@ def _live_parts(meta: dict) -> list[tuple[dict, int, int]]:
     """``(block entry, lo, hi)``: the rows ``[lo, hi)`` of each saved block that the buffer still holds (a linked
     oldest block keeps steps the ring has since overwritten), in the order of the listing (oldest first)."""
     count = np.asarray(meta["count"], np.int64)
-    first = count - np.minimum(count, meta["capacity"])
+    floor = np.asarray(meta.get("floor", [0] * len(count)), np.int64)
+    first = count - np.minimum(count - floor, meta["capacity"])
     out = []
     for entry in meta["blocks"]:
         stream = entry["stream"]
         lo = max(entry["start"], int(first[stream])) - entry["start"]
-        out.append((entry, lo, min(entry["stop"], int(count[stream])) - entry["start"]))
+        hi = min(entry["stop"], int(count[stream])) - entry["start"]
+        if hi > lo:  # blocks wholly below a stream's floor hold no kept step
+            out.append((entry, lo, hi))
     return out
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from viper.agent.agent import Agent
 from viper.agent.divergence import Diverged, divergence_advice, nonfinite_modules, nonfinite_weights
 from viper.agent.driver import EnvPool
 from viper.agent.evaluation import Evaluator
-from viper.agent.replay import Replay
+from viper.agent.replay import Replay, is_block_file
 from viper.agent.rewards import Inserter, make_reward_source
 from viper.agent.run_spec import fingerprint, fingerprint_defaults, replay_spec, sequence_length
 from viper.checkpoint import Checkpointer, StopSignals, rng_state, set_rng_state
@@ -94,7 +95,7 @@ def _run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[
     stale = ckpt.stale_message(f"train-agent {task} ({reward}, seed {seed})")
     if stale:
         print(stale, flush=True)
-    loaded = ckpt.load_latest()
+    loaded = ckpt.load_latest(tolerate=is_block_file)  # a damaged replay block costs steps, not the run
     counters = _new_counters(acfg)
     if loaded is not None:
         state, folder = loaded
@@ -124,7 +125,16 @@ def _run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[
         agent.load_state_dict(state["agent"])
         agent.load_optimizer_state(state["optim"])
         set_rng_state(state["rng"])
-        replay.load(folder / "replay")
+        damaged = [name.removeprefix("replay/") for name in ckpt.damaged_files]
+        dropped = replay.load(folder / "replay", damaged=tuple(damaged))
+        if damaged:
+            # Blocks are shared with the checkpoints before this one (hard links): they hold the same bad bytes.
+            print(
+                f"{folder}: {len(damaged)} replay block file(s) differ from their checksums ({', '.join(damaged[:3])}"
+                f"{' ...' if len(damaged) > 3 else ''}); resuming without the {dropped} replay steps up to them",
+                file=sys.stderr,
+                flush=True,
+            )
     start_steps, start_replay = counters["env_steps"], len(replay)
     meta = {
         "task": task,
