@@ -211,3 +211,16 @@ def test_a_damaged_block_costs_the_steps_up_to_it_not_the_run(tmp_path):
     assert not (tmp_path / "next" / "s001_b0000002.step.npy").exists()
     # Not told to tolerate (or a file that is not a block), the checkpoint is unreadable as before.
     assert not is_block_file("replay/replay.json") and not is_block_file("state.pt")
+
+
+def test_a_stream_emptied_by_a_damaged_newest_block_saves_no_empty_block(tmp_path):
+    rec = Recorded(1000, 1)
+    rec.add(250)  # blocks 0, 1 whole; block 2 partial (200-249)
+    rec.replay.save(tmp_path / "a")
+    resumed = Replay(1000, 1, SPEC, seed=0)
+    assert resumed.load(tmp_path / "a", damaged=("s000_b0000002.image.npy",)) == 250 and len(resumed) == 0
+    resumed.save(tmp_path / "b", previous=tmp_path / "a")
+    assert json.loads((tmp_path / "b" / "replay.json").read_text())["blocks"] == []
+    resumed.add({k: np.ones((1, *s), d) for k, (s, d) in SPEC.items()})
+    resumed.save(tmp_path / "c", previous=tmp_path / "b")
+    assert read_saved(tmp_path / "c")[0]["step"].tolist() == [1]

@@ -110,6 +110,8 @@ class Replay:
             first, stop = int(self.count[stream] - self.sizes()[stream]), int(self.count[stream])
             for block in range(first // BLOCK_STEPS, -(-stop // BLOCK_STEPS)):
                 start, end = max(block * BLOCK_STEPS, first), min((block + 1) * BLOCK_STEPS, stop)
+                if end <= start:  # a stream emptied at resume (its newest block was damaged)
+                    continue
                 name = f"s{stream:03d}_b{block:07d}"
                 entry = {"file": name, "stream": stream, "start": start, "stop": end}
                 old = reusable.get(name)
