@@ -129,13 +129,20 @@ def test_checkpoints_from_before_the_blocks_still_load(tmp_path):
     assert read_saved(tmp_path / "new")[1]["step"].tolist() == rec.expected(1)
 
 
-def test_checkpoints_carry_linked_blocks_checksums_and_a_damaged_block_is_found(tmp_path, monkeypatch):
-    rec = Recorded(4000, 1)
-    ckpt = Checkpointer(tmp_path / "ckpt", keep=2)
+def checkpoint_saver(ckpt: Checkpointer, replay: Replay):
+    """``save(step)`` as ``viper train-agent`` saves: the replay linked from the latest checkpoint's."""
 
     def save(step: int) -> None:
         previous = ckpt.latest_path()
-        ckpt.save(step, {"step": step}, extra=lambda f: rec.replay.save(f / "replay", previous and previous / "replay"))
+        ckpt.save(step, {"step": step}, extra=lambda f: replay.save(f / "replay", previous and previous / "replay"))
+
+    return save
+
+
+def test_checkpoints_carry_linked_blocks_checksums_and_a_damaged_block_is_found(tmp_path, monkeypatch):
+    rec = Recorded(4000, 1)
+    ckpt = Checkpointer(tmp_path / "ckpt", keep=2)
+    save = checkpoint_saver(ckpt, rec.replay)
 
     rec.add(450)
     save(1)
@@ -183,10 +190,7 @@ def test_a_damaged_block_costs_the_steps_up_to_it_not_the_run(tmp_path):
     sequences stay contiguous), and the next save holds no damaged byte."""
     rec = Recorded(4000, 2)
     ckpt = Checkpointer(tmp_path / "ckpt", keep=2)
-
-    def save(step: int) -> None:
-        previous = ckpt.latest_path()
-        ckpt.save(step, {"step": step}, extra=lambda f: rec.replay.save(f / "replay", previous and previous / "replay"))
+    save = checkpoint_saver(ckpt, rec.replay)
 
     rec.add(450)
     save(1)
