@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import signal
 import sys
 import time
 from pathlib import Path
@@ -195,11 +194,8 @@ def _run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[
                 )
                 if stop.signum is not None and counters["env_steps"] < acfg.env_steps:
                     save()
-                    raise Stopped(
-                        f"stopped by {signal.Signals(stop.signum).name} at env step {counters['env_steps']} of "
-                        f"{acfg.env_steps}; checkpoint saved in {ckpt.directory}; run the same command to resume",
-                        stop.signum,
-                    )
+                    at = f"env step {counters['env_steps']} of {acfg.env_steps}"
+                    raise Stopped.saved(stop.signum, at, ckpt.directory)
                 if not counters["eval_history"] or counters["eval_history"][-1][0] != counters["env_steps"]:
                     _evaluate(agent, evaluator, counters, log)
                 save()

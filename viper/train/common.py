@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from torch import nn
 
 from viper import locks, runtime
 from viper.checkpoint import StopSignals, rng_state, set_rng_state
-from viper.errors import Stopped, ViperError
+from viper.errors import ViperError
 
 
 @dataclass(frozen=True)
@@ -181,15 +180,6 @@ def stop_signal(stop: StopSignals, ctx: DistContext, step: int) -> int | None:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         signum = int(flag.item())
     return signum or None
-
-
-def stopped(signum: int, what: str, step: int, total: int, directory: Path) -> Stopped:
-    """The ``Stopped`` a loop raises once it saved its checkpoint at ``step`` (the CLI exits 128 + signum)."""
-    return Stopped(
-        f"stopped by {signal.Signals(signum).name} at {what} update {step} of {total}; checkpoint saved in "
-        f"{directory}; run the same command to resume",
-        signum,
-    )
 
 
 def every(count: int, period: int) -> bool:

@@ -29,6 +29,7 @@ from viper import paths
 from viper.checkpoint import Checkpointer, StopSignals
 from viper.config import Config, PriorConfig
 from viper.data.tokens import store_identities
+from viper.errors import Stopped
 from viper.metrics import Logger, write_json
 from viper.models.prior_checkpoint import BEST, CHECKPOINT_FORMAT, MARKS, RELEASED
 from viper.models.videogpt import PriorSpec, VideoGPT
@@ -342,7 +343,7 @@ def _train(cfg: Config, run_dir: Path, ctx: common.DistContext, stop: StopSignal
             if log is not None:
                 log.advance(step)
             if signum and not final:
-                raise common.stopped(signum, "prior", step, pc.train_grad_steps, ckpt.directory)
+                raise Stopped.saved(signum, f"prior update {step} of {pc.train_grad_steps}", ckpt.directory)
     finally:
         if log is not None:
             log.close()

@@ -26,7 +26,7 @@ import torch
 from viper import paths
 from viper.checkpoint import Checkpointer, StopSignals, file_sha256
 from viper.config import Config, TokenizerConfig
-from viper.errors import ViperError
+from viper.errors import Stopped, ViperError
 from viper.metrics import Logger, write_json
 from viper.models.discriminator import MBSTD_GROUP, Discriminator, discriminator_loss, generator_loss, r1_penalty
 from viper.models.lpips import LPIPS, build_perceptual
@@ -331,7 +331,7 @@ def _train(
             if logger is not None:
                 logger.advance(done)
             if signum and done < end:
-                raise common.stopped(signum, "tokenizer", done, total, ckpt.directory)
+                raise Stopped.saved(signum, f"tokenizer update {done} of {total}", ckpt.directory)
         if logger is not None and end == total and not metrics:
             metrics = _evaluate(trainer, test, run_dir, logger, total)  # resumed at the end: eval only
         final_hash = weights_hash(trainer.model.state_dict())
