@@ -163,9 +163,9 @@ class Checkpointer:
         self.resumable = resumable
         """Fingerprint keys recorded but not compared: a checkpoint whose only changes are there still resumes."""
         self.loads = 0
+        """How many times a checkpoint was loaded by this object (resume tests assert exactly one)."""
         self.damaged_files: list[str] = []
         """Files the last ``load_latest`` found damaged but was told to tolerate."""
-        """How many times a checkpoint was loaded by this object (resume tests assert exactly one)."""
 
     @staticmethod
     def name(step: int) -> str:
@@ -195,7 +195,7 @@ class Checkpointer:
 
     def superseded_match(self) -> Path | None:
         """The newest complete checkpoint in ``superseded/`` made with this run's settings, or ``None``."""
-        return max(self._superseded_matches(), key=_saved_step, default=None)
+        return max(self._superseded_matches(), key=saved_step, default=None)
 
     def _superseded_matches(self) -> list[Path]:
         """Complete checkpoints in ``superseded/`` made with this run's settings."""
@@ -208,15 +208,15 @@ class Checkpointer:
         """Move the ``superseded/`` checkpoints made with this run's settings back beside the live ones (setting
         those of other settings aside; kept ones such as a best checkpoint come back too) and point ``latest``
         at the newest; ``None`` when there is none."""
-        found = sorted(self._superseded_matches(), key=_saved_step)
+        found = sorted(self._superseded_matches(), key=saved_step)
         if not found:
             return None
         newest = found[-1]
-        newest_name = self.name(_saved_step(newest))
+        newest_name = self.name(saved_step(newest))
         for path in self.stale():
             self._set_aside(path)
         for path in found:
-            target = self.directory / self.name(_saved_step(path))
+            target = self.directory / self.name(saved_step(path))
             if path != newest and target.exists():
                 continue  # two superseded runs of these settings saved this step: the newest keeps its own
             shutil.rmtree(target, ignore_errors=True)
@@ -365,7 +365,7 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def _saved_step(folder: Path) -> int:
+def saved_step(folder: Path) -> int:
     """The step a complete checkpoint folder was saved at (its ``done`` marker holds it)."""
     try:
         return int((folder / DONE).read_text().strip())

@@ -65,10 +65,10 @@ def up_to_date(tokens_path, task: str, tokenizer_hash: str, num_frames: int, sto
 def _note_unfinished(run_dir: Path, total: int) -> None:
     """One line when the newest tokenizer checkpoint is short of ``train_grad_steps`` (a stopped run): its
     tokens work, but finishing the run replaces them and retrains the prior made from them."""
-    from viper.checkpoint import Checkpointer
+    from viper.checkpoint import Checkpointer, saved_step
 
     latest = Checkpointer(run_dir / "checkpoints").latest_path()
-    step = int(latest.name.split("_")[-1]) if latest is not None else total
+    step = saved_step(latest) if latest is not None else total
     if step < total:
         print(
             f"tokenize: note: the tokenizer in {run_dir} stopped at update {step} of {total} "
