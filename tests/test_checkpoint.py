@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from viper.checkpoint import Checkpointer, StopSignals, rng_state, set_rng_state
+from viper.checkpoint import Checkpointer, rng_state, set_rng_state
 from viper.errors import ViperError
+from viper.signals import StopSignals
 
 
 def test_save_load_keep_and_latest(tmp_path):

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from viper import cli
-from viper.checkpoint import file_sha256
 from viper.data import hdf5
 from viper.data.importers import import_published, load_mask, load_npz_episode, read_manifest
 from viper.data.inspect import describe, montage
 from viper.data.store import open_store
 from viper.errors import ViperError
+from viper.hashing import file_sha256
 
 
 def make_published(root: Path, tasks=("cartpole_balance", "walker_walk"), n_train=3, n_test=1, seed=0):

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from viper import config, paths
-from viper.checkpoint import StopSignals
 from viper.errors import ViperError
 from viper.models.vqgan import load_tokenizer
+from viper.signals import StopSignals
 from viper.train import common, tokenizer
 from viper.train.frames import ArrayFrames
 

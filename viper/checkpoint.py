@@ -9,8 +9,8 @@ Layout of ``<run>/checkpoints/``::
 A folder without ``done`` (a kill mid-write) is never loaded and is removed on the next save. ``latest`` is
 replaced atomically (``os.replace``), so it always names a complete folder. Resume is re-running the same
 command: ``load_latest()`` returns the newest complete checkpoint or ``None`` (one whose files differ from their
-recorded checksums or do not load moves to ``damaged/`` and the one before it loads). ``StopSignals`` lets a loop turn
-Ctrl-C / SIGTERM into "save a checkpoint, then stop" instead of losing the work since the last one.
+recorded checksums or do not load moves to ``damaged/`` and the one before it loads). ``viper.signals.StopSignals``
+lets a loop turn Ctrl-C / SIGTERM into "save a checkpoint, then stop" instead of losing the work since the last one.
 
 A ``fingerprint`` (e.g. the stage's config section as a dict) is stored beside every checkpoint; checkpoints
 whose fingerprint differs from the current one are never resumed (DVC keeps a stage's persistent outputs when
@@ -25,39 +25,27 @@ behaviour from before it existed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
 import random
 import shutil
-import signal
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import google_crc32c
 import numpy as np
 import torch
 
 from viper.errors import ViperError
+from viper.hashing import file_crc32c
 
 DONE = "done"
 LATEST = "latest"
 SUPERSEDED = "superseded"
 DAMAGED = "damaged"
 CHECKSUMS = "checksums.json"
-
-
-def file_crc32c(path: Path) -> int:
-    """CRC-32C of a file's bytes (hardware-accelerated: GB/s, so a checkpoint's replay buffer is cheap to check)."""
-    checksum = google_crc32c.Checksum()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            checksum.update(block)
-    return int.from_bytes(checksum.digest(), "big")
 
 
 def _checksums(folder: Path, known: dict[tuple[int, int], int]) -> dict[str, int]:
@@ -101,20 +89,6 @@ def _check_files(folder: Path, tolerate: Callable[[str], bool] | None = None) ->
                 raise ValueError(f"{name} is missing or differs from its checksum in {CHECKSUMS}")
             bad.append(name)
     return bad
-
-
-def file_sha256(path: str | Path) -> str:
-    """The sha256 (hex) of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def json_digest(value: Any) -> str:
-    """16 hex digits of the sha256 of ``value`` as sorted-key JSON: a short key for a record of settings."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def rng_state() -> dict[str, Any]:
@@ -397,32 +371,3 @@ def _differences(stored: Any, current: Any, defaults: Any, prefix: str) -> list[
         else:
             out += _differences(stored[key], current[key], defaults.get(key), name)
     return out
-
-
-class StopSignals:
-    """Context manager: SIGINT and SIGTERM set ``signum`` instead of stopping the process, so a training loop can
-    finish its step, save a checkpoint and stop (``viper.errors.Stopped``). A second signal of the same kind acts
-    as it normally would (Ctrl-C twice interrupts at once). Outside the main thread (where Python cannot install
-    handlers, e.g. a flow's worker thread) it does nothing and ``signum`` stays None.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame) -> None:
-        self.signum = signum
-        signal.signal(signum, self._previous[signum])
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-        self._previous.clear()

@@ -50,6 +50,8 @@ INFRASTRUCTURE = (
     "viper/errors.py",
     "viper/metrics.py",
     "viper/checkpoint.py",
+    "viper/hashing.py",
+    "viper/signals.py",
     "viper/locks.py",
     "viper/stages.py",
 )

@@ -14,9 +14,10 @@ import torch
 
 from viper.agent.agent import Agent
 from viper.agent.driver import clip_action
-from viper.checkpoint import Checkpointer, file_sha256
+from viper.checkpoint import Checkpointer
 from viper.config import AgentConfig
 from viper.errors import ViperError
+from viper.hashing import file_sha256
 
 
 def checkpoint_folder(path: str | Path) -> Path:

@@ -38,10 +38,11 @@ from viper.agent.evaluation import Evaluator
 from viper.agent.replay import Replay, is_block_file
 from viper.agent.rewards import Inserter, make_reward_source
 from viper.agent.run_spec import fingerprint, fingerprint_defaults, replay_spec, sequence_length
-from viper.checkpoint import Checkpointer, StopSignals, rng_state, set_rng_state
+from viper.checkpoint import Checkpointer, rng_state, set_rng_state
 from viper.config import AgentConfig, Config
 from viper.errors import Stopped, ViperError
 from viper.metrics import Logger, write_json
+from viper.signals import StopSignals
 
 
 def _new_counters(acfg: AgentConfig) -> dict[str, Any]:

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from viper import paths
-from viper.checkpoint import file_sha256
 from viper.config import Config
 from viper.errors import ViperError
+from viper.hashing import file_sha256
 
 NAME = "density"
 """Replay key, world-model head and critic of the VIPER reward (the released code's name)."""

@@ -27,7 +27,6 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from viper import locks, paths
-from viper.checkpoint import json_digest
 from viper.config import CollectConfig, Config, override
 from viper.data.filtering import assign_split, select_episodes, task_key, trim_episode
 from viper.data.rollouts import RolloutJob, parallel_rollouts, stall_limit
@@ -35,6 +34,7 @@ from viper.data.store import VideoStore, open_store
 from viper.data.taskgroup import TaskGroup
 from viper.errors import ViperError
 from viper.experts.rollout import rollout_code_hash
+from viper.hashing import json_digest
 
 COLLECTING, BUILDING = "collecting", "building"
 ROLLOUT_FIELDS = (

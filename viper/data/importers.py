@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 
 from viper import paths
-from viper.checkpoint import file_sha256
 from viper.config import ATARI_TASKS, DMC_TASKS, Config
 from viper.data.store import VideoStore, open_store
 from viper.data.taskgroup import FRAME_SHAPE
 from viper.errors import ViperError
+from viper.hashing import file_sha256
 
 KNOWN = {"dmc": DMC_TASKS, "atari": ATARI_TASKS}
 IMPORTING = "importing"

@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 
 from viper import paths
-from viper.checkpoint import json_digest
 from viper.config import Config
 from viper.errors import ViperError
 from viper.eval.video import reward_video, write_gif
+from viper.hashing import json_digest
 from viper.metrics import write_json, write_text
 
 REWARDS = ("viper", "task")

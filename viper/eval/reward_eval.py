@@ -32,11 +32,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from viper import paths, runtime
-from viper.checkpoint import json_digest
 from viper.config import Config
 from viper.errors import ViperError
 from viper.eval.keys import reward_eval_by_task, reward_eval_key
 from viper.eval.stats import auroc, spearman
+from viper.hashing import json_digest
 from viper.metrics import save_figure, write_json
 from viper.reward.model import VideoReward
 

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from viper import runtime
-from viper.checkpoint import file_sha256
 from viper.config import RewardConfig
 from viper.errors import ViperError
+from viper.hashing import file_sha256
 from viper.models.prior_checkpoint import LoadedPrior, load_prior
 from viper.models.videogpt import VideoGPT
 

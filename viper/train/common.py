@@ -31,8 +31,9 @@ import torch.distributed as dist
 from torch import nn
 
 from viper import locks, runtime
-from viper.checkpoint import StopSignals, rng_state, set_rng_state
+from viper.checkpoint import rng_state, set_rng_state
 from viper.errors import ViperError
+from viper.signals import StopSignals
 
 
 @dataclass(frozen=True)

@@ -26,13 +26,14 @@ import numpy as np
 import torch
 
 from viper import paths
-from viper.checkpoint import Checkpointer, StopSignals
+from viper.checkpoint import Checkpointer
 from viper.config import Config, PriorConfig
 from viper.data.tokens import store_identities
 from viper.errors import Stopped
 from viper.metrics import Logger, write_json
 from viper.models.prior_checkpoint import BEST, CHECKPOINT_FORMAT, MARKS, RELEASED
 from viper.models.videogpt import PriorSpec, VideoGPT
+from viper.signals import StopSignals
 from viper.train import common
 from viper.train.prior_data import TrainWindows, eval_windows, load_splits
 

@@ -24,14 +24,16 @@ import numpy as np
 import torch
 
 from viper import paths
-from viper.checkpoint import Checkpointer, StopSignals, file_sha256
+from viper.checkpoint import Checkpointer
 from viper.config import Config, TokenizerConfig
 from viper.errors import Stopped, ViperError
+from viper.hashing import file_sha256
 from viper.metrics import Logger, write_json
 from viper.models.discriminator import MBSTD_GROUP, Discriminator, discriminator_loss, generator_loss, r1_penalty
 from viper.models.lpips import LPIPS, build_perceptual
 from viper.models.quantizer import code_stats
 from viper.models.vqgan import VQGAN, VQGANArch, check_arch, frames_to_model, model_to_frames, weights_hash
+from viper.signals import StopSignals
 from viper.train import common
 from viper.train.frames import FrameSource, StoreFrames
 
