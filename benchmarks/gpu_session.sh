@@ -16,6 +16,9 @@
 # (agent.compile_loops=true inside agent.cuda_graph: 0.035 s/update at S on the H100 vs 0.050 without).
 # TASK_SEEDS (default "0 1 2") and VIPER_SEEDS (default "0"; empty: none) choose the concurrent learning runs,
 # ENVS (default 4, published) their parallel envs, TASK (default dmc/cartpole_balance) their task.
+# TESTS (default empty) names pytest files to run beside the learning runs, in the background under their own
+# timeout (TESTS_S, default 240 s), output in OUT_DIR/tests.txt: the GPU-only tests then cost no device time of
+# their own (they share the GPU with the runs, which slows the runs a little while they last).
 set -u
 skip() { [[ " ${SKIP:-} " == *" $1 "* ]]; }
 out=${1:?usage: gpu_session.sh OUT_DIR [BUDGET_SECONDS]}
@@ -103,6 +106,12 @@ if [ "${SMOKE:-0}" = 1 ]; then
   common+=(-S agent.size=tiny -S agent.batch_size=4 -S agent.batch_length=16 -S agent.eval_every_env_steps=100
     -S agent.log_every_env_steps=50)
 fi
+tests_pid=
+if [ -n "${TESTS:-}" ]; then
+  # shellcheck disable=SC2086  # TESTS is a list of paths
+  timeout -k 10 "${TESTS_S:-240}" $py -m pytest -q -p no:cacheprovider --noconftest $TESTS >"$out/tests.txt" 2>&1 &
+  tests_pid=$!
+fi
 pids=()
 for seed in ${TASK_SEEDS-0 1 2}; do
   timeout -k 30 "$run_s" $py -m viper.cli train-agent "${common[@]}" --reward task --seed $seed \
@@ -115,6 +124,7 @@ for seed in ${VIPER_SEEDS-0}; do
   pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; echo "pid $p exit $?" >>"$out/exits.txt"; done
+if [ -n "$tests_pid" ]; then wait "$tests_pid"; echo "tests ($TESTS) exit $?" >>"$out/exits.txt"; tail -3 "$out/tests.txt"; fi
 cat "$out/exits.txt"
 nvidia-smi --query-gpu=memory.used --format=csv 2>/dev/null | tee -a "$out/env.txt"
 tar czf "$out/agents.tgz" --exclude=checkpoints data/agents 2>/dev/null
