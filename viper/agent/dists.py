@@ -55,6 +55,17 @@ def onehot(index: Tensor, classes: int, dtype: torch.dtype = torch.float32) -> T
     return out.scatter_(-1, index.unsqueeze(-1), 1.0)
 
 
+def straight_through(hard: Tensor, probs: Tensor) -> Tensor:
+    """``hard`` (one-hots) in the forward pass, the gradient of ``probs`` in the backward pass (DreamerV3's
+    ``sg(sample) + (probs - sg(probs))``).
+
+    The bracket matters: ``probs - sg(probs)`` is exactly zero, so the values are exactly ``hard``. Left to right,
+    ``hard + probs - sg(probs)`` rounds ``1 + p - p`` and stores 0.99999994 where the sample has its one (in the
+    replay's discrete actions and in every latent the networks read).
+    """
+    return hard + (probs - probs.detach())
+
+
 def twohot_encode(y: Tensor, bins: Tensor) -> Tensor:
     """Two-hot weights (..., K) of values ``y`` (...) on sorted ``bins`` (K,): the two neighbouring bins share
     the mass linearly, so ``sum(weights * bins) == clip(y, bins[0], bins[-1])``."""
@@ -98,7 +109,7 @@ def categorical_index(probs: Tensor, generator: torch.Generator | None = None) -
 class OneHotDist:
     """Categorical over the last axis of ``logits`` (log-probabilities) with one-hot, straight-through samples.
 
-    The samples carry the gradient of the probabilities (``sample + probs - sg(probs)``), as in DreamerV3.
+    The samples carry the gradient of the probabilities (``straight_through``), as in DreamerV3.
     """
 
     def __init__(self, logits: Tensor) -> None:
@@ -107,11 +118,10 @@ class OneHotDist:
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
         index = categorical_index(self.probs.detach(), generator)
-        return onehot(index, self.probs.shape[-1], self.probs.dtype) + self.probs - self.probs.detach()
+        return straight_through(onehot(index, self.probs.shape[-1], self.probs.dtype), self.probs)
 
     def mode(self) -> Tensor:
-        index = self.probs.argmax(-1)
-        return onehot(index, self.probs.shape[-1], self.probs.dtype) + self.probs - self.probs.detach()
+        return straight_through(onehot(self.probs.argmax(-1), self.probs.shape[-1], self.probs.dtype), self.probs)
 
     def log_prob(self, onehot: Tensor) -> Tensor:
         return (onehot * torch.log_softmax(self.logits, -1)).sum(-1)

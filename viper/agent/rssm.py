@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from viper.agent.dists import categorical_index, kl_categorical, onehot, unimix_logits
+from viper.agent.dists import categorical_index, kl_categorical, onehot, straight_through, unimix_logits
 from viper.agent.nets import Dense, OneHotWidth
 
 
@@ -45,13 +45,13 @@ def sample_onehot(logits: Tensor) -> Tensor:
     Inverse-CDF sampling: one uniform number per variable instead of K Gumbel draws (8x faster on CPU).
     """
     probs = torch.softmax(logits, -1)
-    return onehot(categorical_index(probs.detach()), probs.shape[-1], probs.dtype) + probs - probs.detach()
+    return straight_through(onehot(categorical_index(probs.detach()), probs.shape[-1], probs.dtype), probs)
 
 
 def mode_onehot(logits: Tensor) -> Tensor:
     """Most likely one-hot of ``logits`` (..., K), straight-through."""
     probs = torch.softmax(logits, -1)
-    return onehot(probs.argmax(-1), probs.shape[-1], probs.dtype) + probs - probs.detach()
+    return straight_through(onehot(probs.argmax(-1), probs.shape[-1], probs.dtype), probs)
 
 
 class RSSM(nn.Module):
