@@ -35,6 +35,7 @@ from viper.models.prior_checkpoint import BEST, CHECKPOINT_FORMAT, MARKS, RELEAS
 from viper.models.videogpt import PriorSpec, VideoGPT
 from viper.signals import StopSignals
 from viper.train import common
+from viper.train.adamw import OptaxAdamW
 from viper.train.prior_data import TrainWindows, eval_windows, load_splits
 
 LN2 = math.log(2.0)
@@ -269,7 +270,7 @@ def _train(cfg: Config, run_dir: Path, ctx: common.DistContext, stop: StopSignal
     prior = VideoGPT(spec, codebook).to(ctx.device)
     ema = EMA(prior, pc.ema_decay)
     common.decorrelate_ranks(pc.seed, ctx)  # dropout differs across ranks; a resume restores each rank's
-    optimizer = torch.optim.AdamW(prior.parameters(), lr=pc.lr, weight_decay=pc.weight_decay)
+    optimizer = OptaxAdamW(prior.parameters(), lr=pc.lr, weight_decay=pc.weight_decay)  # optax's decay order
     per_rank = common.rank_batch("prior.batch_size", pc.batch_size, ctx)
     ckpt = Checkpointer(
         run_dir / "checkpoints",

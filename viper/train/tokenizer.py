@@ -35,6 +35,7 @@ from viper.models.quantizer import code_stats
 from viper.models.vqgan import VQGAN, VQGANArch, check_arch, frames_to_model, model_to_frames, weights_hash
 from viper.signals import StopSignals
 from viper.train import common
+from viper.train.adamw import OptaxAdamW
 from viper.train.frames import FrameSource, StoreFrames
 
 GRID_COLUMNS = 8
@@ -53,8 +54,8 @@ class TokenizerTrainer:
         self.model = VQGAN.from_config(cfg).to(ctx.device)
         self.disc = Discriminator(cfg.disc_base_channels, cfg.disc_max_channels).to(ctx.device)
         kwargs = dict(lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
-        self.opt_g = torch.optim.AdamW(self.model.parameters(), **kwargs)
-        self.opt_d = torch.optim.AdamW(self.disc.parameters(), **kwargs)
+        self.opt_g = OptaxAdamW(self.model.parameters(), **kwargs)  # optax's decay order (viper.train.adamw)
+        self.opt_d = OptaxAdamW(self.disc.parameters(), **kwargs)
         self.g = common.maybe_compile(common.wrap_ddp(self.model, ctx), cfg.compile)
         self.d = common.wrap_ddp(self.disc, ctx)
         self.perceptual = perceptual.to(ctx.device) if perceptual is not None else None

@@ -1,0 +1,60 @@
+"""AdamW with the decay applied in optax's order, as the released VIPER code's ``optax.adamw`` applies it.
+
+``torch.optim.AdamW`` decays first, ``p *= 1 - lr * wd``, then adds the Adam step. At the published lr 1e-4 and
+weight decay 1e-4 the factor ``1 - 1e-8`` rounds to 1.0 in float32, so the decay never happens: a prior trained
+with weight decay 0 comes out bit-identical (benchmarks/results/reward.md, nineteenth session). optax instead adds
+``wd * p`` to the Adam direction and then scales the sum by the learning rate:
+
+    m = b1 m + (1 - b1) g          v = b2 v + (1 - b2) g^2
+    u = (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps) + wd p
+    p = p - lr u
+
+so the decay moves the rounding of every step's update instead of vanishing. The state keys (``step``,
+``exp_avg``, ``exp_avg_sq``) are torch AdamW's, so checkpoints of runs from before load into it and continue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+
+class OptaxAdamW(torch.optim.Optimizer):
+    """``optax.adamw(lr, b1, b2, eps, weight_decay)``; the learning rate can change per update (``param_groups``)."""
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor],
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-4,
+    ) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)  # on the CPU: no device sync to read it
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                t = float(state["step"])
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.lerp_(p.grad, 1 - b1)
+                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                update = (m / (1 - b1**t)).div_((v / (1 - b2**t)).sqrt_().add_(group["eps"]))
+                update.add_(p, alpha=group["weight_decay"])
+                p.add_(update, alpha=-group["lr"])
+        return loss
