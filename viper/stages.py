@@ -124,6 +124,7 @@ STAGES: tuple[StageSpec, ...] = (
             *TOKENIZER_CODE,
             "viper/models/discriminator.py",
             "viper/models/lpips.py",
+            "viper/train/adamw.py",
             "viper/train/frames.py",
             "viper/train/tokenizer.py",
             "viper/train/tokenize.py",
@@ -150,6 +151,7 @@ STAGES: tuple[StageSpec, ...] = (
         (
             *PRIOR_CODE,
             *TOKENIZER_CODE,  # the prior reads the tokenizer's codebook through it
+            "viper/train/adamw.py",
             "viper/train/prior.py",
             "viper/train/prior_data.py",
             "viper/data",
