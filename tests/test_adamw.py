@@ -69,3 +69,27 @@ def test_a_torch_adamw_checkpoint_resumes_in_optax_adamw():
         new.step()
     ref, _ = _run(torch.optim.AdamW, p0, grads, [1e-2] * 6, 0.0, eps=1e-8)
     np.testing.assert_allclose(p.detach().numpy(), ref, rtol=1e-5, atol=1e-6)  # same moments, same step count
+
+
+def test_every_parameter_of_a_group_steps_with_its_own_count_as_the_slow_loop():
+    """Parameters of several shapes in one group, one without a gradient for its first steps and one skipping every
+    third step (its moments and step count stand still then), each against the float64 loop on its own gradients."""
+    rng = np.random.default_rng(2)
+    shapes = [(7,), (3, 5), (16, 8), (1,)]
+    p0 = [rng.normal(size=s) for s in shapes]
+    params = [torch.nn.Parameter(torch.tensor(x, dtype=torch.float32)) for x in p0]
+    opt = OptaxAdamW(params, lr=3e-3, weight_decay=0.1)
+    seen = [[] for _ in shapes]
+    for t in range(12):
+        for i, (p, s) in enumerate(zip(params, shapes, strict=True)):
+            if (i == 1 and t < 4) or (i == 3 and t % 3 == 0):
+                p.grad = None
+                continue
+            g = rng.normal(size=s) * (i + 1)
+            seen[i].append(g.ravel())
+            p.grad = torch.tensor(g, dtype=torch.float32)
+        opt.step()
+    for i, p in enumerate(params):
+        assert int(opt.state[p]["step"]) == len(seen[i])
+        ref = _reference(p0[i].ravel(), seen[i], 3e-3, 0.9, 0.999, 1e-8, 0.1)
+        np.testing.assert_allclose(p.detach().numpy().ravel(), ref, rtol=1e-5, atol=1e-6)
