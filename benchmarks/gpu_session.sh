@@ -126,6 +126,8 @@ done
 for p in "${pids[@]}"; do wait "$p"; echo "pid $p exit $?" >>"$out/exits.txt"; done
 if [ -n "$tests_pid" ]; then wait "$tests_pid"; echo "tests ($TESTS) exit $?" >>"$out/exits.txt"; tail -3 "$out/tests.txt"; fi
 cat "$out/exits.txt"
+# The results-table rows of every run on this machine (eval returns by env frames, VIPER reward per step).
+$py benchmarks/run_table.py data/agents/*/*/seed* 2>&1 | tee "$out/table.md"
 nvidia-smi --query-gpu=memory.used --format=csv 2>/dev/null | tee -a "$out/env.txt"
 tar czf "$out/agents.tgz" --exclude=checkpoints data/agents 2>/dev/null
 ls -la "$out"
