@@ -20,7 +20,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="agent.cud
 B, T, ACTIONS, UPDATES = 4, 16, 2, 24
 
 
-def _batch(images: np.ndarray, seed: int, discrete: bool) -> dict[str, np.ndarray]:
+def _batch(images: np.ndarray, seed: int, discrete: bool, reward_name: str = "reward") -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     is_first = np.zeros((B, T), bool)
     is_first[:, 0] = True
@@ -28,26 +28,31 @@ def _batch(images: np.ndarray, seed: int, discrete: bool) -> dict[str, np.ndarra
         actions = np.eye(ACTIONS, dtype=np.float32)[rng.integers(0, ACTIONS, (B, T))]
     else:
         actions = rng.uniform(-1, 1, (B, T, ACTIONS)).astype(np.float32)
-    return {
+    batch = {
         "image": images,
         "action": actions,
         "reward": rng.normal(size=(B, T)).astype(np.float32),
         "is_first": is_first,
         "is_terminal": np.zeros((B, T), bool),
     }
+    if reward_name == "density":  # VIPER rewards: log-likelihoods of a few hundred nats per step
+        batch["density"] = rng.normal(-300.0, 80.0, size=(B, T)).astype(np.float32)
+    return batch
 
 
 def train(
-    graphed: bool, device: str, discrete: bool = False, compile_loops: bool = False
+    graphed: bool, device: str, discrete: bool = False, compile_loops: bool = False, reward_name: str = "reward"
 ) -> tuple[Agent, list[float], list[bool]]:
     """UPDATES updates alternating a black-image batch and a noise-image batch; (agent, image losses, moved) where
     moved[i] says whether update i changed the encoder's first weight the agent acts with."""
     torch.manual_seed(0)
     cfg = AgentConfig(size="tiny", batch_size=B, batch_length=T, cuda_graph=graphed, compile_loops=compile_loops)
-    agent = Agent(cfg, ACTIONS, discrete, "reward", device)
+    agent = Agent(cfg, ACTIONS, discrete, reward_name, device)
     noise = np.random.default_rng(1).integers(0, 256, (B, T, 64, 64, 3), dtype=np.uint8)
     black = np.zeros_like(noise)
-    batches = [agent.to_tensors(_batch(black, 2, discrete)), agent.to_tensors(_batch(noise, 3, discrete))]
+    batches = [
+        agent.to_tensors(_batch(images, seed, discrete, reward_name)) for images, seed in ((black, 2), (noise, 3))
+    ]
     weight = next(agent.wm.encoder.parameters())
     losses, moved = [], []
     for i in range(UPDATES):
@@ -59,12 +64,16 @@ def train(
 
 @needs_cuda
 @pytest.mark.parametrize(
-    "discrete, compile_loops", [(False, False), (True, False), (False, True)], ids=["continuous", "discrete", "fused"]
+    "discrete, compile_loops, reward_name",
+    [(False, False, "reward"), (True, False, "reward"), (False, True, "reward"), (False, True, "density")],
+    ids=["continuous", "discrete", "fused", "viper_fused"],
 )
-def test_graphed_update_reads_each_batch_moves_the_weights_and_learns_like_eager(discrete, compile_loops):
-    graphed, g_losses, g_moved = train(True, "cuda", discrete, compile_loops)
+def test_graphed_update_reads_each_batch_moves_the_weights_and_learns_like_eager(discrete, compile_loops, reward_name):
+    """``viper_fused``: the VIPER agent's update (density head, disagreement ensemble, two critics) in the fused
+    graph, as the GPU learning runs take it with ``LOOPS=true``."""
+    graphed, g_losses, g_moved = train(True, "cuda", discrete, compile_loops, reward_name)
     assert graphed.graphed.graph is not None and not graphed.graphed.failed
-    _, e_losses, _ = train(False, "cuda", discrete)
+    _, e_losses, _ = train(False, "cuda", discrete, reward_name=reward_name)
     assert all(g_moved), "a replay left the weights the agent acts with unchanged"
     replays = range(graphed.graphed.warmup + 1, UPDATES - 1)  # after the capture
     for i in replays:  # the two batches' losses differ by ~2x: a replay of a stale input would show no gap
