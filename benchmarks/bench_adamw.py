@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/bench_adamw.py --presets demo paper_dmc --device cpu --steps 20
 
 Times ``optimizer.step()`` alone (gradients are random and set once) for the VQ-GAN generator and the VideoGPT prior
-of each preset, against ``torch.optim.AdamW`` with ``foreach=True`` (torch's multi-tensor default on CUDA) and
-``foreach=False`` (one loop over the parameters). OptaxAdamW runs its per-element arithmetic as multi-tensor kernels,
-so on CUDA its launch count does not grow with the number of parameter tensors. Reports milliseconds per step (median
+of each preset: OptaxAdamW parameter by parameter (its default on the CPU) and as multi-tensor kernels (its default
+on GPUs: one launch per op, whatever the number of parameter tensors), against ``torch.optim.AdamW`` with
+``foreach=True`` (torch's default on CUDA) and ``foreach=False``. Reports milliseconds per step (median
 of ``--repeats`` timings of ``--steps`` steps) and the parameter-tensor count.
 """
 
@@ -60,7 +60,8 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     optimizers = {
-        "OptaxAdamW (ours)": lambda ps: OptaxAdamW(ps, lr=1e-4, weight_decay=1e-4),
+        "OptaxAdamW per parameter": lambda ps: OptaxAdamW(ps, lr=1e-4, weight_decay=1e-4, foreach=False),
+        "OptaxAdamW multi-tensor": lambda ps: OptaxAdamW(ps, lr=1e-4, weight_decay=1e-4, foreach=True),
         "torch AdamW foreach": lambda ps: torch.optim.AdamW(ps, lr=1e-4, weight_decay=1e-4, foreach=True),
         "torch AdamW loop": lambda ps: torch.optim.AdamW(ps, lr=1e-4, weight_decay=1e-4, foreach=False),
     }

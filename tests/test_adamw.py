@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from viper.train.adamw import OptaxAdamW
@@ -71,14 +72,18 @@ def test_a_torch_adamw_checkpoint_resumes_in_optax_adamw():
     np.testing.assert_allclose(p.detach().numpy(), ref, rtol=1e-5, atol=1e-6)  # same moments, same step count
 
 
-def test_every_parameter_of_a_group_steps_with_its_own_count_as_the_slow_loop():
+@pytest.mark.parametrize("foreach", [False, True], ids=["per_parameter", "multi_tensor"])
+def test_every_parameter_of_a_group_steps_with_its_own_count_as_the_slow_loop(foreach):
     """Parameters of several shapes in one group, one without a gradient for its first steps and one skipping every
-    third step (its moments and step count stand still then), each against the float64 loop on its own gradients."""
+    third step (its moments and step count stand still then), each against the float64 loop on its own gradients;
+    the multi-tensor path (the default on GPUs) and the per-parameter one (the CPU's) give the same bits."""
     rng = np.random.default_rng(2)
     shapes = [(7,), (3, 5), (16, 8), (1,)]
     p0 = [rng.normal(size=s) for s in shapes]
     params = [torch.nn.Parameter(torch.tensor(x, dtype=torch.float32)) for x in p0]
-    opt = OptaxAdamW(params, lr=3e-3, weight_decay=0.1)
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt = OptaxAdamW(params, lr=3e-3, weight_decay=0.1, foreach=foreach)
+    other = OptaxAdamW(twins, lr=3e-3, weight_decay=0.1, foreach=not foreach)
     seen = [[] for _ in shapes]
     for t in range(12):
         for i, (p, s) in enumerate(zip(params, shapes, strict=True)):
@@ -88,7 +93,11 @@ def test_every_parameter_of_a_group_steps_with_its_own_count_as_the_slow_loop():
             g = rng.normal(size=s) * (i + 1)
             seen[i].append(g.ravel())
             p.grad = torch.tensor(g, dtype=torch.float32)
+        for p, twin in zip(params, twins, strict=True):
+            twin.grad = None if p.grad is None else p.grad.clone()
         opt.step()
+        other.step()
+    assert all(torch.equal(p, twin) for p, twin in zip(params, twins, strict=True))
     for i, p in enumerate(params):
         assert int(opt.state[p]["step"]) == len(seen[i])
         ref = _reference(p0[i].ravel(), seen[i], 3e-3, 0.9, 0.999, 1e-8, 0.1)

@@ -21,7 +21,13 @@ import torch
 
 
 class OptaxAdamW(torch.optim.Optimizer):
-    """``optax.adamw(lr, b1, b2, eps, weight_decay)``; the learning rate can change per update (``param_groups``)."""
+    """``optax.adamw(lr, b1, b2, eps, weight_decay)``; the learning rate can change per update (``param_groups``).
+
+    ``foreach`` (default: whether every parameter is on a GPU) runs each op over a whole group as one multi-tensor
+    kernel, one launch per op instead of one per parameter and op. On the CPU it goes parameter by parameter, which
+    keeps each one's temporaries in cache: faster for the paper presets' models, slower for the demo's small ones,
+    and small beside a training step either way (``benchmarks/bench_adamw.py``). Both paths give the same bits.
+    """
 
     def __init__(
         self,
@@ -30,8 +36,10 @@ class OptaxAdamW(torch.optim.Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 1e-4,
+        foreach: bool | None = None,
     ) -> None:
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "foreach": foreach}
+        super().__init__(params, defaults)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -40,12 +48,7 @@ class OptaxAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            b1, b2 = group["betas"]
             params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            # The same per-element arithmetic as one loop over the parameters, as a few multi-tensor kernels (on
-            # CUDA one launch per op for the whole group, not one per parameter and op).
             for p in params:
                 state = self.state[p]
                 if not state:
@@ -53,18 +56,28 @@ class OptaxAdamW(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-            grads = [p.grad for p in params]
-            ms = [self.state[p]["exp_avg"] for p in params]
-            vs = [self.state[p]["exp_avg_sq"] for p in params]
-            steps = [float(self.state[p]["step"]) for p in params]  # a parameter's first gradient may come later
-            torch._foreach_lerp_(ms, grads, 1 - b1)
-            torch._foreach_mul_(vs, b2)
-            torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
-            update = torch._foreach_div(ms, [1 - b1**t for t in steps])
-            denom = torch._foreach_div(vs, [1 - b2**t for t in steps])
-            torch._foreach_sqrt_(denom)
-            torch._foreach_add_(denom, group["eps"])
-            torch._foreach_div_(update, denom)
-            torch._foreach_add_(update, params, alpha=group["weight_decay"])
-            torch._foreach_add_(params, update, alpha=-group["lr"])
+            foreach = group.get("foreach")
+            if foreach is None:
+                foreach = bool(params) and all(p.device.type != "cpu" for p in params)
+            for chunk in [params] if foreach else [[p] for p in params]:
+                if chunk:
+                    self._update(chunk, group)
         return loss
+
+    def _update(self, params: list[torch.Tensor], group: dict) -> None:
+        """One optax AdamW step of ``params`` (their step counts already advanced), each op over the whole list."""
+        b1, b2 = group["betas"]
+        grads = [p.grad for p in params]
+        ms = [self.state[p]["exp_avg"] for p in params]
+        vs = [self.state[p]["exp_avg_sq"] for p in params]
+        steps = [float(self.state[p]["step"]) for p in params]  # a parameter's first gradient may come later
+        torch._foreach_lerp_(ms, grads, 1 - b1)
+        torch._foreach_mul_(vs, b2)
+        torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
+        update = torch._foreach_div(ms, [1 - b1**t for t in steps])
+        denom = torch._foreach_div(vs, [1 - b2**t for t in steps])
+        torch._foreach_sqrt_(denom)
+        torch._foreach_add_(denom, group["eps"])
+        torch._foreach_div_(update, denom)
+        torch._foreach_add_(update, params, alpha=group["weight_decay"])
+        torch._foreach_add_(params, update, alpha=-group["lr"])
