@@ -214,6 +214,16 @@ def test_more_envs_than_sequences_per_batch_trains_once_a_stream_holds_a_sequenc
     # Training starts at 64 replayed steps (16 per stream), not at 32.
     first = min(r["step"] for r in rows if r.get("agent/updates", 0) > 0)
     assert metrics["updates"] > 0 and first >= 64
+    # Every log row says where its stretch's wall time went: fractions that add up to at most the whole, with the
+    # env steps (rendering) in every stretch and updates only in those after training started.
+    timed = [r for r in rows if "agent/env_steps_per_s" in r]
+    assert [r["step"] for r in timed] == [40, 80, 120]
+    phases = ("act", "insert", "env", "update", "eval", "checkpoint")
+    for r in timed:
+        fractions = [r[f"agent/time/{name}"] for name in phases]
+        assert all(f >= 0 for f in fractions) and 0.5 < sum(fractions) <= 1.0 + 1e-6, r
+        assert r["agent/time/env"] > 0 and r["agent/env_steps_per_s"] > 0
+        assert (r["agent/time/update"] > 0) == (r["step"] > first - 40), r
     # Replay keeps the actor's samples as drawn (the env clips them), as the released driver records them: the
     # Gaussian at its initial std leaves [-1, 1] for about a quarter of the samples.
     latest = tmp_path / "run" / "checkpoints" / (tmp_path / "run" / "checkpoints" / "latest").read_text().strip()

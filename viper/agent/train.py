@@ -16,14 +16,21 @@ whose settings or reward model changed starts afresh instead of resuming.
 With reward ``viper`` (``viper.agent.viper_reward``), steps enter replay through the chunked relabelling of
 ``viper.agent.rewards.Inserter``; training episodes log both their task return and their VIPER return (the sum
 of the rewards inserted for them).
+
+Each log row also says where the wall time since the previous row went: ``agent/time/<phase>`` is the fraction
+spent acting (the policy, and on CUDA its wait for the GPU), inserting (with reward viper: relabelling), stepping
+the envs (physics and rendering), updating (sampling replay and the updates; on CUDA up to the GPU's finishing
+them) and evaluating or checkpointing; ``agent/env_steps_per_s`` is the rate over the same stretch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +240,34 @@ def _run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[
     }
 
 
+class _Phases:
+    """Wall seconds per phase of the loop since the last log row, reported as fractions of that stretch."""
+
+    NAMES = ("act", "insert", "env", "update", "eval", "checkpoint")
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(self.NAMES, 0.0)
+        self.since = time.perf_counter()
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+    def row(self, env_steps: int) -> dict[str, float]:
+        """``agent/time/<phase>`` fractions and ``agent/env_steps_per_s`` over ``env_steps`` since the last row;
+        starts the next stretch."""
+        now = time.perf_counter()
+        wall = max(now - self.since, 1e-9)
+        row = {f"agent/time/{name}": seconds / wall for name, seconds in self.seconds.items()}
+        row["agent/env_steps_per_s"] = env_steps / wall
+        self.seconds, self.since = dict.fromkeys(self.NAMES, 0.0), now
+        return row
+
+
 def _can_train(replay: Replay, batch_steps: int, length: int) -> bool:
     """Whether replay holds one batch of steps (the 2023 prefill) and a whole sequence in some env's stream
     (with more envs than sequences per batch, the first condition alone comes before either)."""
@@ -269,23 +304,26 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
     sums: dict[str, Any] = {}
     n_metrics = 0
     clock = time.time()
+    phases, logged_at = _Phases(), counters["env_steps"]
     while counters["env_steps"] < acfg.env_steps:
-        if not _can_train(replay, batch_steps, length):
-            action = envs.random_actions(rng)
-        else:
-            action, carry = agent.act(obs, is_first, carry)
-            if not np.isfinite(action).all():  # MuJoCo would stop with an opaque mjWARN_BADCTRL
-                raise Diverged(f"the policy's action is not finite at env step {counters['env_steps']}")
-        inserter.add(
-            {
-                "image": obs,
-                "action": action,
-                "reward": reward,
-                "is_first": is_first,
-                "is_last": is_last,
-                "is_terminal": is_terminal,
-            }
-        )
+        with phases("act"):
+            if not _can_train(replay, batch_steps, length):
+                action = envs.random_actions(rng)
+            else:
+                action, carry = agent.act(obs, is_first, carry)
+                if not np.isfinite(action).all():  # MuJoCo would stop with an opaque mjWARN_BADCTRL
+                    raise Diverged(f"the policy's action is not finite at env step {counters['env_steps']}")
+        with phases("insert"):
+            inserter.add(
+                {
+                    "image": obs,
+                    "action": action,
+                    "reward": reward,
+                    "is_first": is_first,
+                    "is_last": is_last,
+                    "is_terminal": is_terminal,
+                }
+            )
         ep_return = np.where(is_first, 0.0, ep_return) + reward
         ep_length = np.where(is_first, 0, ep_length + 1)
         for i in np.flatnonzero(is_last):
@@ -300,7 +338,8 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
                 {"train/episode_viper_return": total, "train/episode_viper_steps": steps}, counters["env_steps"]
             )
         inserter.finished.clear()
-        obs, reward, is_first, is_last, is_terminal = envs.step(action)
+        with phases("env"):
+            obs, reward, is_first, is_last, is_terminal = envs.step(action)
         counters["env_steps"] += count
         step = counters["env_steps"]
         if _can_train(replay, batch_steps, length):
@@ -308,13 +347,17 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
                 counters["train_start"] = step
             # train_ratio 0 trains never (the 2023 Ratio's special case), e.g. to only act and fill replay.
             due = 1 + int((step - counters["train_start"]) * ratio) - counters["updates"] if ratio > 0 else 0
-            for _ in range(max(0, due)):
-                batch = agent.to_tensors(replay.sample(acfg.batch_size, length))
-                # Summed as tensors (on CUDA a float() per metric would wait for the GPU after every update).
-                for key, value in agent.update(batch).items():
-                    sums[key] = sums.get(key, 0.0) + value
-                n_metrics += 1
-                counters["updates"] += 1
+            with phases("update") if due > 0 else contextlib.nullcontext():
+                for _ in range(max(0, due)):
+                    batch = agent.to_tensors(replay.sample(acfg.batch_size, length))
+                    # Summed as tensors (on CUDA a float() per metric would wait for the GPU after every update).
+                    for key, value in agent.update(batch).items():
+                        sums[key] = sums.get(key, 0.0) + value
+                    n_metrics += 1
+                    counters["updates"] += 1
+                if due > 0 and agent.cuda:
+                    # The next action would wait for these updates anyway: waiting here counts them as updating.
+                    torch.cuda.synchronize(agent.device)
         now = time.time()
         counters["wall_s"] += now - clock
         clock = now
@@ -327,8 +370,10 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
                     "agent/updates": counters["updates"],
                     "agent/replay_steps": len(replay),
                     "agent/wall_s": counters["wall_s"],
+                    **phases.row(step - logged_at),
                 }
             )
+            logged_at = step
             log.scalars(row, step)
             sums, n_metrics = {}, 0
             bad = sorted(k for k, v in row.items() if not np.isfinite(v))
@@ -336,12 +381,14 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
                 raise Diverged(f"{', '.join(bad[:5])} not finite in the updates up to env step {step}")
         if step >= counters["next_eval"]:
             counters["next_eval"] += acfg.eval_every_env_steps
-            _evaluate(agent, evaluator, counters, log)
+            with phases("eval"):
+                _evaluate(agent, evaluator, counters, log)
         if step >= counters["next_checkpoint"]:
             # Past the final step too, so that a longer env_steps does not save again at once on resume.
             while counters["next_checkpoint"] <= step:
                 counters["next_checkpoint"] += acfg.checkpoint_every_env_steps
             if step < acfg.env_steps:
-                save()
+                with phases("checkpoint"):
+                    save()
         if stop.signum is not None:
             return
