@@ -8,8 +8,10 @@ frames reached, updates, the evaluation task return at each of ``--frames`` (env
 ``--action-repeat``; ``-`` where the run has no evaluation there), the mean of the last ``--last`` training
 episodes' task returns, and for VIPER runs the per-step VIPER reward (episode VIPER return / scored steps) of the
 first ``--first`` training episodes (default 4: one per env, mostly before any update) and of the last
-``--last``. Frames, not agent steps, so that rows of runs with other action repeats line up; the mapping is where
-hand-made tables went wrong before.
+``--last``, and where the wall time went (the mean of the log rows' ``agent/time/<phase>`` fractions, in percent:
+act / insert / env / update / eval + checkpoint; runs logged before the twentieth session have none). Frames, not
+agent steps, so that rows of runs with other action repeats line up; the mapping is where hand-made tables went
+wrong before.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from viper.eval.report import read_series
 
 EVAL, TRAIN = "episode/task_return", "train/episode_task_return"
 VIPER_RETURN, VIPER_STEPS = "train/episode_viper_return", "train/episode_viper_steps"
+PHASES = ("act", "insert", "env", "update", "eval", "checkpoint")
 
 
 def _log(run: Path) -> Path:
@@ -38,8 +41,13 @@ def _per_step(series: dict, picks: slice) -> str:
     return f"{min(rates):.0f} to {max(rates):.0f}"
 
 
+def _mean(points: list[tuple[int, float]]) -> float | None:
+    return sum(v for _, v in points) / len(points) if points else None
+
+
 def row(run: Path, frames: list[int], first: int, last: int, action_repeat: int) -> str:
-    series = read_series(_log(run), lambda key: key in (EVAL, TRAIN, VIPER_RETURN, VIPER_STEPS, "agent/updates"))
+    wanted = {EVAL, TRAIN, VIPER_RETURN, VIPER_STEPS, "agent/updates", *(f"agent/time/{p}" for p in PHASES)}
+    series = read_series(_log(run), lambda key: key in wanted)
     evals = {step * action_repeat: value for step, value in series.get(EVAL, [])}
     steps = [step for points in series.values() for step, _ in points]
     reached = max(steps, default=0) * action_repeat
@@ -48,7 +56,10 @@ def row(run: Path, frames: list[int], first: int, last: int, action_repeat: int)
     train = [value for _, value in series.get(TRAIN, [])[-last:]]
     mean = f"{sum(train) / len(train):.0f}" if train else "-"
     viper = f"{_per_step(series, slice(0, first))} -> {_per_step(series, slice(-last, None))}"
-    return f"| {run} | {reached:,} | {updates:,.0f} | {at} | {mean} | {viper if VIPER_RETURN in series else '-'} |"
+    shares = [_mean(series.get(f"agent/time/{p}", [])) for p in PHASES]
+    time = "-" if None in shares else " / ".join(f"{100 * s:.0f}" for s in [*shares[:4], shares[4] + shares[5]])
+    viper = viper if VIPER_RETURN in series else "-"
+    return f"| {run} | {reached:,} | {updates:,.0f} | {at} | {mean} | {viper} | {time} |"
 
 
 def main() -> None:
@@ -60,13 +71,13 @@ def main() -> None:
     parser.add_argument("--action-repeat", type=int, default=2)
     args = parser.parse_args()
     rows = [row(run, args.frames, args.first, args.last, args.action_repeat) for run in args.runs]
-    frames = " / ".join(f"{f // 1000}k" for f in args.frames)
+    frames = " / ".join(f"{f / 1000:g}k" for f in args.frames)
     print(
         f"| run | env frames (last log row) | updates | eval task return at {frames} frames | training episodes, "
         f"mean of the last {args.last} | VIPER reward per step, first {args.first} -> last {args.last} training "
-        "episodes |"
+        "episodes | wall time %: act / insert / env / update / eval+ckpt |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     print(*rows, sep="\n")
 
 
