@@ -102,3 +102,21 @@ def test_every_parameter_of_a_group_steps_with_its_own_count_as_the_slow_loop(fo
         assert int(opt.state[p]["step"]) == len(seen[i])
         ref = _reference(p0[i].ravel(), seen[i], 3e-3, 0.9, 0.999, 1e-8, 0.1)
         np.testing.assert_allclose(p.detach().numpy().ravel(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_a_state_saved_before_the_foreach_setting_resumes_and_continues_the_same_run():
+    """OptaxAdamW checkpoints from before ``foreach`` existed have no such key in their param groups."""
+    rng = np.random.default_rng(3)
+    p0, grads = rng.normal(size=16), rng.normal(size=(6, 16))
+    whole, _ = _run(OptaxAdamW, p0, grads, [1e-2] * 6, 0.1)
+    first, old = _run(OptaxAdamW, p0, grads[:3], [1e-2] * 3, 0.1)
+    saved = old.state_dict()
+    for group in saved["param_groups"]:
+        del group["foreach"]
+    p = torch.nn.Parameter(torch.tensor(first))
+    new = OptaxAdamW([p], lr=1e-2, weight_decay=0.1)
+    new.load_state_dict(saved)
+    for g in grads[3:]:
+        p.grad = torch.tensor(g, dtype=torch.float32)
+        new.step()
+    assert np.array_equal(p.detach().numpy(), whole)

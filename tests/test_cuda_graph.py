@@ -42,9 +42,10 @@ def _batch(images: np.ndarray, seed: int, discrete: bool, reward_name: str = "re
 
 def train(
     graphed: bool, device: str, discrete: bool = False, compile_loops: bool = False, reward_name: str = "reward"
-) -> tuple[Agent, list[float], list[bool]]:
-    """UPDATES updates alternating a black-image batch and a noise-image batch; (agent, image losses, moved) where
-    moved[i] says whether update i changed the encoder's first weight the agent acts with."""
+) -> tuple[Agent, dict[str, list[float]], list[bool]]:
+    """UPDATES updates alternating a black-image batch and a noise-image batch; (agent, per-update losses by name,
+    moved) where moved[i] says whether update i changed the encoder's first weight the agent acts with (and, with
+    a disagreement ensemble, its first weight too)."""
     torch.manual_seed(0)
     cfg = AgentConfig(size="tiny", batch_size=B, batch_length=T, cuda_graph=graphed, compile_loops=compile_loops)
     agent = Agent(cfg, ACTIONS, discrete, reward_name, device)
@@ -53,12 +54,17 @@ def train(
     batches = [
         agent.to_tensors(_batch(images, seed, discrete, reward_name)) for images, seed in ((black, 2), (noise, 3))
     ]
-    weight = next(agent.wm.encoder.parameters())
-    losses, moved = [], []
+    weights = [next(agent.wm.encoder.parameters())]
+    if agent.expl is not None:
+        weights.append(next(agent.expl.parameters()))
+    losses: dict[str, list[float]] = {"loss/image": [], f"loss/{reward_name}": []}
+    moved = []
     for i in range(UPDATES):
-        before = weight.detach().clone()
-        losses.append(float(agent.update(batches[i % 2])["loss/image"]))
-        moved.append(not torch.equal(before, weight.detach()))
+        before = [w.detach().clone() for w in weights]
+        metrics = agent.update(batches[i % 2])
+        for key, values in losses.items():
+            values.append(float(metrics[key]))
+        moved.append(all(not torch.equal(b, w.detach()) for b, w in zip(before, weights, strict=True)))
     return agent, losses, moved
 
 
@@ -71,10 +77,11 @@ def train(
 def test_graphed_update_reads_each_batch_moves_the_weights_and_learns_like_eager(discrete, compile_loops, reward_name):
     """``viper_fused``: the VIPER agent's update (density head, disagreement ensemble, two critics) in the fused
     graph, as the GPU learning runs take it with ``LOOPS=true``."""
-    graphed, g_losses, g_moved = train(True, "cuda", discrete, compile_loops, reward_name)
+    graphed, g_all, g_moved = train(True, "cuda", discrete, compile_loops, reward_name)
     assert graphed.graphed.graph is not None and not graphed.graphed.failed
-    _, e_losses, _ = train(False, "cuda", discrete, reward_name=reward_name)
-    assert all(g_moved), "a replay left the weights the agent acts with unchanged"
+    _, e_all, _ = train(False, "cuda", discrete, reward_name=reward_name)
+    assert all(g_moved), "a replay left the weights the agent acts with (or the disagreement ensemble) unchanged"
+    g_losses, e_losses = g_all["loss/image"], e_all["loss/image"]
     replays = range(graphed.graphed.warmup + 1, UPDATES - 1)  # after the capture
     for i in replays:  # the two batches' losses differ by ~2x: a replay of a stale input would show no gap
         assert abs(np.log(g_losses[i] / g_losses[i + 1])) > np.log(1.5), (i, g_losses)
@@ -82,6 +89,9 @@ def test_graphed_update_reads_each_batch_moves_the_weights_and_learns_like_eager
         g, e = g_losses[start::2], e_losses[start::2]
         assert g[-1] / g[0] < 1 - 0.5 * (1 - e[-1] / e[0]), (g, e)
         assert 0.8 < g[-1] / e[-1] < 1.25, (g, e)
+    # The reward head being optimised (VIPER: density, fed from its own batch key) learns in the graph as eagerly.
+    g, e = g_all[f"loss/{reward_name}"], e_all[f"loss/{reward_name}"]
+    assert g[-1] < g[0] and 0.8 < g[-1] / e[-1] < 1.25, (g, e)
 
 
 @needs_cuda

@@ -24,9 +24,12 @@ class OptaxAdamW(torch.optim.Optimizer):
     """``optax.adamw(lr, b1, b2, eps, weight_decay)``; the learning rate can change per update (``param_groups``).
 
     ``foreach`` (default: whether every parameter is on a GPU) runs each op over a whole group as one multi-tensor
-    kernel, one launch per op instead of one per parameter and op. On the CPU it goes parameter by parameter, which
-    keeps each one's temporaries in cache: faster for the paper presets' models, slower for the demo's small ones,
-    and small beside a training step either way (``benchmarks/bench_adamw.py``). Both paths give the same bits.
+    kernel, one launch per op instead of one per parameter and op, at the cost of holding two update-sized
+    temporaries for the whole group at once. On the CPU it goes parameter by parameter, which keeps each one's
+    temporaries in cache: faster for the paper presets' models, slower for the demo's small ones, and small beside a
+    training step either way (``benchmarks/bench_adamw.py``). Both paths give the same bits. On the CPU they also
+    match a plain loop of per-parameter tensor ops bit for bit; on CUDA such a loop's ``m / c`` multiplies by
+    ``1 / c`` while the multi-tensor division divides, so the two can differ in the last bit.
     """
 
     def __init__(
