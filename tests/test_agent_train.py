@@ -202,6 +202,11 @@ def test_a_stop_during_a_periodic_save_does_not_save_that_step_again(tmp_path, m
     with pytest.raises(viper.errors.Stopped, match="at env step 40"):
         run(cfg, TASK, 0, "task", paths.agent_dir(tmp_path, "task", TASK, 0))
     assert saves == [40]
+    # The stretch since the last log row (the tiny preset logs every 50 env steps) is logged at the stop, not lost.
+    log = paths.agent_dir(tmp_path, "task", TASK, 0) / "logs" / "metrics.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    stop_rows = [r for r in rows if r["step"] == 40 and "agent/updates" in r]
+    assert len(stop_rows) == 1 and stop_rows[0]["agent/env_steps_per_s"] > 0
 
 
 def test_more_envs_than_sequences_per_batch_trains_once_a_stream_holds_a_sequence(tmp_path):

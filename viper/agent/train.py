@@ -268,6 +268,41 @@ class _Phases:
         return row
 
 
+class _Stretch:
+    """The metrics of the updates and the phase times since the last log row, written as one row."""
+
+    def __init__(self, log: Logger, counters: dict, replay: Replay) -> None:
+        self.log, self.counters, self.replay = log, counters, replay
+        self.phases = _Phases()
+        self.sums: dict[str, Any] = {}
+        self.updates = 0
+        self.logged_at = counters["env_steps"]
+
+    def add(self, metrics: dict[str, Any]) -> None:
+        # Summed as tensors (on CUDA a float() per metric would wait for the GPU after every update).
+        for key, value in metrics.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.updates += 1
+
+    def write(self, step: int) -> None:
+        """Log the row for env step ``step`` (update means, counters, phase fractions) and start a new stretch;
+        ``Diverged`` if any value is not finite."""
+        row = {f"agent/{k}": float(v) / self.updates for k, v in self.sums.items()} if self.updates else {}
+        row.update(
+            {
+                "agent/updates": self.counters["updates"],
+                "agent/replay_steps": len(self.replay),
+                "agent/wall_s": self.counters["wall_s"],
+                **self.phases.row(step - self.logged_at),
+            }
+        )
+        self.log.scalars(row, step)
+        self.sums, self.updates, self.logged_at = {}, 0, step
+        bad = sorted(k for k, v in row.items() if not np.isfinite(v))
+        if bad:
+            raise Diverged(f"{', '.join(bad[:5])} not finite in the updates up to env step {step}")
+
+
 def _can_train(replay: Replay, batch_steps: int, length: int) -> bool:
     """Whether replay holds one batch of steps (the 2023 prefill) and a whole sequence in some env's stream
     (with more envs than sequences per batch, the first condition alone comes before either)."""
@@ -301,10 +336,9 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
     carry = agent.initial_carry(count)
     ep_return = np.zeros(count)
     ep_length = np.zeros(count, np.int64)
-    sums: dict[str, Any] = {}
-    n_metrics = 0
+    stretch = _Stretch(log, counters, replay)
+    phases = stretch.phases
     clock = time.time()
-    phases, logged_at = _Phases(), counters["env_steps"]
     while counters["env_steps"] < acfg.env_steps:
         with phases("act"):
             if not _can_train(replay, batch_steps, length):
@@ -351,9 +385,7 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
                 for _ in range(max(0, due)):
                     batch = agent.to_tensors(replay.sample(acfg.batch_size, length))
                     # Summed as tensors (on CUDA a float() per metric would wait for the GPU after every update).
-                    for key, value in agent.update(batch).items():
-                        sums[key] = sums.get(key, 0.0) + value
-                    n_metrics += 1
+                    stretch.add(agent.update(batch))
                     counters["updates"] += 1
                 if due > 0 and agent.cuda:
                     # The next action would wait for these updates anyway: waiting here counts them as updating.
@@ -364,21 +396,7 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
         log.advance(step)
         if step >= counters["next_log"]:
             counters["next_log"] += acfg.log_every_env_steps
-            row = {f"agent/{k}": float(v) / n_metrics for k, v in sums.items()} if n_metrics else {}
-            row.update(
-                {
-                    "agent/updates": counters["updates"],
-                    "agent/replay_steps": len(replay),
-                    "agent/wall_s": counters["wall_s"],
-                    **phases.row(step - logged_at),
-                }
-            )
-            logged_at = step
-            log.scalars(row, step)
-            sums, n_metrics = {}, 0
-            bad = sorted(k for k, v in row.items() if not np.isfinite(v))
-            if bad:
-                raise Diverged(f"{', '.join(bad[:5])} not finite in the updates up to env step {step}")
+            stretch.write(step)
         if step >= counters["next_eval"]:
             counters["next_eval"] += acfg.eval_every_env_steps
             with phases("eval"):
@@ -391,4 +409,7 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
                 with phases("checkpoint"):
                     save()
         if stop.signum is not None:
-            return
+            break
+    # The stretch since the last row: a stop (or an env_steps off the log cadence) would otherwise drop its metrics.
+    if counters["env_steps"] > stretch.logged_at:
+        stretch.write(counters["env_steps"])
