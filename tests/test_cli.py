@@ -166,6 +166,15 @@ def test_a_bad_collect_policy_is_refused_on_load_as_collect_would(capsys, policy
     assert reason in str(collect_says.value)
 
 
+def test_a_bad_collect_policy_flag_is_refused_before_anything_starts(tmp_path, capsys):
+    """``viper collect --policy`` gets the same check as ``collect.policy`` on load, naming the flag."""
+    assert main(["collect", "--preset", "tiny", "-S", f"data_dir={tmp_path}", "--policy", "noisy:2"]) == 2
+    captured = capsys.readouterr()
+    assert "viper collect: error: --policy 'noisy:2': epsilon must be in [0, 1], got 2.0" in captured.err
+    assert "ep/s" not in captured.err  # no collection progress bar started
+    assert not any(tmp_path.iterdir())  # no store, lock or log written
+
+
 @pytest.mark.parametrize("policy", ["expert", "random", "published", "noisy:0.25", "noisy:0.5:checkpoint:a/b"])
 def test_collect_policies_in_every_form_load(capsys, policy):
     assert main(["config", "--preset", "tiny", "-S", f"collect.policy={policy}"]) == 0, capsys.readouterr().err

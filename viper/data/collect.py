@@ -318,6 +318,14 @@ def apply_arguments(cfg: Config, args: argparse.Namespace) -> Config:
 def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, Any]:
     """``viper collect``: print where the store is and what each task kept."""
     cfg = apply_arguments(cfg, args)
+    if getattr(args, "policy", None):
+        # The flag is checked as the config's collect.policy is on load, before any env or store is touched.
+        from viper.cli import check_policy
+
+        try:
+            check_policy(cfg.collect.policy)
+        except ViperError as exc:
+            raise ViperError(str(exc).replace("collect.policy=", "--policy ", 1)) from None
     result = run(cfg, replace_imported=getattr(args, "replace_imported", False))
     for key, value in result.items():
         print(f"{key}: {value}")
