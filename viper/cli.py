@@ -246,32 +246,16 @@ def check_policy(policy: str) -> None:
 
     Checked as the configuration loads, not when ``collect`` runs (after the ``expert`` stage). Here rather than
     in ``viper.config``: the parser lives in ``viper.experts.policies``, which every stage would otherwise import.
-    A ``checkpoint:<path>`` may not exist yet (the ``expert`` stage writes it); collect checks the path.
     """
     kind, _, rest = policy.partition(":")
     if policy in ("expert", "random", "published") or (kind == "checkpoint" and rest):
         return
-    # Lazy: viper.experts imports MuJoCo, which the other policies do not need here.
-    from viper.experts.policies import SPEC_FORMS, parse_epsilon
+    # Lazy: viper.experts imports MuJoCo, which the common policies do not need here.
+    from viper.experts.policies import spec_problem
 
-    if kind == "noisy":
-        raw, _, inner = rest.partition(":")
-        epsilon = f"noisy:{raw}"
-        try:
-            parse_epsilon(epsilon)
-        except ViperError as exc:  # its text names `policy 'noisy:<eps>'`, said here as the key
-            why = str(exc).removeprefix(f"policy {epsilon!r}: ")
-            raise config_lib.ConfigError(f"collect.policy={policy!r}: {why}") from None
-        inner_kind, _, path = inner.partition(":")
-        if not inner or (inner_kind == "checkpoint" and path):
-            return
-        raise config_lib.ConfigError(
-            f"collect.policy={policy!r}: only a checkpoint agent takes noise this way; expected {SPEC_FORMS}"
-        )
-    raise config_lib.ConfigError(
-        f"collect.policy={policy!r}: unknown policy; expected {SPEC_FORMS} (or 'published': import the published "
-        "videos)"
-    )
+    why = spec_problem(policy)
+    if why is not None:
+        raise config_lib.ConfigError(f"collect.policy={policy!r}: {why}")
 
 
 SUITE_ONLY = ("config", "import", "export", "inspect", "tokenize", "score")

@@ -320,12 +320,11 @@ def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, Any]:
     cfg = apply_arguments(cfg, args)
     if getattr(args, "policy", None):
         # The flag is checked as the config's collect.policy is on load, before any env or store is touched.
-        from viper.cli import check_policy
+        from viper.experts.policies import spec_problem
 
-        try:
-            check_policy(cfg.collect.policy)
-        except ViperError as exc:
-            raise ViperError(str(exc).replace("collect.policy=", "--policy ", 1)) from None
+        why = spec_problem(args.policy)
+        if why is not None:
+            raise ViperError(f"--policy {args.policy!r}: {why}")
     result = run(cfg, replace_imported=getattr(args, "replace_imported", False))
     for key, value in result.items():
         print(f"{key}: {value}")

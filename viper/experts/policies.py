@@ -116,6 +116,28 @@ def parse_epsilon(spec: str) -> float:
     return epsilon
 
 
+def spec_problem(policy: str) -> str | None:
+    """Why ``policy`` is not a form ``collect`` accepts (the reason, without the setting's name), or ``None``.
+
+    A ``checkpoint:<path>`` may not exist yet (the ``expert`` stage writes it); collect checks the path.
+    """
+    kind, _, rest = policy.partition(":")
+    if policy in ("expert", "random", "published") or (kind == "checkpoint" and rest):
+        return None
+    if kind == "noisy":
+        raw, _, inner = rest.partition(":")
+        epsilon = f"noisy:{raw}"
+        try:
+            parse_epsilon(epsilon)
+        except ViperError as exc:  # its text names `policy 'noisy:<eps>'`
+            return str(exc).removeprefix(f"policy {epsilon!r}: ")
+        inner_kind, _, path = inner.partition(":")
+        if not inner or (inner_kind == "checkpoint" and path):
+            return None
+        return f"only a checkpoint agent takes noise this way; expected {SPEC_FORMS}"
+    return f"unknown policy; expected {SPEC_FORMS} (or 'published': import the published videos)"
+
+
 def load_checkpoint_policy(spec: str, seed: int = 0, sample: bool = False) -> Policy:
     """A trained agent from ``checkpoint:<path>`` (its sampling seeded by ``seed``); clear errors for a missing
     path or a missing agent module."""
