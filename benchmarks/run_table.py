@@ -26,11 +26,11 @@ import argparse
 import json
 from pathlib import Path
 
+from viper.agent.log_rows import PHASES
 from viper.eval.report import read_series
 
 EVAL, TRAIN = "episode/task_return", "train/episode_task_return"
 VIPER_RETURN, VIPER_STEPS = "train/episode_viper_return", "train/episode_viper_steps"
-PHASES = ("act", "insert", "env", "update", "eval", "checkpoint")
 RATE = "agent/env_steps_per_s"
 
 

@@ -30,7 +30,6 @@ import dataclasses
 import random
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from viper.agent.agent import Agent
 from viper.agent.divergence import Diverged, divergence_advice, nonfinite_modules, nonfinite_weights
 from viper.agent.driver import EnvPool
 from viper.agent.evaluation import Evaluator
+from viper.agent.log_rows import Stretch
 from viper.agent.replay import Replay, is_block_file
 from viper.agent.rewards import Inserter, make_reward_source
 from viper.agent.run_spec import fingerprint, fingerprint_defaults, replay_spec, sequence_length
@@ -240,69 +240,6 @@ def _run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[
     }
 
 
-class _Phases:
-    """Wall seconds per phase of the loop since the last log row, reported as fractions of that stretch."""
-
-    NAMES = ("act", "insert", "env", "update", "eval", "checkpoint")
-
-    def __init__(self) -> None:
-        self.seconds = dict.fromkeys(self.NAMES, 0.0)
-        self.since = time.perf_counter()
-
-    @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] += time.perf_counter() - start
-
-    def row(self, env_steps: int) -> dict[str, float]:
-        """``agent/time/<phase>`` fractions and ``agent/env_steps_per_s`` over ``env_steps`` since the last row;
-        starts the next stretch."""
-        now = time.perf_counter()
-        wall = max(now - self.since, 1e-9)
-        row = {f"agent/time/{name}": seconds / wall for name, seconds in self.seconds.items()}
-        row["agent/env_steps_per_s"] = env_steps / wall
-        self.seconds, self.since = dict.fromkeys(self.NAMES, 0.0), now
-        return row
-
-
-class _Stretch:
-    """The metrics of the updates and the phase times since the last log row, written as one row."""
-
-    def __init__(self, log: Logger, counters: dict, replay: Replay) -> None:
-        self.log, self.counters, self.replay = log, counters, replay
-        self.phases = _Phases()
-        self.sums: dict[str, Any] = {}
-        self.updates = 0
-        self.logged_at = counters["env_steps"]
-
-    def add(self, metrics: dict[str, Any]) -> None:
-        # Summed as tensors (on CUDA a float() per metric would wait for the GPU after every update).
-        for key, value in metrics.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value
-        self.updates += 1
-
-    def write(self, step: int) -> None:
-        """Log the row for env step ``step`` (update means, counters, phase fractions) and start a new stretch;
-        ``Diverged`` if any value is not finite."""
-        row = {f"agent/{k}": float(v) / self.updates for k, v in self.sums.items()} if self.updates else {}
-        row.update(
-            {
-                "agent/updates": self.counters["updates"],
-                "agent/replay_steps": len(self.replay),
-                "agent/wall_s": self.counters["wall_s"],
-                **self.phases.row(step - self.logged_at),
-            }
-        )
-        self.log.scalars(row, step)
-        self.sums, self.updates, self.logged_at = {}, 0, step
-        bad = sorted(k for k, v in row.items() if not np.isfinite(v))
-        if bad:
-            raise Diverged(f"{', '.join(bad[:5])} not finite in the updates up to env step {step}")
-
-
 def _can_train(replay: Replay, batch_steps: int, length: int) -> bool:
     """Whether replay holds one batch of steps (the 2023 prefill) and a whole sequence in some env's stream
     (with more envs than sequences per batch, the first condition alone comes before either)."""
@@ -336,7 +273,7 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
     carry = agent.initial_carry(count)
     ep_return = np.zeros(count)
     ep_length = np.zeros(count, np.int64)
-    stretch = _Stretch(log, counters, replay)
+    stretch = Stretch(log, counters, replay)
     phases = stretch.phases
     clock = time.time()
     while counters["env_steps"] < acfg.env_steps:
