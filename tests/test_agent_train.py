@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -308,6 +309,19 @@ def test_agent_envs_render_like_the_expert_videos():
     cfg = C.load(preset="tiny", overrides=[], params_path=None)
     source = make_reward_source("task", cfg, TASK)
     assert fingerprint(cfg.agent, TASK, source, True) != fingerprint(cfg.agent, TASK, source, False)
+
+
+def test_task_reward_runs_resume_whatever_the_viper_settings_say():
+    """A task-reward run (oracle, expert) is the same run however ``agent.reward`` and the VIPER-only settings
+    read: ``--reward task`` and ``-S agent.reward=task`` continue each other, and ``agent.expl_weight=0`` does
+    not restart the experts. A setting the run does read still makes another run."""
+    cfg = C.load(preset="tiny", overrides=[], params_path=None)
+    source = make_reward_source("task", cfg, TASK)
+    base = fingerprint(cfg.agent, TASK, source)
+    assert base["agent"]["reward"] == "task"
+    for changes in ({"reward": "viper"}, {"reward": "task"}, {"expl_weight": 0.0, "density_weight": 2.0}):
+        assert fingerprint(dataclasses.replace(cfg.agent, **changes), TASK, source) == base, changes
+    assert fingerprint(dataclasses.replace(cfg.agent, model_lr=3e-4), TASK, source) != base
 
 
 def test_divergence_advice_names_the_numerics_settings_in_effect_on_the_device():

@@ -175,6 +175,26 @@ def test_a_bad_collect_policy_flag_is_refused_before_anything_starts(tmp_path, c
     assert not any(tmp_path.iterdir())  # no store, lock or log written
 
 
+@pytest.mark.parametrize(
+    ("entry", "reason"),
+    [
+        ("dmc/cartpole_swingup:bogus=4.0", "the dmc/cartpole_swingup expert has no setting 'bogus'; settings:"),
+        ("dmc/walker_walk:pump_gain=1", "no scripted expert for 'dmc/walker_walk'"),
+        ("dmc/cartpole_swingup:pump_gain=abc", "'abc' is not a finite number"),
+    ],
+)
+def test_a_bad_expert_setting_is_refused_before_the_expert_stage_trains(tmp_path, capsys, entry, reason):
+    """``collect.expert_settings`` was parsed only when collect ran, after the ``expert`` stage had trained."""
+    setting = f"collect.expert_settings=[{entry}]"
+    assert main(["expert", "--preset", "tiny", "-S", f"data_dir={tmp_path}", "-S", setting]) == 2
+    err = capsys.readouterr().err
+    assert f"viper expert: error: collect.expert_settings: expert setting {entry!r}: {reason}" in err
+    assert not any(tmp_path.iterdir())  # nothing trained or written
+    assert main(["config", "--preset", "tiny", "-S", setting]) == 2
+    ok = "collect.expert_settings=[dmc/cartpole_swingup:pump_gain=4.0]"
+    assert main(["config", "--preset", "tiny", "-S", ok]) == 0, capsys.readouterr().err
+
+
 @pytest.mark.parametrize("policy", ["expert", "random", "published", "noisy:0.25", "noisy:0.5:checkpoint:a/b"])
 def test_collect_policies_in_every_form_load(capsys, policy):
     assert main(["config", "--preset", "tiny", "-S", f"collect.policy={policy}"]) == 0, capsys.readouterr().err

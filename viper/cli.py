@@ -211,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ViperError(f"--params {args.params}: no such file (leave --params out to use ./params.yaml)")
         cfg = config_lib.load(args.preset, args.overrides, args.params or "params.yaml")
         check_policy(cfg.collect.policy)
+        if args.command in EXPERT_SETTINGS_READERS:
+            check_expert_settings(cfg.collect.expert_settings)
         _note_overridden_data_dir(args.command, cfg, Path(args.params or "params.yaml"))
         _note_action_repeats(args.command, cfg)
         _check_agent_tasks(args, cfg)
@@ -256,6 +258,24 @@ def check_policy(policy: str) -> None:
     why = spec_problem(policy)
     if why is not None:
         raise config_lib.ConfigError(f"collect.policy={policy!r}: {why}")
+
+
+EXPERT_SETTINGS_READERS = ("config", "expert", "collect")
+"""Commands that check ``collect.expert_settings`` as the configuration loads: ``expert`` runs before collect in
+the pipeline, so a typo is refused before any expert trains. Not every command: the check imports MuJoCo."""
+
+
+def check_expert_settings(entries: tuple[str, ...]) -> None:
+    """``ConfigError`` unless every ``collect.expert_settings`` entry names a scripted expert's numeric setting
+    with a finite value (collect's own check, ``parse_expert_settings``)."""
+    if not entries:
+        return
+    from viper.experts.policies import parse_expert_settings
+
+    try:
+        parse_expert_settings(entries)
+    except ViperError as exc:
+        raise config_lib.ConfigError(f"collect.expert_settings: {exc}") from None
 
 
 SUITE_ONLY = ("config", "import", "export", "inspect", "tokenize", "score")

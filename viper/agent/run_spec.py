@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from viper.agent.rewards import TaskReward
 from viper.config import AgentConfig
 from viper.errors import ViperError
 
@@ -46,10 +47,32 @@ RESUMABLE_CHANGES = (
 )
 """Agent settings that may change without invalidating a run (a longer ``env_steps`` continues it)."""
 
+VIPER_ONLY = (
+    "viper_batch_length",
+    "density_weight",
+    "expl_weight",
+    "disag_models",
+    "expl_lr",
+    "expl_eps",
+    "expl_grad_clip",
+    "context_steps",
+)
+"""Agent settings a task-reward run never reads (the VIPER reward's replay length, critics and exploration)."""
+
 
 def fingerprint(acfg: AgentConfig, task: str, source, fast_render: bool = True) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: the run-shaping agent settings, task, rendering mode and
-    reward source."""
+    reward source.
+
+    ``agent.reward`` is recorded as the reward ``source`` is, whatever the section says (``--reward`` and the
+    ``expert`` stage choose it on the command line), and a task-reward run records ``VIPER_ONLY`` at their
+    defaults: changing the VIPER settings (``dvc exp run -S agent.expl_weight=0``) does not restart an expert or
+    an oracle run."""
+    if source.name == TaskReward.name:
+        defaults = AgentConfig()
+        acfg = dataclasses.replace(acfg, reward="task", **{k: getattr(defaults, k) for k in VIPER_ONLY})
+    else:
+        acfg = dataclasses.replace(acfg, reward="viper")
     shaping = _run_shaping(acfg)
     reward = source.fingerprint() if hasattr(source, "fingerprint") else {}
     fp = {"agent": shaping, "task": task, "reward_source": source.name, "reward_model": reward}
