@@ -176,6 +176,21 @@ def test_a_bad_collect_policy_flag_is_refused_before_anything_starts(tmp_path, c
 
 
 @pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--task", "dmc/nope"], "--task dmc/nope: collect.tasks[0]='dmc/nope': expected one of dmc/"),
+        (["--episodes", "-3"], "--episodes -3: collect.episodes_per_task=-3: expected int >= 1"),
+        (["--workers", "0"], "--workers 0: collect.workers=0: expected int >= 1"),
+    ],
+)
+def test_a_bad_collect_flag_is_named_in_the_error(tmp_path, capsys, flags, message):
+    """The value came from a flag, so the error names the flag (and the setting it maps onto)."""
+    assert main(["collect", "--preset", "tiny", "-S", f"data_dir={tmp_path}", *flags]) == 2
+    assert f"viper collect: error: {message}" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
     ("entry", "reason"),
     [
         ("dmc/cartpole_swingup:bogus=4.0", "the dmc/cartpole_swingup expert has no setting 'bogus'; settings:"),

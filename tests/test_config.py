@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import yaml
@@ -86,6 +87,28 @@ def test_unknown_key_in_params_file_names_the_file(tmp_path):
     params.write_text("preset: tiny\ncollect:\n  episode: 3\n")
     with pytest.raises(C.ConfigError, match=r"params\.yaml.*collect\.episode"):
         C.load(params_path=params)
+
+
+def test_a_bad_value_or_preset_in_the_params_file_names_the_file(tmp_path):
+    """Type and range errors named the key but not where it was set; a -S override names itself."""
+    params = tmp_path / "p.yaml"
+    params.write_text("preset: tiny\nprior:\n  layers: three\n")
+    with pytest.raises(C.ConfigError) as exc:
+        C.load(params_path=params)
+    assert str(exc.value) == f"{params}: prior.layers='three': expected int, got str"
+    with pytest.raises(C.ConfigError) as exc:  # the override wins, and it is the one that is wrong
+        C.load(overrides=["prior.layers=four"], params_path=params)
+    assert str(exc.value) == "prior.layers='four': expected int, got str"
+    assert C.load(overrides=["prior.layers=4"], params_path=params).prior.layers == 4
+    params.write_text("preset: nope\n")
+    with pytest.raises(C.ConfigError, match=rf"^{re.escape(str(params))}: unknown preset 'nope'; known presets:"):
+        C.load(params_path=params)
+
+
+def test_an_empty_data_dir_is_refused():
+    """It used to load and make every stage read and write the working directory."""
+    with pytest.raises(C.ConfigError, match="^data_dir='': expected the folder the stages write under"):
+        C.load(overrides=["data_dir="], params_path=None)
 
 
 @pytest.mark.parametrize(
@@ -182,7 +205,11 @@ def test_agent_tasks_outside_the_collected_ones_are_named_for_the_viper_reward_o
         "or set agent.reward=task"
     )
     assert C.uncollected_agent_tasks(cfg, "task") is None
-    assert C.uncollected_agent_tasks(cfg, "viper", ("dmc/cartpole_swingup",)) is None
+    assert C.uncollected_agent_tasks(cfg, "viper", "dmc/cartpole_swingup") is None
+    # A task named by train-agent --task: the message names the flag, not agent.tasks (which it replaced).
+    assert C.uncollected_agent_tasks(cfg, "viper", "dmc/cheetah_run").startswith(
+        "--task dmc/cheetah_run with reward viper: not in collect.tasks=['dmc/cartpole_balance', "
+    )
 
 
 def test_cross_section_rules_leave_consistent_settings_alone():

@@ -150,7 +150,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_config_options(cfg_parser)
-    dvc_parser = sub.add_parser("dvc-yaml", help="write dvc.yaml from the stage table (paths live in Python)")
+    dvc_parser = sub.add_parser(
+        "dvc-yaml",
+        help="write dvc.yaml from the stage table (paths live in Python)",
+        description="Write dvc.yaml from the stage table in viper/stages.py: each stage's command, the config "
+        "sections it reads (params), the code and data it depends on and what it writes. Run it after changing "
+        "which modules a stage imports; tests/test_pipeline.py checks the committed file is current.",
+    )
     dvc_parser.add_argument("--output", default="dvc.yaml", help="file to write (default: %(default)s)")
     for name, stage in STAGES.items():
         stage_parser = sub.add_parser(
@@ -300,11 +306,10 @@ def _check_agent_tasks(args: argparse.Namespace, cfg) -> None:
         from viper.envs.suites import check_task
 
         reward = getattr(args, "reward", None) or cfg.agent.reward
-        tasks = None
-        if getattr(args, "task", None):
-            check_task(args.task)  # a short name: "unknown task", not "not in collect.tasks"
-            tasks = (args.task,)
-        problem = config_lib.uncollected_agent_tasks(cfg, reward, tasks)
+        task = getattr(args, "task", None)
+        if task:
+            check_task(task)  # a short name: "unknown task", not "not in collect.tasks"
+        problem = config_lib.uncollected_agent_tasks(cfg, reward, task or None)
         if problem:
             raise config_lib.ConfigError(problem)
     elif problem := config_lib.uncollected_agent_tasks(cfg, cfg.agent.reward):

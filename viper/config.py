@@ -116,8 +116,9 @@ def load(
     # A `-S preset=...` override selects presets too (that is how `dvc exp run -S preset=tiny` reaches us).
     cli_preset = [v for k, v in parsed if k == "preset"]
     names = cli_preset[-1] if cli_preset else preset if preset is not None else params.get("preset", "demo")
+    named_in = "" if cli_preset or preset is not None or "preset" not in params else f"{params_path}: "
     if not isinstance(names, str):
-        raise ConfigError(f"preset: expected a preset name (str), got {names!r}")
+        raise ConfigError(f"{named_in}preset: expected a preset name (str), got {names!r}")
     chosen = [n.strip() for n in names.split(",") if n.strip()]
     if not chosen:  # an empty name used to select the bare defaults, the full paper settings, silently
         raise ConfigError(
@@ -126,14 +127,28 @@ def load(
         )
     for name in chosen:
         if name not in PRESETS:
-            raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+            raise ConfigError(f"{named_in}unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
         _merge(tree, PRESETS[name], source=f"preset {name!r}")
     tree["preset"] = names
-    _merge(tree, {k: v for k, v in params.items() if k != "preset"}, source=str(params_path))
+    origins: dict[str, str] = {}  # dotted key -> the params file or override that set it last
+    _merge(tree, {k: v for k, v in params.items() if k != "preset"}, source=str(params_path), origins=origins)
     for key, value in parsed:
         if key != "preset":
-            _merge(tree, _nest(key, value), source=f"override -S {key}")
-    return build(tree)
+            _merge(tree, _nest(key, value), source=f"override -S {key}", origins=origins)
+    try:
+        return build(tree)
+    except ConfigError as exc:
+        # A bad value names its key; a value from params.yaml also names the file (an override names itself).
+        message = str(exc)
+        source = next((src for key, src in origins.items() if _names_key(message, key)), None)
+        if source is None or source.startswith("override"):
+            raise
+        raise ConfigError(f"{source}: {message}") from None
+
+
+def _names_key(message: str, key: str) -> bool:
+    """Whether a ``ConfigError`` message is about ``key`` (it starts ``key=`` or ``key[i]=``)."""
+    return message.startswith((f"{key}=", f"{key}["))
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -169,6 +184,8 @@ def build(tree: dict[str, Any]) -> Config:
     for name, cls in SECTION_TYPES.items():
         sections[name] = _build_section(cls, name, tree.get(name, {}))
     top = {k: _check(f"{k}", tree[k], str) for k in TOP_LEVEL_KEYS if k in tree}
+    if "data_dir" in top and not top["data_dir"].strip():
+        raise ConfigError(f"data_dir={top['data_dir']!r}: expected the folder the stages write under, e.g. data")
     if "data_dir" in top and Path(top["data_dir"]).exists() and not Path(top["data_dir"]).is_dir():
         raise ConfigError(f"data_dir={top['data_dir']!r}: is a file; expected the folder the stages write under")
     _check_together(sections)
@@ -217,15 +234,22 @@ def stray_collect_tasks(cfg: Config) -> str | None:
     )
 
 
-def uncollected_agent_tasks(cfg: Config, reward: str, tasks: tuple[str, ...] | None = None) -> str | None:
-    """Why ``tasks`` (default ``agent.tasks``) cannot train on ``reward``, or None: the VIPER reward model learns
+def uncollected_agent_tasks(cfg: Config, reward: str, task: str | None = None) -> str | None:
+    """Why ``task`` (``train-agent --task``; default ``agent.tasks``) cannot train on ``reward``, or None: the VIPER
+    reward model learns
     the collected tasks only, and ``train-agent`` found that out only after collect, the tokenizer and the prior
     had run (``VideoReward.task_id``). Not a load error: stages that never read the agent (an import, a tokenizer
     for ``-S collect.tasks=[...]`` of one's own videos) must not need ``agent.tasks`` narrowed as well."""
-    tasks = cfg.agent.tasks if tasks is None else tasks
+    tasks = cfg.agent.tasks if task is None else (task,)
     unknown = [task for task in tasks if task not in cfg.collect.tasks]
     if reward != "viper" or not unknown:
         return None
+    if task is not None:
+        return (
+            f"--task {task} with reward viper: not in collect.tasks={list(cfg.collect.tasks)}; expected a collected "
+            "task (the VIPER reward model learns only the collected tasks): add it to collect.tasks, or train on "
+            "the task reward (--reward task)"
+        )
     return (
         f"agent.tasks={list(tasks)} with agent.reward='viper': {', '.join(unknown)} not in "
         f"collect.tasks={list(cfg.collect.tasks)}; expected agent.tasks within collect.tasks (the VIPER reward "
@@ -234,11 +258,20 @@ def uncollected_agent_tasks(cfg: Config, reward: str, tasks: tuple[str, ...] | N
     )
 
 
-def override(cfg: Config, section: str, **values: Any) -> Config:
+def override(cfg: Config, section: str, values: dict[str, Any], flags: dict[str, str] | None = None) -> Config:
     """``cfg`` with fields of ``section`` set to ``values`` (a command's flags), each checked as a loaded value
-    is: a ``ConfigError`` names ``section.key``, the value and what is allowed."""
+    is: a ``ConfigError`` names ``section.key``, the value and what is allowed, after the flag ``flags[key]``
+    (with the value as typed) where the value came from one."""
     hints = typing.get_type_hints(SECTION_TYPES[section], include_extras=True)
-    checked = {key: _check(f"{section}.{key}", value, hints[key]) for key, value in values.items()}
+    flags = flags or {}
+    checked = {}
+    for key, value in values.items():
+        try:
+            checked[key] = _check(f"{section}.{key}", value, hints[key])
+        except ConfigError as exc:
+            if key not in flags:
+                raise
+            raise ConfigError(f"{flags[key]}: {exc}") from None
     return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **checked)})
 
 
@@ -284,8 +317,11 @@ def _build_section(cls: type, name: str, values: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
-def _merge(tree: dict[str, Any], update: dict[str, Any], source: str) -> None:
-    """Deep-merge ``update`` into ``tree``, refusing keys the tree does not have."""
+def _merge(
+    tree: dict[str, Any], update: dict[str, Any], source: str, origins: dict[str, str] | None = None, prefix: str = ""
+) -> None:
+    """Deep-merge ``update`` into ``tree``, refusing keys the tree does not have; ``origins`` records ``source``
+    for each dotted key set."""
     if not isinstance(update, dict):
         raise ConfigError(f"{source}: expected a mapping, got {update!r}")
     for key, value in update.items():
@@ -295,12 +331,14 @@ def _merge(tree: dict[str, Any], update: dict[str, Any], source: str) -> None:
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: {key!r} is a section; expected a mapping of its keys, got {value!r}")
             try:
-                _merge(tree[key], value, source)
+                _merge(tree[key], value, source, origins, f"{prefix}{key}.")
             except ConfigError as exc:
                 # Re-raise with the dotted path so the message names `section.key`.
                 raise ConfigError(str(exc).replace("unknown key '", f"unknown key '{key}.", 1)) from None
         else:
             tree[key] = value
+            if origins is not None:
+                origins[f"{prefix}{key}"] = source
 
 
 def _nest(dotted: str, value: Any) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from viper.data.rollouts import RolloutJob, parallel_rollouts, stall_limit
 from viper.data.store import VideoStore, open_store
 from viper.data.taskgroup import TaskGroup
 from viper.errors import ViperError
+from viper.experts.policies import SPEC_FORMS
 from viper.experts.rollout import rollout_code_hash
 from viper.hashing import json_digest
 
@@ -290,7 +291,7 @@ def task_lock(cfg: Config, url: str, task: str, command: str = "viper collect") 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     """Flags mapping onto ``collect.*`` (``--task`` restricts the run to one task)."""
     parser.add_argument("--task", help="collect only this task (full name, e.g. dmc/cartpole_balance)")
-    parser.add_argument("--policy", help="collect.policy: expert, random, noisy:<eps>, checkpoint:<path>")
+    parser.add_argument("--policy", help=f"collect.policy: {SPEC_FORMS}, or 'published' (import the paper's videos)")
     parser.add_argument("--episodes", type=int, help="collect.episodes_per_task")
     parser.add_argument("--workers", type=int, help="collect.workers")
     parser.add_argument("--seed", type=int, help="collect.seed")
@@ -302,17 +303,16 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def apply_arguments(cfg: Config, args: argparse.Namespace) -> Config:
-    """``cfg`` with the command-line flags applied to its ``collect`` section."""
-    changes = {
-        "policy": getattr(args, "policy", None),
-        "episodes_per_task": getattr(args, "episodes", None),
-        "workers": getattr(args, "workers", None),
-        "seed": getattr(args, "seed", None),
-    }
+    """``cfg`` with the command-line flags applied to its ``collect`` section; an error names the flag."""
+    flags = {"policy": "--policy", "episodes_per_task": "--episodes", "workers": "--workers", "seed": "--seed"}
+    changes = {key: getattr(args, flag[2:], None) for key, flag in flags.items()}
     changes = {k: v for k, v in changes.items() if v is not None}
     if getattr(args, "task", None):
         changes["tasks"] = (args.task,)
-    return override(cfg, "collect", **changes)
+    shown = {key: f"{flag} {changes[key]}" for key, flag in flags.items() if key in changes}
+    if "tasks" in changes:
+        shown["tasks"] = f"--task {args.task}"
+    return override(cfg, "collect", changes, shown)
 
 
 def cli(cfg: Config, args: argparse.Namespace, command: str) -> dict[str, Any]:
