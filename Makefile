@@ -2,6 +2,12 @@
 # Each creates .venv from requirements.lock and checks the system libraries rendering needs first.
 SHELL := /bin/bash
 VENV := .venv
+# The interpreter .venv is made from: Python 3.11 (pyproject.toml), e.g. `make test PYTHON=python3.11`.
+PYTHON ?= python3
+# Where torch 2.13.0 comes from: pip's own configuration by default (these machines' find-links hold the CPU wheel);
+# on public PyPI a plain `torch==2.13.0` is the multi-GB CUDA build, so CPU-only machines there want
+# `make test TORCH_INDEX=https://download.pytorch.org/whl/cpu`.
+TORCH_INDEX ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 RENDER_PKGS := libegl1 libegl-mesa0 libgl1-mesa-dri
@@ -35,10 +41,14 @@ format: venv
 venv: $(STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+	@test -x $(PY) || $(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { \
+	  echo "this project needs Python 3.11 (pyproject.toml); $(PYTHON) is $$($(PYTHON) -c 'import platform; \
+	    print(platform.python_version())' 2>/dev/null || echo 'not found'): run make again with PYTHON=python3.11"; \
+	  exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
-	$(PY) -m pip install -q torch==2.13.0
+	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build (see TORCH_INDEX above).
+	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
 	rm -f $(VENV)/.installed-* && touch $@
