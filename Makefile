@@ -69,7 +69,8 @@ sysdeps:
 
 # Re-resolve the lock file from requirements.in (maintainers only).
 lock:
-	rm -rf .lockenv && python3 -m venv .lockenv && .lockenv/bin/pip install -q torch==2.13.0 \
+	rm -rf .lockenv && $(PYTHON) -m venv .lockenv \
+	  && .lockenv/bin/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) \
 	  && .lockenv/bin/pip install -q -r requirements.in \
 	  && .lockenv/bin/pip freeze | sed 's/^torch==.*/torch==2.13.0/' > requirements.lock && rm -rf .lockenv
 
