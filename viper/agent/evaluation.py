@@ -2,10 +2,12 @@
 
 Every episode reports its task return (the environment's reward: the true return, whatever the agent
 optimises) and, when the run has a VIPER reward model, its VIPER return: the sum of the per-step rewards of
-the whole episode scored at once (steps before the first full window have none). The first episode of each
-evaluation is written as ``videos/eval_<step>.gif``, with the VIPER reward curve drawn under the frames, and
-(VIPER runs) as ``videos/eval_<step>.npz`` holding its ``frames`` and ``viper_rewards``, so that
-``viper score <npz> --task <task>`` reproduces the logged rewards.
+the whole episode scored at once, as training scores replay (the first ``context_steps`` steps have none). The
+first episode of each evaluation is written as ``videos/eval_<step>.gif``, with the VIPER reward curve drawn
+under the frames, and (VIPER runs) as ``videos/eval_<step>.npz`` holding its ``frames`` and ``viper_rewards``, so
+that ``viper score <npz> --task <task>`` reproduces the logged rewards. ``viper score`` also scores the steps
+between the first full window and ``context_steps`` where a prior's window is shorter than its context (the
+(4, 4) Atari prior: 13-frame windows, 15 context steps); the agent leaves those out, as the released code does.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class Evaluator:
     episode; ``.npz`` too with a reward model) and ``plots/returns.png``.
 
     ``score_episode`` maps an episode's frames uint8 (T, 64, 64, 3) to its per-step VIPER rewards (T,) (NaN
-    before a full window); ``None`` for runs without a reward model.
+    for the first ``context_steps`` steps); ``None`` for runs without a reward model.
     """
 
     def __init__(

@@ -73,7 +73,12 @@ class ViperReward:
         return self.model.agent_rewards(frames, self.task)
 
     def fingerprint(self) -> dict[str, str | int]:
-        """What identifies the reward values: the prior checkpoint, its tokenizer and the reward definition."""
+        """What identifies the reward values: the prior checkpoint, its tokenizer and the reward definition.
+
+        The scoring numerics are not recorded: a run moved between bf16 scoring (CUDA, ``reward.bf16``) and float32
+        resumes, and its replay then holds rewards of both, which differ at bf16 rounding (small beside the
+        rewards' spread of hundreds of nats). Restarting the run would cost far more; ``VideoReward.identity``
+        keeps them apart where scores are cached."""
         model = self.model
         fp: dict[str, str | int] = {
             # The checkpoint's content, not its folder name: a retrained prior reuses names like step_000000020.
