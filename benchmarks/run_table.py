@@ -13,8 +13,9 @@ without a log gets a row saying so. Columns:
 - for VIPER runs, the per-step VIPER reward (episode VIPER return / scored steps) of the first ``--first``
   training episodes (default 4: one per env, mostly before any update) and of the last ``--last``;
 - where the wall time went: the log rows' ``agent/time/<phase>`` fractions, each row weighted by its stretch's
-  seconds, in percent: act / insert / env / update / eval + checkpoint (runs logged before the twentieth session
-  have none).
+  seconds (``agent/stretch_s``; in logs before it, the env steps since the previous row over the row's rate,
+  which misweighs the first row after a resume), in percent: act / insert / env / update / eval + checkpoint
+  (runs logged before the twentieth session have none).
 
 Frames, not agent steps, so that rows of runs with other action repeats line up: that mapping is where hand-made
 tables went wrong before.
@@ -31,7 +32,7 @@ from viper.eval.report import read_series
 
 EVAL, TRAIN = "episode/task_return", "train/episode_task_return"
 VIPER_RETURN, VIPER_STEPS = "train/episode_viper_return", "train/episode_viper_steps"
-RATE = "agent/env_steps_per_s"
+RATE, STRETCH = "agent/env_steps_per_s", "agent/stretch_s"
 
 
 def _action_repeat(run: Path, default: int) -> int:
@@ -52,16 +53,20 @@ def _per_step(series: dict, picks: slice) -> str:
 
 
 def _shares(series: dict) -> list[float] | None:
-    """Each phase's share of the logged wall time: row fractions weighted by the row's stretch in seconds (its env
-    steps since the previous timed row over its rate)."""
+    """Each phase's share of the logged wall time: row fractions weighted by the row's stretch in seconds
+    (``agent/stretch_s``, else its env steps since the previous timed row over its rate)."""
     rates = series.get(RATE, [])
     fractions = [dict(series.get(f"agent/time/{p}", [])) for p in PHASES]
     if not rates or any(len(f) != len(rates) for f in fractions):
         return None
-    seconds, previous = [], 0
-    for step, rate in rates:
-        seconds.append((step - previous) / rate if rate > 0 else 0.0)
-        previous = step
+    stretches = series.get(STRETCH, [])
+    if len(stretches) == len(rates):
+        seconds = [s for _, s in stretches]
+    else:
+        seconds, previous = [], 0
+        for step, rate in rates:
+            seconds.append((step - previous) / rate if rate > 0 else 0.0)
+            previous = step
     total = sum(seconds) or 1.0
     return [sum(f[step] * s for (step, _), s in zip(rates, seconds, strict=True)) / total for f in fractions]
 
@@ -77,7 +82,16 @@ def row(run: Path, frames: list[int], first: int, last: int, action_repeat: int)
     log = run if run.suffix == ".jsonl" else run / "logs" / "metrics.jsonl"
     if not log.exists():
         return f"| {run} | no metrics log (expected a run folder with logs/metrics.jsonl, or a .jsonl file) |"
-    wanted = {EVAL, TRAIN, VIPER_RETURN, VIPER_STEPS, RATE, "agent/updates", *(f"agent/time/{p}" for p in PHASES)}
+    wanted = {
+        EVAL,
+        TRAIN,
+        VIPER_RETURN,
+        VIPER_STEPS,
+        RATE,
+        STRETCH,
+        "agent/updates",
+        *(f"agent/time/{p}" for p in PHASES),
+    }
     series = read_series(log, lambda key: key in wanted)
     repeat = action_repeat if run.suffix == ".jsonl" else _action_repeat(run, action_repeat)
     evals = [(step * repeat, value) for step, value in series.get(EVAL, [])]

@@ -67,6 +67,12 @@ def test_killed_run_resumes_with_one_load_and_its_replay(tmp_path):
     rows = [json.loads(line) for line in (run_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
     image_loss = [r["agent/loss/image"] for r in rows if "agent/loss/image" in r]
     assert len(image_loss) >= 3 and image_loss[-1] < 0.7 * image_loss[0], image_loss
+    # The resumed process's first timed row covers the steps since the resume, not since the killed one's last row.
+    timed = [r for r in rows if "agent/stretch_s" in r]
+    restart = max((i for i in range(1, len(timed)) if timed[i]["step"] <= timed[i - 1]["step"]), default=None)
+    first = timed[restart] if restart is not None else next(r for r in timed if r["step"] > saved["env_steps"])
+    steps = first["agent/stretch_s"] * first["agent/env_steps_per_s"]
+    assert steps == pytest.approx(first["step"] - saved["env_steps"]), (first, saved["env_steps"])
     assert (run_dir / "metrics.json").exists() and (run_dir / "plots" / "returns.png").exists()
     assert list((run_dir / "videos").glob("eval_*.gif"))
 
@@ -229,6 +235,7 @@ def test_more_envs_than_sequences_per_batch_trains_once_a_stream_holds_a_sequenc
         fractions = [r[f"agent/time/{name}"] for name in phases]
         assert all(f >= 0 for f in fractions) and 0.5 < sum(fractions) <= 1.0 + 1e-6, r
         assert r["agent/time/env"] > 0 and r["agent/env_steps_per_s"] > 0
+        assert r["agent/stretch_s"] * r["agent/env_steps_per_s"] == pytest.approx(40)  # its own 40 env steps
         assert (r["agent/time/update"] > 0) == (r["step"] > first - 40), r
     # Replay keeps the actor's samples as drawn (the env clips them), as the released driver records them: the
     # Gaussian at its initial std leaves [-1, 1] for about a quarter of the samples.

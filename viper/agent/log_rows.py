@@ -2,7 +2,8 @@
 
 ``agent/time/<phase>`` is the fraction of the stretch since the previous row spent acting, inserting (with reward
 viper: relabelling), stepping the envs, updating, evaluating or checkpointing; ``agent/env_steps_per_s`` is the
-rate over the same stretch (``viper.agent.train``; ``benchmarks/run_table.py`` reads them back).
+rate over the same stretch and ``agent/stretch_s`` its wall seconds (after a resume: since the run restarted)
+(``viper.agent.train``; ``benchmarks/run_table.py`` reads them back).
 """
 
 from __future__ import annotations
@@ -38,12 +39,13 @@ class Phases:
             self.seconds[name] += time.perf_counter() - start
 
     def row(self, env_steps: int) -> dict[str, float]:
-        """``agent/time/<phase>`` fractions and ``agent/env_steps_per_s`` over ``env_steps`` since the last row;
-        starts the next stretch."""
+        """``agent/time/<phase>`` fractions, ``agent/env_steps_per_s`` over ``env_steps`` and ``agent/stretch_s``
+        since the last row; starts the next stretch."""
         now = time.perf_counter()
         wall = max(now - self.since, 1e-9)
         row = {f"agent/time/{name}": seconds / wall for name, seconds in self.seconds.items()}
         row["agent/env_steps_per_s"] = env_steps / wall
+        row["agent/stretch_s"] = wall
         self.seconds, self.since = dict.fromkeys(PHASES, 0.0), now
         return row
 
