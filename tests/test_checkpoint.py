@@ -150,7 +150,7 @@ def test_agent_fingerprint_defaults_cover_every_run_shaping_setting():
     from viper.config import AgentConfig
 
     current = fingerprint(AgentConfig(), "dmc/cartpole_balance", TaskReward())
-    checker = Checkpointer("unused", fingerprint=current, defaults=fingerprint_defaults())
+    checker = Checkpointer("unused", fingerprint=current, defaults=fingerprint_defaults(TaskReward()))
     # A checkpoint written before any one of the settings existed resumes under the defaults.
     for key in current["agent"]:
         old = {**current, "agent": {k: v for k, v in current["agent"].items() if k != key}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from viper import config as C
@@ -39,3 +40,36 @@ def test_training_an_expert_for_a_task_with_a_scripted_one_says_collect_will_not
     out = capsys.readouterr().out
     expected = f"collect.policy=checkpoint:{paths.expert_dir(tmp_path, 'dmc/cartpole_balance')}"
     assert "dmc/cartpole_balance has a scripted expert, which collect.policy=expert uses" in out and expected in out
+
+
+def test_collect_with_a_trained_expert_collects_again_when_its_weights_change(tmp_path):
+    """collect named a checkpoint policy by its path: an expert retrained under the same path (the expert stage run
+    again with other agent settings) left the old expert's videos in the store."""
+    import torch
+
+    from viper.agent.policy import checkpoint_folder
+    from viper.data import collect
+    from viper.data.store import open_store
+
+    task = "dmc/cartpole_balance"
+    train = ["expert", "--preset", "tiny", "-S", f"data_dir={tmp_path}", "--task", task, "-S", "agent.env_steps=4"]
+    assert main([*train, "-S", "agent.eval_episodes=1"]) == 0
+    expert = paths.expert_dir(tmp_path, task)
+    settings = [f"collect.policy=checkpoint:{expert}", "collect.episodes_per_task=2", "collect.episode_env_steps=20"]
+    cfg = C.load("tiny", [f"data_dir={tmp_path}", f"collect.tasks=[{task}]", "collect.workers=1", *settings], None)
+    store_meta = paths.store(tmp_path, "dmc") / "cartpole_balance" / "zarr.json"
+
+    def collected():
+        collect.run(cfg, progress=False)
+        group = open_store(paths.store(tmp_path, "dmc")).task(task)
+        return store_meta.stat().st_mtime_ns, group.read_episode(0)["actions"]
+
+    first_time, first_actions = collected()
+    assert collected()[0] == first_time  # the same expert: nothing to do
+    # "Retrain" the expert: other weights in the checkpoint the path points to.
+    state_path = checkpoint_folder(expert) / "state.pt"
+    state = torch.load(state_path, weights_only=False)
+    state["agent"] = {k: v + 0.5 if v.is_floating_point() else v for k, v in state["agent"].items()}
+    torch.save(state, state_path)
+    again_time, again_actions = collected()
+    assert again_time != first_time and not np.array_equal(again_actions, first_actions)

@@ -68,12 +68,7 @@ def fingerprint(acfg: AgentConfig, task: str, source, fast_render: bool = True) 
     ``expert`` stage choose it on the command line), and a task-reward run records ``VIPER_ONLY`` at their
     defaults: changing the VIPER settings (``dvc exp run -S agent.expl_weight=0``) does not restart an expert or
     an oracle run."""
-    if source.name == TaskReward.name:
-        defaults = AgentConfig()
-        acfg = dataclasses.replace(acfg, reward="task", **{k: getattr(defaults, k) for k in VIPER_ONLY})
-    else:
-        acfg = dataclasses.replace(acfg, reward="viper")
-    shaping = _run_shaping(acfg)
+    shaping = _run_shaping(_as_run(acfg, source))
     reward = source.fingerprint() if hasattr(source, "fingerprint") else {}
     fp = {"agent": shaping, "task": task, "reward_source": source.name, "reward_model": reward}
     if not fast_render:  # only recorded when off, so existing fast-render checkpoints keep resuming
@@ -81,9 +76,19 @@ def fingerprint(acfg: AgentConfig, task: str, source, fast_render: bool = True) 
     return fp
 
 
-def fingerprint_defaults() -> dict[str, Any]:
-    """The default agent settings, for settings added after a checkpoint was written (``Checkpointer``)."""
-    return {"agent": _run_shaping(AgentConfig())}
+def fingerprint_defaults(source) -> dict[str, Any]:
+    """The default agent settings of a run on ``source``, for settings added after a checkpoint was written
+    (``Checkpointer``)."""
+    return {"agent": _run_shaping(_as_run(AgentConfig(), source))}
+
+
+def _as_run(acfg: AgentConfig, source) -> AgentConfig:
+    """``acfg`` as a run on ``source`` uses it: ``reward`` named by the source, and for the task reward the
+    ``VIPER_ONLY`` settings at their defaults."""
+    if source.name != TaskReward.name:
+        return dataclasses.replace(acfg, reward="viper")
+    defaults = AgentConfig()
+    return dataclasses.replace(acfg, reward="task", **{k: getattr(defaults, k) for k in VIPER_ONLY})
 
 
 def _run_shaping(acfg: AgentConfig) -> dict[str, Any]:

@@ -97,7 +97,7 @@ def _run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[
         out_dir / "checkpoints",
         keep=acfg.keep_checkpoints,
         fingerprint=fingerprint(acfg, task, source, fast_render),
-        defaults=fingerprint_defaults(),
+        defaults=fingerprint_defaults(source),
     )
     stale = ckpt.stale_message(f"train-agent {task} ({reward}, seed {seed})")
     if stale:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,7 @@ from viper.data.rollouts import RolloutJob, parallel_rollouts, stall_limit
 from viper.data.store import VideoStore, open_store
 from viper.data.taskgroup import TaskGroup
 from viper.errors import ViperError
-from viper.experts.policies import SPEC_FORMS
+from viper.experts.policies import SPEC_FORMS, checkpoint_of
 from viper.experts.rollout import rollout_code_hash
 from viper.hashing import json_digest
 
@@ -57,9 +58,15 @@ def episode_seed(seed: int, task: str, index: int) -> int:
 
 
 def fingerprint(cfg: CollectConfig, fields: tuple[str, ...]) -> str:
-    """Short hash of the config fields and rollout code that determine a task's data (16 hex of sha256)."""
+    """Short hash of the config fields and rollout code that determine a task's data (16 hex of sha256). A
+    checkpoint policy adds the checkpoint it loads, by content: a retrained expert (the ``expert`` stage run again
+    with other settings) collects again instead of leaving the old expert's videos under the same path."""
     values = {f: getattr(cfg, f) for f in fields}
     values["code"] = rollout_code_hash()
+    if "policy" in fields and (path := checkpoint_of(cfg.policy)) is not None and Path(path).exists():
+        from viper.agent.policy import checkpoint_identity  # lazy: torch and the agent, for this policy only
+
+        values["checkpoint"] = checkpoint_identity(path)
     return json_digest(values)
 
 

@@ -138,6 +138,14 @@ def spec_problem(policy: str) -> str | None:
     return f"unknown policy; expected {SPEC_FORMS} (or 'published': import the published videos)"
 
 
+def checkpoint_of(spec: str) -> str | None:
+    """The agent path a ``checkpoint:<path>`` or ``noisy:<epsilon>:checkpoint:<path>`` spec loads, else ``None``."""
+    kind, _, rest = spec.partition(":")
+    if kind == "noisy":
+        kind, _, rest = rest.partition(":")[2].partition(":")
+    return rest if kind == "checkpoint" and rest else None
+
+
 def load_checkpoint_policy(spec: str, seed: int = 0, sample: bool = False) -> Policy:
     """A trained agent from ``checkpoint:<path>`` (its sampling seeded by ``seed``); clear errors for a missing
     path or a missing agent module."""
