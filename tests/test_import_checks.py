@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from test_import import make_published, write_manifest
@@ -165,3 +166,28 @@ def test_a_refused_import_creates_or_changes_no_store(tmp_path, capsys):
     assert cli.main(["import", str(root), "--store", str(kept), "--manifest", str(manifest), *base]) == 2
     assert "does not match the manifest" in capsys.readouterr().err
     assert _snapshot(kept) == before
+
+
+@pytest.mark.parametrize(("key", "shape"), [("actions", (10,)), ("rewards", (10, 1)), ("actions", (10, 2, 1))])
+def test_an_hdf5_file_with_misshapen_actions_or_rewards_is_refused_before_the_store_opens(tmp_path, capsys, key, shape):
+    """Only the row counts were checked: a 1-D /actions passed and failed part-way through the import, naming the
+    store's hidden staging group instead of the file, and leaving that group behind."""
+    source = open_store(tmp_path / "h5_source.zarr", "a")
+    for split in ("train", "test"):
+        source.append_episode(
+            "dmc/cartpole_balance",
+            np.full((5, 64, 64, 3), 7, np.uint8),
+            np.zeros((5, 1), np.float32),
+            np.zeros(5, np.float32),
+            split=split,
+        )
+    h5 = tmp_path / "task.h5"
+    hdf5.export_task(open_store(tmp_path / "h5_source.zarr"), "dmc/cartpole_balance", h5)
+    with h5py.File(h5, "r+") as f:
+        del f[key]
+        f[key] = np.zeros(shape, np.float32)
+    new = tmp_path / "new.zarr"
+    assert cli.main(["import", str(h5), "--store", str(new), *cli_args(tmp_path)]) == 2
+    form = "(N, A)" if key == "actions" else "(N,)"
+    assert f"task.h5: /{key} is float32 {shape}; expected numbers shaped {form}" in capsys.readouterr().err
+    assert not new.exists()

@@ -108,16 +108,19 @@ def test_train_agent_refuses_a_run_folder_another_process_is_training(tmp_path, 
     assert not (paths.agent_dir(data, "task", TASK, 0) / "logs").exists()  # refused before the run started
 
 
-@pytest.mark.parametrize("stage", ["tokenizer", "prior"])
+@pytest.mark.parametrize("stage", ["tokenizer", "tokenize", "prior"])
 def test_a_trainer_refuses_its_suites_run_folder_while_another_process_trains_it(tmp_path, hold, stage):
-    from viper.train import prior, tokenizer
+    """Tokenize too: every write stages under one hidden name, which a second writer deleted mid-write."""
+    from viper.train import prior, tokenize, tokenizer
 
     cfg = dataclasses.replace(config_lib.load("tiny", params_path=None), data_dir=str(tmp_path))
-    run_dir = (paths.tokenizer_dir if stage == "tokenizer" else paths.prior_dir)(tmp_path, "dmc")
+    run_dir = {"tokenizer": paths.tokenizer_dir, "tokenize": paths.tokens, "prior": paths.prior_dir}[stage](
+        tmp_path, "dmc"
+    )
     holder = hold(locks.folder_lock_file(tmp_path, run_dir))
     # Refused before any input is read: this data_dir has no videos, tokens or tokenizer to train from.
     with pytest.raises(ViperError, match=rf"is writing {re.escape(str(run_dir))} \(pid {holder.pid}\)"):
-        (tokenizer if stage == "tokenizer" else prior).run(cfg)
+        {"tokenizer": tokenizer, "tokenize": tokenize, "prior": prior}[stage].run(cfg)
 
 
 def test_import_takes_the_task_lock_collect_takes_and_leaves_other_tasks_writers_alone(tmp_path, hold, capsys):

@@ -106,6 +106,17 @@ def test_no_test_episode_long_enough_names_the_store_the_window_and_the_longest_
         eval_windows(splits["test"], 13, 2, 4, "data/tokens/dmc.zarr")
 
 
+def test_a_task_without_a_long_enough_test_episode_is_named_when_the_others_evaluate(splits, capsys):
+    """A window of 7 frames: cartpole_balance's 7-frame test episode holds one, cartpole_swingup's 6 do not. The
+    evaluation left that task out without a word, and with it the choice of the best checkpoint."""
+    tokens, ids = eval_windows(splits["test"], 4, 2, 4, "data/tokens/dmc.zarr")
+    assert ids.tolist() == [0] and tokens.shape[1] == 4
+    out = capsys.readouterr().out
+    assert (
+        "prior: note: data/tokens/dmc.zarr: no test-split episode of dmc/cartpole_swingup spans a prior window" in out
+    )
+
+
 def test_no_train_episode_long_enough_names_the_store_and_split(splits):
     with pytest.raises(ViperError, match=r"^data/tokens/dmc.zarr \(train split\): task dmc/cartpole_balance: no ep"):
         TrainWindows(splits["train"], 30, SKIP, 4, seed=0, where="data/tokens/dmc.zarr")

@@ -43,6 +43,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "tasks": list(ATARI_TASKS),
             "action_repeat": 4,
             "episode_env_steps": 27_000,
+            # The released Atari data: no return filter, up to 500 episodes per game. Rolling out 500 (not the
+            # default 1000) keeps the max_episodes_per_task cap of 500 from keeping the better half by return.
+            "episodes_per_task": 500,
             "keep_return_percentile": 0.0,
             "drop_first_frames": 0,
         },

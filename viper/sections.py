@@ -30,7 +30,8 @@ class CollectConfig:
     expert_settings: tuple[str, ...] = ()
     """Retune scripted experts for collection, ``<task>:<attribute>=<number>`` (e.g.
     ``dmc/cartpole_swingup:pump_gain=4.0``; defaults in ``viper.experts.dmc_scripted``). Applies to ``expert`` and
-    ``noisy:<eps>`` here; reward-eval's noisy episodes keep the defaults, a fixed yardstick across datasets."""
+    ``noisy:<eps>`` here, and to reward-eval's noisy experts, so they are noisy versions of the expert that made the
+    videos."""
     episodes_per_task: Count = 1000
     """Episodes rolled out per task before filtering (paper: keep the top 50 of 1000)."""
     episode_env_steps: int = 500

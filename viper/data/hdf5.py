@@ -100,9 +100,15 @@ def _check(f: h5py.File, path: Path) -> tuple[str, np.ndarray, np.ndarray, int]:
         raise ViperError(f"{path}: holds no episodes; importing it would replace the task with an empty one")
     if np.any(lengths < 1) or not np.isin(split, (0, 1)).all():
         raise ViperError(f"{path}: episodes must have >= 1 frame and split must be 0 (train) or 1 (test)")
-    for key in ("actions", "rewards"):
-        if key in f and f[key].shape[0] != n:
-            raise ViperError(f"{path}: /{key} has {f[key].shape[0]} rows, expected N={n}")
+    for key, ndim, form in (("actions", 2, "(N, A)"), ("rewards", 1, "(N,)")):
+        data = f.get(key)
+        if data is None:
+            continue
+        if not isinstance(data, h5py.Dataset) or data.ndim != ndim or data.dtype.kind not in "fiu":
+            shape = getattr(data, "shape", "a group")
+            raise ViperError(f"{path}: /{key} is {getattr(data, 'dtype', '')} {shape}; expected numbers shaped {form}")
+        if data.shape[0] != n:
+            raise ViperError(f"{path}: /{key} has {data.shape[0]} rows, expected N={n}")
     return _task(f, path), ends, split, n
 
 

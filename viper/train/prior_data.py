@@ -99,10 +99,11 @@ def eval_windows(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Evenly spaced test windows, at most ``per_task`` per task: tokens (M, T, h, w), task ids (M,).
     ``where`` (the token store) names the data in the error when no test episode is long enough."""
-    windows, ids = [], []
+    windows, ids, skipped = [], [], []
     for task_id, task in enumerate(sorted(test)):
         starts = window_starts(np.diff(test[task].ends, prepend=0), seq_len, frame_skip)
         if starts.size == 0:
+            skipped.append(task)
             continue
         pick = starts[np.unique(np.linspace(0, starts.size - 1, min(per_task, starts.size)).round().astype(int))]
         windows.append(gather(test[task].tokens, pick, seq_len, frame_skip))
@@ -114,5 +115,11 @@ def eval_windows(
             f"{where}: no test-split episode spans a prior window of {need} frames (1 + (prior.seq_len - 1) * "
             f"prior.frame_skip); the longest test episode per task: {longest} (0: none). Collect test episodes "
             "(collect.test_fraction > 0) at least that long, or shorten the window"
+        )
+    if skipped:
+        print(
+            f"prior: note: {where}: no test-split episode of {', '.join(skipped)} spans a prior window; the "
+            "evaluation loss (and the best checkpoint chosen by it) leaves those tasks out",
+            flush=True,
         )
     return torch.cat(windows), torch.cat(ids)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from viper import paths, runtime
+from viper import locks, paths, runtime
 from viper.config import Config
 from viper.errors import ViperError
 from viper.models.vqgan import Tokenizer, load_tokenizer
@@ -80,10 +80,16 @@ def _note_unfinished(run_dir: Path, total: int) -> None:
 
 def run(cfg: Config, suite: str | None = None, device: str = "auto") -> dict[str, Any]:
     """Tokenise every task of ``suite``'s store (default ``cfg.collect.suite``); returns counts and the hash."""
+    suite = suite or cfg.collect.suite
+    # One writer: every write stages under the same hidden name, which a second writer would delete mid-write.
+    with locks.folder(cfg.data_dir, paths.tokens(cfg.data_dir, suite), "viper tokenize"):
+        return _run(cfg, suite, device)
+
+
+def _run(cfg: Config, suite: str, device: str) -> dict[str, Any]:
     from viper.data.store import open_store
     from viper.data.tokens import write_tokens
 
-    suite = suite or cfg.collect.suite
     store_path = paths.store(cfg.data_dir, suite)
     if not store_path.exists():
         raise ViperError(f"video store {store_path} not found; run `viper collect` first")
