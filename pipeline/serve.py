@@ -21,8 +21,9 @@ from viper.errors import ViperError
 def deployments(
     project_dir: str, cron: str, preset: str, runner: str = "local", workers: int = 2, address: str | None = None
 ) -> list:
-    """The deployments this project serves (the reproduce flow on ``cron``; fan-out flows on demand); the preset
-    and the cron expression are checked first (a ViperError names them)."""
+    """The deployments this project serves (the reproduce flow on ``cron`` with ``preset``; fan-out flows on
+    demand with params.yaml's preset); the preset and the cron expression are checked first (a ViperError names
+    them)."""
     from prefect.client.schemas.schedules import CronSchedule
 
     from viper import config
@@ -48,18 +49,15 @@ def deployments(
         ),
         train_agents.with_options(task_runner=fan_out).to_deployment(
             name="train-agents",
-            parameters={
-                "tasks": ["dmc/cartpole_balance"],
-                "seeds": [0],
-                "preset": preset,
-                "project_dir": project_dir,
-            },
-            description="train one agent per (task, seed) in parallel",
+            # preset "": params.yaml's (which the reproduce flow writes), so these runs are the ones `dvc repro`
+            # records; a preset typed in the UI is that run's alone.
+            parameters={"tasks": ["dmc/cartpole_balance"], "seeds": [0], "preset": "", "project_dir": project_dir},
+            description="train one agent per (task, seed) in parallel (preset empty: params.yaml's)",
         ),
         collect_videos.with_options(task_runner=make_runner(runner, workers, address)).to_deployment(
             name="collect-videos",
-            parameters={"tasks": ["dmc/cartpole_balance"], "preset": preset, "project_dir": project_dir},
-            description="collect expert videos for a task selection in parallel",
+            parameters={"tasks": ["dmc/cartpole_balance"], "preset": "", "project_dir": project_dir},
+            description="collect expert videos for a task selection in parallel (preset empty: params.yaml's)",
         ),
     ]
 
@@ -81,7 +79,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--cron", default="0 3 * * *", help="schedule of the reproduce deployment (default: %(default)s)"
     )
-    parser.add_argument("--preset", default="demo", help="default preset parameter (default: %(default)s)")
+    parser.add_argument(
+        "--preset",
+        default="demo",
+        help="the reproduce deployment's default preset, which it writes into params.yaml; the fan-out deployments "
+        "default to params.yaml's, so their runs are the ones `dvc repro` records (default: %(default)s)",
+    )
     parser.add_argument("--runner", default="local", choices=RUNNERS, help="task runner for fan-out flows")
     parser.add_argument(
         "--workers", type=_positive, default=2, help="parallel stage processes, at least 1 (default: %(default)s)"

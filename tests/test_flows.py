@@ -223,3 +223,13 @@ def test_every_folder_viper_paths_names_is_a_stage_output_or_an_external_input()
         assert any(path == root or root in path.parents for root in tracked), (name, path)
     # and the other way round: every stage output is a folder paths.py names
     assert {str(root) for root in tracked} <= {str(path) for path in named.values()}
+
+
+def test_served_fan_out_deployments_follow_params_yaml_not_the_reproduce_preset(tmp_path):
+    """They passed serve's --preset: with params.yaml naming another preset, their runs were made under settings
+    the next `dvc repro` does not record, and it started them again from nothing."""
+    from pipeline import serve
+
+    served = {d.name: d for d in serve.deployments(str(tmp_path), "0 3 * * *", "tiny")}
+    assert served["reproduce"].parameters["preset"] == "tiny"
+    assert served["train-agents"].parameters["preset"] == served["collect-videos"].parameters["preset"] == ""
