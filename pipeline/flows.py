@@ -185,6 +185,8 @@ def reproduce(preset: str = "demo", stages: list[str] | None = None, project_dir
     """Run the pipeline for ``preset`` stage by stage through DVC; ``stages`` limits it (default: all)."""
     # Every check before params.yaml changes: a refused run leaves the checkout's preset as it was.
     names = [s.name for s in dvc_yaml.active_stages()]
+    if stages is not None and not stages:  # an empty selection ran nothing and reported success
+        raise ValueError(f"stages: an empty list selects nothing; leave it out for all of {names}, or name some")
     unknown = sorted(set(stages or ()) - set(names))
     if unknown:
         raise ValueError(f"stages: unknown or not yet implemented {unknown}; available: {names}")

@@ -107,6 +107,8 @@ def test_reproduce_refuses_an_unknown_stage_before_touching_params(tmp_path, pre
     params.write_bytes(b"# keep me\npreset: demo\ncollect: {}\n")
     with pytest.raises(ValueError, match=r"stages: unknown or not yet implemented \['colect'\]"):
         reproduce(preset="tiny", stages=["colect"], project_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"stages: an empty list selects nothing; leave it out for all of \["):
+        reproduce(preset="tiny", stages=[], project_dir=str(tmp_path))
     assert params.read_bytes() == b"# keep me\npreset: demo\ncollect: {}\n"
 
 
