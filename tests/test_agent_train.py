@@ -216,6 +216,38 @@ def test_a_stop_during_a_periodic_save_does_not_save_that_step_again(tmp_path, m
     assert len(stop_rows) == 1 and stop_rows[0]["agent/env_steps_per_s"] > 0
 
 
+def test_a_stop_during_an_evaluation_cuts_it_short_and_the_resumed_run_evaluates_first(tmp_path, monkeypatch):
+    """The stop waited for the evaluation under way: at paper scale minutes of episodes and VIPER scoring, past a
+    scheduler's grace period after its SIGTERM (the kill then lost everything since the last checkpoint)."""
+    from viper.agent import evaluation
+
+    played, real_run_episode = [], evaluation.run_episode
+
+    def interrupt_then_play(env, act, *args, **kwargs):
+        played.append(1)
+        if len(played) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # StopSignals turns it into a stop request
+        return real_run_episode(env, act, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "run_episode", interrupt_then_play)
+    opts = ["agent.env_steps=300", "agent.eval_every_env_steps=60", "agent.checkpoint_every_env_steps=10000"]
+    cfg = C.load(preset="tiny", overrides=[f"data_dir={tmp_path}", *opts], params_path=None)
+    run_dir = paths.agent_dir(tmp_path, "task", TASK, 0)
+    with pytest.raises(viper.errors.Stopped, match="at env step 60 of 300"):
+        run(cfg, TASK, 0, "task", run_dir)
+    rows = [json.loads(line) for line in (run_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert not [r for r in rows if "episode/task_return" in r]  # the cut evaluation logged nothing
+    latest = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+    saved = torch.load(latest / "state.pt", weights_only=False)["counters"]
+    assert saved["env_steps"] == 60 and saved["next_eval"] == 60 and saved["eval_history"] == []
+    # Resumed, it evaluates at its first step, then on the cadence.
+    metrics = run(cfg, TASK, 0, "task", run_dir)
+    assert metrics["start_env_steps"] == 60 and metrics["env_steps"] == 300
+    rows = [json.loads(line) for line in (run_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [r["step"] for r in rows if "episode/task_return" in r]
+    assert 60 < evaluated[0] <= 62 and evaluated[1:] == [120, 180, 240, 300], evaluated
+
+
 def test_more_envs_than_sequences_per_batch_trains_once_a_stream_holds_a_sequence(tmp_path):
     # 4 envs, batch 2 x 16: replay holds one batch of steps (32) when each stream has only 8, too few to sample.
     opts = ["agent.envs=4", "agent.env_steps=120", "agent.eval_every_env_steps=10000", "agent.log_every_env_steps=40"]

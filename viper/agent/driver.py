@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import signal
+from collections.abc import Callable
 
 import gymnasium
 import numpy as np
@@ -113,17 +114,29 @@ def clip_action(action: np.ndarray) -> np.ndarray:
     return np.clip(action, -1.0, 1.0)
 
 
+class EpisodeInterrupted(Exception):
+    """``run_episode``'s ``interrupted()`` said stop before the episode ended."""
+
+
 def run_episode(
-    env: gymnasium.Env, act, max_steps: int | None = None, seed: int | None = None
+    env: gymnasium.Env,
+    act,
+    max_steps: int | None = None,
+    seed: int | None = None,
+    interrupted: Callable[[], bool] | None = None,
 ) -> tuple[float, np.ndarray, int]:
     """Roll out one episode with ``act(frame, is_first) -> float action (A,)``; ``seed`` reseeds the env's reset.
 
     Returns (task return, frames uint8 (L+1, H, W, C) including the reset frame, agent steps L).
+    ``interrupted`` is asked before every step; ``EpisodeInterrupted`` when it says stop (a training run's stop
+    signal: an evaluation at paper scale lasts minutes, more than a scheduler waits after its SIGTERM).
     """
     discrete = isinstance(env.action_space, gymnasium.spaces.Discrete)
     obs, _ = env.reset(seed=seed)
     frames, total, steps, is_first = [obs], 0.0, 0, True
     while True:
+        if interrupted is not None and interrupted():
+            raise EpisodeInterrupted
         action = act(obs, is_first)
         obs, reward, terminated, truncated, _ = env.step(int(np.argmax(action)) if discrete else action)
         frames.append(obs)

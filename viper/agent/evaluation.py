@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import viper.envs
-from viper.agent.driver import clip_action, env_seed, run_episode
+from viper.agent.driver import EpisodeInterrupted, clip_action, env_seed, run_episode
 from viper.config import AgentConfig
 from viper.eval.video import reward_video, write_gif
 from viper.metrics import save_figure
@@ -63,8 +63,9 @@ class Evaluator:
         self.fast_render = fast_render
         self.env = None
 
-    def __call__(self, agent, env_step: int) -> EvalResult:
-        """Play the episodes; task (and VIPER) return of each, mean length in agent steps."""
+    def __call__(self, agent, env_step: int, interrupted: Callable[[], bool] | None = None) -> EvalResult:
+        """Play the episodes; task (and VIPER) return of each, mean length in agent steps. ``interrupted`` is asked
+        before every step and before scoring: ``viper.agent.driver.EpisodeInterrupted`` when it says stop."""
         if self.env is None:
             self.env = viper.envs.make(
                 self.task,
@@ -87,7 +88,9 @@ class Evaluator:
             seed = int(np.random.SeedSequence([self.seed, EVAL_STREAM, env_step, episode]).generate_state(1)[0])
             with torch.random.fork_rng(devices=cuda):
                 torch.manual_seed(seed)
-                total, frames, steps = run_episode(self.env, act, seed=seed % (2**31 - 1))
+                total, frames, steps = run_episode(self.env, act, seed=seed % (2**31 - 1), interrupted=interrupted)
+            if interrupted is not None and interrupted():
+                raise EpisodeInterrupted
             returns.append(total)
             lengths.append(steps)
             rewards = None

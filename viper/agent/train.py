@@ -39,7 +39,7 @@ import torch
 from viper import locks, runtime
 from viper.agent.agent import Agent
 from viper.agent.divergence import Diverged, divergence_advice, nonfinite_modules, nonfinite_weights
-from viper.agent.driver import EnvPool
+from viper.agent.driver import EnvPool, EpisodeInterrupted
 from viper.agent.evaluation import Evaluator
 from viper.agent.log_rows import Stretch
 from viper.agent.replay import Replay, is_block_file
@@ -204,8 +204,11 @@ def _run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[
                     save()
                     at = f"env step {counters['env_steps']} of {acfg.env_steps}"
                     raise Stopped.saved(stop.signum, at, ckpt.directory)
-                if not counters["eval_history"] or counters["eval_history"][-1][0] != counters["env_steps"]:
-                    _evaluate(agent, evaluator, counters, log)
+                final = counters["eval_history"] and counters["eval_history"][-1][0] == counters["env_steps"]
+                if not final and not _evaluate(agent, evaluator, counters, log, stop):
+                    save()  # the resumed run finds env_steps done and evaluates
+                    at = f"the final evaluation (env step {counters['env_steps']})"
+                    raise Stopped.saved(stop.signum, at, ckpt.directory)
                 save()
     except Diverged as exc:
         latest = ckpt.latest_path()
@@ -246,8 +249,13 @@ def _can_train(replay: Replay, batch_steps: int, length: int) -> bool:
     return len(replay) >= batch_steps and bool((replay.sizes() >= length).any())
 
 
-def _evaluate(agent: Agent, evaluator, counters: dict, log: Logger) -> None:
-    result = evaluator(agent, counters["env_steps"])
+def _evaluate(agent: Agent, evaluator, counters: dict, log: Logger, stop: StopSignals) -> bool:
+    """Evaluate at the current step and log it; False (nothing logged) when a stop signal cut it short."""
+    try:
+        result = evaluator(agent, counters["env_steps"], interrupted=lambda: stop.signum is not None)
+    except EpisodeInterrupted:
+        print(f"evaluation at env step {counters['env_steps']} cut short by the stop; a resumed run evaluates first")
+        return False
     step = counters["env_steps"]
     counters["eval_history"].append((step, float(np.mean(result.task_returns))))
     row = {"episode/task_return": np.mean(result.task_returns), "episode/length": result.mean_length}
@@ -256,6 +264,7 @@ def _evaluate(agent: Agent, evaluator, counters: dict, log: Logger) -> None:
         row["episode/viper_return"] = np.mean(result.viper_returns)
     log.scalars(row, step)
     evaluator.plot(counters["eval_history"], counters["train_history"])
+    return True
 
 
 def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, save, stop: StopSignals) -> None:
@@ -335,9 +344,10 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
             counters["next_log"] += acfg.log_every_env_steps
             stretch.write(step)
         if step >= counters["next_eval"]:
-            counters["next_eval"] += acfg.eval_every_env_steps
             with phases("eval"):
-                _evaluate(agent, evaluator, counters, log)
+                # Cut short by a stop, it stays due: the checkpoint the stop saves evaluates first on resume.
+                if _evaluate(agent, evaluator, counters, log, stop):
+                    counters["next_eval"] += acfg.eval_every_env_steps
         if step >= counters["next_checkpoint"]:
             # Past the final step too, so that a longer env_steps does not save again at once on resume.
             while counters["next_checkpoint"] <= step:
