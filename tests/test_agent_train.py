@@ -216,6 +216,38 @@ def test_a_stop_during_a_periodic_save_does_not_save_that_step_again(tmp_path, m
     assert len(stop_rows) == 1 and stop_rows[0]["agent/env_steps_per_s"] > 0
 
 
+def test_a_stop_during_a_burst_of_updates_leaves_the_rest_to_the_resume(tmp_path, monkeypatch):
+    """A step owes several updates (4 here; at paper scale on a CPU each takes ~16 s): the stop waited for all of
+    them. Now it saves after the update under way, and the resumed run makes up the rest."""
+    from viper.agent.agent import Agent
+
+    calls, real_update = [], Agent.update
+
+    def update_then_interrupt(self, batch):
+        out = real_update(self, batch)
+        calls.append(1)
+        if len(calls) == 6:  # the second update of the second burst
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(Agent, "update", update_then_interrupt)
+    # tiny: batch 2 x 16 and one env, so 4 updates per env step at train ratio 128.
+    opts = ["agent.env_steps=60", "agent.train_ratio=128", "agent.eval_every_env_steps=10000"]
+    opts += ["agent.checkpoint_every_env_steps=10000"]
+    cfg = C.load(preset="tiny", overrides=[f"data_dir={tmp_path}", *opts], params_path=None)
+    run_dir = paths.agent_dir(tmp_path, "task", TASK, 0)
+    with pytest.raises(viper.errors.Stopped) as stopped:
+        run(cfg, TASK, 0, "task", run_dir)
+    latest = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+    saved = torch.load(latest / "state.pt", weights_only=False)["counters"]
+    assert len(calls) == saved["updates"] == 6, (len(calls), saved["updates"], str(stopped.value))
+    owed = 1 + (saved["env_steps"] - saved["train_start"]) * 4
+    assert owed == 9  # the first burst (at train start) owed 1, the second 4 more: the stop cut the third
+    monkeypatch.setattr(Agent, "update", real_update)
+    metrics = run(cfg, TASK, 0, "task", run_dir)
+    assert metrics["updates"] == 1 + (60 - saved["train_start"]) * 4  # as an uninterrupted run
+
+
 def test_a_stop_during_an_evaluation_cuts_it_short_and_the_resumed_run_evaluates_first(tmp_path, monkeypatch):
     """The stop waited for the evaluation under way: at paper scale minutes of episodes and VIPER scoring, past a
     scheduler's grace period after its SIGTERM (the kill then lost everything since the last checkpoint)."""

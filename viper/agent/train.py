@@ -8,8 +8,9 @@ batch_length))`` (the 2023 ``Ratio``; ``train_ratio`` 0 never trains). Every ``e
 evaluation env plays ``eval_episodes`` episodes (task return, VIPER return with reward viper, a GIF); every
 ``checkpoint_every_env_steps`` a checkpoint folder holds the agent, optimisers, return normalisers, counters, RNG
 states and the replay buffer. Re-running the same command resumes from the newest complete checkpoint (envs
-restart with fresh episodes); Ctrl-C or SIGTERM saves a checkpoint at the end of the current step and stops (exit
-status 130 / 143), a second Ctrl-C stops at once. Checkpoints carry a fingerprint (the agent settings that shape
+restart with fresh episodes); Ctrl-C or SIGTERM saves a checkpoint at the end of the current step (updates still
+owed and an evaluation under way are left to the resume) and stops (exit status 130 / 143), a second Ctrl-C stops
+at once. Checkpoints carry a fingerprint (the agent settings that shape
 the run, the task, and with reward viper the reward model's prior checkpoint, tokenizer hash and mode): a run
 whose settings or reward model changed starts afresh instead of resuming.
 
@@ -268,8 +269,9 @@ def _evaluate(agent: Agent, evaluator, counters: dict, log: Logger, stop: StopSi
 
 
 def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, save, stop: StopSignals) -> None:
-    """Act, insert and train until ``acfg.env_steps``, or until ``stop`` has caught a signal (checked after
-    each step's updates, logging, evaluation and checkpoint, so the state is whole when the caller saves)."""
+    """Act, insert and train until ``acfg.env_steps``, or until ``stop`` has caught a signal (checked before each
+    update and evaluation step, and after each step's logging and checkpoint, so the state is whole when the caller
+    saves: an update or evaluation cut short is done after the resume)."""
     batch_steps = acfg.batch_size * acfg.batch_length
     ratio = acfg.train_ratio / batch_steps
     length = sequence_length(acfg, inserter.source)
@@ -329,6 +331,8 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
             due = 1 + int((step - counters["train_start"]) * ratio) - counters["updates"] if ratio > 0 else 0
             with phases("update") if due > 0 else contextlib.nullcontext():
                 for _ in range(max(0, due)):
+                    if stop.signum is not None:
+                        break  # the updates still owed are owed on resume (``due`` counts from the counters)
                     batch = agent.to_tensors(replay.sample(acfg.batch_size, length))
                     # Summed as tensors (on CUDA a float() per metric would wait for the GPU after every update).
                     stretch.add(agent.update(batch))
