@@ -7,8 +7,13 @@
 # other runtime packages are importable (on this workplace's device machine: wheels carried in .whl/, see
 # benchmarks/results/gpu.md for the exact call). Writes logs and a tarball of the agents' logs/plots to OUT_DIR.
 # BUDGET_SECONDS bounds the whole script (default 540): the benchmarks run first, each under its own timeout, and
-# the concurrent learning runs get what is left less 20 s (skipped under 60 s); they stop there, wherever they got.
-# SMOKE=1 shrinks every number so the script can be checked on a CPU machine first. SKIP lists steps already
+# the concurrent learning runs get what is left less 30 s (skipped under 60 s); they stop there, wherever they got,
+# saving a checkpoint that the same command continues from on the same (still warm) machine.
+# Files back in OUT_DIR: env.txt (the machine, the run budget, GPU memory/utilisation each minute, each run's exit,
+# capture failures and tracebacks), tests.txt (TESTS), table.md (benchmarks/run_table.py rows), agents.tgz (every
+# run's logs/, plots/, metrics, newest evaluation GIF, and the runs' console logs under logs/), bench_*.txt.
+# SMOKE=1 shrinks every number so the script can be checked on a CPU machine first (SMOKE_FRAMES, default 400: more
+# frames than the budget allows checks the stop and the resume on a second call). SKIP lists steps already
 # measured on this card, to leave their time to the learning runs: "bench" (every agent-update benchmark; the runs
 # then take agent.cuda_graph=true, fastest on the H100), or one of them: "loops" (compile_loops), "graphs"
 # (compile_loops with CUDA-graph trees), "cuda_graph" (the whole-update graph), "fused" (that graph over compiled
@@ -31,7 +36,9 @@ dev=cuda
 frames=100000   # env frames per learning run (issue: 100k frames, size S, 3 seeds)
 bench_sizes="XS S"
 reward_steps=(--steps 512 --naive-steps 64)
-if [ "${SMOKE:-0}" = 1 ]; then dev=cpu; frames=400; bench_sizes=tiny; reward_steps=(--steps 40 --naive-steps 18); fi
+if [ "${SMOKE:-0}" = 1 ]; then
+  dev=cpu; frames=${SMOKE_FRAMES:-400}; bench_sizes=tiny; reward_steps=(--steps 40 --naive-steps 18)
+fi
 agent_steps=$((frames / 2))   # action repeat 2
 
 {
@@ -93,7 +100,9 @@ done
 # 3. Concurrent learning runs on TASK (the demo reward model knows both cartpoles), size S, 100k frames: task reward
 #    (oracle) x TASK_SEEDS and the VIPER reward (demo reward model under data/) x VIPER_SEEDS. Each stops at run_s
 #    seconds if not done.
-run_s=$((budget_s - ($(date +%s) - t0) - 20))
+# SIGTERM at run_s (the run saves its checkpoint, replay included, after any evaluation under way), SIGKILL 25 s
+# later: 5 s before the budget, which leaves the table and the tarball inside it.
+run_s=$((budget_s - ($(date +%s) - t0) - 30))
 echo "learning runs: ${run_s} s of the ${budget_s} s budget left" | tee -a "$out/env.txt"
 if [ "$run_s" -lt 60 ]; then echo "too little time left: no learning runs" | tee -a "$out/env.txt"; ls -la "$out"; exit 0; fi
 common=(--preset demo --task "${TASK:-dmc/cartpole_balance}" -S agent.size=S -S agent.batch_size=16
@@ -109,25 +118,47 @@ fi
 tests_pid=
 if [ -n "${TESTS:-}" ]; then
   # shellcheck disable=SC2086  # TESTS is a list of paths
-  timeout -k 10 "${TESTS_S:-240}" $py -m pytest -q -p no:cacheprovider --noconftest $TESTS >"$out/tests.txt" 2>&1 &
+  timeout -k 10 "$(( ${TESTS_S:-240} < run_s ? ${TESTS_S:-240} : run_s ))" $py -m pytest -q -p no:cacheprovider \
+    --noconftest $TESTS >"$out/tests.txt" 2>&1 &
   tests_pid=$!
 fi
+# The agents' logs go to $out/logs while they run (they come back even if the call is cut short: at most 8 files
+# come back, and 6 runs + env.txt + tests.txt are 8), then into agents.tgz.
+mkdir -p "$out/logs"
 pids=()
 for seed in ${TASK_SEEDS-0 1 2}; do
-  timeout -k 30 "$run_s" $py -m viper.cli train-agent "${common[@]}" --reward task --seed $seed \
-    >"$out/agent_task_$seed.log" 2>&1 &
+  timeout -k 25 "$run_s" $py -m viper.cli train-agent "${common[@]}" --reward task --seed $seed \
+    >"$out/logs/agent_task_$seed.log" 2>&1 &
   pids+=($!)
 done
 for seed in ${VIPER_SEEDS-0}; do
-  timeout -k 30 "$run_s" $py -m viper.cli train-agent "${common[@]}" --reward viper --seed $seed \
-    >"$out/agent_viper_$seed.log" 2>&1 &
+  timeout -k 25 "$run_s" $py -m viper.cli train-agent "${common[@]}" --reward viper --seed $seed \
+    >"$out/logs/agent_viper_$seed.log" 2>&1 &
   pids+=($!)
 done
-for p in "${pids[@]}"; do wait "$p"; echo "pid $p exit $?" >>"$out/exits.txt"; done
-if [ -n "$tests_pid" ]; then wait "$tests_pid"; echo "tests ($TESTS) exit $?" >>"$out/exits.txt"; tail -3 "$out/tests.txt"; fi
-cat "$out/exits.txt"
+# GPU memory and utilisation while the runs share the card, once a minute.
+( while sleep 60; do nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader 2>/dev/null \
+    | sed "s/^/gpu at $(($(date +%s) - t0)) s: /"; done >>"$out/env.txt" ) &
+sampler=$!
+for p in "${pids[@]}"; do  # no pipe around the loop: `wait` only waits for this shell's own children
+  wait "$p"; echo "pid $p exit $? (124: stopped by SIGTERM at the budget, 137: killed)" | tee -a "$out/env.txt"
+done
+kill "$sampler" 2>/dev/null
+if [ -n "$tests_pid" ]; then wait "$tests_pid"; echo "tests ($TESTS) exit $?" | tee -a "$out/env.txt"; tail -3 "$out/tests.txt"; fi
+grep -H "capturing the update failed\|Traceback" "$out"/logs/*.log 2>/dev/null | head -20 | tee -a "$out/env.txt"
 # The results-table rows of every run on this machine (eval returns by env frames, VIPER reward per step).
 $py benchmarks/run_table.py data/agents/*/*/seed* 2>&1 | tee "$out/table.md"
-nvidia-smi --query-gpu=memory.used --format=csv 2>/dev/null | tee -a "$out/env.txt"
-tar czf "$out/agents.tgz" --exclude=checkpoints data/agents 2>/dev/null
+# Logs, plots and each run's newest evaluation GIF (16 MiB per file come back: the fifth session's tarball with every
+# GIF and episode file was 16.4 MB); without the GIFs if it is still too big.
+list=$(mktemp)
+{ find data/agents -path '*/checkpoints' -prune -o -path '*/videos' -prune -o -type f -print
+  for videos in data/agents/*/*/seed*/videos; do ls -t "$videos"/*.gif 2>/dev/null | head -1; done
+  find "$out/logs" -type f; } >"$list" 2>/dev/null
+pack() { tar czf "$out/agents.tgz" --transform 's|^.*/logs/agent_|logs/agent_|' -T "$1" 2>/dev/null; }
+pack "$list"
+if [ "$(stat -c %s "$out/agents.tgz")" -gt 16000000 ]; then
+  grep -v '\.gif$' "$list" >"$list.small"; pack "$list.small"
+  echo "agents.tgz without GIFs (over 16 MB with them)" | tee -a "$out/env.txt"
+fi
+rm -rf "$out/logs" "$list" "$list.small"
 ls -la "$out"
