@@ -6,6 +6,7 @@ import os
 import random
 import signal
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,3 +200,26 @@ def test_rng_state_saved_on_more_gpus_restores_on_fewer():
     state["cuda"] = list(state["cuda"]) + [torch.cuda.get_rng_state(0)] * 8  # more GPUs than this machine has
     set_rng_state(state)
     torch.testing.assert_close(torch.rand(4, device="cuda"), expected)
+
+
+def test_a_save_puts_every_file_on_disk_before_its_done_marker(tmp_path, monkeypatch):
+    """Only the folder was fsynced: after a host crash the ``done`` marker (and the rename) could reach the disk
+    before the data, leaving a folder taken as complete whose state.pt is empty."""
+    from viper import checkpoint
+
+    synced, real_fsync_file = [], checkpoint._fsync_file
+
+    def record(path):
+        synced.append((Path(path).relative_to(tmp_path / "ck").as_posix(), (Path(path).parent / "done").exists()))
+        real_fsync_file(path)
+
+    monkeypatch.setattr(checkpoint, "_fsync_file", record)
+
+    def extra(folder):
+        (folder / "replay").mkdir()
+        (folder / "replay" / "block.npy").write_bytes(b"x" * 100)
+
+    Checkpointer(tmp_path / "ck").save(3, {"w": torch.zeros(4)}, extra=extra)
+    names = [name.split("/", 1)[1] for name, _ in synced]
+    assert {"state.pt", "checksums.json", "replay/block.npy"} <= set(names) and names[-1] == "done"
+    assert all(not done_existed for name, done_existed in synced if not name.endswith("/done")), synced

@@ -48,6 +48,7 @@ def test_collect_with_a_trained_expert_collects_again_when_its_weights_change(tm
     import torch
 
     from viper.agent.policy import checkpoint_folder
+    from viper.checkpoint import Checkpointer, saved_step
     from viper.data import collect
     from viper.data.store import open_store
 
@@ -66,10 +67,19 @@ def test_collect_with_a_trained_expert_collects_again_when_its_weights_change(tm
 
     first_time, first_actions = collected()
     assert collected()[0] == first_time  # the same expert: nothing to do
-    # "Retrain" the expert: other weights in the checkpoint the path points to.
-    state_path = checkpoint_folder(expert) / "state.pt"
-    state = torch.load(state_path, weights_only=False)
+    # "Retrain" the expert: a newer checkpoint with other weights under the path the policy names.
+    folder = checkpoint_folder(expert)
+    state = torch.load(folder / "state.pt", weights_only=False)
     state["agent"] = {k: v + 0.5 if v.is_floating_point() else v for k, v in state["agent"].items()}
-    torch.save(state, state_path)
+    Checkpointer(folder.parent).save(saved_step(folder) + 1, state)
     again_time, again_actions = collected()
     assert again_time != first_time and not np.array_equal(again_actions, first_actions)
+    # A byte flipped in the expert's weights is refused, not rolled out (torch.load would read it).
+    from viper.agent.policy import load_policy
+
+    state_path = checkpoint_folder(expert) / "state.pt"
+    data = bytearray(state_path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    state_path.write_bytes(bytes(data))
+    with pytest.raises(ViperError, match="state.pt is missing or differs from its checksum"):
+        load_policy(expert)

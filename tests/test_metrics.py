@@ -71,3 +71,18 @@ def test_a_resumed_log_sets_aside_the_rows_logged_after_its_checkpoint(tmp_path)
     assert steps == [1, 2, 3, 4, 5, 6, 7]
     aside = [json.loads(line)["step"] for line in (log_dir / "metrics.replaced.jsonl").read_text().splitlines()]
     assert aside == [7, 8, 9, 10]
+
+
+def test_a_fragment_left_by_a_kill_is_dropped_even_when_no_row_follows_the_resume_step(tmp_path):
+    """With nothing logged past the resume step but the cut line, the file was left as it was: the resumed run's
+    first row was appended onto the fragment, and that row was lost to every reader."""
+    log_dir = tmp_path / "logs"
+    with Logger(log_dir, tensorboard=False, dvclive=False, progress=False) as log:
+        for step in range(1, 4):
+            log.scalars({"agent/loss": step}, step)
+    with open(log_dir / "metrics.jsonl", "a") as handle:
+        handle.write('{"step": 4, "agent/lo')  # cut short by the kill, right after the checkpoint at step 3
+    with Logger(log_dir, initial=3, tensorboard=False, dvclive=False, progress=False) as log:
+        log.scalars({"agent/loss": 4.0}, 4)
+    rows = [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[-1]["agent/loss"] == 4.0

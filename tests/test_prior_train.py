@@ -103,16 +103,19 @@ def test_training_writes_checkpoints_metrics_and_pictures(data_dir, capsys):
     # A run from before the pointer and the marks existed: the latest checkpoint, with a line saying so.
     pointer = run_dir / "checkpoints" / "released"
     marks = run_dir / "checkpoints" / "step_000000008" / "marks.json"
-    kept = pointer.read_text(), marks.read_text()
+    sums = marks.with_name("checksums.json")  # such a run's checksums (if any) do not list marks.json either
+    kept = pointer.read_text(), marks.read_text(), sums.read_text()
     assert json.loads(kept[1]) == {"best": best, "released": kept[0]}
     pointer.unlink()
     marks.unlink()
+    sums.write_text(json.dumps({k: v for k, v in json.loads(kept[2]).items() if k != "marks.json"}))
     try:
         assert load_prior(run_dir, "released").step == 8
         assert "has no 'released' checkpoint" in capsys.readouterr().out
     finally:
         pointer.write_text(kept[0])
         marks.write_text(kept[1])
+        sums.write_text(kept[2])
     assert (loaded.seq_len, loaded.frame_skip) == (cfg.prior.seq_len, cfg.prior.frame_skip)
 
 
@@ -320,7 +323,46 @@ def test_unreadable_or_foreign_model_checkpoints_are_errors_naming_the_file(tmp_
     for run in (prior_dir, tokenizer_dir):
         state = run / "checkpoints" / "step_000000001" / "state.pt"
         state.write_bytes(state.read_bytes()[:40])
+    # The checksums the save recorded catch it first; without them (a trimmed copy), torch.load does.
+    damaged = r"step_000000001: state.pt is missing or differs from its checksum in checksums.json: the checkpoint is"
+    with pytest.raises(ViperError, match=damaged):
+        load_prior(prior_dir)
+    with pytest.raises(ViperError, match=damaged):
+        load_tokenizer(tokenizer_dir)
+    for run in (prior_dir, tokenizer_dir):
+        (run / "checkpoints" / "step_000000001" / "checksums.json").unlink()
     with pytest.raises(ViperError, match=r"state.pt: cannot be read as a prior checkpoint"):
         load_prior(prior_dir)
     with pytest.raises(ViperError, match=r"state.pt: cannot be read as a tokenizer checkpoint"):
         load_tokenizer(tokenizer_dir)
+
+
+def test_a_bit_flipped_in_a_models_weights_is_refused_not_scored(tmp_path):
+    """torch.load reads a flipped byte in a tensor without complaint, so a damaged prior or tokenizer scored
+    rewards silently; their loaders now check the checksums the save recorded."""
+    make_inputs(tmp_path, tiny_cfg(tmp_path, 1).tokenizer)
+    prior_stage.run(tiny_cfg(tmp_path, steps=2))
+    runs = ((paths.prior_dir(tmp_path, "dmc"), load_prior), (paths.tokenizer_dir(tmp_path, "dmc"), load_tokenizer))
+    for run, load in runs:
+        folder = Checkpointer(run / "checkpoints").latest_path()
+        state = folder / "state.pt"
+        original = state.read_bytes()
+        try:
+            data = bytearray(original)
+            data[len(data) // 2] ^= 0x01  # inside the tensors' bytes
+            state.write_bytes(bytes(data))
+            torch.load(state, map_location="cpu", weights_only=False)  # torch itself does not notice
+            with pytest.raises(ViperError, match="state.pt is missing or differs from its checksum"):
+                load(run)
+        finally:
+            state.write_bytes(original)
+        load(run)
+
+
+def test_scoring_with_best_says_so_when_the_run_marked_none(tmp_path, capsys):
+    """reward.checkpoint=best fell back to the latest checkpoint without a word (released said so)."""
+    from viper.models.prior_checkpoint import checkpoint_folder
+
+    Checkpointer(tmp_path / "prior" / "checkpoints").save(5, {"format": "x"})
+    assert checkpoint_folder(tmp_path / "prior", BEST).name == "step_000000005"
+    assert "has no 'best' checkpoint (no evaluation landed on a saved step" in capsys.readouterr().out

@@ -75,20 +75,50 @@ def _recorded_checksums(folder: Path | None) -> dict[tuple[int, int], int]:
     return out
 
 
-def _check_files(folder: Path, tolerate: Callable[[str], bool] | None = None) -> list[str]:
+def _check_files(
+    folder: Path, tolerate: Callable[[str], bool] | None = None, only: tuple[str, ...] | None = None
+) -> list[str]:
     """Raise ``ValueError`` naming the first file whose bytes differ from those ``save`` recorded (checkpoints
     written before the checksums existed have none to check); files ``tolerate`` accepts (by relative path) are
-    returned instead, and the caller does without them."""
+    returned instead, and the caller does without them. ``only``: check just these files (where recorded)."""
     recorded = folder / CHECKSUMS
     if not recorded.exists():
         return []
     bad = []
     for name, crc in json.loads(recorded.read_text()).items():
+        if only is not None and name not in only:
+            continue
         if not (folder / name).is_file() or file_crc32c(folder / name) != crc:
             if tolerate is None or not tolerate(name):
                 raise ValueError(f"{name} is missing or differs from its checksum in {CHECKSUMS}")
             bad.append(name)
     return bad
+
+
+def verify(folder: str | Path, only: tuple[str, ...] | None = None) -> None:
+    """``ViperError`` unless every file of the checkpoint ``folder`` (or those named in ``only``) matches the
+    checksum its save recorded (for loaders that read one checkpoint rather than resume a run: ``torch.load``
+    reads damaged tensor bytes without a word). Checkpoints from before the checksums, or trimmed copies without
+    them, pass."""
+    try:
+        _check_files(Path(folder), only=only)
+    except (ValueError, OSError) as exc:
+        raise ViperError(
+            f"{folder}: {exc}: the checkpoint is damaged; restore it (`dvc checkout`, a backup) or train it again"
+        ) from None
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file and folder under ``folder`` (files hard-linked from an earlier checkpoint cost nothing)."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            _fsync_file(Path(root) / name)
+        _fsync_dir(Path(root))
 
 
 def rng_state() -> dict[str, Any]:
@@ -261,7 +291,11 @@ class Checkpointer:
         # the latest checkpoint (replay blocks) keep the CRC recorded there; a load checks them all the same.
         known = _recorded_checksums(self.latest_path())
         (tmp / CHECKSUMS).write_text(json.dumps(_checksums(tmp, known)))
+        # On disk before ``done`` is: after a host crash, a folder with ``done`` must hold whole files (the
+        # directory's fsync alone orders the names, not the data).
+        _fsync_tree(tmp)
         (tmp / DONE).write_text(str(step))
+        _fsync_file(tmp / DONE)
         _fsync_dir(tmp)
         if final.exists():  # the same step saved again, or another settings' run at this step: keep that one
             if (final / DONE).exists() and not self._matches(final):

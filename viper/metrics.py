@@ -37,16 +37,20 @@ def _set_aside_rows_after(path: Path, step: int) -> None:
     an older run's rows). Kept rows are rewritten atomically; a line cut short by a kill is dropped."""
     if not path.exists():
         return
-    kept, later = [], []
-    for line in path.read_text().splitlines():
+    text = path.read_text()
+    kept, later, dropped = [], [], False
+    for line in text.splitlines():
         try:
             row_step = json.loads(line)["step"]
         except (json.JSONDecodeError, KeyError, TypeError):
+            dropped = True
             continue
         (kept if row_step <= step else later).append(line + "\n")
     if later:
         with open(path.with_name(REPLACED), "a") as aside:
             aside.writelines(later)
+    # A fragment the kill cut short goes too: the resumed run's first row would be appended onto it.
+    if later or dropped or (text and not text.endswith("\n")):
         write_text(path, "".join(kept))
 
 

@@ -14,7 +14,7 @@ import torch
 
 from viper.agent.agent import Agent
 from viper.agent.driver import clip_action
-from viper.checkpoint import Checkpointer
+from viper.checkpoint import Checkpointer, verify
 from viper.config import AgentConfig
 from viper.errors import ViperError
 from viper.hashing import file_sha256
@@ -89,6 +89,7 @@ class CheckpointPolicy:
 def load_policy(path: str | Path, sample: bool = False, device: str = "cpu", seed: int = 0) -> CheckpointPolicy:
     """Load the newest complete agent checkpoint under ``path`` as a policy (see the module docstring)."""
     folder = checkpoint_folder(path)
+    verify(folder, only=("state.pt",))  # a damaged expert would collect videos without a word (replay unread)
     state = torch.load(folder / "state.pt", map_location=device, weights_only=False)
     meta = state["meta"]
     fields = dict(meta["agent"])

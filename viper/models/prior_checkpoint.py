@@ -68,6 +68,12 @@ def checkpoint_folder(path: str | Path, which: str = "latest") -> Path:
             "the latest one",
             flush=True,
         )
+    elif which == BEST:
+        print(
+            f"prior: {directory} has no '{BEST}' checkpoint (no evaluation landed on a saved step: prior.eval_every_"
+            "grad_steps and prior.checkpoint_every_grad_steps never met); scoring with the latest one",
+            flush=True,
+        )
     if latest is None:
         raise ViperError(f"{path}: no complete prior checkpoint (run `viper train-videogpt` first)")
     return latest
@@ -83,6 +89,9 @@ def load_prior(
         raise ViperError(f"prior weights {weights!r}: expected 'ema' or 'raw'")
     folder = checkpoint_folder(path, which)
     file = folder / "state.pt"
+    from viper.checkpoint import verify
+
+    verify(folder)  # a damaged prior would score rewards without a word
     try:
         state = torch.load(file, map_location="cpu", weights_only=False)
     except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as exc:
