@@ -20,6 +20,24 @@ def test_registry_lists_every_published_task():
     assert suites.defaults("atari/pong").episode_env_steps == 27_000
 
 
+@pytest.mark.parametrize(("repeat", "steps"), [(1, 1000), (2, 500), (4, 250), (3, 334)])
+def test_the_default_episode_lasts_1000_control_steps_at_any_action_repeat(repeat, steps):
+    """A fixed 500 agent steps made a repeat-1 episode half as long (and its returns half the published scale)
+    and a repeat-4 episode twice as long."""
+    env = make("dmc/cartpole_balance", seed=0, action_repeat=repeat)
+    try:
+        env.reset(seed=0)
+        zero = np.zeros(env.action_space.shape, np.float32)
+        taken, done = 0, False
+        while not done:
+            _, _, terminated, truncated, _ = env.step(zero)
+            taken, done = taken + 1, terminated or truncated
+        assert taken == steps
+    finally:
+        env.close()
+    assert suites.defaults("atari/pong").steps_at(4) == 27_000 and suites.defaults("atari").steps_at(1) == 108_000
+
+
 @pytest.mark.parametrize("bad", ["dmc/cartpole_run", "cartpole_balance", "gym/pong", ""])
 def test_unknown_task_names_the_known_ones(bad):
     with pytest.raises(ViperError, match="dmc/cartpole_balance"):

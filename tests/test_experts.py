@@ -228,3 +228,8 @@ def test_parse_expert_settings_per_task():
     }
     assert parse_expert_settings(entries, SWINGUP) == {SWINGUP: {"pump_gain": 4.0, "centre_gain": 2.5}}
     assert parse_expert_settings(entries, "dmc/cartpole_balance") == {}
+    # A count stays a whole number (Pong's settle_steps went to range() as 3.0, a TypeError at the first action).
+    settle = parse_expert_settings(["atari/pong:settle_steps=3"])["atari/pong"]["settle_steps"]
+    assert settle == 3 and isinstance(settle, int)
+    with pytest.raises(ViperError, match="settle_steps counts something; expected a whole number"):
+        parse_expert_settings(["atari/pong:settle_steps=2.5"])

@@ -237,7 +237,8 @@ class AgentConfig:
     parallel_envs: bool = True
     """Step the environments in worker processes (with envs > 1); False steps them in this process."""
     episode_env_steps: int = 0
-    """Agent steps per episode; 0 takes the suite default (DMC 500, Atari 27000)."""
+    """Agent steps per episode; 0 takes the suite's episode over ``action_repeat`` (DMC 1000 control steps: 500 at
+    repeat 2; Atari 108,000 frames: 27,000 at repeat 4)."""
     train_ratio: float = 64.0
     """Replayed steps per env step: updates = env_steps * train_ratio / (batch_size * batch_length)."""
     batch_size: Count = 16

@@ -21,14 +21,16 @@ def make(
     episode_env_steps: int | None = None,
     fast_render: bool = True,
 ) -> gymnasium.Env:
-    """A seeded env for ``task``; ``None`` arguments take the suite defaults (``viper.envs.suites.DEFAULTS``).
+    """A seeded env for ``task``; ``None`` arguments take the suite defaults (``viper.envs.suites.DEFAULTS``; the
+    default episode length is the suite's episode in env steps over ``action_repeat``).
 
     ``fast_render`` applies to DMC only (see ``viper.envs.dmc``). Close the env to release its renderer.
     """
     suite = suites.suite_of(task)
     default = suites.DEFAULTS[suite]
     repeat = default.action_repeat if action_repeat is None else int(action_repeat)
-    length = default.episode_env_steps if episode_env_steps is None else int(episode_env_steps)
+    # The default keeps the episode's length in time: 1000 DMC control steps are 500 agent steps at repeat 2, 1000 at 1.
+    length = default.steps_at(repeat) if episode_env_steps is None else int(episode_env_steps)
     if suite == "dmc":
         from viper.envs.dmc import DMCEnv
 

@@ -18,8 +18,18 @@ class SuiteDefaults:
 
     action_repeat: int
     """Environment steps per agent action (DMC: control steps; Atari: emulator frames, i.e. frame skip)."""
-    episode_env_steps: int
-    """Agent steps per episode, after action repeat."""
+    episode_frames: int
+    """Environment steps (control steps, emulator frames) per episode, whatever the action repeat."""
+
+    @property
+    def episode_env_steps(self) -> int:
+        """Agent steps per episode at the suite's own action repeat."""
+        return self.steps_at(self.action_repeat)
+
+    def steps_at(self, action_repeat: int) -> int:
+        """Agent steps per episode at ``action_repeat``: the episode keeps its length in time (a DMC episode is
+        1000 control steps at any repeat, so its returns stay comparable with the published ones)."""
+        return -(-self.episode_frames // max(1, int(action_repeat)))
 
 
 SUITES: dict[str, tuple[str, ...]] = {"dmc": DMC_TASKS, "atari": ATARI_TASKS}
@@ -27,8 +37,8 @@ SUITES: dict[str, tuple[str, ...]] = {"dmc": DMC_TASKS, "atari": ATARI_TASKS}
 # DMC: 1000 control steps per episode in every suite task = 500 agent steps at repeat 2.
 # Atari: 108,000 emulator frames (30 minutes of play, ALE v5's cap) = 27,000 agent steps at frame skip 4.
 DEFAULTS: dict[str, SuiteDefaults] = {
-    "dmc": SuiteDefaults(action_repeat=2, episode_env_steps=500),
-    "atari": SuiteDefaults(action_repeat=4, episode_env_steps=27_000),
+    "dmc": SuiteDefaults(action_repeat=2, episode_frames=1000),
+    "atari": SuiteDefaults(action_repeat=4, episode_frames=108_000),
 }
 
 

@@ -90,6 +90,10 @@ def parse_expert_settings(entries: Iterable[str], task: str | None = None) -> di
             value = float("nan")
         if not np.isfinite(value):
             raise ViperError(f"expert setting {entry!r}: {raw.strip()!r} is not a finite number")
+        if isinstance(getattr(SCRIPTED[name], attribute), int):  # a step count, say: range() takes no float
+            if value != int(value):
+                raise ViperError(f"expert setting {entry!r}: {attribute} counts something; expected a whole number")
+            value = int(value)
         out.setdefault(name, {})[attribute] = value
     return out if task is None else {task: out[task]} if task in out else {}
 
