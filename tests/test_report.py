@@ -7,6 +7,7 @@ import json
 import pytest
 
 from viper import config as C
+from viper.errors import ViperError
 from viper.eval import report
 
 
@@ -94,3 +95,19 @@ def test_report_rows_ratios_curves_and_html(tmp_path):
     assert (tmp_path / "report" / "assets" / "curve_dmc-cartpole_balance.png").stat().st_size > 1000
     page = (tmp_path / "report" / "report.html").read_text()
     assert page.count("<tr>") >= 6 and "curve_dmc-cartpole_balance.png" in page
+
+
+def test_a_results_record_without_its_keys_names_the_file_and_a_foreign_log_row_is_skipped(tmp_path):
+    """A record without task_return_mean raised a bare KeyError naming no file; a metrics row without "step"
+    stopped the whole report."""
+    cfg = C.load("tiny", [f"data_dir={tmp_path}"], params_path=None)
+    results = tmp_path / "evaluate" / "results.json"
+    _write(results, [{"task": "dmc/cartpole_balance", "reward": "viper"}])
+    with pytest.raises(ViperError, match=r"evaluate/results.json: record 0 is .*expected an object with 'task' and"):
+        report.agent_rows(cfg, tmp_path)
+    # Only oracle runs: the row says so rather than a bare "not run".
+    _write(results, [{"task": "dmc/cartpole_balance", "reward": "task", "task_return_mean": 800.0}])
+    assert report.agent_rows(cfg, tmp_path)[0]["seeds"] == "not run (oracle only)"
+    log = tmp_path / "m.jsonl"
+    _write(log, '{"step": 1, "a": 1.0}\n{"a": 2.0}\n{"step": 3, "a": 3.0}\n')
+    assert report.read_series(log, lambda key: key == "a") == {"a": [(1, 1.0), (3, 3.0)]}

@@ -22,6 +22,7 @@ from typing import Any
 
 from viper import paths
 from viper.config import Config
+from viper.errors import ViperError
 from viper.eval.keys import reward_eval_by_task
 from viper.eval.published import TARGET_RATIO, in_published_unit, published
 from viper.metrics import save_figure, write_json, write_text
@@ -101,11 +102,17 @@ def agent_rows(cfg: Config, data_dir: Path) -> list[dict[str, Any]]:
     """One row per configured task: our VIPER and oracle agents' task returns (mean over seeds) beside the
     paper's, in the paper's unit (Atari human-normalised); and the summed VIPER reward each kind of agent's
     episodes get (does the VIPER agent look more like the expert videos than the oracle?)."""
-    results = _read_json(paths.evaluate_dir(data_dir) / "results.json") or []
+    results_path = paths.evaluate_dir(data_dir) / "results.json"
+    results = _read_json(results_path) or []
     baselines = {b["task"]: b for b in _read_json(paths.evaluate_dir(data_dir) / "baselines.json") or []}
     returns: dict[tuple[str, str], list[float]] = defaultdict(list)
     likelihoods: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for record in results:
+    for i, record in enumerate(results):
+        if not isinstance(record, dict) or not isinstance(record.get("task"), str) or "task_return_mean" not in record:
+            raise ViperError(
+                f"{results_path}: record {i} is {record!r}; expected an object with 'task' and 'task_return_mean' "
+                "(as `viper evaluate` writes; run it again)"
+            )
         key = (record["task"], record.get("reward", "viper"))
         returns[key].append(float(record["task_return_mean"]))
         if record.get("viper_return_mean") is not None:
@@ -123,7 +130,7 @@ def agent_rows(cfg: Config, data_dir: Path) -> list[dict[str, Any]]:
         row = {
             "task": task,
             "unit": paper.unit,
-            "seeds": len(ours) or "not run",
+            "seeds": len(ours) or ("not run (oracle only)" if oracle is not None else "not run"),
             "VIPER (ours)": mean(ours),
             "std": statistics.pstdev(ours) if len(ours) > 1 else None,
             "oracle (ours)": oracle,
@@ -160,11 +167,12 @@ def read_series(log: Path, keys: Any) -> dict[str, list[tuple[int, float]]]:
     for line in log.read_text().splitlines() if log.exists() else []:
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a killed run; the rest of the file is still good
+            step = int(row["step"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue  # a line cut short by a killed run (or not a metrics row); the rest of the file is still good
         for key, value in row.items():
             if key not in ("step", "time_s") and keys(key) and isinstance(value, (int, float)):
-                series[key].append((int(row["step"]), float(value)))
+                series[key].append((step, float(value)))
     return series
 
 
