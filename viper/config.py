@@ -236,12 +236,12 @@ def stray_collect_tasks(cfg: Config) -> str | None:
 
 def uncollected_agent_tasks(cfg: Config, reward: str, task: str | None = None) -> str | None:
     """Why ``task`` (``train-agent --task``; default ``agent.tasks``) cannot train on ``reward``, or None: the VIPER
-    reward model learns
-    the collected tasks only, and ``train-agent`` found that out only after collect, the tokenizer and the prior
-    had run (``VideoReward.task_id``). Not a load error: stages that never read the agent (an import, a tokenizer
-    for ``-S collect.tasks=[...]`` of one's own videos) must not need ``agent.tasks`` narrowed as well."""
+    reward model learns the collected tasks only, and ``train-agent`` found that out only after collect, the
+    tokenizer and the prior had run (``VideoReward.task_id``). Not a load error: stages that never read the agent
+    (an import, a tokenizer for ``-S collect.tasks=[...]`` of one's own videos) must not need ``agent.tasks``
+    narrowed as well."""
     tasks = cfg.agent.tasks if task is None else (task,)
-    unknown = [task for task in tasks if task not in cfg.collect.tasks]
+    unknown = [name for name in tasks if name not in cfg.collect.tasks]
     if reward != "viper" or not unknown:
         return None
     if task is not None:
