@@ -54,6 +54,24 @@ def test_pong_expert_wins_points_random_loses_them():
     assert (won - lost) / 2 - (random_won - random_lost) >= 12
 
 
+def test_pong_lookahead_leaves_the_episode_alone():
+    """The expert's look-ahead must not reach the real emulator: its episode, replayed in a fresh env without
+    the expert, gives the same frames. Sticky actions repeat ALE's previous command, which a state snapshot
+    leaves out, so a look-ahead on the real emulator changed nearly every step after the first."""
+    steps = 150
+    ep = rollout("atari/pong", "expert", seed=0, episode_env_steps=steps)
+    env = make("atari/pong", seed=0, episode_env_steps=steps)
+    frames, rewards = [env.reset(seed=0)[0]], [0.0]
+    for row in ep.actions[1:]:
+        obs, reward, *_ = env.step(int(np.argmax(row)))
+        frames.append(obs)
+        rewards.append(reward)
+    env.close()
+    assert len(set(np.argmax(ep.actions[1:], 1).tolist())) > 1, "the expert should steer, not idle"
+    np.testing.assert_array_equal(np.stack(frames), ep.frames)
+    np.testing.assert_array_equal(np.asarray(rewards, np.float32), ep.rewards)
+
+
 def test_rollout_layout_and_replay():
     """Row i of actions led to frame i: replaying the actions in a fresh env gives the same frames."""
     ep = rollout("dmc/cartpole_swingup", "noisy:0.5", seed=2, episode_env_steps=12)

@@ -42,7 +42,7 @@ def game_id(task: str) -> str:
     return f"ALE/{GAMES[name]}-v5"
 
 
-def _make_ale_env(task: str) -> gymnasium.Env:
+def make_ale_env(task: str) -> gymnasium.Env:
     import ale_py
 
     gymnasium.register_envs(ale_py)
@@ -71,7 +71,7 @@ class AtariEnv(gymnasium.Env):
         self.action_repeat = action_repeat
         self.episode_env_steps = episode_env_steps
         self.size = size
-        self._env = _make_ale_env(task)
+        self._env = make_ale_env(task)
         self.ale = self._env.ale
         self._actions = self.ale.getLegalActionSet()
         self.action_space = gymnasium.spaces.Discrete(len(self._actions))
