@@ -42,11 +42,13 @@ def test_training_an_expert_for_a_task_with_a_scripted_one_says_collect_will_not
     assert "dmc/cartpole_balance has a scripted expert, which collect.policy=expert uses" in out and expected in out
 
 
-def test_collect_with_a_trained_expert_collects_again_when_its_weights_change(tmp_path):
+def test_collect_with_a_trained_expert_collects_again_when_its_weights_change(tmp_path, monkeypatch):
     """collect named a checkpoint policy by its path: an expert retrained under the same path (the expert stage run
-    again with other agent settings) left the old expert's videos in the store."""
+    again with other agent settings) left the old expert's videos in the store. The weights are hashed once per
+    task (they were read twice: once for the staging key, once for the store's)."""
     import torch
 
+    from viper.agent import policy
     from viper.agent.policy import checkpoint_folder
     from viper.checkpoint import Checkpointer, saved_step
     from viper.data import collect
@@ -60,8 +62,15 @@ def test_collect_with_a_trained_expert_collects_again_when_its_weights_change(tm
     cfg = C.load("tiny", [f"data_dir={tmp_path}", f"collect.tasks=[{task}]", "collect.workers=1", *settings], None)
     store_meta = paths.store(tmp_path, "dmc") / "cartpole_balance" / "zarr.json"
 
+    hashed = []
+    monkeypatch.setattr(
+        policy, "checkpoint_identity", lambda path, real=policy.checkpoint_identity: hashed.append(path) or real(path)
+    )
+
     def collected():
+        hashed.clear()
         collect.run(cfg, progress=False)
+        assert len(hashed) == 1, f"the expert's weights were hashed {len(hashed)} times"
         group = open_store(paths.store(tmp_path, "dmc")).task(task)
         return store_meta.stat().st_mtime_ns, group.read_episode(0)["actions"]
 

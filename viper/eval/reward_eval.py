@@ -112,7 +112,7 @@ def record_keys(cfg: Config, reward_identity: str, task: str, videos: str, polic
     category (``policies``: category -> spec): its spec, seed and episode settings, the env/expert code, and for
     a noisy expert this task's ``collect.expert_settings`` or the trained expert's weights."""
     from viper.agent.policy import checkpoint_identity
-    from viper.experts.policies import settings_of_task
+    from viper.experts.policies import checkpoint_of, settings_of_task
     from viper.experts.rollout import rollout_code_hash
 
     c = cfg.collect
@@ -125,8 +125,8 @@ def record_keys(cfg: Config, reward_identity: str, task: str, videos: str, polic
     code = rollout_code_hash()
     for category, spec in policies.items():
         expert = ""
-        if ":checkpoint:" in spec:
-            expert = checkpoint_identity(spec.split(":checkpoint:", 1)[1])
+        if (trained := checkpoint_of(spec)) is not None:
+            expert = checkpoint_identity(trained)
         elif spec.startswith("noisy:"):
             expert = list(settings_of_task(c.expert_settings, task))
         keys[category] = json_digest([reward_identity, spec, episodes, code, expert])
