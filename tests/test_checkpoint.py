@@ -205,15 +205,15 @@ def test_rng_state_saved_on_more_gpus_restores_on_fewer():
 def test_a_save_puts_every_file_on_disk_before_its_done_marker(tmp_path, monkeypatch):
     """Only the folder was fsynced: after a host crash the ``done`` marker (and the rename) could reach the disk
     before the data, leaving a folder taken as complete whose state.pt is empty."""
-    from viper import checkpoint
+    from viper import file_integrity
 
-    synced, real_fsync_file = [], checkpoint._fsync_file
+    synced, real_fsync_file = [], file_integrity.fsync_file
 
     def record(path):
         synced.append((Path(path).relative_to(tmp_path / "ck").as_posix(), (Path(path).parent / "done").exists()))
         real_fsync_file(path)
 
-    monkeypatch.setattr(checkpoint, "_fsync_file", record)
+    monkeypatch.setattr(file_integrity, "fsync_file", record)
 
     def extra(folder):
         (folder / "replay").mkdir()

@@ -38,87 +38,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from viper import file_integrity as integrity
 from viper.errors import ViperError
-from viper.hashing import file_crc32c
+from viper.file_integrity import CHECKSUMS, DONE
 
-DONE = "done"
 LATEST = "latest"
 SUPERSEDED = "superseded"
 DAMAGED = "damaged"
-CHECKSUMS = "checksums.json"
-
-
-def _checksums(folder: Path, known: dict[tuple[int, int], int]) -> dict[str, int]:
-    """``{relative path: CRC-32C}`` of every file under ``folder`` but the checksum file and ``done``. A file that
-    is a hard link of one in ``known`` (``(device, inode) -> CRC``) takes its recorded CRC unread."""
-    out = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in (CHECKSUMS, DONE)):
-        stat = path.stat()
-        crc = known.get((stat.st_dev, stat.st_ino)) if stat.st_nlink > 1 else None
-        out[path.relative_to(folder).as_posix()] = file_crc32c(path) if crc is None else crc
-    return out
-
-
-def _recorded_checksums(folder: Path | None) -> dict[tuple[int, int], int]:
-    """``(device, inode) -> CRC`` of the files a complete checkpoint recorded, for files linked from it."""
-    try:
-        recorded = json.loads((folder / CHECKSUMS).read_text()) if folder is not None else {}
-    except (OSError, ValueError):
-        return {}
-    out = {}
-    for name, crc in recorded.items():
-        try:
-            stat = (folder / name).stat()
-        except OSError:
-            continue
-        out[(stat.st_dev, stat.st_ino)] = crc
-    return out
-
-
-def _check_files(
-    folder: Path, tolerate: Callable[[str], bool] | None = None, only: tuple[str, ...] | None = None
-) -> list[str]:
-    """Raise ``ValueError`` naming the first file whose bytes differ from those ``save`` recorded (checkpoints
-    written before the checksums existed have none to check); files ``tolerate`` accepts (by relative path) are
-    returned instead, and the caller does without them. ``only``: check just these files (where recorded)."""
-    recorded = folder / CHECKSUMS
-    if not recorded.exists():
-        return []
-    bad = []
-    for name, crc in json.loads(recorded.read_text()).items():
-        if only is not None and name not in only:
-            continue
-        if not (folder / name).is_file() or file_crc32c(folder / name) != crc:
-            if tolerate is None or not tolerate(name):
-                raise ValueError(f"{name} is missing or differs from its checksum in {CHECKSUMS}")
-            bad.append(name)
-    return bad
-
-
-def verify(folder: str | Path, only: tuple[str, ...] | None = None) -> None:
-    """``ViperError`` unless every file of the checkpoint ``folder`` (or those named in ``only``) matches the
-    checksum its save recorded (for loaders that read one checkpoint rather than resume a run: ``torch.load``
-    reads damaged tensor bytes without a word). Checkpoints from before the checksums, or trimmed copies without
-    them, pass."""
-    try:
-        _check_files(Path(folder), only=only)
-    except (ValueError, OSError) as exc:
-        raise ViperError(
-            f"{folder}: {exc}: the checkpoint is damaged; restore it (`dvc checkout`, a backup) or train it again"
-        ) from None
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_tree(folder: Path) -> None:
-    """fsync every file and folder under ``folder`` (files hard-linked from an earlier checkpoint cost nothing)."""
-    for root, _, files in os.walk(folder):
-        for name in files:
-            _fsync_file(Path(root) / name)
-        _fsync_dir(Path(root))
 
 
 def rng_state() -> dict[str, Any]:
@@ -139,14 +65,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         # allocation) restores those it has (set_rng_state_all would raise IndexError on the first missing one).
         for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(cuda_state, index)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Checkpointer:
@@ -233,7 +151,7 @@ class Checkpointer:
         pointer_tmp = self.directory / f".{LATEST}.tmp"
         pointer_tmp.write_text(name)
         os.replace(pointer_tmp, self.directory / LATEST)
-        _fsync_dir(self.directory)
+        integrity.fsync_dir(self.directory)
 
     def changes(self, folder: Path) -> list[str]:
         """``key: stored -> current`` for each setting where ``folder``'s fingerprint differs from this run's."""
@@ -289,14 +207,14 @@ class Checkpointer:
         # torch.load checks the archive's structure, not the tensors' bytes, and np.load the replay's even less:
         # a checksum of every file tells a damaged checkpoint from a good one. Files ``extra`` hard-linked from
         # the latest checkpoint (replay blocks) keep the CRC recorded there; a load checks them all the same.
-        known = _recorded_checksums(self.latest_path())
-        (tmp / CHECKSUMS).write_text(json.dumps(_checksums(tmp, known)))
+        known = integrity.recorded_checksums(self.latest_path())
+        (tmp / CHECKSUMS).write_text(json.dumps(integrity.checksums(tmp, known)))
         # On disk before ``done`` is: after a host crash, a folder with ``done`` must hold whole files (the
         # directory's fsync alone orders the names, not the data).
-        _fsync_tree(tmp)
+        integrity.fsync_tree(tmp)
         (tmp / DONE).write_text(str(step))
-        _fsync_file(tmp / DONE)
-        _fsync_dir(tmp)
+        integrity.fsync_file(tmp / DONE)
+        integrity.fsync_dir(tmp)
         if final.exists():  # the same step saved again, or another settings' run at this step: keep that one
             if (final / DONE).exists() and not self._matches(final):
                 self._set_aside(final)
@@ -321,7 +239,7 @@ class Checkpointer:
         self.damaged_files = []
         while (path := self.latest_path() or self._restore_superseded()) is not None:
             try:
-                self.damaged_files = _check_files(path, tolerate)
+                self.damaged_files = integrity.check_files(path, tolerate)
                 state = torch.load(path / "state.pt", map_location=map_location, weights_only=False)
             except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
                 if not set_aside:  # a DDP rank > 0: rank 0 loaded this very file, so the fault is not the file's

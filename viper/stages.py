@@ -50,6 +50,7 @@ INFRASTRUCTURE = (
     "viper/errors.py",
     "viper/metrics.py",
     "viper/checkpoint.py",
+    "viper/file_integrity.py",
     "viper/hashing.py",
     "viper/signals.py",
     "viper/locks.py",

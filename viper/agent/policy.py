@@ -14,9 +14,10 @@ import torch
 
 from viper.agent.agent import Agent
 from viper.agent.driver import clip_action
-from viper.checkpoint import Checkpointer, verify
+from viper.checkpoint import Checkpointer
 from viper.config import AgentConfig
 from viper.errors import ViperError
+from viper.file_integrity import verify
 from viper.hashing import file_sha256
 
 

@@ -89,7 +89,7 @@ def load_prior(
         raise ViperError(f"prior weights {weights!r}: expected 'ema' or 'raw'")
     folder = checkpoint_folder(path, which)
     file = folder / "state.pt"
-    from viper.checkpoint import verify
+    from viper.file_integrity import verify
 
     verify(folder)  # a damaged prior would score rewards without a word
     try:

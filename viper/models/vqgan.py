@@ -229,7 +229,7 @@ def load_tokenizer(
     expected: TokenizerConfig | None = None,
 ) -> Tokenizer:
     """Load the newest complete tokenizer checkpoint (eval mode). ``expected`` checks the architecture."""
-    from viper.checkpoint import verify
+    from viper.file_integrity import verify
 
     source = resolve_checkpoint(run_dir_or_checkpoint)
     verify(source.parent)  # damaged weights would tokenise (and so score) without a word
