@@ -1,7 +1,7 @@
 """Typed, frozen configuration: one dataclass per stage, presets as partial overrides, strict loading.
 
 The stage sections (``CollectConfig`` ... ``EvaluateConfig``) live in ``viper.sections`` and the task lists in
-``viper.fields``, re-exported here; this module holds the whole ``Config``, the loader and the validation.
+``viper.fields`` (with the per-value checks), re-exported here; this module holds the whole ``Config`` and the loader.
 
 Resolution order (later wins):
   1. the dataclass defaults in ``viper.sections`` (the published code's settings: viper_rl's ``viper_rl/configs``),
@@ -18,8 +18,6 @@ optimiser updates.
 from __future__ import annotations
 
 import dataclasses
-import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +25,7 @@ from typing import Any
 
 import yaml
 
-from viper.errors import ViperError
-from viper.fields import ATARI_TASKS, DMC_TASKS, Matches, Range
+from viper.fields import ATARI_TASKS, DMC_TASKS, ConfigError, check_value, scientific
 from viper.sections import (
     AgentConfig,
     CollectConfig,
@@ -51,10 +48,6 @@ __all__ = [
     "TokenizerConfig",
     "load",
 ]
-
-
-class ConfigError(ViperError, ValueError):
-    """A configuration key, value or preset that cannot be used; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -165,17 +158,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({exc.__class__.__name__})") from exc
-    return key, _scientific(value)
-
-
-_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def _scientific(value: Any) -> Any:
-    """YAML 1.1 reads ``3e-4`` (no dot) as a string; read it as the float everyone means."""
-    if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
-        return float(value)
-    return value
+    return key, scientific(value)
 
 
 def build(tree: dict[str, Any]) -> Config:
@@ -183,7 +166,7 @@ def build(tree: dict[str, Any]) -> Config:
     sections = {}
     for name, cls in SECTION_TYPES.items():
         sections[name] = _build_section(cls, name, tree.get(name, {}))
-    top = {k: _check(f"{k}", tree[k], str) for k in TOP_LEVEL_KEYS if k in tree}
+    top = {k: check_value(f"{k}", tree[k], str) for k in TOP_LEVEL_KEYS if k in tree}
     if "data_dir" in top and not top["data_dir"].strip():
         raise ConfigError(f"data_dir={top['data_dir']!r}: expected the folder the stages write under, e.g. data")
     if "data_dir" in top and Path(top["data_dir"]).exists() and not Path(top["data_dir"]).is_dir():
@@ -267,7 +250,7 @@ def override(cfg: Config, section: str, values: dict[str, Any], flags: dict[str,
     checked = {}
     for key, value in values.items():
         try:
-            checked[key] = _check(f"{section}.{key}", value, hints[key])
+            checked[key] = check_value(f"{section}.{key}", value, hints[key])
         except ConfigError as exc:
             if key not in flags:
                 raise
@@ -313,7 +296,7 @@ def describe_top_level() -> list[tuple[str, str, str]]:
 
 def _build_section(cls: type, name: str, values: dict[str, Any]) -> Any:
     hints = typing.get_type_hints(cls, include_extras=True)
-    kwargs = {key: _check(f"{name}.{key}", value, hints[key]) for key, value in values.items()}
+    kwargs = {key: check_value(f"{name}.{key}", value, hints[key]) for key, value in values.items()}
     return cls(**kwargs)
 
 
@@ -346,65 +329,6 @@ def _nest(dotted: str, value: Any) -> dict[str, Any]:
     for part in reversed(dotted.split(".")):
         out = {part: out}
     return out
-
-
-def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) is typing.Literal:
-        return "one of " + ", ".join(str(v) for v in typing.get_args(tp))
-    if typing.get_origin(tp) is tuple:
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
-    if typing.get_origin(tp) is typing.Annotated:
-        base, *extras = typing.get_args(tp)
-        return " ".join([_type_name(base), *(str(e) for e in extras if isinstance(e, (Range, Matches)))])
-    return getattr(tp, "__name__", str(tp))
-
-
-def _check(key: str, value: Any, tp: Any, bounded: bool = False) -> Any:
-    """Return ``value`` converted to ``tp`` or raise ``ConfigError`` naming the key and expectation. Numbers are
-    never negative unless ``bounded`` (an annotated ``Range`` states the bounds instead)."""
-
-    def fail() -> typing.NoReturn:
-        raise ConfigError(f"{key}={value!r}: expected {_type_name(tp)}, got {type(value).__name__}")
-
-    if typing.get_origin(tp) is typing.Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{key}={value!r}: expected {_type_name(tp)}")
-        return value
-    if typing.get_origin(tp) is typing.Annotated:
-        base, *extras = typing.get_args(tp)
-        if isinstance(value, float) and value != value:  # NaN: the field's own bounds, not the plain ">= 0"
-            raise ConfigError(f"{key}=nan: expected {_type_name(tp)}")
-        value = _check(key, value, base, bounded=any(isinstance(e, Range) for e in extras))
-        for bounds in (e for e in extras if isinstance(e, Range)):
-            if not bounds.holds(value):
-                raise ConfigError(f"{key}={value!r}: expected {_type_name(tp)}")
-        for form in (e for e in extras if isinstance(e, Matches)):
-            if re.fullmatch(form.pattern, value) is None:
-                raise ConfigError(f"{key}={value!r}: expected {_type_name(tp)}")
-        return value
-    if typing.get_origin(tp) is tuple:
-        if not isinstance(value, (list, tuple)):
-            fail()
-        item = typing.get_args(tp)[0]
-        return tuple(_check(f"{key}[{i}]", v, item) for i, v in enumerate(value))
-    if tp is bool:
-        if not isinstance(value, bool):
-            fail()
-        return value
-    if tp in (int, float):
-        value = _scientific(value) if tp is float else value
-        if isinstance(value, bool) or not isinstance(value, (int, float) if tp is float else int):
-            fail()
-        if value != value or (not bounded and value < 0):  # NaN never passes
-            raise ConfigError(f"{key}={value!r}: expected {_type_name(tp)} >= 0")
-        return tp(value)
-    if tp is str:
-        if not isinstance(value, str):
-            fail()
-        return value
-    if isinstance(tp, types.UnionType):
-        raise ConfigError(f"{key}: union types are not supported in configs")
-    fail()
 
 
 def _plain(value: Any) -> Any:
