@@ -37,7 +37,9 @@ from viper import dvc_yaml
 from viper.metrics import write_text
 from viper.stages import StageSpec, by_name
 
-_PERCENT = re.compile(r"(\d{1,3})%\|")
+_PERCENT = re.compile(r"(\d{1,3})%\|(?:[^|]*\|[^\[]*(?:\[[^\]]*\])?)?")
+"""A tqdm bar (``desc: 50%|#####     | 5/10 [00:01<00:01, 4.5it/s, ret=1.0]``): its percentage, and where it ends
+(a message printed while the bar was drawn follows it on the same line)."""
 # DVC exits 255 whatever the stage's command exited with; its error line carries the command's own status.
 _DVC_STAGE_STATUS = re.compile(r"failed to run: .*, exited with (-?\d+)")
 
@@ -117,7 +119,10 @@ def _stream(cmd: list[str], cwd: Path, progress_key: str | None) -> None:
         match = _PERCENT.search(line)
         if match is None:
             guarded("logging the stage's output", logger.info, line)
-        elif artifact is not None:
+            return
+        if after := line[match.end() :].strip():  # a notice printed over the bar (tqdm draws it without newline)
+            guarded("logging the stage's output", logger.info, after)
+        if artifact is not None:
             percent = float(match.group(1))
             # A stage draws one bar per task or run: a percentage below the last is the next bar starting.
             if percent >= last + 1 or percent == 100 or percent < last:
@@ -142,17 +147,22 @@ def _stream(cmd: list[str], cwd: Path, progress_key: str | None) -> None:
 
 
 def _publish_metrics(stage: StageSpec, project: Path) -> dict:
+    """The stage's metrics, also published as a table artifact (and its pictures as a listing). The stage has
+    succeeded by now: an artifact call that fails is warned about, not raised (a retry would only repeat it)."""
     path = project / stage.metrics
     if not path.exists():
         return {}
     metrics = json.loads(path.read_text())
     rows = [{"metric": k, "value": v} for k, v in sorted(metrics.items()) if not isinstance(v, (dict, list))]
-    if rows:
-        create_table_artifact(rows, key=f"{stage.name}-metrics", description=f"{stage.name}: final metrics")
     pictures = sorted(p for out in stage.outs for p in (project / out).rglob("*") if p.suffix in (".png", ".gif"))
-    if pictures:
-        listing = "\n".join(f"- [{p.relative_to(project)}](file://{p})" for p in pictures[:50])
-        create_markdown_artifact(f"## {stage.name}: pictures\n\n{listing}", key=f"{stage.name}-pictures")
+    listing = "\n".join(f"- [{p.relative_to(project)}](file://{p})" for p in pictures[:50])
+    try:
+        if rows:
+            create_table_artifact(rows, key=f"{stage.name}-metrics", description=f"{stage.name}: final metrics")
+        if pictures:
+            create_markdown_artifact(f"## {stage.name}: pictures\n\n{listing}", key=f"{stage.name}-pictures")
+    except Exception as exc:  # whatever the API raises: the stage's outputs are written and recorded
+        get_run_logger().warning(f"{stage.name}: publishing its artifacts failed ({exc!r}); the stage succeeded")
     return metrics
 
 
@@ -165,12 +175,25 @@ def run_stage(stage_name: str, project_dir: str) -> dict:
     return _publish_metrics(stage, project)
 
 
+def check_preset(project_dir: str | Path, preset: str) -> None:
+    """``ConfigError`` unless the stages would accept ``preset`` with the project's params.yaml: a known preset
+    whose settings, with the file's own (its ``collect.tasks`` from another suite, say), load and fit together."""
+    from viper import config
+    from viper.cli import check_policy
+
+    path = Path(project_dir) / "params.yaml"
+    # The ConfigError names the known presets, or the params.yaml setting the preset contradicts.
+    cfg = config.load(preset, params_path=path if path.exists() else None)
+    check_policy(cfg.collect.policy)
+    for problem in (config.stray_collect_tasks(cfg), config.uncollected_agent_tasks(cfg, cfg.agent.reward)):
+        if problem:  # what collect or train-agent would refuse, after the preset had been written
+            raise config.ConfigError(f"preset {preset!r} with {path}: {problem}")
+
+
 def set_preset(project_dir: str | Path, preset: str) -> None:
     """Point params.yaml's ``preset:`` at ``preset`` (what ``dvc exp run -S preset=...`` does), keeping comments;
-    an unknown preset is refused before the file is touched."""
-    from viper import config
-
-    config.load(preset, params_path=None)  # ConfigError naming the known presets
+    a preset ``check_preset`` refuses is refused before the file is touched."""
+    check_preset(project_dir, preset)
     path = Path(project_dir) / "params.yaml"
     text = path.read_text()
     new, count = re.subn(r"(?m)^preset:.*$", f"preset: {preset}", text)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from prefect import serve
 
-from pipeline.flows import collect_videos, reproduce, train_agents
+from pipeline.flows import check_preset, collect_videos, reproduce, train_agents
 from pipeline.runners import RUNNERS, make_runner
 from viper.errors import ViperError
 
@@ -26,9 +26,7 @@ def deployments(
     them)."""
     from prefect.client.schemas.schedules import CronSchedule
 
-    from viper import config
-
-    config.load(preset, params_path=None)  # an unknown preset: a ConfigError naming the known ones
+    check_preset(project_dir, preset)  # a ConfigError naming the known presets, or what params.yaml contradicts
     try:
         CronSchedule(cron=cron)
     except ValueError:  # pydantic's validation error
@@ -93,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
         "--address", help="with --runner dask or ray: the cluster's scheduler address (default: start a local cluster)"
     )
     args = parser.parse_args(argv)
+    if args.address and args.runner == "local":
+        parser.error("--address: only with --runner dask or ray (the local runner starts its own threads)")
     try:
         served = deployments(args.project_dir, args.cron, args.preset, args.runner, args.workers, args.address)
     except ViperError as exc:

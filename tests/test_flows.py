@@ -235,3 +235,59 @@ def test_served_fan_out_deployments_follow_params_yaml_not_the_reproduce_preset(
     served = {d.name: d for d in serve.deployments(str(tmp_path), "0 3 * * *", "tiny")}
     assert served["reproduce"].parameters["preset"] == "tiny"
     assert served["train-agents"].parameters["preset"] == served["collect-videos"].parameters["preset"] == ""
+
+
+def test_a_notice_printed_over_a_progress_bar_reaches_the_log(tmp_path, prefect_api, task_log):
+    """tqdm draws its bar without a newline: a notice printed while it is drawn (a rollout worker retried, an
+    evaluation cut short) shares the bar's line, which was taken for progress and never logged."""
+    bar = "\\rdmc/cartpole_balance:  50%|#####     | 5/10 [00:01<00:01, 4.52ep/s, ret=812.3]"
+    code = f"import sys; sys.stderr.write({bar!r}); sys.stderr.write('a rollout worker process died\\n'); print('done')"
+    in_a_flow(stream, code, str(tmp_path), "test-progress")
+    messages = [message for _, message in task_log.seen]
+    assert "a rollout worker process died" in messages and "done" in messages, messages
+    assert not any("50%|" in m for m in messages), messages  # the bar itself stays out of the log
+
+
+def test_a_failing_artifact_after_a_successful_stage_is_a_warning(tmp_path, monkeypatch, prefect_api, task_log):
+    """The stage's outputs are written and recorded: failing it (and retrying a no-op repro) helps nobody."""
+    from pipeline import flows
+    from viper.stages import by_name
+
+    _fake_dvc(tmp_path / "bin", tmp_path / "runs", "exit 0")
+    monkeypatch.setattr(flows, "_venv_bin", lambda: str(tmp_path / "bin"))
+    metrics = tmp_path / by_name("collect").metrics
+    metrics.parent.mkdir(parents=True)
+    metrics.write_text('{"episodes": 4}')
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("the Prefect API is gone")
+
+    monkeypatch.setattr(flows, "create_table_artifact", unreachable)
+    assert in_a_flow(flows.run_stage, "collect", str(tmp_path)) == {"episodes": 4}
+    assert len((tmp_path / "runs").read_text().splitlines()) == 1
+    assert any("publishing its artifacts failed" in m for _, m in task_log.seen), task_log.seen
+
+
+def test_reproduce_refuses_a_preset_that_params_yaml_contradicts_before_writing_it(tmp_path, prefect_api):
+    """set_preset checked the preset alone: params.yaml's own collect.tasks (another suite) made every stage exit 2
+    after the file already named the new preset."""
+    from pipeline import serve
+    from pipeline.flows import reproduce
+    from viper.config import ConfigError
+
+    params = tmp_path / "params.yaml"
+    text = b"# keep me\npreset: tiny\ncollect:\n  tasks: [dmc/cartpole_balance]\n"
+    params.write_bytes(text)
+    with pytest.raises(ConfigError, match=r"preset 'paper_atari' with .*params.yaml: .*dmc/cartpole_balance is not in"):
+        reproduce(preset="paper_atari", project_dir=str(tmp_path))
+    assert params.read_bytes() == text
+    with pytest.raises(ConfigError, match="dmc/cartpole_balance is not in that suite"):
+        serve.deployments(str(tmp_path), "0 3 * * *", "paper_atari")
+
+
+def test_serve_refuses_an_address_for_the_local_runner(capsys):
+    from pipeline import serve
+
+    with pytest.raises(SystemExit) as exit_:
+        serve.main(["--preset", "tiny", "--address", "tcp://10.0.0.1:8786"])
+    assert exit_.value.code == 2 and "--address: only with --runner dask or ray" in capsys.readouterr().err
