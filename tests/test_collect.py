@@ -154,8 +154,8 @@ def test_expert_settings_reach_only_their_task(collected, tmp_path):
     assert meta.stat().st_mtime_ns == before
     assert open_store(paths.store(cfg.data_dir, "dmc")).task(TASK).attrs["source"]["expert_settings"] == []
     own = tiny(tmp_path, expert_settings=(f"{TASK}:centre_gain=3.0",))
-    assert collect.fingerprint(own.collect, collect.ROLLOUT_FIELDS) != collect.fingerprint(
-        cfg.collect, collect.ROLLOUT_FIELDS
+    assert collect.fingerprint(own.collect, TASK, collect.ROLLOUT_FIELDS) != collect.fingerprint(
+        cfg.collect, TASK, collect.ROLLOUT_FIELDS
     )
     with pytest.raises(ViperError, match="expert setting 'dmc/cartpole_balance:centre_gain=x'"):
         collect.run(tiny(tmp_path, expert_settings=(f"{TASK}:centre_gain=x",)), progress=False)

@@ -4,14 +4,13 @@ give new keys (stale scores were reused); copying a checkpoint does not (everyth
 from __future__ import annotations
 
 import os
-import sys
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from viper import config, paths
+from viper import config, paths, stages
 from viper.config import RewardConfig
 from viper.eval import agent_eval, reward_eval
 from viper.reward import VideoReward
@@ -27,7 +26,7 @@ def checkpoint(run_dir, step: int, weights: bytes):
     return folder
 
 
-def test_noisy_expert_scores_follow_the_trained_experts_weights_and_the_rollout_code(tmp_path, monkeypatch):
+def test_noisy_expert_scores_follow_the_trained_experts_weights_and_the_stages_code(tmp_path, monkeypatch):
     cfg = config.load("tiny", [f"data_dir={tmp_path}"], params_path=None)
     expert = paths.expert_dir(tmp_path, TASK)
     checkpoint(expert, 1, b"first weights")
@@ -37,9 +36,11 @@ def test_noisy_expert_scores_follow_the_trained_experts_weights_and_the_rollout_
     checkpoint(expert, 2, b"retrained weights")  # `viper expert` trained on
     retrained = reward_eval.record_keys(cfg, "model", TASK, "videos", policies)
     assert all(retrained[category] != first[category] for category in policies)
-    monkeypatch.setattr(sys.modules["viper.experts.rollout"], "rollout_code_hash", lambda: "other env code")
+    # A change to the stage's code (its scoring too, not only the rollouts) scores every category again: DVC
+    # reruns the stage for it, and reusing the records recorded old numbers as current.
+    monkeypatch.setattr(stages, "code_digest", lambda name: "other code" if name == "reward-eval" else "?")
     changed_code = reward_eval.record_keys(cfg, "model", TASK, "videos", policies)
-    assert all(changed_code[category] != retrained[category] for category in policies)
+    assert all(changed_code[category] != retrained[category] for category in retrained)
 
 
 def test_an_evaluated_checkpoint_is_known_by_its_weights_not_its_file_times(tmp_path, monkeypatch):
@@ -52,7 +53,7 @@ def test_an_evaluated_checkpoint_is_known_by_its_weights_not_its_file_times(tmp_
     assert agent_eval._checkpoint(run) != key
     cfg = config.load("tiny", params_path=None)
     code = agent_eval.settings_key(cfg, None)
-    monkeypatch.setattr(sys.modules["viper.experts.rollout"], "rollout_code_hash", lambda: "other env code")
+    monkeypatch.setattr(stages, "code_digest", lambda name: "other code" if name == "evaluate" else "?")
     assert agent_eval.settings_key(cfg, None) != code
 
 
@@ -99,3 +100,21 @@ def test_evaluation_counts_and_epsilons_are_checked_on_load(override, message):
     """0 episodes crashed the evaluate stage with a traceback; epsilons that print alike merged two categories."""
     with pytest.raises(config.ConfigError, match=message.replace("[", r"\[")):
         config.load("tiny", [override], params_path=None)
+
+
+def test_a_code_digest_follows_the_listed_python_files_only(tmp_path):
+    from viper.hashing import sources_digest
+
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    (tmp_path / "pkg" / "sub" / "a.py").write_text("x = 1\n")
+    (tmp_path / "pkg" / "notes.txt").write_text("not code")
+    (tmp_path / "b.py").write_text("y = 2\n")
+    (tmp_path / "c.py").write_text("z = 3\n")
+    listed = ("pkg", "b.py")
+    first = sources_digest(tmp_path, listed)
+    (tmp_path / "c.py").write_text("z = 4\n")  # not listed
+    (tmp_path / "pkg" / "notes.txt").write_text("other notes")  # not Python
+    assert sources_digest(tmp_path, listed) == first
+    (tmp_path / "pkg" / "sub" / "a.py").write_text("x = 2\n")  # inside a listed folder
+    assert sources_digest(tmp_path, listed) != first
+    assert len(stages.code_digest("evaluate")) == 16 and stages.code_digest("evaluate") != stages.code_digest("report")

@@ -251,3 +251,40 @@ def test_parse_expert_settings_per_task():
     assert settle == 3 and isinstance(settle, int)
     with pytest.raises(ViperError, match="settle_steps counts something; expected a whole number"):
         parse_expert_settings(["atari/pong:settle_steps=2.5"])
+
+
+def test_a_tasks_rollout_code_is_its_suites_and_its_experts_only(tmp_path):
+    """Collect fingerprints hashed every module of viper/envs and viper/experts: a Pong expert fix rolled out every
+    DMC task's videos again (and so retrained the tokenizer, the prior and the agents on them)."""
+    import importlib
+    import shutil
+    from pathlib import Path
+
+    from viper.hashing import sources_digest
+
+    rollout_module = importlib.import_module("viper.experts.rollout")  # the package exports the function too
+
+    tasks = ("dmc/cartpole_balance", "dmc/walker_walk", "atari/pong", "atari/boxing")
+    files = {task: rollout_module.rollout_code_files(task) for task in tasks}
+    root = Path(rollout_module.__file__).resolve().parents[1]
+    modules = {p.relative_to(root).as_posix() for folder in ("envs", "experts") for p in (root / folder).glob("*.py")}
+    # Every module either decides some task's episodes or is declared not to (a new module must be placed).
+    covered = set(rollout_module.NOT_ROLLOUT_CODE).union(*map(set, files.values()))
+    assert modules <= covered, sorted(modules - covered)
+    assert "experts/pong.py" not in files["dmc/cartpole_balance"] and "envs/atari.py" not in files["dmc/walker_walk"]
+    assert (
+        "experts/dmc_scripted.py" in files["dmc/cartpole_balance"] and "experts/lqr.py" in files["dmc/cartpole_balance"]
+    )
+    assert "experts/pong.py" in files["atari/pong"] and "experts/pong.py" not in files["atari/boxing"]
+    # On a copy of the code: editing the Pong expert changes Pong's hash alone; the shared rollout code, all.
+    shutil.copytree(root / "envs", tmp_path / "envs")
+    shutil.copytree(root / "experts", tmp_path / "experts")
+    before = {task: sources_digest(tmp_path, files[task]) for task in tasks}
+    assert before == {task: rollout_module.rollout_code_hash(task) for task in tasks}
+    with open(tmp_path / "experts" / "pong.py", "a") as f:
+        f.write("# a fix\n")
+    after = {task: sources_digest(tmp_path, files[task]) for task in tasks}
+    assert [task for task in tasks if after[task] != before[task]] == ["atari/pong"]
+    with open(tmp_path / "experts" / "rollout.py", "a") as f:
+        f.write("# a fix\n")
+    assert all(sources_digest(tmp_path, files[task]) != after[task] for task in tasks)

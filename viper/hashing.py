@@ -32,3 +32,16 @@ def file_sha256(path: str | Path) -> str:
 def json_digest(value: Any) -> str:
     """16 hex digits of the sha256 of ``value`` as sorted-key JSON: a short key for a record of settings."""
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def sources_digest(root: Path, entries: tuple[str, ...] | list[str]) -> str:
+    """16 hex digits of the sha256 of the ``.py`` files ``entries`` name under ``root`` (files, or folders taken
+    whole), each with its relative path: the code a result came from, for keys that must notice a code change."""
+    files = set()
+    for entry in entries:
+        path = root / entry
+        files.update(path.rglob("*.py") if path.is_dir() else [path])
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from viper import paths
+from viper.hashing import sources_digest
 
 DATA = "data"
 
@@ -92,6 +93,13 @@ class StageSpec:
     def metrics(self) -> str:
         """Summary metrics file the stage writes (``viper <cmd> --metrics-out``)."""
         return metrics_path(self.name)
+
+
+def code_digest(name: str) -> str:
+    """16 hex digits naming the code of stage ``name`` (its ``StageSpec.code``): for a stage that reuses its earlier
+    results (reward-eval's records, evaluate's), a key part that notices what makes DVC run it again, a code change;
+    without it the rerun reused every record and ``dvc.lock`` recorded old numbers as current."""
+    return sources_digest(Path(__file__).resolve().parents[1], by_name(name).code)
 
 
 def metrics_path(stage: str, data_dir: str | Path = DATA) -> str:

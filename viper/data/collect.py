@@ -9,11 +9,13 @@ Per task, resumable and idempotent:
   2. Filter (``viper.data.filtering``: return percentile, cap, drop first frames, seeded test split) and write
      the kept episodes, in rollout-index order, into ``.<name>.building``.
   3. Swap it in as the task group (``VideoStore.promote``) and delete the staging group.
-A task group whose recorded fingerprint matches the config is left alone, so re-running is a no-op; a
-different config re-collects the task and replaces its group in one swap. The store therefore depends only
-on the config, not on worker count, timing or interruptions. A group that was imported (``viper import``) is
-not replaced unless asked (``--replace-imported``): a user's own videos cannot be rolled out again. One process
-collects a task at a time: ``run`` holds the task's lock (``task_lock``) around its work, and a second is refused.
+A task group whose recorded fingerprint matches the config is left alone, so re-running is a no-op; a different
+config, or a change to the code that rolls the task out (``rollout_code_files``: the shared rollout code, the
+suite's env adapter, the task's scripted expert), re-collects the task and replaces its group in one swap. The
+store therefore depends only on the config, not on worker count, timing or interruptions. A group that was imported
+(``viper import``) is not replaced unless asked (``--replace-imported``): a user's own videos cannot be rolled out
+again. One process collects a task at a time: ``run`` holds the task's lock (``task_lock``) around its work, and a
+second is refused.
 """
 
 from __future__ import annotations
@@ -67,13 +69,13 @@ def policy_identity(policy: str) -> dict[str, str] | None:
     return checkpoint_identity(path)
 
 
-def fingerprint(cfg: CollectConfig, fields: tuple[str, ...], identity: dict[str, str] | None = None) -> str:
-    """Short hash of the config fields and rollout code that determine a task's data (16 hex of sha256). A
-    checkpoint policy adds the checkpoint it loads, ``identity`` (``policy_identity(cfg.policy)``): a retrained
-    expert (the ``expert`` stage run again with other settings) collects again instead of leaving the old expert's
-    videos under the same path."""
+def fingerprint(cfg: CollectConfig, task: str, fields: tuple[str, ...], identity: dict[str, str] | None = None) -> str:
+    """Short hash of the config fields and rollout code (``rollout_code_hash``) that determine ``task``'s data
+    (16 hex of sha256). A checkpoint policy adds the checkpoint it loads, ``identity``
+    (``policy_identity(cfg.policy)``): a retrained expert (the ``expert`` stage run again with other settings)
+    collects again instead of leaving the old expert's videos under the same path."""
     values = {f: getattr(cfg, f) for f in fields}
-    values["code"] = rollout_code_hash()
+    values["code"] = rollout_code_hash(task)
     if "policy" in fields and identity is not None:
         values["checkpoint"] = identity
     return json_digest(values)
@@ -81,7 +83,7 @@ def fingerprint(cfg: CollectConfig, fields: tuple[str, ...], identity: dict[str,
 
 def _staging(store: VideoStore, cfg: CollectConfig, task: str, identity: dict[str, str] | None) -> TaskGroup:
     """The task's rollout staging group, discarded and re-made if it was made with other rollout settings."""
-    key = fingerprint(cfg, ROLLOUT_FIELDS, identity)
+    key = fingerprint(cfg, task, ROLLOUT_FIELDS, identity)
     if store.has_staging(task, COLLECTING):
         group = store.staging(task, COLLECTING)
         if group.attrs.get("source", {}).get("rollout_fingerprint") == key:
@@ -111,7 +113,7 @@ def collect_task(
     # Opened for this task only: the Prefect flow collects several tasks into one store at once.
     store = open_store(store_url, "a", chunk_frames=cfg.chunk_frames, shard_frames=cfg.shard_frames, task=task)
     identity = policy_identity(cfg.policy)  # hashes a checkpoint's weights (~200 MB at size S): once per task
-    key = fingerprint(cfg, ROLLOUT_FIELDS + FILTER_FIELDS, identity)
+    key = fingerprint(cfg, task, ROLLOUT_FIELDS + FILTER_FIELDS, identity)
     existing = store.task(task) if task in store.tasks else None
     if existing is not None and existing.attrs.get("source", {}).get("fingerprint") == key:
         store.discard_staging(task, COLLECTING)

@@ -87,15 +87,16 @@ def evaluate_policy(
 
 
 def settings_key(cfg: Config, reward_model) -> dict[str, Any]:
-    """What every evaluated episode depends on besides the policy: the reward model and the episode settings."""
-    from viper.experts.rollout import rollout_code_hash
+    """What every evaluated episode depends on besides the policy: the reward model, the episode settings and the
+    stage's code (``viper.stages.code_digest``: the agent, env, scoring and this module's)."""
+    from viper.stages import code_digest
 
     e = cfg.evaluate
     return {
         "reward_model": reward_model.identity() if reward_model is not None else None,
         "episodes": [e.seed, e.agent_episodes, e.video_episodes, e.agent_sample],
         "env": [cfg.agent.action_repeat, cfg.agent.episode_env_steps, cfg.collect.fast_render],
-        "code": rollout_code_hash(),  # changed env code means other episodes (as collect's fingerprint says)
+        "code": code_digest("evaluate"),
     }
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +11,7 @@ import numpy as np
 
 from viper.envs import make
 from viper.experts.policies import make_policy
+from viper.hashing import sources_digest
 
 
 @dataclass(frozen=True)
@@ -98,15 +99,40 @@ def rollout(
     )
 
 
-def rollout_code_hash() -> str:
-    """sha256 (16 hex) of the environment and expert sources: changed rollout code means other episodes.
+SHARED_ROLLOUT_CODE = (
+    "envs/__init__.py",
+    "envs/suites.py",
+    "experts/__init__.py",
+    "experts/base.py",
+    "experts/policies.py",
+    "experts/rollout.py",
+)
+"""Modules (under ``viper/``) every rollout runs; a suite adds its adapter, ``envs/<suite>.py``."""
+EXPERT_HELPERS = {"experts/dmc_scripted.py": ("experts/lqr.py",)}
+"""Modules a scripted expert's module calls into."""
+NOT_ROLLOUT_CODE = ("envs/masks.py",)
+"""Modules of ``viper/envs`` and ``viper/experts`` that no rollout runs (the Atari masks shape tokenizer input)."""
 
-    DVC keeps the store and the evaluations as persistent outputs across code changes, so they must notice them
-    themselves (collect's task fingerprints, reward-eval's and evaluate's resume keys).
+
+def rollout_code_files(task: str) -> tuple[str, ...]:
+    """The modules (relative to ``viper/``) whose code decides ``task``'s episodes: the shared rollout code, the
+    suite's adapter and the task's scripted expert (if it has one). A trained expert's code is not among them (see
+    ``viper.stages.UNTRACKED``)."""
+    from viper.envs import suites
+    from viper.experts.policies import SCRIPTED
+
+    files = [*SHARED_ROLLOUT_CODE, f"envs/{suites.suite_of(task)}.py"]
+    if task in SCRIPTED:
+        module = f"experts/{Path(inspect.getfile(SCRIPTED[task])).name}"
+        files += [module, *EXPERT_HELPERS.get(module, ())]
+    return tuple(files)
+
+
+def rollout_code_hash(task: str) -> str:
+    """sha256 (16 hex) of ``rollout_code_files(task)``: changed rollout code means other episodes of ``task``, and
+    only of the tasks whose code changed (a Pong expert fix does not roll out the DMC videos again).
+
+    DVC keeps the store as a persistent output across code changes, so collect's task fingerprints must notice
+    them themselves.
     """
-    root = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    for folder in ("envs", "experts"):
-        for path in sorted((root / folder).rglob("*.py")):
-            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
+    return sources_digest(Path(__file__).resolve().parents[1], rollout_code_files(task))
