@@ -191,3 +191,48 @@ def test_an_hdf5_file_with_misshapen_actions_or_rewards_is_refused_before_the_st
     form = "(N, A)" if key == "actions" else "(N,)"
     assert f"task.h5: /{key} is float32 {shape}; expected numbers shaped {form}" in capsys.readouterr().err
     assert not new.exists()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"mask": np.ones((32, 32), bool)}, "/mask is bool (32, 32); expected bool or 0/1 (64, 64)"),
+        ({"mask": np.ones((64, 64), np.float32)}, "/mask is float32 (64, 64); expected bool or 0/1 (64, 64)"),
+        ({"group_attrs": '{"source": "hello"}'}, "group_attrs source='hello'; expected a JSON object"),
+    ],
+)
+def test_an_hdf5_file_with_a_bad_mask_or_source_is_refused_before_the_store_opens(tmp_path, capsys, edit, message):
+    """A (32, 32) /mask passed the checks, every frame was copied into the store's hidden staging group, and
+    set_mask failed last, leaving the group behind (and a new store where there was none)."""
+    h5 = make_h5(tmp_path)
+    with h5py.File(h5, "r+") as f:
+        for key, value in edit.items():
+            if key == "group_attrs":
+                f.attrs["group_attrs"] = value
+            else:
+                f[key] = value
+    new = tmp_path / "new.zarr"
+    assert cli.main(["import", str(h5), "--store", str(new), *cli_args(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+    assert not new.exists()
+
+
+def test_an_import_failing_midway_leaves_no_staging_group(tmp_path, monkeypatch):
+    """Whatever stops an import after its staging group exists (here a write error), the group is discarded
+    and the task's existing group is kept."""
+    from viper.data.taskgroup import TaskGroup
+
+    h5 = make_h5(tmp_path)
+    store = open_store(tmp_path / "s.zarr", "a")
+    hdf5.import_task(h5, store)
+    before = store.task("dmc/cartpole_balance").identity
+
+    def fail(self, *args, **kwargs):
+        raise OSError("disk went away")
+
+    monkeypatch.setattr(TaskGroup, "append", fail)
+    with pytest.raises(OSError, match="disk went away"):
+        hdf5.import_task(h5, open_store(tmp_path / "s.zarr", "a"))
+    names = sorted(p.name for p in (tmp_path / "s.zarr").iterdir())
+    assert names == ["cartpole_balance", "zarr.json"], names
+    assert open_store(tmp_path / "s.zarr").task("dmc/cartpole_balance").identity == before

@@ -109,6 +109,12 @@ def _check(f: h5py.File, path: Path) -> tuple[str, np.ndarray, np.ndarray, int]:
             raise ViperError(f"{path}: /{key} is {getattr(data, 'dtype', '')} {shape}; expected numbers shaped {form}")
         if data.shape[0] != n:
             raise ViperError(f"{path}: /{key} has {data.shape[0]} rows, expected N={n}")
+    mask = f.get("mask")
+    if mask is not None and (
+        not isinstance(mask, h5py.Dataset) or mask.shape != FRAME_SHAPE[:2] or mask.dtype.kind not in "biu"
+    ):
+        shape = getattr(mask, "shape", "a group")
+        raise ViperError(f"{path}: /mask is {getattr(mask, 'dtype', '')} {shape}; expected bool or 0/1 (64, 64)")
     return _task(f, path), ends, split, n
 
 
@@ -153,6 +159,8 @@ def _kept_attrs(group_attrs: str, path: Path) -> dict:
     repeat = attrs.get("action_repeat")
     if repeat is not None and (isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1):
         raise ViperError(f"{path}: group_attrs action_repeat={repeat!r}; expected an integer >= 1 (or none)")
+    if not isinstance(attrs.get("source", {}), dict):
+        raise ViperError(f"{path}: group_attrs source={attrs['source']!r}; expected a JSON object (or none)")
     return {k: attrs[k] for k in ("action_repeat", "source") if k in attrs}
 
 
@@ -207,25 +215,23 @@ def import_task(path: str | Path, store: VideoStore, task: str | None = None) ->
         check_suite(path, stored, store.tasks, store.url)
         keep = _kept_attrs(group_attrs, path)
         keep["source"] = {**keep.get("source", {}), "imported_from": str(path)}
-        store.discard_staging(stored, IMPORTING)
-        group = store.staging(stored, IMPORTING, attrs=keep)
         names = {v: k for k, v in SPLITS.items()}
-        for i, stop in enumerate(ends):
+        with store.replacing(stored, IMPORTING, attrs=keep) as group:
+            for i, stop in enumerate(ends):
+                with _reading(path):
+                    start = int(stop - (f["lengths"][i]))
+                    rows = {k: f[k][start:stop] for k in ("frames", "actions", "rewards") if k in f}
+                    task_return, episode_id = float(f["returns"][i]), int(f["episode_ids"][i])
+                group.append(
+                    rows["frames"],
+                    rows.get("actions"),
+                    rows.get("rewards"),
+                    split=names[int(split[i])],
+                    task_return=task_return,
+                    episode_id=episode_id,
+                )
             with _reading(path):
-                start = int(stop - (f["lengths"][i]))
-                rows = {k: f[k][start:stop] for k in ("frames", "actions", "rewards") if k in f}
-                task_return, episode_id = float(f["returns"][i]), int(f["episode_ids"][i])
-            group.append(
-                rows["frames"],
-                rows.get("actions"),
-                rows.get("rewards"),
-                split=names[int(split[i])],
-                task_return=task_return,
-                episode_id=episode_id,
-            )
-        with _reading(path):
-            mask = f["mask"][:].astype(bool) if "mask" in f else None
-        if mask is not None:
-            group.set_mask(mask)
-    store.promote(stored, IMPORTING)
+                mask = f["mask"][:].astype(bool) if "mask" in f else None
+            if mask is not None:
+                group.set_mask(mask)
     return stored

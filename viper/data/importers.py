@@ -253,13 +253,11 @@ def check_published(
 
 def write_published(store: VideoStore, task: str, checked: PublishedTask) -> int:
     """Write one checked task into ``store`` (an atomic task-group replace); returns its episode count."""
-    store.discard_staging(task, IMPORTING)
-    group = store.staging(task, IMPORTING, attrs={"action_repeat": None, "source": checked.source})
-    for index, (path, split) in enumerate(checked.files):
-        group.append(load_npz_episode(path), split=split, episode_id=index)
-    if checked.mask is not None:
-        group.set_mask(load_mask(checked.mask, task))
-    store.promote(task, IMPORTING)
+    with store.replacing(task, IMPORTING, attrs={"action_repeat": None, "source": checked.source}) as group:
+        for index, (path, split) in enumerate(checked.files):
+            group.append(load_npz_episode(path), split=split, episode_id=index)
+        if checked.mask is not None:
+            group.set_mask(load_mask(checked.mask, task))
     return len(checked.files)
 
 

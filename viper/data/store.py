@@ -26,10 +26,12 @@ so writers of other tasks may run beside it; one that opens it for every task mu
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -236,6 +238,20 @@ class VideoStore:
     def discard_staging(self, task: str, tag: str) -> None:
         self._writable()
         self.location.remove(hidden(_short(task), tag))
+
+    @contextlib.contextmanager
+    def replacing(self, task: str, tag: str, attrs: dict | None = None) -> Iterator[TaskGroup]:
+        """A fresh staging group ``tag`` for ``task`` to fill in the ``with`` block: promoted over the task's group
+        when the block ends, discarded when it raises (a refused import leaves no hidden group behind)."""
+        self.discard_staging(task, tag)
+        group = self.staging(task, tag, attrs=attrs)
+        try:
+            yield group
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.discard_staging(task, tag)
+            raise
+        self.promote(task, tag)
 
     def promote(self, task: str, tag: str) -> None:
         """Replace ``task``'s group by its complete staging group ``tag`` in one swap."""
