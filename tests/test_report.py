@@ -48,6 +48,10 @@ def test_report_rows_ratios_curves_and_html(tmp_path):
     log = tmp_path / "agents" / "viper" / "dmc-cartpole_balance" / "seed0" / "logs" / "metrics.jsonl"
     lines = [json.dumps({"step": s, "episode/task_return": r, "agent/loss": 1.0}) for s, r in [(0, 10), (500, 300)]]
     _write(log, "\n".join([*lines, '{"step": 9'[:8]]))  # the last line cut short, as by a killed run
+    # Runs left from other settings (a seed no longer configured, another preset's task): not plotted.
+    assert 9 not in cfg.agent.seeds and "dmc/walker_walk" not in cfg.agent.tasks
+    for stale in ("viper/dmc-cartpole_balance/seed9", "task/dmc-walker_walk/seed0"):
+        _write(tmp_path / "agents" / stale / "logs" / "metrics.jsonl", "\n".join(lines))
     prior_log = tmp_path / "prior" / "dmc" / "logs" / "metrics.jsonl"
     _write(prior_log, json.dumps({"step": 10, "time_s": 1.0, "prior/eval_bits_per_token": 2.5}) + "\n")
     # As reward-eval writes it: flat keys per task, nested per-category means, the minimum over tasks.

@@ -23,6 +23,7 @@ from typing import Any
 from viper import paths
 from viper.config import Config
 from viper.errors import ViperError
+from viper.eval.agent_eval import REWARDS
 from viper.eval.keys import reward_eval_by_task
 from viper.eval.published import TARGET_RATIO, in_published_unit, published
 from viper.metrics import save_figure, write_json, write_text
@@ -180,10 +181,18 @@ AgentSeries = dict[tuple[str, str, str], dict[str, list[tuple[int, float]]]]
 """``(reward, task slug, seed folder)`` -> the run's plotted series (``PLOTTED_KEYS["agent"]``)."""
 
 
-def agent_series(data_dir: Path) -> AgentSeries:
-    """The plotted series of every agent run under ``data/agents``, each log read once."""
-    logs = sorted(paths.agents_dir(data_dir).glob("*/*/seed*/logs/metrics.jsonl"))
-    return {(log.parts[-5], log.parts[-4], log.parts[-3]): read_series(log, _plotted("agent")) for log in logs}
+def agent_series(cfg: Config, data_dir: Path) -> AgentSeries:
+    """The plotted series of the configured agent runs (``agent.tasks`` x ``agent.seeds``, both rewards) that have
+    a log, each log read once. Runs left under ``data/agents`` from other settings (fewer seeds now, another
+    preset) are not the preset's: evaluate leaves them out too."""
+    out = {}
+    for task in cfg.agent.tasks:
+        for seed in cfg.agent.seeds:
+            for reward in REWARDS:
+                log = paths.agent_dir(data_dir, reward, task, seed) / "logs" / "metrics.jsonl"
+                if log.is_file():
+                    out[(reward, paths.slug(task), f"seed{seed}")] = read_series(log, _plotted("agent"))
+    return dict(sorted(out.items()))  # the order of the plots' legends: by reward, task, seed
 
 
 def learning_curves(runs: AgentSeries, out: Path) -> list[Path]:
@@ -275,7 +284,7 @@ def run(cfg: Config) -> dict[str, Any]:
 
     rows = agent_rows(cfg, data_dir)
     report.blocks += [("h", "Agents: VIPER reward vs task-reward oracle"), ("table", rows)]
-    agents = agent_series(data_dir)
+    agents = agent_series(cfg, data_dir)
     report.blocks += [("img", str(p.relative_to(out))) for p in learning_curves(agents, assets)]
     plots = paths.report_plots(data_dir)
     shutil.rmtree(plots, ignore_errors=True)
