@@ -3,11 +3,14 @@
 Group ``<root>/<name>`` (``name`` = task without the suite prefix, e.g. ``cartpole_balance``) holds:
 
     frames        (N, 64, 64, 3) uint8   zstd(3) chunks of chunk_frames frames in shards of shard_frames
-    actions       (N, A) float32         optional; row i is the action that led to frame i (row 0 zeros)
+    actions       (N, A) float32         optional; row i is the action that led to frame i (an episode's first
+                                         row: zeros, or after collect.drop_first_frames the action that led to
+                                         its first kept frame)
     rewards       (N,) float32           optional; row i is the reward received on reaching frame i
     episode_ends  (E,) int64             exclusive end frame: episode i is frames [ends[i-1], ends[i])
     lengths       (E,) int64             frames per episode
-    returns       (E,) float32           task return of the episode (NaN if unknown, e.g. imported videos)
+    returns       (E,) float32           task return of the episode as rolled out, before drop_first_frames
+                                         trimmed it (NaN if unknown, e.g. imported videos)
     split         (E,) uint8             0 train, 1 test
     episode_ids   (E,) int64             provenance: rollout index (collect) or file order (import)
 

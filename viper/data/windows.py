@@ -6,7 +6,8 @@ episode (published clips: a random offset, then subsampling). A window is read a
 raw frames (one zarr call decoding only the chunks it touches, none if they are cached), never a whole
 episode. Batches are task-balanced as the released loader combines its per-task streams (``combine_order``:
 groups of ``batch_size // n_tasks`` windows from each task in turn, the turn carried from batch to batch, so a
-batch of 64 over 17 tasks holds 3 or 4 windows of each), task id = index in the sorted task names. Windows
+batch of 64 over 17 tasks holds 3 to 6 windows of each and every task's share evens out over consecutive
+batches), task id = index in the sorted task names. Windows
 are drawn uniformly over all windows of a task (which is uniform over episodes, then offsets, when episodes
 have equal lengths, as published expert data does).
 """

@@ -147,7 +147,7 @@ def weights_hash(state_dict: dict[str, torch.Tensor]) -> str:
 
 
 class Tokenizer:
-    """A trained VQ-GAN in eval mode: uint8 frames <-> (N, h, w) long tokens (see INTERFACES.md)."""
+    """A trained VQ-GAN in eval mode: uint8 frames <-> (N, h, w) long tokens."""
 
     def __init__(self, model: VQGAN, hash: str, device: torch.device | str = "cpu", batch_size: int = 256):
         self.model = model.eval().to(device)

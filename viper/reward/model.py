@@ -36,7 +36,7 @@ FRAME_SHAPE = (64, 64, 3)
 
 
 class Tokenizer(Protocol):
-    """What the reward needs of ``viper.models.vqgan.Tokenizer`` (see /tmp INTERFACES "Tokenizer")."""
+    """What the reward needs of ``viper.models.vqgan.Tokenizer``."""
 
     codebook: torch.Tensor
     grid: tuple[int, int]
