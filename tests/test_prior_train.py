@@ -144,6 +144,29 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path, data_dir):
     assert metrics["prior/grad_steps"] == 2
 
 
+def test_another_evaluation_set_on_resume_restarts_the_best_values(tmp_path, data_dir, capsys):
+    """eval_windows_per_task may change on resume, but bits per token on another set are not comparable: the
+    best values carried over decided which checkpoint was released (the default reward.checkpoint)."""
+    import shutil
+
+    for name in ("tokenizer", "tokens"):
+        shutil.copytree(data_dir / name, tmp_path / name)
+    prior_stage.run(tiny_cfg(tmp_path, steps=4))
+    capsys.readouterr()
+    metrics = prior_stage.run(tiny_cfg(tmp_path, steps=8, eval_windows_per_task=3))
+    assert "eval_windows_per_task 8 -> 3: the best eval bits per token" in capsys.readouterr().out
+    run_dir = paths.prior_dir(tmp_path, "dmc")
+    state = torch.load(Checkpointer(run_dir / "checkpoints").latest_path() / "state.pt", weights_only=False)
+    logged = [json.loads(line) for line in (run_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+    raw = {r["step"]: r["prior/eval_bits_per_token_raw"] for r in logged if "prior/eval_bits_per_token_raw" in r}
+    assert state["progress"]["eval_windows"] == 3
+    assert state["progress"]["best_raw_nll"] == pytest.approx(raw[8])  # only the new set's evaluation counts
+    assert metrics["prior/released_step"] == metrics["prior/best_step"] == 8
+    capsys.readouterr()
+    prior_stage.run(tiny_cfg(tmp_path, steps=8, eval_windows_per_task=3))  # the same set again: nothing said
+    assert "eval_windows_per_task" not in capsys.readouterr().out
+
+
 def test_a_stop_signal_saves_the_update_it_stopped_at_and_the_resume_matches_an_uninterrupted_run(
     tmp_path, data_dir, monkeypatch
 ):

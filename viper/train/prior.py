@@ -191,6 +191,8 @@ class Progress:
     """Whether the latest eval of the raw weights was a new best (the released script's ``is_best``)."""
     released_step: int = -1
     """The checkpoint the released script would have kept: the last saved while ``raw_is_best``."""
+    eval_windows: int = -1
+    """``eval_windows_per_task`` of the evaluations the best values come from (-1: not recorded)."""
 
 
 def _state(prior, ema, optimizer, spec, tasks, tokenizer_hash, pc, progress, rngs) -> dict:
@@ -282,7 +284,7 @@ def _train(cfg: Config, run_dir: Path, ctx: common.DistContext, stop: StopSignal
     stale = ckpt.stale_message("prior")
     if stale and ctx.is_main:
         print(stale, flush=True)
-    progress = Progress()
+    progress = Progress(eval_windows=pc.eval_windows_per_task)
     loaded = common.load_latest(ckpt, ctx, map_location="cpu")
     if loaded is not None:
         state = loaded[0]
@@ -291,6 +293,18 @@ def _train(cfg: Config, run_dir: Path, ctx: common.DistContext, stop: StopSignal
         optimizer.load_state_dict(state["optimizer"])
         common.restore_rng(state, pc.seed, ctx)
         progress = Progress(**state["progress"])
+        if progress.eval_windows not in (-1, pc.eval_windows_per_task):
+            # Bits per token on another evaluation set are not comparable: the best values restart from here, so
+            # which checkpoint is released (reward.checkpoint) depends on the settings, not the run's history.
+            if ctx.is_main:
+                print(
+                    f"prior: eval_windows_per_task {progress.eval_windows} -> {pc.eval_windows_per_task}: the best "
+                    "eval bits per token (best and released checkpoints) restart from the next evaluation",
+                    flush=True,
+                )
+            progress.best_nll = progress.best_raw_nll = math.inf
+            progress.raw_is_best = False
+        progress.eval_windows = pc.eval_windows_per_task
         saved_world = len(state.get("rng_ranks") or [None])
         if saved_world != ctx.world_size and ctx.is_main:
             # The global batch keeps its size and task mix (each rank draws batch_size / world_size windows);
