@@ -304,6 +304,31 @@ def test_extended_or_replaced_videos_retrain_the_tokenizer_and_prior_and_are_enc
     assert tokenizer.run(cfg, progress=False)["checkpoint_loads"] == 0
 
 
+def test_an_edited_scoreboard_mask_retrains_the_tokenizer_and_encodes_again(tmp_path, monkeypatch, capsys):
+    """Neither the tokens nor the tokenizer recorded the mask their frames passed through: after an edit of
+    viper/envs/masks.py (DVC reruns both stages), the finished tokenizer resumed and every task was 'up to date',
+    so the prior kept training on old-mask tokens while the reward scored new-mask frames."""
+    from viper.envs import masks
+
+    store = open_store(paths.store(tmp_path, "atari"), "a")
+    for e in range(3):
+        store.append_episode("atari/pong", synthetic_frames(12, seed=e), split="test" if e == 2 else "train")
+    cfg = tiny_cfg(tmp_path, "tokenizer.train_grad_steps=2", "collect.suite=atari", "collect.tasks=[atari/pong]")
+    tokenizer.run(cfg, progress=False)
+    tokenize.run(cfg, device="cpu")
+    assert tokenizer.run(cfg, progress=False)["checkpoint_loads"] == 1  # nothing changed: resumed, up to date
+    assert tokenize.run(cfg, device="cpu")["tasks_up_to_date"] == 1
+    monkeypatch.setitem(masks.SCORE_BOXES, "pong", ((0, 9, 0, 64),))  # a taller score band
+    capsys.readouterr()
+    again = tokenizer.run(cfg, progress=False)
+    assert again["checkpoint_loads"] == 0 and again["start_step"] == 0
+    assert "masks.atari/pong" in capsys.readouterr().out  # the stale message names what changed
+    assert tokenize.run(cfg, device="cpu")["tasks_encoded"] == 1
+    # Tokens alone: re-encoded under another mask even when the tokenizer is the same.
+    monkeypatch.setitem(masks.SCORE_BOXES, "pong", ((0, 7, 0, 64),))
+    assert tokenize.run(cfg, device="cpu")["tasks_encoded"] == 1
+
+
 def test_store_batches_are_task_balanced_as_released(tmp_path):
     """Three tasks of very different lengths, each frame coloured by its task: every batch of 8 holds the
     released loader's groups (8 // 3 = 2 frames from each task in turn, cut to 8), whatever the lengths."""

@@ -66,8 +66,11 @@ def write_tokens(
     codebook_size: int | None = None,
     chunk_frames: int = 1024,
     store_identity: str = "",
+    mask: str = "",
 ) -> None:
-    """Write (or replace) ``task``'s tokens: int16 (N, h, w), episode_ends (E,), split uint8 (E,) 0/1."""
+    """Write (or replace) ``task``'s tokens: int16 (N, h, w), episode_ends (E,), split uint8 (E,) 0/1. The
+    attributes record what they encode: ``store_identity`` (the video group) and ``mask`` (the frames' mask,
+    ``viper.train.tokenize.mask_identity``)."""
     tokens = np.asarray(tokens)
     episode_ends = np.asarray(episode_ends, dtype=np.int64)
     split = np.asarray(split, dtype=np.uint8)
@@ -108,6 +111,7 @@ def write_tokens(
             "grid": [int(h), int(w)],
             "codebook_size": codebook_size,
             "store_identity": store_identity,
+            "mask": mask,
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
     )

@@ -34,6 +34,15 @@ def task_mask(task: str) -> np.ndarray | None:
     return None if keep.all() else keep
 
 
+def mask_identity(task: str) -> str:
+    """16 hex digits naming ``task``'s mask (``task_mask``), "" when it has none: tokens and tokenizer runs record
+    it, so an edited scoreboard box (``viper.envs.masks``) re-encodes and retrains instead of reusing old ones."""
+    from viper.hashing import json_digest
+
+    keep = task_mask(task)
+    return "" if keep is None else json_digest(np.packbits(keep).tolist())
+
+
 def apply_mask(frames: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
     """Zero the pixels outside ``keep`` in uint8 (N, 64, 64, 3) frames (a no-op for ``None``)."""
     return frames if keep is None else frames * keep[None, :, :, None].astype(np.uint8)
@@ -51,7 +60,8 @@ def encode_task(tokenizer: Tokenizer, group: Any, keep: np.ndarray | None) -> np
 
 def up_to_date(tokens_path, task: str, tokenizer_hash: str, num_frames: int, store_identity: str) -> bool:
     """Whether ``task``'s tokens exist, carry ``tokenizer_hash``, cover ``num_frames`` frames and encode the
-    store group ``store_identity`` (read from their metadata: no token is loaded)."""
+    store group ``store_identity`` through the task's current mask (``mask_identity``; read from their metadata:
+    no token is loaded)."""
     from viper.data.tokens import SCHEMA_VERSION, token_summary
 
     summary = token_summary(tokens_path, task)
@@ -59,7 +69,9 @@ def up_to_date(tokens_path, task: str, tokenizer_hash: str, num_frames: int, sto
         return False
     attrs, frames = summary
     recorded = (attrs.get(k) for k in ("schema_version", "task", "tokenizer_hash", "store_identity"))
-    return tuple(recorded) == (SCHEMA_VERSION, task, tokenizer_hash, store_identity) and frames == num_frames
+    current = (SCHEMA_VERSION, task, tokenizer_hash, store_identity)
+    # Tokens from before masks were recorded carry none: "" is right for unmasked (DMC) tasks.
+    return tuple(recorded) == current and frames == num_frames and attrs.get("mask", "") == mask_identity(task)
 
 
 def _note_unfinished(run_dir: Path, total: int) -> None:
@@ -120,6 +132,7 @@ def _run(cfg: Config, suite: str, device: str) -> dict[str, Any]:
             tokenizer.hash,
             tokenizer.codebook_size,
             store_identity=group.identity,
+            mask=mask_identity(task),
         )
         encoded += 1
         print(f"tokenize: {task}: {group.num_frames} frames -> {tokens.shape[1]}x{tokens.shape[2]} tokens")

@@ -37,6 +37,7 @@ from viper.signals import StopSignals
 from viper.train import common
 from viper.train.adamw import OptaxAdamW
 from viper.train.frames import FrameSource, StoreFrames
+from viper.train.tokenize import mask_identity
 
 GRID_COLUMNS = 8
 EVAL_BATCH = 64
@@ -200,9 +201,13 @@ RESUMABLE_FIELDS = (
 )
 
 
-def fingerprint(cfg: TokenizerConfig, data: dict[str, str] | None = None) -> dict[str, Any]:
-    """The config fields a checkpoint must share with the current run to be resumed (viper.checkpoint), and the
-    training data's identity per task (``StoreFrames.identity``), so replaced or extended videos retrain."""
+def fingerprint(
+    cfg: TokenizerConfig, data: dict[str, str] | None = None, masks: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The config fields a checkpoint must share with the current run to be resumed (viper.checkpoint), the
+    training data's identity per task (``StoreFrames.identity``), so replaced or extended videos retrain, and the
+    masks its frames pass through (``masks``: task -> ``mask_identity`` of the masked tasks), so an edited
+    scoreboard box does too."""
     fp = {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_FIELDS}
     if cfg.lpips_weights_path and Path(cfg.lpips_weights_path).is_file():
         # The weights' bytes, not where they lie: moving the file must not restart a run (a missing file is
@@ -210,6 +215,8 @@ def fingerprint(cfg: TokenizerConfig, data: dict[str, str] | None = None) -> dic
         fp["lpips_weights_path"] = "sha256:" + file_sha256(cfg.lpips_weights_path)
     if data is not None:
         fp["videos"] = data  # read in stale messages as "videos.<task>: <old> -> <new>"
+    if masks:
+        fp["masks"] = masks
     return fp
 
 
@@ -280,8 +287,13 @@ def _train(
     source = frames if frames is not None else StoreFrames(store, log=say)
     trainer = TokenizerTrainer(tcfg, ctx, build_perceptual(tcfg.perceptual_weight, tcfg.lpips_weights_path, say))
     data = source.identity() if hasattr(source, "identity") else None
+    masks = {task: mask for task in getattr(source, "tasks", ()) if (mask := mask_identity(task))}
+    # A run from before masks were recorded resumes under today's masks (defaults): what it trained on is unknown.
     ckpt = Checkpointer(
-        run_dir / "checkpoints", tcfg.keep_checkpoints, fingerprint(tcfg, data), defaults=fingerprint(TokenizerConfig())
+        run_dir / "checkpoints",
+        tcfg.keep_checkpoints,
+        fingerprint(tcfg, data, masks),
+        defaults=fingerprint(TokenizerConfig(), masks=masks),
     )
     stale = ckpt.stale_message("tokenizer")
     if stale:
