@@ -93,11 +93,16 @@ class VideoReward:
 
     def identity(self) -> str:
         """What the rewards depend on: the tokenizer's hash, the prior checkpoint's content (a retrained prior
-        reuses step folder names), the mode, the weights that score (state.pt holds both EMA and raw) and bf16."""
+        reuses step folder names), the mode, the weights that score (state.pt holds both EMA and raw) and, on
+        CUDA, the precision. CPU scores keep the plain identity."""
         prior = file_sha256(self.prior_path / "state.pt")[:16]
         identity = f"{self.tokenizer.hash}|{prior}|{self.cfg.mode}|{self.cfg.weights}"
-        # bf16 scoring (CUDA only) gives other numbers than float32: its scores must not mix with CPU ones.
-        return identity + "|bf16" if self.device.type == "cuda" and self.cfg.bf16 else identity
+        if self.device.type != "cuda":
+            return identity
+        # Neither is the CPU's arithmetic: bf16 autocast, or float32 whose tokenizer convolutions cuDNN runs in
+        # TF32 (torch's default), where a near-tie between codes can flip a token. Their scores must not mix
+        # with CPU ones (reward-eval's records) or with each other.
+        return identity + ("|bf16" if self.cfg.bf16 else "|cuda-float32")
 
     @property
     def window_frames(self) -> int:
