@@ -239,3 +239,24 @@ def test_weights_hash_changes_with_any_weight():
     assert len(h) == 16 and h == weights_hash(model.state_dict())
     state["quantizer.codebook"][3, 1] += 1e-6
     assert weights_hash(state) != h
+
+
+def test_a_loaded_quantizer_keeps_its_kmeans_init_and_restart_window():
+    """The training forward reads host copies of ``initialized`` and ``window_steps`` (no device read per update):
+    loading a state must refresh them, or a resumed run would run k-means over its trained codebook again, or
+    restart dead codes at another step than an uninterrupted run."""
+    torch.manual_seed(0)
+    trained = VectorQuantizer(16, 4, kmeans_init=True, dead_code_restart=True, restart_every=3).train()
+    trained(clustered_latents())  # k-means, then step 1 of the restart window
+    resumed = VectorQuantizer(16, 4, kmeans_init=True, dead_code_restart=True, restart_every=3).train()
+    resumed.load_state_dict(trained.state_dict())
+    before = resumed.codebook.detach().clone()
+    z = clustered_latents(seed=1)
+    resumed(z)
+    trained(z)
+    assert torch.equal(resumed.codebook.detach(), before), "k-means ran again on a loaded, initialised codebook"
+    assert int(resumed.window_steps) == int(trained.window_steps) == 2
+    resumed(z)  # step 3: both close the window (and reset it) at the same update
+    trained(z)
+    assert int(resumed.window_steps) == int(trained.window_steps) == 0
+    torch.testing.assert_close(resumed.codebook, trained.codebook, rtol=0, atol=0)

@@ -105,6 +105,16 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
         self.register_buffer("window_counts", torch.zeros(k))
         self.register_buffer("window_steps", torch.zeros((), dtype=torch.long))
+        self._mirror_buffers()
+
+    def _mirror_buffers(self) -> None:
+        """Host copies of ``initialized`` and ``window_steps``, which the training forward consults every update:
+        reading the buffers there would make the CPU wait for the GPU at each one."""
+        self._initialized, self._window_steps = bool(self.initialized), int(self.window_steps)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._mirror_buffers()  # a resumed run: the loaded buffers, read once
 
     def forward(self, z: torch.Tensor) -> Quantized:
         """``z`` (B, D, h, w) -> ``Quantized``; distances and losses in float32 even under autocast."""
@@ -113,7 +123,7 @@ class VectorQuantizer(nn.Module):
         with torch.autocast(z.device.type, enabled=False):
             # (B, D, h, w) -> (B*h*w, D): one row per latent position.
             flat = rearrange(z.float(), "b d h w -> (b h w) d")
-            if self.training and not bool(self.initialized):
+            if self.training and not self._initialized:
                 self._kmeans_init(flat.detach())
             codes = nearest_codes(flat, self.codebook)
             e = self.codebook[codes]
@@ -144,12 +154,14 @@ class VectorQuantizer(nn.Module):
         self.codebook.data.copy_(kmeans(flat, self.codebook_size))
         _broadcast_from_rank0(self.codebook.data)
         self.initialized.fill_(True)
+        self._initialized = True
 
     @torch.no_grad()
     def _track_and_restart(self, flat: torch.Tensor, counts: torch.Tensor) -> None:
         self.window_counts += counts
         self.window_steps += 1
-        if int(self.window_steps) < self.restart_every:
+        self._window_steps += 1
+        if self._window_steps < self.restart_every:
             return
         total = self.window_counts.clone()
         if dist.is_available() and dist.is_initialized():
@@ -163,3 +175,4 @@ class VectorQuantizer(nn.Module):
             _broadcast_from_rank0(self.codebook.data)
         self.window_counts.zero_()
         self.window_steps.zero_()
+        self._window_steps = 0

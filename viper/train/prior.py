@@ -22,7 +22,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from viper import paths
@@ -90,15 +89,16 @@ def train_step(
     tokens: torch.Tensor,
     task_ids: torch.Tensor,
     bf16: bool = True,
-) -> float:
-    """One AdamW update on windows (B, T, h, w) through ``PriorLoss`` (maybe DDP-wrapped); NLL nats/token."""
+) -> torch.Tensor:
+    """One AdamW update on windows (B, T, h, w) through ``PriorLoss`` (maybe DDP-wrapped); its NLL, nats per
+    token, as a detached scalar tensor on the device (reading it here would make the CPU wait for each update)."""
     loss_fn.train()
     with common.autocast(tokens.device, bf16):
         loss = loss_fn(tokens, task_ids)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return float(loss.detach())
+    return loss.detach()
 
 
 @torch.no_grad()
@@ -322,7 +322,7 @@ def _train(cfg: Config, run_dir: Path, ctx: common.DistContext, stop: StopSignal
     log = None
     if ctx.is_main:
         log = Logger(run_dir / "logs", total=pc.train_grad_steps, desc="prior", initial=progress.step)
-    train_nats: list[float] = []
+    train_nats: list[torch.Tensor] = []
     try:
         while progress.step < pc.train_grad_steps:
             tokens, ids = windows.batch(progress.step)
@@ -333,7 +333,9 @@ def _train(cfg: Config, run_dir: Path, ctx: common.DistContext, stop: StopSignal
             final = step == pc.train_grad_steps
             if common.every(step, pc.log_every_grad_steps) or final:
                 # Every rank joins the all-reduce; rank 0 logs.
-                bits = common.all_reduce_mean({"b": float(np.mean(train_nats))}, ctx)["b"] / LN2
+                # Read once per log: the updates since the last one were queued without waiting for the device.
+                mean_nats = float(torch.stack(train_nats).double().mean())
+                bits = common.all_reduce_mean({"b": mean_nats}, ctx)["b"] / LN2
                 train_nats.clear()
                 if log is not None:
                     log.scalars({"prior/train_bits_per_token": bits}, step)
