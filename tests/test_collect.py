@@ -144,7 +144,7 @@ def test_resume_after_sigkill_gives_the_same_store(collected, tmp_path):
     np.testing.assert_array_equal(a.read_frames(0, a.num_frames), b.read_frames(0, b.num_frames))
 
 
-def test_expert_settings_reach_only_their_task(collected, tmp_path):
+def test_expert_settings_reach_only_their_task(collected, tmp_path, monkeypatch):
     """Another task's setting leaves this task's data alone (no re-collection); a bad one fails before rolling out."""
     cfg, _ = collected
     meta = paths.store(cfg.data_dir, "dmc") / "cartpole_balance" / "zarr.json"
@@ -153,6 +153,12 @@ def test_expert_settings_reach_only_their_task(collected, tmp_path):
     collect.run(dataclasses.replace(cfg, collect=other), progress=False)
     assert meta.stat().st_mtime_ns == before
     assert open_store(paths.store(cfg.data_dir, "dmc")).task(TASK).attrs["source"]["expert_settings"] == []
+    # The filter code is part of the task group's key, not of the staging group's (its rollouts stand).
+    both = collect.ROLLOUT_FIELDS + collect.FILTER_FIELDS
+    keys = collect.fingerprint(cfg.collect, TASK, both), collect.fingerprint(cfg.collect, TASK, collect.ROLLOUT_FIELDS)
+    monkeypatch.setattr(collect, "FILTER_CODE", ("data/collect.py",))  # as if filtering.py read otherwise
+    assert collect.fingerprint(cfg.collect, TASK, both) != keys[0]
+    assert collect.fingerprint(cfg.collect, TASK, collect.ROLLOUT_FIELDS) == keys[1]
     own = tiny(tmp_path, expert_settings=(f"{TASK}:centre_gain=3.0",))
     assert collect.fingerprint(own.collect, TASK, collect.ROLLOUT_FIELDS) != collect.fingerprint(
         cfg.collect, TASK, collect.ROLLOUT_FIELDS

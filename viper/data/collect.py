@@ -38,7 +38,7 @@ from viper.data.taskgroup import TaskGroup
 from viper.errors import ViperError
 from viper.experts.policies import SPEC_FORMS, checkpoint_of
 from viper.experts.rollout import rollout_code_hash
-from viper.hashing import json_digest
+from viper.hashing import json_digest, sources_digest
 
 COLLECTING, BUILDING = "collecting", "building"
 ROLLOUT_FIELDS = (
@@ -51,6 +51,9 @@ ROLLOUT_FIELDS = (
     "fast_render",
 )
 FILTER_FIELDS = ("keep_return_percentile", "drop_first_frames", "max_episodes_per_task", "test_fraction")
+FILTER_CODE = ("data/filtering.py",)
+"""The code (under ``viper/``) that selects, trims and splits the rolled-out episodes: part of the task group's
+key, so a fix to it builds the group again (a staging group of a killed collection keeps its rollouts)."""
 
 
 def episode_seed(seed: int, task: str, index: int) -> int:
@@ -76,6 +79,8 @@ def fingerprint(cfg: CollectConfig, task: str, fields: tuple[str, ...], identity
     collects again instead of leaving the old expert's videos under the same path."""
     values = {f: getattr(cfg, f) for f in fields}
     values["code"] = rollout_code_hash(task)
+    if set(FILTER_FIELDS) <= set(fields):
+        values["filter_code"] = sources_digest(Path(__file__).resolve().parents[1], FILTER_CODE)
     if "policy" in fields and identity is not None:
         values["checkpoint"] = identity
     return json_digest(values)
