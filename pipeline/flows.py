@@ -6,7 +6,7 @@
 - ``train_agents`` / ``collect_videos``: ad-hoc fan-out of one stage command over a (task, seed) selection
   through the flow's task runner (local threads driving one process each by default; Dask or Ray with the
   ``[dask]`` / ``[ray]`` extras). Their outputs land where the DVC stages expect them; the next ``dvc repro``
-  records them.
+  records them. ``collect_videos`` trains a task's expert first where collect needs one.
 
 Retries are safe because stages resume from their checkpoints; a failure that a second try cannot change (a config
 or input error, a diverged agent, an operator's Ctrl-C or SIGTERM) is not retried. Long stages report progress to
@@ -33,7 +33,7 @@ from prefect.artifacts import (
 )
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from viper import dvc_yaml
+from viper import dvc_yaml, paths
 from viper.metrics import write_text
 from viper.stages import StageSpec, by_name
 
@@ -255,12 +255,35 @@ def train_agents(
     return {label: future.result() for label, future in futures.items()}
 
 
+def tasks_needing_an_expert(tasks: list[str], preset: str, project_dir: str | Path) -> list[str]:
+    """The ``tasks`` whose collection needs the ``expert`` stage first (``collect.policy: expert`` on a task
+    without a scripted expert), under ``preset`` (empty: params.yaml's) with the project's params.yaml."""
+    from viper import config
+    from viper.experts.policies import scripted_tasks
+
+    path = Path(project_dir) / "params.yaml"
+    cfg = config.load(preset or None, params_path=path if path.exists() else None)
+    return [t for t in tasks if cfg.collect.policy == "expert" and t not in scripted_tasks()]
+
+
 @flow(name="viper-collect-videos", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def collect_videos(tasks: list[str], preset: str = "", project_dir: str = ".") -> dict[str, int]:
     """Collect expert videos for each task in parallel (each task is its own group in the suite's store);
-    returns task -> the pid of the process that drove it."""
+    returns task -> the pid of the process that drove it. A task without a scripted expert first trains (or
+    resumes) its expert (``viper expert --task``), as the DVC stage ``expert`` runs before ``collect``."""
+    tasks = list(dict.fromkeys(tasks))
+    experts = {
+        t: run_command.submit("expert", [*_preset_args(preset), "--task", t], f"{paths.slug(t)}-expert", project_dir)
+        for t in tasks_needing_an_expert(tasks, preset, project_dir)
+    }
     futures = {
-        t: run_command.submit("collect", [*_preset_args(preset), "--task", t], t.replace("/", "-"), project_dir)
-        for t in dict.fromkeys(tasks)
+        t: run_command.submit(
+            "collect",
+            [*_preset_args(preset), "--task", t],
+            t.replace("/", "-"),
+            project_dir,
+            wait_for=[experts[t]] if t in experts else None,
+        )
+        for t in tasks
     }
     return {t: future.result() for t, future in futures.items()}

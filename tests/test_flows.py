@@ -291,3 +291,30 @@ def test_serve_refuses_an_address_for_the_local_runner(capsys):
     with pytest.raises(SystemExit) as exit_:
         serve.main(["--preset", "tiny", "--address", "tcp://10.0.0.1:8786"])
     assert exit_.value.code == 2 and "--address: only with --runner dask or ray" in capsys.readouterr().err
+
+
+def test_collect_videos_trains_the_expert_of_a_task_without_a_scripted_one_first(tmp_path, monkeypatch, prefect_api):
+    """With collect.policy=expert, collecting dmc/walker_walk needs `viper expert` to have trained its expert (the
+    DVC stage `expert` runs before `collect`); the flow started collect at once, which failed for want of it."""
+    import threading
+
+    from pipeline import flows
+
+    (tmp_path / "params.yaml").write_text("preset: tiny\ncollect:\n  tasks: [dmc/cartpole_balance, dmc/walker_walk]\n")
+    seen, lock = [], threading.Lock()
+
+    def record(cmd, cwd, progress_key):
+        time.sleep(0.2 if "expert" in cmd else 0.0)  # an expert that takes a while: collect must still wait
+        with lock:
+            seen.append(cmd[3:])
+
+    monkeypatch.setattr(flows, "_stream", record)
+    flows.collect_videos(["dmc/cartpole_balance", "dmc/walker_walk"], project_dir=str(tmp_path))
+    order = [(cmd[0], cmd[cmd.index("--task") + 1]) for cmd in seen]
+    assert sorted(order) == [
+        ("collect", "dmc/cartpole_balance"),
+        ("collect", "dmc/walker_walk"),
+        ("expert", "dmc/walker_walk"),
+    ], order  # the scripted cartpole expert needs no training
+    assert order.index(("expert", "dmc/walker_walk")) < order.index(("collect", "dmc/walker_walk")), order
+    assert flows.tasks_needing_an_expert(["dmc/walker_walk"], "tiny,published", tmp_path) == []  # imports
