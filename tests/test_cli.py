@@ -254,3 +254,16 @@ def test_collect_tasks_outside_the_suite_stop_the_commands_that_read_them_only(t
 def test_an_empty_preset_exits_naming_the_presets(capsys):
     assert main(["config", "--preset", ""]) == 2
     assert "preset='': expected at least one preset name; known presets: cpu_agent" in capsys.readouterr().err
+
+
+def test_an_unknown_flag_names_its_command_and_an_unwritable_metrics_path_fails_before_the_stage(tmp_path, capsys):
+    """`viper inspect --bogus` answered with the top level's usage; `--metrics-out` under a file ran the whole stage
+    and then lost its exit status to a traceback."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["inspect", "--bogus"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "viper inspect: error: unrecognized arguments: --bogus" in err, err
+    (tmp_path / "file").write_text("")
+    args = ["report", "--preset", "tiny", "-S", f"data_dir={tmp_path / 'data'}"]
+    assert main([*args, "--metrics-out", str(tmp_path / "file" / "m.json")]) == 2
+    assert "--metrics-out" in capsys.readouterr().err and not (tmp_path / "data" / "report").exists()

@@ -29,6 +29,8 @@ def test_preset_is_a_partial_override():
     # Keys the preset does not name keep their defaults.
     assert cfg.tokenizer.base_channels == C.TokenizerConfig().base_channels
     assert cfg.prior.layers == 8
+    # The published Atari curves' 10M frames, at its action repeat (the DMC default's 5M steps made 20M here).
+    assert cfg.agent.env_steps * cfg.agent.action_repeat == 10_000_000
 
 
 def test_presets_apply_in_order():
@@ -126,7 +128,7 @@ def test_an_empty_data_dir_is_refused():
         ("agent.size=xs", "agent.size='xs': expected one of tiny, XS, S, M, L, XL"),
         ("agent.reward=viperr", "agent.reward='viperr': expected one of task, viper"),
         # Numbers out of range are refused on load too (a negative step count used to train nothing, silently).
-        ("agent.env_steps=-5", "agent.env_steps=-5: expected int >= 0"),
+        ("agent.env_steps=-5", "agent.env_steps=-5: expected int >= 1"),
         ("agent.model_lr=.nan", "agent.model_lr=nan: expected float >= 0"),
         ("prior.layers=0", "prior.layers=0: expected int >= 1"),
         ("prior.layers=-1", "prior.layers=-1: expected int >= 1"),  # the field's own bound, not ">= 0"

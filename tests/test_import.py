@@ -110,8 +110,10 @@ def test_bad_episode_files(tmp_path):
         load_npz_episode(truncated)
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"not a zip at all" * 10)
-    with pytest.raises(ViperError, match="garbage.npz: truncated or corrupt"):
+    with pytest.raises(ViperError, match="garbage.npz: truncated or corrupt") as refused:
         load_npz_episode(garbage)
+    # numpy's own text would invite allow_pickle=True for a file that is simply not an npz.
+    assert "not an npz (zip) archive" in str(refused.value) and "pickle" not in str(refused.value)
     cases = {
         "float.npz": np.zeros((4, 64, 64, 3), np.float32),
         "shape.npz": np.zeros((4, 32, 32, 3), np.uint8),

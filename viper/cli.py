@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import errno
 import importlib
+import os
 import shutil
 import sys
 import textwrap
@@ -176,6 +177,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         module = import_stage(stage) if name == command else None
         if module is not None and hasattr(module, "add_arguments"):
             module.add_arguments(stage_parser, name)
+    parser.set_defaults(_commands=sub.choices)  # name -> its parser, for errors in the command's own words
     return parser
 
 
@@ -202,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     own_process = argv is None
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(_command_of(argv))
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the command's usage and name, not the top level's `usage: viper [-h] COMMAND ...`
+        args._commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     if own_process:
         # The allocator settings of viper/runtime.env apply only from a process's start (a no-op when they did).
         runtime.restart_if_needed()
@@ -226,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
             return 0
-        if getattr(args, "metrics_out", None) and Path(args.metrics_out).is_dir():
-            raise ViperError(f"--metrics-out {args.metrics_out}: is a directory; expected a JSON file path")
+        if getattr(args, "metrics_out", None):
+            check_metrics_out(Path(args.metrics_out))
         module = import_stage(STAGES[args.command])
         if module is None or not hasattr(module, "cli"):
             print(f"viper {args.command}: not implemented yet (see the open issues)", file=sys.stderr)
@@ -247,6 +251,19 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"viper {args.command}: error: {_disk_full(exc, cfg)}", file=sys.stderr)
         return 2
+
+
+def check_metrics_out(path: Path) -> None:
+    """``ViperError`` unless ``--metrics-out`` can be written, checked before the stage runs: a path found
+    unwritable only when the stage had finished lost its exit status to a traceback."""
+    if path.is_dir():
+        raise ViperError(f"--metrics-out {path}: is a directory; expected a JSON file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ViperError(f"--metrics-out {path}: cannot create its folder ({exc.strerror}: {exc.filename})") from None
+    if not os.access(path.parent, os.W_OK):
+        raise ViperError(f"--metrics-out {path}: its folder {path.parent} is not writable")
 
 
 def check_policy(policy: str) -> None:

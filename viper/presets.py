@@ -60,10 +60,13 @@ PRESETS: dict[str, dict[str, Any]] = {
             "class_conditional": False,
         },
         "agent": {
+            # Pong only: an XL agent per game and seed is a GPU-week; the paper's 7 games are one override away
+            # (-S "agent.tasks=[atari/assault, ...]").
             "tasks": ["atari/pong"],
             "size": "XL",
             "envs": 8,
             "action_repeat": 4,
+            "env_steps": 2_500_000,  # 10M frames at action repeat 4, the published Atari curves' length
         },
     },
     "demo": {

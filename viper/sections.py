@@ -227,9 +227,10 @@ class AgentConfig:
     size: Literal["tiny", "XS", "S", "M", "L", "XL"] = "S"
     """Model size XS/S/M/L/XL (GRU 256/512/1024/2048/4096, CNN 24/32/48/64/96, MLP 256/512/640/768/1024);
     ``tiny`` (GRU 128, CNN 8, 16x16 latents) is an unpublished CPU-test size."""
-    env_steps: int = 5_000_000
+    env_steps: Count = 5_000_000
     """Agent steps to train for, after action repeat (env frames = env_steps * action_repeat): 10M frames, the
-    length of the published DMC curves (the released run has no end, ``run.steps: 1e10``)."""
+    length of the published DMC curves (the released run has no end, ``run.steps: 1e10``); ``paper_atari``: 2.5M
+    at action repeat 4, the published Atari curves' 10M frames."""
     action_repeat: Count = 2
     """Environment steps per agent action."""
     envs: Count = 4

@@ -93,9 +93,10 @@ def load_npz_episode(path: Path) -> np.ndarray:
         tokenize.TokenError,
         MemoryError,
     ) as exc:
+        # numpy reads a file that is not a zip as a pickle, and its refusal suggests allow_pickle: never do that.
+        why = "not an npz (zip) archive" if "pickle" in str(exc) else f"{exc.__class__.__name__}: {exc}"
         raise ViperError(
-            f"{path}: truncated or corrupt npz ({exc.__class__.__name__}: {exc}); expected a zip "
-            "with arr_0 uint8 (T, 64, 64, 3)"
+            f"{path}: truncated or corrupt npz ({why}); expected a zip with arr_0 uint8 (T, 64, 64, 3)"
         ) from exc
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != FRAME_SHAPE or len(frames) == 0:
         raise ViperError(f"{path}: arr_0 is {frames.dtype} {frames.shape}; expected uint8 (T>=1, 64, 64, 3)")
