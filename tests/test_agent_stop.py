@@ -143,9 +143,36 @@ def test_a_stop_during_an_evaluation_cuts_it_short_and_the_resumed_run_evaluates
     latest = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
     saved = torch.load(latest / "state.pt", weights_only=False)["counters"]
     assert saved["env_steps"] == 60 and saved["next_eval"] == 60 and saved["eval_history"] == []
-    # Resumed, it evaluates at its first step, then on the cadence.
+    # Resumed, it makes the cut evaluation at the step it was due (as an uninterrupted run), then the cadence's.
     metrics = run(cfg, TASK, 0, "task", run_dir)
     assert metrics["start_env_steps"] == 60 and metrics["env_steps"] == 300
     rows = [json.loads(line) for line in (run_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
     evaluated = [r["step"] for r in rows if "episode/task_return" in r]
-    assert 60 < evaluated[0] <= 62 and evaluated[1:] == [120, 180, 240, 300], evaluated
+    assert evaluated == [60, 120, 180, 240, 300], evaluated
+
+
+def test_a_stop_during_the_final_evaluation_is_made_up_on_resume(tmp_path, monkeypatch):
+    """The resumed run found env_steps done and skipped its whole loop: the final evaluation never happened and
+    metrics.json reported the evaluation before it as the run's result."""
+    from viper.agent import evaluation
+
+    played, real_run_episode = [], evaluation.run_episode
+
+    def interrupt_then_play(env, act, *args, **kwargs):
+        played.append(1)
+        if len(played) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_run_episode(env, act, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "run_episode", interrupt_then_play)
+    opts = ["agent.env_steps=60", "agent.eval_every_env_steps=10000", "agent.checkpoint_every_env_steps=10000"]
+    cfg = C.load(preset="tiny", overrides=[f"data_dir={tmp_path}", *opts], params_path=None)
+    run_dir = paths.agent_dir(tmp_path, "task", TASK, 0)
+    with pytest.raises(viper.errors.Stopped, match="the final evaluation"):
+        run(cfg, TASK, 0, "task", run_dir)
+    metrics = run(cfg, TASK, 0, "task", run_dir)
+    rows = [json.loads(line) for line in (run_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [(r["step"], r["episode/task_return"]) for r in rows if "episode/task_return" in r]
+    assert [step for step, _ in evaluated] == [60], evaluated
+    assert metrics["env_steps"] == 60 and metrics["eval_task_return"] == pytest.approx(evaluated[0][1])
+    assert run(cfg, TASK, 0, "task", run_dir)["checkpoint_loads"] == 1  # done: nothing more to make up

@@ -177,8 +177,12 @@ def _run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[
         ckpt.save(counters["env_steps"], state, extra=lambda f: replay.save(f / "replay", previous))
         saved_at[0] = counters["env_steps"]
 
+    def evaluated_at_end() -> bool:
+        return bool(counters["eval_history"]) and counters["eval_history"][-1][0] == counters["env_steps"]
+
     try:
-        if counters["env_steps"] < acfg.env_steps:
+        # A run stopped at its last step (in its last updates or its final evaluation) still owes them.
+        if counters["env_steps"] < acfg.env_steps or not evaluated_at_end():
             with (
                 Logger(
                     out_dir / "logs",
@@ -205,9 +209,8 @@ def _run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[
                     save()
                     at = f"env step {counters['env_steps']} of {acfg.env_steps}"
                     raise Stopped.saved(stop.signum, at, ckpt.directory)
-                final = counters["eval_history"] and counters["eval_history"][-1][0] == counters["env_steps"]
-                if not final and not _evaluate(agent, evaluator, counters, log, stop):
-                    save()  # the resumed run finds env_steps done and evaluates
+                if not evaluated_at_end() and not _evaluate(agent, evaluator, counters, log, stop):
+                    save()  # the resumed run finds the final evaluation missing and makes it
                     at = f"the final evaluation (env step {counters['env_steps']})"
                     raise Stopped.saved(stop.signum, at, ckpt.directory)
                 save()
@@ -268,10 +271,34 @@ def _evaluate(agent: Agent, evaluator, counters: dict, log: Logger, stop: StopSi
     return True
 
 
+def _owed_updates(counters: dict, ratio: float) -> int:
+    """Updates due at the current step and not yet made (train_ratio 0 trains never, the 2023 Ratio's case)."""
+    if counters["train_start"] < 0 or ratio <= 0:
+        return 0
+    return max(0, 1 + int((counters["env_steps"] - counters["train_start"]) * ratio) - counters["updates"])
+
+
+def _train(agent, replay, acfg, counters, stretch, length: int, ratio: float, stop: StopSignals) -> None:
+    """Make the updates owed at the current step; a stop leaves the rest owed (they are counted, not queued)."""
+    due = _owed_updates(counters, ratio)
+    with stretch.phases("update") if due > 0 else contextlib.nullcontext():
+        for _ in range(due):
+            if stop.signum is not None:
+                break
+            batch = agent.to_tensors(replay.sample(acfg.batch_size, length))
+            # Summed as tensors (on CUDA a float() per metric would wait for the GPU after every update).
+            stretch.add(agent.update(batch))
+            counters["updates"] += 1
+        if due > 0 and agent.cuda:
+            # The next action would wait for these updates anyway: waiting here counts them as updating.
+            torch.cuda.synchronize(agent.device)
+
+
 def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, save, stop: StopSignals) -> None:
     """Act, insert and train until ``acfg.env_steps``, or until ``stop`` has caught a signal (checked before each
     update and evaluation step, and after each step's logging and checkpoint, so the state is whole when the caller
-    saves: an update or evaluation cut short is done after the resume)."""
+    saves). An update burst or evaluation a stop cut short is finished first on resume, at the step it was due,
+    as an uninterrupted run makes it."""
     batch_steps = acfg.batch_size * acfg.batch_length
     ratio = acfg.train_ratio / batch_steps
     length = sequence_length(acfg, inserter.source)
@@ -287,7 +314,14 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
     stretch = Stretch(log, counters, replay)
     phases = stretch.phases
     clock = time.time()
-    while counters["env_steps"] < acfg.env_steps:
+    # Resumed from a stop: what was cut short at this step (no-ops otherwise: nothing is owed, the eval is ahead).
+    if _can_train(replay, batch_steps, length):
+        _train(agent, replay, acfg, counters, stretch, length, ratio, stop)
+    if counters["env_steps"] >= counters["next_eval"] and stop.signum is None:
+        with phases("eval"):
+            if _evaluate(agent, evaluator, counters, log, stop):
+                counters["next_eval"] += acfg.eval_every_env_steps
+    while counters["env_steps"] < acfg.env_steps and stop.signum is None:
         with phases("act"):
             if not _can_train(replay, batch_steps, length):
                 action = envs.random_actions(rng)
@@ -327,19 +361,7 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
         if _can_train(replay, batch_steps, length):
             if counters["train_start"] < 0:
                 counters["train_start"] = step
-            # train_ratio 0 trains never (the 2023 Ratio's special case), e.g. to only act and fill replay.
-            due = 1 + int((step - counters["train_start"]) * ratio) - counters["updates"] if ratio > 0 else 0
-            with phases("update") if due > 0 else contextlib.nullcontext():
-                for _ in range(max(0, due)):
-                    if stop.signum is not None:
-                        break  # the updates still owed are owed on resume (``due`` counts from the counters)
-                    batch = agent.to_tensors(replay.sample(acfg.batch_size, length))
-                    # Summed as tensors (on CUDA a float() per metric would wait for the GPU after every update).
-                    stretch.add(agent.update(batch))
-                    counters["updates"] += 1
-                if due > 0 and agent.cuda:
-                    # The next action would wait for these updates anyway: waiting here counts them as updating.
-                    torch.cuda.synchronize(agent.device)
+            _train(agent, replay, acfg, counters, stretch, length, ratio, stop)
         now = time.time()
         counters["wall_s"] += now - clock
         clock = now
@@ -349,7 +371,7 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
             stretch.write(step)
         if step >= counters["next_eval"]:
             with phases("eval"):
-                # Cut short by a stop, it stays due: the checkpoint the stop saves evaluates first on resume.
+                # Cut short by a stop, it stays due: the resumed run makes it before its first action.
                 if _evaluate(agent, evaluator, counters, log, stop):
                     counters["next_eval"] += acfg.eval_every_env_steps
         if step >= counters["next_checkpoint"]:
