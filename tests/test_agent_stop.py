@@ -119,9 +119,9 @@ def test_a_stop_during_a_burst_of_updates_leaves_the_rest_to_the_resume(tmp_path
     assert metrics["updates"] == 1 + (60 - saved["train_start"]) * 4  # as an uninterrupted run
 
 
-def test_a_stop_during_an_evaluation_cuts_it_short_and_the_resumed_run_evaluates_first(tmp_path, monkeypatch):
-    """The stop waited for the evaluation under way: at paper scale minutes of episodes and VIPER scoring, past a
-    scheduler's grace period after its SIGTERM (the kill then lost everything since the last checkpoint)."""
+def stopped_in_its_first_evaluation(tmp_path, monkeypatch, opts: list[str], message: str):
+    """A task-reward run with ``opts``, stopped (a SIGINT, which StopSignals turns into a stop request) as its first
+    evaluation episode starts, with ``message``; returns its config and folder."""
     from viper.agent import evaluation
 
     played, real_run_episode = [], evaluation.run_episode
@@ -129,15 +129,22 @@ def test_a_stop_during_an_evaluation_cuts_it_short_and_the_resumed_run_evaluates
     def interrupt_then_play(env, act, *args, **kwargs):
         played.append(1)
         if len(played) == 1:
-            os.kill(os.getpid(), signal.SIGINT)  # StopSignals turns it into a stop request
+            os.kill(os.getpid(), signal.SIGINT)
         return real_run_episode(env, act, *args, **kwargs)
 
     monkeypatch.setattr(evaluation, "run_episode", interrupt_then_play)
-    opts = ["agent.env_steps=300", "agent.eval_every_env_steps=60", "agent.checkpoint_every_env_steps=10000"]
     cfg = C.load(preset="tiny", overrides=[f"data_dir={tmp_path}", *opts], params_path=None)
     run_dir = paths.agent_dir(tmp_path, "task", TASK, 0)
-    with pytest.raises(viper.errors.Stopped, match="at env step 60 of 300"):
+    with pytest.raises(viper.errors.Stopped, match=message):
         run(cfg, TASK, 0, "task", run_dir)
+    return cfg, run_dir
+
+
+def test_a_stop_during_an_evaluation_cuts_it_short_and_the_resumed_run_evaluates_first(tmp_path, monkeypatch):
+    """The stop waited for the evaluation under way: at paper scale minutes of episodes and VIPER scoring, past a
+    scheduler's grace period after its SIGTERM (the kill then lost everything since the last checkpoint)."""
+    opts = ["agent.env_steps=300", "agent.eval_every_env_steps=60", "agent.checkpoint_every_env_steps=10000"]
+    cfg, run_dir = stopped_in_its_first_evaluation(tmp_path, monkeypatch, opts, "at env step 60 of 300")
     rows = [json.loads(line) for line in (run_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert not [r for r in rows if "episode/task_return" in r]  # the cut evaluation logged nothing
     latest = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
@@ -154,22 +161,8 @@ def test_a_stop_during_an_evaluation_cuts_it_short_and_the_resumed_run_evaluates
 def test_a_stop_during_the_final_evaluation_is_made_up_on_resume(tmp_path, monkeypatch):
     """The resumed run found env_steps done and skipped its whole loop: the final evaluation never happened and
     metrics.json reported the evaluation before it as the run's result."""
-    from viper.agent import evaluation
-
-    played, real_run_episode = [], evaluation.run_episode
-
-    def interrupt_then_play(env, act, *args, **kwargs):
-        played.append(1)
-        if len(played) == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_run_episode(env, act, *args, **kwargs)
-
-    monkeypatch.setattr(evaluation, "run_episode", interrupt_then_play)
     opts = ["agent.env_steps=60", "agent.eval_every_env_steps=10000", "agent.checkpoint_every_env_steps=10000"]
-    cfg = C.load(preset="tiny", overrides=[f"data_dir={tmp_path}", *opts], params_path=None)
-    run_dir = paths.agent_dir(tmp_path, "task", TASK, 0)
-    with pytest.raises(viper.errors.Stopped, match="the final evaluation"):
-        run(cfg, TASK, 0, "task", run_dir)
+    cfg, run_dir = stopped_in_its_first_evaluation(tmp_path, monkeypatch, opts, "the final evaluation")
     metrics = run(cfg, TASK, 0, "task", run_dir)
     rows = [json.loads(line) for line in (run_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
     evaluated = [(r["step"], r["episode/task_return"]) for r in rows if "episode/task_return" in r]
