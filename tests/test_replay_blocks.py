@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-import viper.checkpoint as checkpoint_lib
+import viper.file_integrity as integrity
 from viper.agent import replay as replay_lib
 from viper.agent.replay import Replay, is_block_file, read_saved
 from viper.checkpoint import Checkpointer
@@ -147,8 +147,8 @@ def test_checkpoints_carry_linked_blocks_checksums_and_a_damaged_block_is_found(
     rec.add(450)
     save(1)
     read = []
-    real = checkpoint_lib.file_crc32c
-    monkeypatch.setattr(checkpoint_lib, "file_crc32c", lambda path: read.append(path.name) or real(path))
+    real = integrity.file_crc32c
+    monkeypatch.setattr(integrity, "file_crc32c", lambda path: read.append(path.name) or real(path))
     rec.add(300)
     save(2)
     # Blocks 0-3 were whole at step 1: linked, not read again. Block 4 (partial then) and the new ones are read.
