@@ -86,3 +86,43 @@ def test_a_fragment_left_by_a_kill_is_dropped_even_when_no_row_follows_the_resum
         log.scalars({"agent/loss": 4.0}, 4)
     rows = [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[-1]["agent/loss"] == 4.0
+
+
+def test_a_resumed_log_drops_dvclives_and_tensorboards_rows_after_its_checkpoint(tmp_path, monkeypatch):
+    """dvclive only appends on resume and TensorBoard purged nothing for a run restarted from step 0: the steps a
+    resumed run logs again appeared twice in `dvc plots` and TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.delenv("VIPER_DVCLIVE", raising=False)
+    log_dir = tmp_path / "logs"
+    with Logger(log_dir, progress=False) as log:
+        for step in range(1, 8):
+            log.scalars({"agent/loss": float(step)}, step)
+    tsv = log_dir / "dvclive" / "plots" / "metrics" / "agent" / "loss.tsv"
+    with open(tsv, "a") as handle:
+        handle.write("8\t8.")  # a row a kill cut short
+    with Logger(log_dir, initial=4, progress=False) as log:
+        for step in range(5, 8):
+            log.scalars({"agent/loss": step + 0.5}, step)
+    rows = [line.split("\t") for line in tsv.read_text().splitlines()[1:]]
+    assert [int(step) for step, _ in rows] == list(range(1, 8)) and rows[-1][1] == "7.5", rows
+    events = EventAccumulator(str(log_dir / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("agent/loss")][3:] == [(4, 4.0), (5, 5.5), (6, 6.5), (7, 7.5)]
+    # Started afresh (no checkpoint yet): a killed first attempt's rows go too.
+    with Logger(log_dir, initial=0, progress=False) as log:
+        log.scalars({"agent/loss": 9.0}, 1)
+    assert [line.split("\t")[0] for line in tsv.read_text().splitlines()[1:]] == ["1"]
+
+
+def test_metrics_json_has_no_nan(tmp_path):
+    """json.dumps wrote NaN (a Spearman over constant scores, an evaluation that never ran): not JSON to jq,
+    JavaScript or DVC Studio."""
+    from viper.metrics import write_json
+
+    write_json(tmp_path / "m.json", {"a": float("nan"), "b": {"c": float("inf"), "d": [1.0, float("-inf")]}, "e": 2})
+    assert json.loads((tmp_path / "m.json").read_text(), parse_constant=pytest.fail) == {
+        "a": None,
+        "b": {"c": None, "d": [1.0, None]},
+        "e": 2,
+    }

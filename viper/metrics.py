@@ -54,6 +54,27 @@ def _set_aside_rows_after(path: Path, step: int) -> None:
         write_text(path, "".join(kept))
 
 
+def _trim_dvclive_rows_after(folder: Path, step: int) -> None:
+    """Drop the rows of dvclive's per-metric TSVs (``plots/metrics/**/*.tsv``) logged after ``step``, as
+    ``_set_aside_rows_after`` does for metrics.jsonl (the jsonl keeps the replaced rows; these are its copies):
+    dvclive only appends on resume, so the steps a resumed run logs again appeared twice in ``dvc plots``."""
+    for tsv in sorted((folder / "plots" / "metrics").rglob("*.tsv")):
+        header, *rows = tsv.read_text().splitlines() or [""]
+        column = header.split("\t").index("step") if "step" in header.split("\t") else None
+        if column is None:
+            continue
+        kept = []
+        for row in rows:
+            cells = row.split("\t")
+            try:
+                if len(cells) == len(header.split("\t")) and int(cells[column]) <= step:
+                    kept.append(row)
+            except ValueError:
+                pass  # a line a kill cut short
+        if len(kept) != len(rows):
+            write_text(tsv, "\n".join([header, *kept]) + "\n")
+
+
 def _float(value: Any) -> float:
     if hasattr(value, "item"):
         value = value.item()
@@ -89,12 +110,15 @@ class Logger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step: TensorBoard hides the events a killed run logged past the step it resumes from.
-            self._tb = SummaryWriter(str(self.log_dir / "tensorboard"), purge_step=initial + 1 if initial else None)
+            # purge_step: TensorBoard hides the events a killed run logged past the step it resumes from (from step
+            # 1 on for a run that starts afresh: a run killed before its first checkpoint logged them).
+            self._tb = SummaryWriter(str(self.log_dir / "tensorboard"), purge_step=initial + 1 if resume else None)
         self._live = None
         if dvclive and os.environ.get("VIPER_DVCLIVE", "1") != "0":
             from dvclive import Live
 
+            if resume:
+                _trim_dvclive_rows_after(self.log_dir / "dvclive", initial)
             # save_dvc_exp=False: the pipeline's own `dvc exp` handles experiments; dvclive only writes files.
             self._live = Live(str(self.log_dir / "dvclive"), resume=resume, save_dvc_exp=False, dvcyaml=None)
         self.last: dict[str, float] = {}
@@ -173,6 +197,19 @@ def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
     return path
 
 
+def _json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as ``None`` (JSON has no such numbers: ``NaN`` breaks strict parsers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def write_json(path: str | Path, values: Mapping[str, Any]) -> None:
-    """Write a metrics JSON (e.g. for ``dvc metrics``) atomically."""
-    write_text(path, json.dumps(dict(values), indent=2, sort_keys=True) + "\n")
+    """Write a metrics JSON (e.g. for ``dvc metrics``) atomically; a value that is not a finite number (a
+    Spearman over constant scores, an evaluation that never ran) is written ``null``."""
+    text = json.dumps(_json_safe(dict(values)), indent=2, sort_keys=True, allow_nan=False)
+    write_text(path, text + "\n")
