@@ -23,7 +23,8 @@ from viper.errors import ViperError
 )
 def test_fuzzed_npz_never_escapes_as_a_traceback(tmp_path, cut, flips):
     path = tmp_path / "fuzz.npz"
-    np.savez_compressed(path, np.random.default_rng(0).integers(0, 4, (6, 64, 64, 3), dtype=np.uint8))
+    original = np.random.default_rng(0).integers(0, 4, (6, 64, 64, 3), dtype=np.uint8)
+    np.savez_compressed(path, original)
     data = bytearray(path.read_bytes())
     for where, value in flips:  # flip bits anywhere (zip headers, deflate stream, central directory)
         data[int(where * len(data))] ^= value
@@ -32,8 +33,8 @@ def test_fuzzed_npz_never_escapes_as_a_traceback(tmp_path, cut, flips):
         frames = load_npz_episode(path)
     except ViperError as exc:
         assert "fuzz.npz" in str(exc) and "64, 64, 3" in str(exc)
-    else:
-        assert frames.dtype == np.uint8 and frames.shape[1:] == (64, 64, 3)
+    else:  # damage that reads back whole (a flipped bit in a field nobody reads) must not change the frames
+        np.testing.assert_array_equal(frames, original)
 
 
 @pytest.mark.parametrize("bad", [b"'shape': )6, 64, 64, 3*,", b"'shape': (6, 64, 64, 3\n\n"])
@@ -46,6 +47,17 @@ def test_corrupt_array_header_is_a_clear_error(tmp_path, bad):
     assert good in data
     path.write_bytes(data.replace(good, bad[: len(good)].ljust(len(good)), 1))
     with pytest.raises(ViperError, match="header.npz: truncated or corrupt npz"):
+        load_npz_episode(path)
+
+
+def test_a_header_shortened_in_place_is_found_not_loaded_as_a_shorter_episode(tmp_path):
+    """numpy read the 4 frames a damaged header promised and stopped before the zip's checksum: the episode was
+    imported cut short, silently."""
+    path = tmp_path / "short.npz"
+    np.savez(path, np.zeros((6, 64, 64, 3), np.uint8))
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b"'shape': (6, 64", b"'shape': (4, 64", 1))
+    with pytest.raises(ViperError, match="short.npz: arr_0.npy differs from its zip checksum"):
         load_npz_episode(path)
 
 

@@ -78,6 +78,15 @@ def load_npz_episode(path: Path) -> np.ndarray:
             if "arr_0" not in data.files:
                 raise ViperError(f"{path}: no array 'arr_0' (has {data.files}); expected arr_0 = uint8 (T, 64, 64, 3)")
             frames = data["arr_0"]
+        # numpy stops reading where the array's header says it ends, before the zip's CRC is checked: a damaged
+        # shape in the header loaded as a shorter episode without a word. testzip reads every member whole.
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+        if damaged is not None:
+            raise ViperError(
+                f"{path}: {damaged} differs from its zip checksum (a damaged file); expected a zip with arr_0 "
+                "uint8 (T, 64, 64, 3)"
+            )
     except ViperError:
         raise
     # A corrupt array header reaches numpy's header parser: SyntaxError or tokenize.TokenError; a corrupt shape can
