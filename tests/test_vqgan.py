@@ -62,7 +62,11 @@ def reference_quantize(z: torch.Tensor, codebook: torch.Tensor, beta: float):
     return codes, loss, grad_z, grad_e
 
 
-def test_quantizer_matches_slow_reference():
+def test_quantizer_matches_slow_reference(monkeypatch):
+    """In chunks of 5 rows (32 rows here): tokenising a paper_atari batch runs several of NEAREST_CHUNK_ROWS."""
+    from viper.models import quantizer
+
+    monkeypatch.setattr(quantizer, "NEAREST_CHUNK_ROWS", 5)
     torch.manual_seed(0)
     vq = VectorQuantizer(codebook_size=7, dim=3, commitment_weight=0.25)
     vq.codebook.data.normal_()
@@ -260,3 +264,54 @@ def test_a_loaded_quantizer_keeps_its_kmeans_init_and_restart_window():
     trained(z)
     assert int(resumed.window_steps) == int(trained.window_steps) == 0
     torch.testing.assert_close(resumed.codebook, trained.codebook, rtol=0, atol=0)
+
+
+def test_kmeans_matches_lloyds_loop():
+    """Same starting picks (the torch RNG), then Lloyd's iterations by hand: assign to the nearest centroid,
+    move each to its points' mean, an empty cluster keeping its place."""
+    from viper.models.quantizer import kmeans
+
+    torch.manual_seed(3)
+    x = torch.randn(40, 2) + torch.tensor([[4.0, 0.0]]) * (torch.arange(40)[:, None] % 3)
+    torch.manual_seed(7)
+    ours = kmeans(x, 5, iters=4)
+    torch.manual_seed(7)
+    centroids = [x[i].clone() for i in torch.randperm(40)[:5].tolist()]
+    for _ in range(4):
+        members = [[] for _ in centroids]
+        for row in x:
+            distances = [float(((row - c) ** 2).sum()) for c in centroids]
+            members[distances.index(min(distances))].append(row)
+        centroids = [torch.stack(m).mean(0) if m else c for m, c in zip(members, centroids, strict=True)]
+    torch.testing.assert_close(ours, torch.stack(centroids), rtol=1e-5, atol=1e-5)
+
+
+def test_blur_and_gan_losses_match_their_formulas():
+    """blur: the [1, 3, 3, 1] / 8 filter over H and W by a loop (and a depthwise conv, as its docstring says);
+    the non-saturating generator loss and the discriminator's loss per logit, by hand."""
+    import math
+
+    import torch.nn.functional as F
+
+    from viper.models.discriminator import blur, discriminator_loss, generator_loss
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 7, 6)
+    taps = [1 / 8, 3 / 8, 3 / 8, 1 / 8]
+    expected = torch.zeros(2, 3, 4, 3)
+    for y in range(4):
+        for c in range(3):
+            expected[..., y, c] = sum(taps[i] * taps[j] * x[..., y + i, c + j] for i in range(4) for j in range(4))
+    torch.testing.assert_close(blur(x), expected, rtol=1e-5, atol=1e-6)
+    kernel = torch.outer(torch.tensor(taps), torch.tensor(taps)).expand(3, 1, 4, 4)
+    torch.testing.assert_close(blur(x), F.conv2d(x, kernel, groups=3), rtol=1e-5, atol=1e-6)
+    real, fake = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([-3.0, 0.2, 1.5])
+
+    def sigmoid(v: float) -> float:
+        return 1 / (1 + math.exp(-v))
+
+    gen = sum(-math.log(sigmoid(f)) for f in fake.tolist()) / 3
+    pairs = zip(real.tolist(), fake.tolist(), strict=True)
+    disc = sum(-math.log(1 - sigmoid(f)) - math.log(sigmoid(r)) for r, f in pairs) / 3
+    assert generator_loss(fake).item() == pytest.approx(gen, rel=1e-6)
+    assert discriminator_loss(real, fake).item() == pytest.approx(disc, rel=1e-6)
