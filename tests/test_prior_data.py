@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from viper.data.tokens import write_tokens
 from viper.data.windows import combine_order
@@ -81,6 +82,11 @@ def test_ranks_draw_their_share_of_the_one_device_batch(splits):
     for step in (0, 1, 7):
         shares = [r.batch(step)[1] for r in ranks]
         assert sorted(np.concatenate(shares).tolist()) == sorted(one.batch(step)[1].tolist())
+    # Each rank draws its own windows (its rank is in its seed), and the same ones again at the same step.
+    windows = [[r.batch(step)[0] for step in range(4)] for r in ranks]
+    assert any(not torch.equal(a, b) for a, b in zip(*windows, strict=True)), "the ranks drew the same windows"
+    again = TrainWindows(splits["train"], SEQ_LEN, SKIP, 4, seed=0, rank=1, world_size=2)
+    assert all(torch.equal(again.batch(step)[0], windows[1][step]) for step in (3, 0, 2))
 
 
 def test_token_ids_outside_the_codebook_are_refused_at_load_naming_the_task(tmp_path):
