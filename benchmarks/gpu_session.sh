@@ -6,12 +6,14 @@
 # Run on a CUDA machine from the repository root. It assumes a Python with torch (CUDA) and that the project's
 # other runtime packages are importable (on this workplace's device machine: wheels carried in .whl/, see
 # benchmarks/results/gpu.md for the exact call). Writes logs and a tarball of the agents' logs/plots to OUT_DIR.
-# BUDGET_SECONDS bounds the whole script (default 540): the benchmarks run first, each under its own timeout, and
-# the concurrent learning runs get what is left less 30 s (skipped under 60 s); they stop there, wherever they got,
-# saving a checkpoint that the same command continues from on the same (still warm) machine.
+# BUDGET_SECONDS bounds the whole script (default 540): the benchmarks run first, each under its own timeout capped
+# by what the budget has left, and the concurrent learning runs get what is left less 30 s (skipped under 60 s);
+# they stop there, wherever they got, saving a checkpoint that the same command continues from on the same (still
+# warm) machine.
 # Files back in OUT_DIR: env.txt (the machine, the run budget, GPU memory/utilisation each minute, each run's exit,
 # capture failures and tracebacks), tests.txt (TESTS), table.md (benchmarks/run_table.py rows), agents.tgz (every
-# run's logs/, plots/, metrics, newest evaluation GIF, and the runs' console logs under logs/), bench_*.txt.
+# run's logs/, plots/, metrics, newest evaluation GIF, and the runs' console logs under logs/), bench.txt (every
+# benchmark's output, one section each).
 # SMOKE=1 shrinks every number so the script can be checked on a CPU machine first (SMOKE_FRAMES, default 400: more
 # frames than the budget allows checks the stop and the resume on a second call). SKIP lists steps already
 # measured on this card, to leave their time to the learning runs: "bench" (every agent-update benchmark; the runs
@@ -47,35 +49,47 @@ agent_steps=$((frames / 2))   # action repeat 2
   nproc
 } 2>&1 | tee "$out/env.txt"
 
+# Each benchmark's timeout is capped by what the budget has left (less 90 s for the runs' start and the packing);
+# one that would get under 10 s is skipped. Their output is gathered in OUT_DIR/bench.txt (one file: at most 8
+# come back from the device machine), from per-benchmark files in $bdir that the choices below read.
+bdir=$(mktemp -d)
+left_s() { echo $((budget_s - ($(date +%s) - t0) - 90)); }
+bench() {  # bench NAME WANT_S ARGS...: bench_agent.py ARGS under min(WANT_S, left_s) seconds into $bdir/NAME.txt
+  local name=$1 want=$2 t; shift 2; t=$(left_s); [ "$t" -lt "$want" ] && want=$t
+  if [ "$want" -lt 10 ]; then echo "bench $name skipped: the budget is spent" | tee -a "$out/env.txt"; return 0; fi
+  timeout "$want" $py benchmarks/bench_agent.py --device $dev "$@" 2>&1 | tee "$bdir/$name.txt"
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" = 124 ] && echo "(bench $name: timed out after $want s)" | tee -a "$bdir/$name.txt"
+  return "$rc"
+}
+
 # 1. Agent update speed (batch 16 x 64), bf16 autocast on CUDA.
 bf16=true
 if ! skip bench; then
   set -o pipefail
-  timeout 100 $py benchmarks/bench_agent.py --device $dev --sizes $bench_sizes --repeats 3 --warmup 2 2>&1 \
-    | tee "$out/bench_agent.txt"
+  bench agent 100 --sizes $bench_sizes --repeats 3 --warmup 2
   rc=$?
   if [ $rc != 0 ] && [ $rc != 124 ]; then  # the bf16 path broke: keep the learning runs alive in fp32
-    echo "bench_agent exit $rc: learning runs use agent.bf16=false" | tee -a "$out/bench_agent.txt"; bf16=false
+    echo "bench_agent exit $rc: learning runs use agent.bf16=false" | tee -a "$bdir/agent.txt"; bf16=false
   fi
   set +o pipefail
 
   # 1b. The same with torch.compile of the observe / imagination steps (agent.compile_loops: the launch-bound
   #     part), in the default mode and with CUDA graphs (agent.compile_mode=reduce-overhead).
-  [ "$dev" = cuda ] && ! skip loops && timeout 170 $py benchmarks/bench_agent.py --device $dev --sizes S --repeats 3 \
-    --warmup 2 --compile-loops 2>&1 | tee "$out/bench_loops.txt"
-  [ "$dev" = cuda ] && ! skip graphs && timeout 170 $py benchmarks/bench_agent.py --device $dev --sizes S --repeats 3 \
-    --warmup 3 --compile-loops --compile-mode reduce-overhead 2>&1 | tee "$out/bench_graphs.txt"
+  [ "$dev" = cuda ] && ! skip loops && bench loops 170 --sizes S --repeats 3 --warmup 2 --compile-loops
+  [ "$dev" = cuda ] && ! skip graphs && bench graphs 170 --sizes S --repeats 3 --warmup 3 --compile-loops \
+    --compile-mode reduce-overhead
   # 1c. The whole update replayed from one CUDA graph (agent.cuda_graph), at XS and S; 1d. the same with the
   #     observe / imagination steps compiled (fewer, fused kernels inside the graph).
-  [ "$dev" = cuda ] && ! skip cuda_graph && timeout 150 $py benchmarks/bench_agent.py --device $dev --sizes XS S \
-    --repeats 3 --warmup 5 --cuda-graph 2>&1 | tee "$out/bench_cuda_graph.txt"
-  [ "$dev" = cuda ] && ! skip fused && timeout 200 $py benchmarks/bench_agent.py --device $dev --sizes S --repeats 3 \
-    --warmup 5 --cuda-graph --compile-loops 2>&1 | tee "$out/bench_fused_graph.txt"
+  [ "$dev" = cuda ] && ! skip cuda_graph && bench cuda_graph 150 --sizes XS S --repeats 3 --warmup 5 --cuda-graph
+  [ "$dev" = cuda ] && ! skip fused && bench fused_graph 200 --sizes S --repeats 3 --warmup 5 --cuda-graph \
+    --compile-loops
   # The learning runs take whichever measured fastest at size S (wall s/update, 6th table column).
   wall_s() { awk -F'|' '$2 ~ /^ *S *$/ {gsub(/ /, "", $7); print $7; exit}' "$1" 2>/dev/null; }
-  graphed() { grep -q "graph captured" "$1" 2>/dev/null && wall_s "$1"; }
-  eager=$(wall_s "$out/bench_agent.txt"); looped=$(wall_s "$out/bench_loops.txt"); graphs=$(wall_s "$out/bench_graphs.txt")
-  whole=$(graphed "$out/bench_cuda_graph.txt"); fused=$(graphed "$out/bench_fused_graph.txt")
+  # Only when size S's own graph was captured (a failed capture times eager updates under the graph's name).
+  graphed() { grep -q "<!-- S: whole-update CUDA graph captured" "$1" 2>/dev/null && wall_s "$1"; }
+  eager=$(wall_s "$bdir/agent.txt"); looped=$(wall_s "$bdir/loops.txt"); graphs=$(wall_s "$bdir/graphs.txt")
+  whole=$(graphed "$bdir/cuda_graph.txt"); fused=$(graphed "$bdir/fused_graph.txt")
   read -r loops mode cgraph < <($py -c "
 import sys
 configs = [('false', 'default', 'false'), ('true', 'default', 'false'), ('true', 'reduce-overhead', 'false'),
@@ -85,7 +99,7 @@ print(*min(times, key=times.get) if times else configs[0])" "${eager:-}" "${loop
     "${fused:-}" 2>/dev/null || echo false default false)
   echo "S wall s/update: eager ${eager:-?}, compile_loops ${looped:-?}, + CUDA graphs ${graphs:-?}," \
     "whole-update graph ${whole:-?}, with compiled loops ${fused:-?} -> learning runs" \
-    "agent.compile_loops=$loops agent.compile_mode=$mode agent.cuda_graph=$cgraph" | tee -a "$out/bench_loops.txt"
+    "agent.compile_loops=$loops agent.compile_mode=$mode agent.cuda_graph=$cgraph" | tee -a "$bdir/loops.txt"
 else
   loops=${LOOPS:-false} mode=default cgraph=$([ "$dev" = cuda ] && echo true || echo false)
 fi
@@ -93,9 +107,17 @@ fi
 # 2. Reward relabelling throughput, paper_dmc sizes (random weights), 64 and 256 windows per prior forward.
 for wpb in 64 256; do
   skip reward && break
-  timeout 50 $py benchmarks/bench_reward.py --device $dev "${reward_steps[@]}" --windows-per-batch $wpb \
-    --repeats 2 --output '' 2>&1 | tee -a "$out/bench_reward.txt"
+  t=$(left_s); [ "$t" -gt 50 ] && t=50
+  if [ "$t" -lt 10 ]; then echo "bench reward skipped: the budget is spent" | tee -a "$out/env.txt"; break; fi
+  timeout "$t" $py benchmarks/bench_reward.py --device $dev "${reward_steps[@]}" --windows-per-batch $wpb \
+    --repeats 2 --output '' 2>&1 | tee -a "$bdir/reward.txt"
+  [ "${PIPESTATUS[0]}" = 124 ] && echo "(bench reward, $wpb windows per batch: timed out after $t s)" \
+    | tee -a "$bdir/reward.txt"
 done
+for name in agent loops graphs cuda_graph fused_graph reward; do
+  [ -s "$bdir/$name.txt" ] && { echo "## $name"; cat "$bdir/$name.txt"; } >>"$out/bench.txt"
+done
+rm -rf "$bdir"
 
 # 3. Concurrent learning runs on TASK (the demo reward model knows both cartpoles), size S, 100k frames: task reward
 #    (oracle) x TASK_SEEDS and the VIPER reward (demo reward model under data/) x VIPER_SEEDS. Each stops at run_s
@@ -123,7 +145,8 @@ if [ -n "${TESTS:-}" ]; then
   tests_pid=$!
 fi
 # The agents' logs go to $out/logs while they run (they come back even if the call is cut short: at most 8 files
-# come back, and 6 runs + env.txt + tests.txt are 8), then into agents.tgz.
+# come back, and 5 runs + env.txt + tests.txt + bench.txt are 8; a sixth run's log may then stay behind), then
+# into agents.tgz.
 mkdir -p "$out/logs"
 pids=()
 for seed in ${TASK_SEEDS-0 1 2}; do
