@@ -195,8 +195,9 @@ def agent_series(cfg: Config, data_dir: Path) -> AgentSeries:
     return dict(sorted(out.items()))  # the order of the plots' legends: by reward, task, seed
 
 
-def learning_curves(runs: AgentSeries, out: Path) -> list[Path]:
-    """Plot ``episode/task_return`` against env steps for every agent run, one picture per task."""
+def learning_curves(runs: AgentSeries, out: Path, action_repeat: int = 1) -> list[Path]:
+    """Plot ``episode/task_return`` against env frames (the logs' agent steps x ``action_repeat``, the paper's
+    unit) for every agent run, one picture per task."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -206,13 +207,13 @@ def learning_curves(runs: AgentSeries, out: Path) -> list[Path]:
     for (reward, task, seed), series in runs.items():
         points = series.get("episode/task_return")
         if points:
-            curves[task].append((f"{reward} {seed}", points))
+            curves[task].append((f"{reward} {seed}", [(step * action_repeat, value) for step, value in points]))
     written = []
     for task, task_runs in curves.items():
         fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
         for label, points in task_runs:
             ax.plot(*zip(*points, strict=True), label=label)
-        ax.set(title=task, xlabel="agent steps", ylabel="task return")
+        ax.set(title=task, xlabel="env frames", ylabel="task return")
         ax.legend(fontsize=7)
         fig.tight_layout()
         written.append(save_figure(fig, out / f"curve_{task}.png"))
@@ -285,7 +286,8 @@ def run(cfg: Config) -> dict[str, Any]:
     rows = agent_rows(cfg, data_dir)
     report.blocks += [("h", "Agents: VIPER reward vs task-reward oracle"), ("table", rows)]
     agents = agent_series(cfg, data_dir)
-    report.blocks += [("img", str(p.relative_to(out))) for p in learning_curves(agents, assets)]
+    curves = learning_curves(agents, assets, cfg.agent.action_repeat)
+    report.blocks += [("img", str(p.relative_to(out))) for p in curves]
     plots = paths.report_plots(data_dir)
     shutil.rmtree(plots, ignore_errors=True)
     plot_files = plot_data(cfg, data_dir, agents, plots)

@@ -10,11 +10,11 @@ For every task of the preset it scores
   * the expert episodes with their frames shuffled in time and played backwards (does the prior model
     dynamics, or only poses?),
 and reports AUROC(expert vs random), AUROC(expert vs each epsilon), AUROC(expert vs shuffled / reversed) on the
-episode mean reward (NaN steps before the first full window excluded), and the Spearman correlation between
-episode mean reward and task return over expert, noisy and random episodes (those with a known return: imported
-videos have none). Outputs under ``viper.paths.reward_eval_dir``: ``metrics.json``, ``episodes.jsonl`` (one line
-per scored episode; a re-run skips the episodes already scored under their category's key, ``record_keys``:
-the reward model, and the task's videos or the category's rollout settings), ``scatter.png``.
+episode mean reward (over the steps an agent is rewarded for: after the first ``context_steps``), and the Spearman
+correlation between episode mean reward and task return over expert, noisy and random episodes (those with a known
+return: imported videos have none). Outputs under ``viper.paths.reward_eval_dir``: ``metrics.json``,
+``episodes.jsonl`` (one line per scored episode; a re-run skips the episodes already scored under their category's
+key, ``record_keys``: the reward model, and the task's videos or the category's rollout settings), ``scatter.png``.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ class Scored:
     index: int
     """Store episode index (expert, shuffled, reversed) or rollout number (noisy, random)."""
     mean_reward: float
-    """Mean per-step reward in nats over steps with a full window."""
+    """Mean per-step reward in nats over the steps an agent is rewarded for (``VideoReward.agent_rewards``: after
+    the first ``context_steps``, which for frame_skip > 1 is more than the steps without a full window)."""
     task_return: float
     steps: int
     model: str
