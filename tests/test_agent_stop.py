@@ -168,4 +168,9 @@ def test_a_stop_during_the_final_evaluation_is_made_up_on_resume(tmp_path, monke
     evaluated = [(r["step"], r["episode/task_return"]) for r in rows if "episode/task_return" in r]
     assert [step for step, _ in evaluated] == [60], evaluated
     assert metrics["env_steps"] == 60 and metrics["eval_task_return"] == pytest.approx(evaluated[0][1])
-    assert run(cfg, TASK, 0, "task", run_dir)["checkpoint_loads"] == 1  # done: nothing more to make up
+    # The made-up evaluation is in the checkpoint (a save at the loaded step was skipped): done, nothing more to do.
+    latest = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+    assert [step for step, _ in torch.load(latest / "state.pt", weights_only=False)["counters"]["eval_history"]] == [60]
+    assert run(cfg, TASK, 0, "task", run_dir)["checkpoint_loads"] == 1
+    rows = [json.loads(line) for line in (run_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "episode/task_return" in r] == [60], "the third run evaluated again"

@@ -43,6 +43,20 @@ def test_torn_checkpoint_is_ignored_and_cleaned(tmp_path):
     assert not (tmp_path / "step_000000009").exists() and not (tmp_path / ".tmp_step_000000010").exists()
 
 
+def test_a_step_saved_again_replaces_its_folder_and_a_kill_between_the_renames_loses_nothing(tmp_path, monkeypatch):
+    """A resumed run saves the step it loaded again (the updates and the evaluation a stop cut short). The old
+    folder was deleted before the new one took its name, so a kill in between lost the step; it is renamed now."""
+    ckpt = Checkpointer(tmp_path, keep=2)
+    ckpt.save(5, {"step": 5, "evaluated": False})
+    ckpt.save(5, {"step": 5, "evaluated": True})
+    assert ckpt.load_latest()[0]["evaluated"] and not list(tmp_path.glob(".replaced_*"))
+    # The kill after the first rename: the step's complete folder is only under its hidden name.
+    (tmp_path / "step_000000005").rename(tmp_path / ".replaced_step_000000005")
+    state, path = Checkpointer(tmp_path, keep=2).load_latest()
+    assert state["evaluated"] and path.name == "step_000000005"
+    assert not list(tmp_path.glob(".replaced_*"))
+
+
 def save_with_replay(folder):
     """An agent-like checkpoint's extra files: a replay array in a sub-folder."""
     (folder / "replay").mkdir()

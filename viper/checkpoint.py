@@ -215,13 +215,20 @@ class Checkpointer:
         (tmp / DONE).write_text(str(step))
         integrity.fsync_file(tmp / DONE)
         integrity.fsync_dir(tmp)
+        replaced = None
         if final.exists():  # the same step saved again, or another settings' run at this step: keep that one
             if (final / DONE).exists() and not self._matches(final):
                 self._set_aside(final)
             else:
-                shutil.rmtree(final)
+                # Renamed, not deleted, before the new folder takes its name: deleting a replay's worth of files
+                # first left a long window in which a kill lost this step's checkpoint.
+                replaced = self.directory / f".replaced_{final.name}"
+                shutil.rmtree(replaced, ignore_errors=True)
+                final.rename(replaced)
         tmp.rename(final)
         self._point_latest(final.name)
+        if replaced is not None:
+            shutil.rmtree(replaced, ignore_errors=True)
         self._prune(protect + (final.name,))
         return final
 
@@ -237,6 +244,7 @@ class Checkpointer:
         ``tolerate(relative path)``: files the caller can do without (replay blocks); when only such files are
         damaged the checkpoint still loads, and ``damaged_files`` lists them."""
         self.damaged_files = []
+        self._settle_replaced()
         while (path := self.latest_path() or self._restore_superseded()) is not None:
             try:
                 self.damaged_files = integrity.check_files(path, tolerate)
@@ -260,7 +268,18 @@ class Checkpointer:
             )
         return None
 
+    def _settle_replaced(self) -> None:
+        """A kill between ``save``'s two renames left a step's old folder under ``.replaced_<name>`` and none under
+        its name: put it back. Once its successor is in place, it is only a leftover."""
+        for old in self.directory.glob(".replaced_step_*") if self.directory.exists() else ():
+            target = self.directory / old.name.removeprefix(".replaced_")
+            if not target.exists() and (old / DONE).exists():
+                old.rename(target)
+            else:
+                shutil.rmtree(old, ignore_errors=True)
+
     def _prune(self, protect: tuple[str, ...]) -> None:
+        self._settle_replaced()
         for leftover in self.directory.glob(".tmp_step_*"):
             shutil.rmtree(leftover, ignore_errors=True)
         for path in self.directory.glob("step_*"):

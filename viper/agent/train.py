@@ -157,10 +157,17 @@ def _run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[
     evaluator = Evaluator(task, seed, acfg, out_dir, counters["restarts"], score, fast_render=fast_render)
 
     inserter = Inserter(replay, source, acfg.envs)
-    saved_at = [counters["env_steps"]] if loaded is not None else [None]
+
+    def progress() -> tuple[int, int, int]:
+        """What a checkpoint holds of the run's progress: a save with none since the last one writes nothing."""
+        return counters["env_steps"], counters["updates"], len(counters["eval_history"])
+
+    saved_at = [progress()] if loaded is not None else [None]
 
     def save() -> None:
-        if saved_at[0] == counters["env_steps"]:  # e.g. a Ctrl-C during the periodic save of this very step
+        # Not the step alone: a resumed run makes up, at the step it loaded, the updates and the evaluation a stop
+        # cut short, and those must be saved (e.g. a Ctrl-C during the periodic save of this very step is not).
+        if saved_at[0] == progress():
             return
         if nonfinite_modules(agent):  # never overwrite good state with NaNs
             raise Diverged(f"the agent's weights are not finite at env step {counters['env_steps']}")
@@ -175,7 +182,7 @@ def _run(cfg: Config, task: str, seed: int, reward: str, out_dir: Path) -> dict[
         previous = ckpt.latest_path()  # the replay blocks it saved whole are linked, not written again
         previous = previous / "replay" if previous is not None else None
         ckpt.save(counters["env_steps"], state, extra=lambda f: replay.save(f / "replay", previous))
-        saved_at[0] = counters["env_steps"]
+        saved_at[0] = progress()
 
     def evaluated_at_end() -> bool:
         return bool(counters["eval_history"]) and counters["eval_history"][-1][0] == counters["env_steps"]
