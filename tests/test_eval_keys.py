@@ -36,11 +36,23 @@ def test_noisy_expert_scores_follow_the_trained_experts_weights_and_the_stages_c
     checkpoint(expert, 2, b"retrained weights")  # `viper expert` trained on
     retrained = reward_eval.record_keys(cfg, "model", TASK, "videos", policies)
     assert all(retrained[category] != first[category] for category in policies)
-    # A change to the stage's code (its scoring too, not only the rollouts) scores every category again: DVC
-    # reruns the stage for it, and reusing the records recorded old numbers as current.
-    monkeypatch.setattr(stages, "code_digest", lambda name: "other code" if name == "reward-eval" else "?")
-    changed_code = reward_eval.record_keys(cfg, "model", TASK, "videos", policies)
-    assert all(changed_code[category] != retrained[category] for category in retrained)
+    # A change to the stage's code re-scores what it affects: DVC reruns the stage for it, and reusing the records
+    # recorded old numbers as current. Rollout, agent or env code: the rollout categories only (the stored videos'
+    # scores do not depend on it); scoring code: every category.
+    real = stages.code_digest
+    monkeypatch.setattr(
+        stages, "code_digest", lambda name, entries=None: real(name, entries) + ("x" if entries is None else "")
+    )
+    rollout_code = reward_eval.record_keys(cfg, "model", TASK, "videos", policies)
+    changed = {category for category in retrained if rollout_code[category] != retrained[category]}
+    assert changed == set(policies), changed
+    monkeypatch.setattr(stages, "code_digest", lambda name, entries=None: real(name, entries) + "x")
+    scoring_code = reward_eval.record_keys(cfg, "model", TASK, "videos", policies)
+    assert all(scoring_code[category] != retrained[category] for category in retrained)
+    assert set(stages.SCORING_CODE) < set(stages.by_name("reward-eval").code) | {
+        "viper/envs/__init__.py",
+        "viper/envs/masks.py",
+    }
 
 
 def test_an_evaluated_checkpoint_is_known_by_its_weights_not_its_file_times(tmp_path, monkeypatch):

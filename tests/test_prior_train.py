@@ -165,6 +165,10 @@ def test_another_evaluation_set_on_resume_restarts_the_best_values(tmp_path, dat
     capsys.readouterr()
     prior_stage.run(tiny_cfg(tmp_path, steps=8, eval_windows_per_task=3))  # the same set again: nothing said
     assert "eval_windows_per_task" not in capsys.readouterr().out
+    # A finished run keeps its best values when the set changes (no evaluation would follow to set new ones).
+    done = prior_stage.run(tiny_cfg(tmp_path, steps=8, eval_windows_per_task=2))
+    assert done["prior/best_eval_bits_per_token"] == pytest.approx(metrics["prior/best_eval_bits_per_token"])
+    assert "eval_windows_per_task" not in capsys.readouterr().out
 
 
 def test_a_stop_signal_saves_the_update_it_stopped_at_and_the_resume_matches_an_uninterrupted_run(

@@ -95,11 +95,26 @@ class StageSpec:
         return metrics_path(self.name)
 
 
-def code_digest(name: str) -> str:
-    """16 hex digits naming the code of stage ``name`` (its ``StageSpec.code``): for a stage that reuses its earlier
-    results (reward-eval's records, evaluate's), a key part that notices what makes DVC run it again, a code change;
-    without it the rerun reused every record and ``dvc.lock`` recorded old numbers as current."""
-    return sources_digest(Path(__file__).resolve().parents[1], by_name(name).code)
+def code_digest(name: str, entries: tuple[str, ...] | None = None) -> str:
+    """16 hex digits naming the code of stage ``name`` (its ``StageSpec.code``, or the part of it ``entries``
+    names): for a stage that reuses its earlier results (reward-eval's records, evaluate's), a key part that
+    notices what makes DVC run it again, a code change; without it the rerun reused every record and ``dvc.lock``
+    recorded old numbers as current."""
+    code = by_name(name).code if entries is None else entries
+    return sources_digest(Path(__file__).resolve().parents[1], code)
+
+
+SCORING_CODE = (
+    *REWARD_CODE,
+    "viper/eval/reward_eval.py",
+    "viper/eval/stats.py",
+    "viper/eval/keys.py",
+    "viper/data",
+    "viper/envs/__init__.py",
+    "viper/envs/masks.py",
+)
+"""The part of reward-eval's code that scores stored videos (no rollout, agent or env code): the key of its
+expert, shuffled and reversed records, which an agent or env edit must not throw away."""
 
 
 def metrics_path(stage: str, data_dir: str | Path = DATA) -> str:

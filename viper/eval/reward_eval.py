@@ -108,21 +108,21 @@ EPISODE_CATEGORIES = ("expert", "shuffled", "reversed")
 
 def record_keys(cfg: Config, reward_identity: str, task: str, videos: str, policies: dict[str, str]) -> dict[str, str]:
     """Category -> 16 hex digits naming what its scores depend on, so a change re-scores only the categories it
-    affects. All: the reward model (``reward_identity``, its ``VideoReward.identity``) and the stage's code
-    (``viper.stages.code_digest``: scoring, rollout and env code). Expert, shuffled and reversed: the task's videos
-    (store identity); shuffled also ``evaluate.seed`` (the permutations). A rollout category (``policies``:
-    category -> spec): its spec, seed and episode settings, and for a noisy expert this task's
-    ``collect.expert_settings`` or the trained expert's weights."""
+    affects. All: the reward model (``reward_identity``, its ``VideoReward.identity``). Expert, shuffled and
+    reversed: the task's videos (store identity) and the scoring code (``viper.stages.SCORING_CODE``); shuffled also
+    ``evaluate.seed`` (the permutations). A rollout category (``policies``: category -> spec): the stage's whole
+    code (``code_digest``: scoring, rollout, agent and env code), its spec, seed and episode settings, and for a
+    noisy expert this task's ``collect.expert_settings`` or the trained expert's weights."""
     from viper.agent.policy import checkpoint_identity
     from viper.experts.policies import checkpoint_of, settings_of_task
-    from viper.stages import code_digest
+    from viper.stages import SCORING_CODE, code_digest
 
     c = cfg.collect
-    code = code_digest("reward-eval")
+    code, scoring = code_digest("reward-eval"), code_digest("reward-eval", SCORING_CODE)
     keys = {
-        "expert": json_digest([reward_identity, videos, code]),
-        "reversed": json_digest([reward_identity, videos, "reversed", code]),
-        "shuffled": json_digest([reward_identity, videos, cfg.evaluate.seed, code]),
+        "expert": json_digest([reward_identity, videos, scoring]),
+        "reversed": json_digest([reward_identity, videos, "reversed", scoring]),
+        "shuffled": json_digest([reward_identity, videos, cfg.evaluate.seed, scoring]),
     }
     episodes = [cfg.evaluate.seed, c.action_repeat, c.episode_env_steps, c.fast_render, c.drop_first_frames]
     for category, spec in policies.items():

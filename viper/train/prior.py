@@ -293,7 +293,8 @@ def _train(cfg: Config, run_dir: Path, ctx: common.DistContext, stop: StopSignal
         optimizer.load_state_dict(state["optimizer"])
         common.restore_rng(state, pc.seed, ctx)
         progress = Progress(**state["progress"])
-        if progress.eval_windows not in (-1, pc.eval_windows_per_task):
+        # A finished run keeps its values: no evaluation follows to set new ones.
+        if progress.eval_windows not in (-1, pc.eval_windows_per_task) and progress.step < pc.train_grad_steps:
             # Bits per token on another evaluation set are not comparable: the best values restart from here, so
             # which checkpoint is released (reward.checkpoint) depends on the settings, not the run's history.
             if ctx.is_main:
