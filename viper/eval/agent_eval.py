@@ -29,11 +29,12 @@ import numpy as np
 from viper import paths
 from viper.config import Config
 from viper.errors import ViperError
+from viper.eval.keys import AGENT_REWARDS
 from viper.eval.video import reward_video, write_gif
 from viper.hashing import json_digest
 from viper.metrics import write_json, write_text
 
-REWARDS = ("viper", "task")
+REWARDS = AGENT_REWARDS
 BASELINE = "random"
 """Policy every evaluated task is also rolled out with (``viper.experts`` uniform random actions)."""
 

@@ -6,6 +6,8 @@ from typing import Any
 
 from viper import paths
 
+AGENT_REWARDS = ("viper", "task")
+"""The rewards an agent run trains on, as its folder under ``data/agents/`` names them (evaluate, report)."""
 REWARD_EVAL = "reward_eval"
 """Prefix of the reward-eval metrics (``data/reward_eval/<suite>/metrics.json``, DVC metrics)."""
 

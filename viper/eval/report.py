@@ -23,8 +23,7 @@ from typing import Any
 from viper import paths
 from viper.config import Config
 from viper.errors import ViperError
-from viper.eval.agent_eval import REWARDS
-from viper.eval.keys import reward_eval_by_task
+from viper.eval.keys import AGENT_REWARDS, reward_eval_by_task
 from viper.eval.published import TARGET_RATIO, in_published_unit, published
 from viper.metrics import save_figure, write_json, write_text
 from viper.stages import STAGES, metrics_path
@@ -188,7 +187,7 @@ def agent_series(cfg: Config, data_dir: Path) -> AgentSeries:
     out = {}
     for task in cfg.agent.tasks:
         for seed in cfg.agent.seeds:
-            for reward in REWARDS:
+            for reward in AGENT_REWARDS:
                 log = paths.agent_dir(data_dir, reward, task, seed) / "logs" / "metrics.jsonl"
                 if log.is_file():
                     out[(reward, paths.slug(task), f"seed{seed}")] = read_series(log, _plotted("agent"))
