@@ -276,6 +276,9 @@ def test_a_tasks_rollout_code_is_its_suites_and_its_experts_only(tmp_path):
         "experts/dmc_scripted.py" in files["dmc/cartpole_balance"] and "experts/lqr.py" in files["dmc/cartpole_balance"]
     )
     assert "experts/pong.py" in files["atari/pong"] and "experts/pong.py" not in files["atari/boxing"]
+    # Only a policy that acts through the scripted expert depends on its code.
+    for policy, scripted in [("noisy:0.3", True), ("random", False), ("noisy:0.3:checkpoint:/runs/x", False)]:
+        assert ("experts/pong.py" in rollout_module.rollout_code_files("atari/pong", policy)) == scripted, policy
     # On a copy of the code: editing the Pong expert changes Pong's hash alone; the shared rollout code, all.
     shutil.copytree(root / "envs", tmp_path / "envs")
     shutil.copytree(root / "experts", tmp_path / "experts")

@@ -78,7 +78,7 @@ def fingerprint(cfg: CollectConfig, task: str, fields: tuple[str, ...], identity
     (``policy_identity(cfg.policy)``): a retrained expert (the ``expert`` stage run again with other settings)
     collects again instead of leaving the old expert's videos under the same path."""
     values = {f: getattr(cfg, f) for f in fields}
-    values["code"] = rollout_code_hash(task)
+    values["code"] = rollout_code_hash(task, cfg.policy)
     if set(FILTER_FIELDS) <= set(fields):
         values["filter_code"] = sources_digest(Path(__file__).resolve().parents[1], FILTER_CODE)
     if "policy" in fields and identity is not None:

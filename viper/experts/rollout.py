@@ -114,25 +114,26 @@ NOT_ROLLOUT_CODE = ("envs/masks.py",)
 """Modules of ``viper/envs`` and ``viper/experts`` that no rollout runs (the Atari masks shape tokenizer input)."""
 
 
-def rollout_code_files(task: str) -> tuple[str, ...]:
-    """The modules (relative to ``viper/``) whose code decides ``task``'s episodes: the shared rollout code, the
-    suite's adapter and the task's scripted expert (if it has one). A trained expert's code is not among them (see
-    ``viper.stages.UNTRACKED``)."""
+def rollout_code_files(task: str, policy: str = "expert") -> tuple[str, ...]:
+    """The modules (relative to ``viper/``) whose code decides ``task``'s episodes under ``policy`` (a spec): the
+    shared rollout code, the suite's adapter and, when the policy acts through it, the task's scripted expert. A
+    trained expert's code is not among them (see ``viper.stages.UNTRACKED``)."""
     from viper.envs import suites
-    from viper.experts.policies import SCRIPTED
+    from viper.experts.policies import SCRIPTED, checkpoint_of
 
     files = [*SHARED_ROLLOUT_CODE, f"envs/{suites.suite_of(task)}.py"]
-    if task in SCRIPTED:
+    scripted = policy == "expert" or (policy.startswith("noisy:") and checkpoint_of(policy) is None)
+    if task in SCRIPTED and scripted:
         module = f"experts/{Path(inspect.getfile(SCRIPTED[task])).name}"
         files += [module, *EXPERT_HELPERS.get(module, ())]
     return tuple(files)
 
 
-def rollout_code_hash(task: str) -> str:
-    """sha256 (16 hex) of ``rollout_code_files(task)``: changed rollout code means other episodes of ``task``, and
-    only of the tasks whose code changed (a Pong expert fix does not roll out the DMC videos again).
+def rollout_code_hash(task: str, policy: str = "expert") -> str:
+    """sha256 (16 hex) of ``rollout_code_files(task, policy)``: changed rollout code means other episodes of
+    ``task``, and only of the tasks whose code changed (a Pong expert fix does not roll out the DMC videos again).
 
     DVC keeps the store as a persistent output across code changes, so collect's task fingerprints must notice
     them themselves.
     """
-    return sources_digest(Path(__file__).resolve().parents[1], rollout_code_files(task))
+    return sources_digest(Path(__file__).resolve().parents[1], rollout_code_files(task, policy))

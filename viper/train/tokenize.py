@@ -70,8 +70,9 @@ def up_to_date(tokens_path, task: str, tokenizer_hash: str, num_frames: int, sto
     attrs, frames = summary
     recorded = (attrs.get(k) for k in ("schema_version", "task", "tokenizer_hash", "store_identity"))
     current = (SCHEMA_VERSION, task, tokenizer_hash, store_identity)
-    # Tokens from before masks were recorded carry none: "" is right for unmasked (DMC) tasks.
-    return tuple(recorded) == current and frames == num_frames and attrs.get("mask", "") == mask_identity(task)
+    # Tokens from before masks were recorded carry none: taken as today's, as the tokenizer's resume takes them.
+    mask = mask_identity(task)
+    return tuple(recorded) == current and frames == num_frames and attrs.get("mask", mask) == mask
 
 
 def _note_unfinished(run_dir: Path, total: int) -> None:
