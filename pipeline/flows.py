@@ -175,15 +175,22 @@ def run_stage(stage_name: str, project_dir: str) -> dict:
     return _publish_metrics(stage, project)
 
 
+def _project_config(project_dir: str | Path, preset: str | None):
+    """The configuration the stages load in ``project_dir``: ``preset`` (None: params.yaml's) with its params.yaml."""
+    from viper import config
+
+    path = Path(project_dir) / "params.yaml"
+    return config.load(preset, params_path=path if path.exists() else None), path
+
+
 def check_preset(project_dir: str | Path, preset: str) -> None:
     """``ConfigError`` unless the stages would accept ``preset`` with the project's params.yaml: a known preset
     whose settings, with the file's own (its ``collect.tasks`` from another suite, say), load and fit together."""
     from viper import config
     from viper.cli import check_policy
 
-    path = Path(project_dir) / "params.yaml"
     # The ConfigError names the known presets, or the params.yaml setting the preset contradicts.
-    cfg = config.load(preset, params_path=path if path.exists() else None)
+    cfg, path = _project_config(project_dir, preset)
     check_policy(cfg.collect.policy)
     for problem in (config.stray_collect_tasks(cfg), config.uncollected_agent_tasks(cfg, cfg.agent.reward)):
         if problem:  # what collect or train-agent would refuse, after the preset had been written
@@ -258,12 +265,10 @@ def train_agents(
 def tasks_needing_an_expert(tasks: list[str], preset: str, project_dir: str | Path) -> list[str]:
     """The ``tasks`` whose collection needs the ``expert`` stage first (``collect.policy: expert`` on a task
     without a scripted expert), under ``preset`` (empty: params.yaml's) with the project's params.yaml."""
-    from viper import config
-    from viper.experts.policies import scripted_tasks
+    from viper.experts.policies import needs_trained_expert
 
-    path = Path(project_dir) / "params.yaml"
-    cfg = config.load(preset or None, params_path=path if path.exists() else None)
-    return [t for t in tasks if cfg.collect.policy == "expert" and t not in scripted_tasks()]
+    cfg, _ = _project_config(project_dir, preset or None)
+    return [t for t in tasks if needs_trained_expert(cfg.collect.policy, t)]
 
 
 @flow(name="viper-collect-videos", task_runner=ThreadPoolTaskRunner(max_workers=2))

@@ -39,14 +39,13 @@ def test_noisy_expert_scores_follow_the_trained_experts_weights_and_the_stages_c
     # A change to the stage's code re-scores what it affects: DVC reruns the stage for it, and reusing the records
     # recorded old numbers as current. Rollout, agent or env code: the rollout categories only (the stored videos'
     # scores do not depend on it); scoring code: every category.
-    real = stages.code_digest
-    monkeypatch.setattr(
-        stages, "code_digest", lambda name, entries=None: real(name, entries) + ("x" if entries is None else "")
-    )
+    real_stage, real_repo = stages.code_digest, stages.repo_digest
+    monkeypatch.setattr(stages, "code_digest", lambda name: real_stage(name) + "x")  # not the scoring code
     rollout_code = reward_eval.record_keys(cfg, "model", TASK, "videos", policies)
     changed = {category for category in retrained if rollout_code[category] != retrained[category]}
     assert changed == set(policies), changed
-    monkeypatch.setattr(stages, "code_digest", lambda name, entries=None: real(name, entries) + "x")
+    monkeypatch.undo()
+    monkeypatch.setattr(stages, "repo_digest", lambda entries: real_repo(entries) + "x")  # every file's digest
     scoring_code = reward_eval.record_keys(cfg, "model", TASK, "videos", policies)
     assert all(scoring_code[category] != retrained[category] for category in retrained)
     assert set(stages.SCORING_CODE) < set(stages.by_name("reward-eval").code) | {

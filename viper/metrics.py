@@ -60,14 +60,15 @@ def _trim_dvclive_rows_after(folder: Path, step: int) -> None:
     dvclive only appends on resume, so the steps a resumed run logs again appeared twice in ``dvc plots``."""
     for tsv in sorted((folder / "plots" / "metrics").rglob("*.tsv")):
         header, *rows = tsv.read_text().splitlines() or [""]
-        column = header.split("\t").index("step") if "step" in header.split("\t") else None
-        if column is None:
+        names = header.split("\t")
+        if "step" not in names:
             continue
+        column = names.index("step")
         kept = []
         for row in rows:
             cells = row.split("\t")
             try:
-                if len(cells) == len(header.split("\t")) and int(cells[column]) <= step:
+                if len(cells) == len(names) and int(cells[column]) <= step:
                     kept.append(row)
             except ValueError:
                 pass  # a line a kill cut short
@@ -128,10 +129,7 @@ class Logger:
         row = {k: _float(v) for k, v in values.items()}
         self.last.update(row)
         record = {"step": int(step), "time_s": round(time.time() - self._start, 3), **row}
-        self._jsonl.write(
-            json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()})
-            + "\n"
-        )
+        self._jsonl.write(json.dumps(_json_safe(record)) + "\n")
         self._jsonl.flush()
         if self._tb is not None:
             for key, value in row.items():

@@ -95,13 +95,16 @@ class StageSpec:
         return metrics_path(self.name)
 
 
-def code_digest(name: str, entries: tuple[str, ...] | None = None) -> str:
-    """16 hex digits naming the code of stage ``name`` (its ``StageSpec.code``, or the part of it ``entries``
-    names): for a stage that reuses its earlier results (reward-eval's records, evaluate's), a key part that
-    notices what makes DVC run it again, a code change; without it the rerun reused every record and ``dvc.lock``
-    recorded old numbers as current."""
-    code = by_name(name).code if entries is None else entries
-    return sources_digest(Path(__file__).resolve().parents[1], code)
+def repo_digest(entries: tuple[str, ...]) -> str:
+    """16 hex digits naming the code ``entries`` name (files or folders, relative to the repository root)."""
+    return sources_digest(Path(__file__).resolve().parents[1], entries)
+
+
+def code_digest(name: str) -> str:
+    """16 hex digits naming the code of stage ``name`` (its ``StageSpec.code``): for a stage that reuses its
+    earlier results (reward-eval's records, evaluate's), a key part that notices what makes DVC run it again, a
+    code change; without it the rerun reused every record and ``dvc.lock`` recorded old numbers as current."""
+    return repo_digest(by_name(name).code)
 
 
 SCORING_CODE = (

@@ -33,11 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 def train_experts(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     """``viper expert``: a task-reward agent for every collect task without a scripted expert (or ``--task``),
     written to ``viper.paths.expert_dir``, where ``collect``'s ``expert`` policy finds it."""
-    from viper.experts.policies import scripted_tasks
+    from viper.experts.policies import needs_trained_expert, scripted_tasks
 
-    tasks = [args.task] if args.task else [t for t in cfg.collect.tasks if t not in scripted_tasks()]
-    if cfg.collect.policy != "expert" and not args.task:
-        tasks = []  # collect rolls out another policy or imports the published videos: no expert needed
+    # Without --task: only where collect needs one (another policy, or the published videos, needs none).
+    tasks = [args.task] if args.task else [t for t in cfg.collect.tasks if needs_trained_expert(cfg.collect.policy, t)]
     seed = args.seed if args.seed is not None else cfg.agent.seeds[0]
     (Path(cfg.data_dir) / "experts").mkdir(parents=True, exist_ok=True)  # the stage's output, even when empty
     results: dict[str, Any] = {"experts_trained": len(tasks)}

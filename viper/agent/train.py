@@ -278,6 +278,15 @@ def _evaluate(agent: Agent, evaluator, counters: dict, log: Logger, stop: StopSi
     return True
 
 
+def _evaluate_if_due(acfg, agent, evaluator, counters: dict, log: Logger, stop: StopSignals, phases) -> None:
+    """Evaluate when the step has reached ``next_eval``; cut short by a stop, it stays due (the resumed run makes
+    it at this step, before its first action)."""
+    if counters["env_steps"] >= counters["next_eval"]:
+        with phases("eval"):
+            if _evaluate(agent, evaluator, counters, log, stop):
+                counters["next_eval"] += acfg.eval_every_env_steps
+
+
 def _owed_updates(counters: dict, ratio: float) -> int:
     """Updates due at the current step and not yet made (train_ratio 0 trains never, the 2023 Ratio's case)."""
     if counters["train_start"] < 0 or ratio <= 0:
@@ -324,10 +333,8 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
     # Resumed from a stop: what was cut short at this step (no-ops otherwise: nothing is owed, the eval is ahead).
     if _can_train(replay, batch_steps, length):
         _train(agent, replay, acfg, counters, stretch, length, ratio, stop)
-    if counters["env_steps"] >= counters["next_eval"] and stop.signum is None:
-        with phases("eval"):
-            if _evaluate(agent, evaluator, counters, log, stop):
-                counters["next_eval"] += acfg.eval_every_env_steps
+    if stop.signum is None:
+        _evaluate_if_due(acfg, agent, evaluator, counters, log, stop, phases)
     while counters["env_steps"] < acfg.env_steps and stop.signum is None:
         with phases("act"):
             if not _can_train(replay, batch_steps, length):
@@ -376,11 +383,7 @@ def _loop(acfg, agent, envs, replay, inserter, evaluator, counters, rng, log, sa
         if step >= counters["next_log"]:
             counters["next_log"] += acfg.log_every_env_steps
             stretch.write(step)
-        if step >= counters["next_eval"]:
-            with phases("eval"):
-                # Cut short by a stop, it stays due: the resumed run makes it before its first action.
-                if _evaluate(agent, evaluator, counters, log, stop):
-                    counters["next_eval"] += acfg.eval_every_env_steps
+        _evaluate_if_due(acfg, agent, evaluator, counters, log, stop, phases)
         if step >= counters["next_checkpoint"]:
             # Past the final step too, so that a longer env_steps does not save again at once on resume.
             while counters["next_checkpoint"] <= step:

@@ -256,9 +256,9 @@ def _same_files(stored: Any, source: dict[str, Any], episodes: int) -> bool:
 def expert_policy(cfg: Config, task: str) -> str:
     """``collect.policy`` for ``task``: ``expert`` means the scripted expert where one exists, otherwise the
     agent that ``viper expert`` trained on the task reward (``viper.paths.expert_dir``)."""
-    from viper.experts.policies import scripted_tasks
+    from viper.experts.policies import needs_trained_expert
 
-    if cfg.collect.policy != "expert" or task in scripted_tasks():
+    if not needs_trained_expert(cfg.collect.policy, task):
         return cfg.collect.policy
     trained = paths.expert_dir(cfg.data_dir, task)
     if not (trained / "checkpoints").exists():

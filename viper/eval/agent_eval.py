@@ -34,7 +34,6 @@ from viper.eval.video import reward_video, write_gif
 from viper.hashing import json_digest
 from viper.metrics import write_json, write_text
 
-REWARDS = AGENT_REWARDS
 BASELINE = "random"
 """Policy every evaluated task is also rolled out with (``viper.experts`` uniform random actions)."""
 
@@ -135,7 +134,7 @@ def run(cfg: Config) -> dict[str, Any]:
     records, kept = [], {out / "summary.json", out / "results.json", out / "baselines.json"}
     for task in cfg.agent.tasks:
         for seed in cfg.agent.seeds:
-            for reward in REWARDS:
+            for reward in AGENT_REWARDS:
                 run_dir = paths.agent_dir(cfg.data_dir, reward, task, seed)
                 if not (run_dir / "checkpoints").exists():
                     continue

@@ -115,10 +115,10 @@ def record_keys(cfg: Config, reward_identity: str, task: str, videos: str, polic
     noisy expert this task's ``collect.expert_settings`` or the trained expert's weights."""
     from viper.agent.policy import checkpoint_identity
     from viper.experts.policies import checkpoint_of, settings_of_task
-    from viper.stages import SCORING_CODE, code_digest
+    from viper.stages import SCORING_CODE, code_digest, repo_digest
 
     c = cfg.collect
-    code, scoring = code_digest("reward-eval"), code_digest("reward-eval", SCORING_CODE)
+    code, scoring = code_digest("reward-eval"), repo_digest(SCORING_CODE)
     keys = {
         "expert": json_digest([reward_identity, videos, scoring]),
         "reversed": json_digest([reward_identity, videos, "reversed", scoring]),

@@ -34,6 +34,12 @@ def scripted_tasks() -> tuple[str, ...]:
     return tuple(sorted(SCRIPTED))
 
 
+def needs_trained_expert(policy: str, task: str) -> bool:
+    """Whether collecting ``task`` under ``collect.policy`` ``policy`` needs the agent ``viper expert`` trains:
+    ``expert`` on a task without a scripted one (the ``expert`` stage runs before ``collect`` for it)."""
+    return policy == "expert" and task not in SCRIPTED
+
+
 def _check_scripted(task: str) -> None:
     suites.check_task(task)
     if task not in SCRIPTED:
